@@ -1,0 +1,265 @@
+//! The agent's TOML configuration: parsed with unknown keys rejected, then validated before
+//! anything on the host is touched.
+
+use std::{
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use jitsi_common::{PROTO_TCP, PROTO_UDP, RULE_NAME_LEN};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Default directory under bpffs for the pinned maps, programs and links.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/jitsi-agent";
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where maps, programs and links are pinned (must be on a bpffs).
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// The public-facing interface.
+    pub uplink: Uplink,
+    /// Kernel 1:1 steering rules.
+    #[serde(default)]
+    pub steer: Vec<SteerRule>,
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+
+/// `[uplink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    /// Interface the public traffic arrives on; XDP attaches here.
+    pub interface: String,
+    /// Host addresses packets must be sent to to be steered. Default: the interface's own
+    /// global addresses, read at start.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+}
+
+/// `udp` or `tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Protocol {
+    /// IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Udp => PROTO_UDP,
+            Protocol::Tcp => PROTO_TCP,
+        }
+    }
+
+    /// From an IANA protocol number.
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            PROTO_UDP => Some(Protocol::Udp),
+            PROTO_TCP => Some(Protocol::Tcp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+/// One address or a list (`backend = "a:1"` or `backend = ["a:1", "[b::]:1"]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    /// A single address.
+    One(SocketAddr),
+    /// A list.
+    Many(Vec<SocketAddr>),
+}
+
+impl OneOrMany {
+    /// The addresses as a slice.
+    pub fn as_slice(&self) -> &[SocketAddr] {
+        match self {
+            OneOrMany::One(a) => std::slice::from_ref(a),
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+/// `[[steer]]`: packets for `protocol`/`port` on a host address go to `backend`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerRule {
+    /// Unique name (letters, digits, `-`, `_`; at most 23 bytes).
+    pub name: String,
+    /// `udp` or `tcp`.
+    pub protocol: Protocol,
+    /// Public port on the uplink.
+    pub port: u16,
+    /// Backend address(es), at most one per address family.
+    pub backend: OneOrMany,
+}
+
+impl SteerRule {
+    /// The backend of the IPv4 family, if any.
+    pub fn backend_v4(&self) -> Option<SocketAddr> {
+        self.backend.as_slice().iter().copied().find(SocketAddr::is_ipv4)
+    }
+
+    /// The backend of the IPv6 family, if any.
+    pub fn backend_v6(&self) -> Option<SocketAddr> {
+        self.backend.as_slice().iter().copied().find(SocketAddr::is_ipv6)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let config: Config =
+            toml::from_str(text).map_err(|e| Error::ConfigParse { path: path.into(), message: e.to_string() })?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    fn validate(&self, path: &Path) -> Result<()> {
+        let invalid = |key: String, message: String| Error::ConfigInvalid { path: path.into(), key, message };
+        if !self.pin_dir.is_absolute() {
+            return Err(invalid("pin_dir".into(), "must be an absolute path on a bpffs".into()));
+        }
+        if self.uplink.interface.is_empty() || self.uplink.interface.len() > 15 {
+            return Err(invalid("uplink.interface".into(), "must be an interface name (1 to 15 bytes)".into()));
+        }
+        for (i, a) in self.uplink.addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() {
+                return Err(invalid(format!("uplink.addresses[{i}]"), format!("{a} is not a unicast host address")));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut ports = HashSet::new();
+        for (i, rule) in self.steer.iter().enumerate() {
+            let key = |field: &str| format!("steer[{i}].{field}");
+            let name_ok = !rule.name.is_empty()
+                && rule.name.len() < RULE_NAME_LEN
+                && rule.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(invalid(
+                    key("name"),
+                    format!("`{}`: use 1 to {} letters, digits, `-` or `_`", rule.name, RULE_NAME_LEN - 1),
+                ));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(invalid(key("name"), format!("`{}` is used by another [[steer]] rule", rule.name)));
+            }
+            if rule.port == 0 {
+                return Err(invalid(key("port"), "must be 1 to 65535".into()));
+            }
+            if !ports.insert((rule.protocol, rule.port)) {
+                return Err(invalid(key("port"), format!("{}/{} is steered by another rule", rule.protocol, rule.port)));
+            }
+            let backends = rule.backend.as_slice();
+            let v4 = backends.iter().filter(|a| a.is_ipv4()).count();
+            let v6 = backends.iter().filter(|a| a.is_ipv6()).count();
+            if backends.is_empty() {
+                return Err(invalid(key("backend"), "needs at least one address".into()));
+            }
+            if v4 > 1 || v6 > 1 {
+                return Err(invalid(key("backend"), "at most one backend per address family".into()));
+            }
+            for a in backends {
+                if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() || a.ip().is_loopback() {
+                    return Err(invalid(
+                        key("backend"),
+                        format!("{a}: needs a unicast, non-loopback address and a port (XDP cannot redirect to loopback)"),
+                    ));
+                }
+            }
+        }
+        if self.steer.len() > jitsi_common::MAX_RULES as usize {
+            return Err(invalid("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config> {
+        Config::parse(s, Path::new("test.toml"))
+    }
+
+    const GOOD: &str = r#"
+        [uplink]
+        interface = "eth0"
+        [[steer]]
+        name = "jvb"
+        protocol = "udp"
+        port = 10000
+        backend = ["172.18.0.10:10000", "[fd00::10]:10000"]
+        [[steer]]
+        name = "web"
+        protocol = "tcp"
+        port = 80
+        backend = "172.18.0.12:8000"
+    "#;
+
+    #[test]
+    fn parses_the_documented_shape() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.pin_dir, Path::new(DEFAULT_PIN_DIR));
+        assert_eq!(c.steer.len(), 2);
+        assert_eq!(c.steer[0].backend_v4().unwrap().to_string(), "172.18.0.10:10000");
+        assert_eq!(c.steer[0].backend_v6().unwrap().to_string(), "[fd00::10]:10000");
+        assert!(c.steer[1].backend_v6().is_none());
+        assert_eq!(c.steer[1].protocol, Protocol::Tcp);
+    }
+
+    fn err(s: &str) -> String {
+        parse(s).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn rejects_bad_input_with_the_key() {
+        let base = "[uplink]\ninterface = \"eth0\"\n";
+        assert!(err(&format!("{base}bogus = 1")).contains("unknown field `bogus`"));
+        assert!(err(&format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"sctp\"\nport=1\nbackend=\"10.0.0.1:1\"")).contains("unknown variant `sctp`"));
+        let e = err(&format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=0\nbackend=\"10.0.0.1:1\""));
+        assert!(e.contains("`steer[0].port`"), "{e}");
+        let dup = format!(
+            "{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"\n[[steer]]\nname=\"b\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.2:1\""
+        );
+        assert!(err(&dup).contains("`steer[1].port`: udp/1 is steered by another rule"));
+        let two_v4 = format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=[\"10.0.0.1:1\",\"10.0.0.2:1\"]");
+        assert!(err(&two_v4).contains("at most one backend per address family"));
+        let lo = format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"127.0.0.1:1\"");
+        assert!(err(&lo).contains("loopback"));
+        let name = format!("{base}[[steer]]\nname=\"a b\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"");
+        assert!(err(&name).contains("`steer[0].name`"));
+        assert!(err("[uplink]\ninterface=\"eth0\"\npin_dir=\"relative\"").contains("`pin_dir`"));
+        assert!(err("pin_dir = 3").contains("test.toml"));
+    }
+}

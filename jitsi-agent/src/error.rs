@@ -1,0 +1,106 @@
+//! Typed errors of the agent library.
+
+use std::{net::IpAddr, path::PathBuf};
+
+/// Everything the library can fail with; the CLI adds context with `anyhow`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    ConfigRead {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or does not match the schema.
+    #[error("{path}: {message}")]
+    ConfigParse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// The configuration parsed but a value is not acceptable.
+    #[error("{path}: `{key}`: {message}")]
+    ConfigInvalid {
+        /// The file.
+        path: PathBuf,
+        /// The offending key, e.g. `steer[1].port`.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// A netlink request failed.
+    #[error("netlink: {what}: {source}")]
+    Netlink {
+        /// What was asked.
+        what: String,
+        /// The error from the kernel or the socket.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// A network interface named in the configuration does not exist.
+    #[error("interface `{0}` not found")]
+    NoSuchInterface(String),
+    /// A backend address cannot be reached in a way XDP can redirect to.
+    #[error("backend {addr}: {message}")]
+    Backend {
+        /// The backend address.
+        addr: IpAddr,
+        /// Why it cannot be steered to.
+        message: String,
+    },
+    /// The pin directory is not usable.
+    #[error("pin directory {path}: {message}")]
+    PinDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The agent was built without the eBPF object.
+    #[error("this jitsi-agent binary was built without the eBPF object; build it with `cargo xtask build`")]
+    NoEbpfObject,
+    /// Loading, attaching or pinning the eBPF programs failed.
+    #[error("{what}: {source}")]
+    Ebpf {
+        /// What was being done.
+        what: String,
+        /// aya's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Reading or writing a map failed.
+    #[error("map `{map}`: {source}")]
+    Map {
+        /// The map name.
+        map: &'static str,
+        /// aya's error.
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// A system call failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn ebpf(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Error::Ebpf { what: what.into(), source: Box::new(source) }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io { what: what.into(), source }
+    }
+}
+
+/// Result alias of the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

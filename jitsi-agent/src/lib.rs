@@ -1,0 +1,15 @@
+//! jitsi-agent: steers a Jitsi Meet stack's public ports to its containers with XDP/TC.
+//!
+//! `main.rs` is a thin CLI over this library; the integration tests drive the same code.
+
+pub mod config;
+pub mod datapath;
+pub mod ebpf_object;
+pub mod error;
+pub mod netlink;
+pub mod resolve;
+pub mod rules;
+pub mod run;
+pub mod status;
+
+pub use error::Error;

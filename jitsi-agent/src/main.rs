@@ -1,0 +1,78 @@
+//! The `jitsi-agent` command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use jitsi_agent::{config::Config, run, status};
+
+#[derive(Parser)]
+#[command(version, about = "Steers a self-hosted Jitsi Meet's public ports to its containers with XDP/TC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Attach (or adopt) the datapath, fill it from the config and keep it current until
+    /// SIGTERM/SIGINT. The datapath stays attached after the agent exits.
+    Run {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// Print the rules and counters read from the pinned maps (no running agent needed).
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Pin directory to read (default: the config's `pin_dir`, else /sys/fs/bpf/jitsi-agent).
+        #[arg(long)]
+        pin_dir: Option<PathBuf>,
+        /// Read `pin_dir` from this configuration file.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Run { config } => {
+            let config = Config::load(&config)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(run::run(config, shutdown_signal()))?;
+        }
+        Command::Status { json, pin_dir, config } => {
+            let pin_dir = match (pin_dir, config) {
+                (Some(p), _) => p,
+                (None, Some(c)) => Config::load(&c)?.pin_dir,
+                (None, None) => PathBuf::from(jitsi_agent::config::DEFAULT_PIN_DIR),
+            };
+            let status = status::read(&pin_dir)
+                .with_context(|| format!("reading the datapath pinned at {} (is the agent installed?)", pin_dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                print!("{status}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,212 @@
+//! The few rtnetlink queries the agent needs: links, addresses, routes, neighbours, the
+//! bridge forwarding database. Everything through the `rtnetlink` crate, nothing shelled out.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    AddressFamily,
+    address::{AddressAttribute, AddressScope},
+    link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
+    neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
+    route::RouteAttribute,
+};
+use rtnetlink::{Handle, RouteMessageBuilder};
+
+use crate::error::{Error, Result};
+
+/// Opens a netlink connection in the calling thread's network namespace and spawns its
+/// driver on the current tokio runtime.
+pub fn connect() -> Result<Handle> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| Error::io("opening a netlink socket", e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+fn nl(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Netlink { what, source }
+}
+
+/// What the agent needs to know about an interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// Interface index.
+    pub index: u32,
+    /// Name.
+    pub name: String,
+    /// MAC address (zero if the link has none).
+    pub mac: [u8; 6],
+    /// Whether it is a Linux bridge.
+    pub is_bridge: bool,
+    /// The attached XDP program id and mode ("driver", "generic", ...), if any.
+    pub xdp: Option<(u32, &'static str)>,
+}
+
+fn link_from(msg: LinkMessage) -> Link {
+    let mut link = Link { index: msg.header.index, name: String::new(), mac: [0; 6], is_bridge: false, xdp: None };
+    let mut mode = None;
+    let mut prog = None;
+    for attr in msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => link.name = n,
+            LinkAttribute::Address(a) if a.len() == 6 => link.mac.copy_from_slice(&a),
+            LinkAttribute::LinkInfo(infos) => {
+                link.is_bridge = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
+            }
+            LinkAttribute::Xdp(xdp) => {
+                for x in xdp {
+                    match x {
+                        LinkXdp::Attached(XdpAttached::Driver) => mode = Some("driver"),
+                        LinkXdp::Attached(XdpAttached::SocketBuffer) => mode = Some("generic"),
+                        LinkXdp::Attached(XdpAttached::Hardware) => mode = Some("offload"),
+                        LinkXdp::Attached(XdpAttached::Multiple) => mode = Some("multiple"),
+                        LinkXdp::ProgId(id) => prog = Some(id),
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    link.xdp = prog.zip(mode);
+    link
+}
+
+/// The interface called `name`.
+pub async fn link_by_name(h: &Handle, name: &str) -> Result<Link> {
+    match h.link().get().match_name(name.to_string()).execute().try_next().await {
+        Ok(Some(msg)) => Ok(link_from(msg)),
+        Ok(None) => Err(Error::NoSuchInterface(name.into())),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENODEV => {
+            Err(Error::NoSuchInterface(name.into()))
+        }
+        Err(e) => Err(nl(format!("getting link {name}"))(e)),
+    }
+}
+
+/// The interface with index `index`.
+pub async fn link_by_index(h: &Handle, index: u32) -> Result<Link> {
+    let msg = h.link().get().match_index(index).execute().try_next().await.map_err(nl(format!("getting link #{index}")))?;
+    msg.map(link_from).ok_or_else(|| Error::NoSuchInterface(format!("#{index}")))
+}
+
+/// Global-scope addresses of interface `index` (link-local and host-scope ones excluded).
+pub async fn global_addresses(h: &Handle, index: u32) -> Result<Vec<IpAddr>> {
+    let msgs: Vec<_> = h
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing addresses"))?;
+    let mut out = Vec::new();
+    for m in msgs {
+        if m.header.index != index || m.header.scope != AddressScope::Universe {
+            continue;
+        }
+        for a in m.attributes {
+            if let AddressAttribute::Address(ip) = a {
+                out.push(ip);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The output interface of the route the kernel picks for `dst`.
+pub async fn route_oif(h: &Handle, dst: IpAddr) -> Result<u32> {
+    let msg = match dst {
+        IpAddr::V4(a) => RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(a, 32).build(),
+        IpAddr::V6(a) => RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(a, 128).build(),
+    };
+    let route = h
+        .route()
+        .get(msg)
+        .execute()
+        .try_next()
+        .await
+        .map_err(nl(format!("route get {dst}")))?
+        .ok_or_else(|| Error::Backend { addr: dst, message: "no route".into() })?;
+    route
+        .attributes
+        .iter()
+        .find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None })
+        .ok_or_else(|| Error::Backend { addr: dst, message: "the route has no output interface".into() })
+}
+
+fn neigh_addr(ip: IpAddr) -> NeighbourAddress {
+    match ip {
+        IpAddr::V4(a) => NeighbourAddress::Inet(a),
+        IpAddr::V6(a) => NeighbourAddress::Inet6(a),
+    }
+}
+
+/// The MAC of neighbour `ip` on interface `index`, if the kernel has a usable entry.
+pub async fn neighbour_mac(h: &Handle, index: u32, ip: IpAddr) -> Result<Option<[u8; 6]>> {
+    let family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    let msgs: Vec<NeighbourMessage> =
+        h.neighbours().get().set_address_family(family).execute().try_collect().await.map_err(nl("listing neighbours"))?;
+    let want = neigh_addr(ip);
+    for m in msgs {
+        let usable = !matches!(m.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None);
+        if m.header.ifindex != index || !usable {
+            continue;
+        }
+        let mut dst = None;
+        let mut mac = None;
+        for a in &m.attributes {
+            match a {
+                NeighbourAttribute::Destination(d) => dst = Some(d.clone()),
+                NeighbourAttribute::LinkLayerAddress(l) if l.len() == 6 => {
+                    mac = Some(<[u8; 6]>::try_from(l.as_slice()).expect("length checked"));
+                }
+                _ => {}
+            }
+        }
+        if dst.as_ref() == Some(&want) {
+            return Ok(mac);
+        }
+    }
+    Ok(None)
+}
+
+/// Asks the kernel to resolve neighbour `ip` on `index` (`NTF_USE`: sends an ARP/ND probe
+/// without touching any existing entry's state).
+pub async fn trigger_resolution(h: &Handle, index: u32, ip: IpAddr) -> Result<()> {
+    h.neighbours()
+        .add(index, ip)
+        .flags(NeighbourFlags::Use)
+        .replace()
+        .execute()
+        .await
+        .map_err(nl(format!("resolving neighbour {ip}")))
+}
+
+/// The bridge port (interface index) behind which `mac` was learned on `bridge`.
+pub async fn fdb_port(h: &Handle, bridge: u32, mac: [u8; 6]) -> Result<Option<u32>> {
+    let msgs: Vec<NeighbourMessage> = h
+        .neighbours()
+        .get()
+        .set_address_family(AddressFamily::Bridge)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing the bridge forwarding database"))?;
+    for m in msgs {
+        let mut lladdr = None;
+        let mut master = None;
+        for a in &m.attributes {
+            match a {
+                NeighbourAttribute::LinkLayerAddress(l) => lladdr = Some(l.clone()),
+                NeighbourAttribute::Controller(c) => master = Some(*c),
+                _ => {}
+            }
+        }
+        if lladdr.as_deref() == Some(&mac[..]) && master == Some(bridge) && m.header.ifindex != bridge {
+            return Ok(Some(m.header.ifindex));
+        }
+    }
+    Ok(None)
+}

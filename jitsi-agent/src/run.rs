@@ -1,0 +1,179 @@
+//! `jitsi-agent run`: attach or adopt the datapath, keep its maps in line with the
+//! configuration and the backends' current link-layer paths, until asked to stop.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    future::Future,
+    net::IpAddr,
+    time::Duration,
+};
+
+use aya::maps::PerCpuValues;
+use jitsi_common::RuleStats;
+use rtnetlink::Handle;
+use tracing::{info, warn};
+
+use crate::{
+    config::Config,
+    datapath::{Attach, Datapath, Maps},
+    error::{Error, Result},
+    netlink,
+    resolve::{self, Resolved, fmt_mac},
+    rules::{self, Desired},
+    status::existing_slots,
+};
+
+/// How often backends are re-resolved (a container that restarts gets a new veth and MAC).
+const REFRESH: Duration = Duration::from_secs(2);
+
+/// Runs the agent until `shutdown` completes. The datapath stays attached afterwards.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let h = netlink::connect()?;
+    let uplink = netlink::link_by_name(&h, &config.uplink.interface).await?;
+    let host_addrs = if config.uplink.addresses.is_empty() {
+        netlink::global_addresses(&h, uplink.index).await?
+    } else {
+        config.uplink.addresses.clone()
+    };
+    if host_addrs.is_empty() {
+        return Err(Error::NoSuchInterface(format!(
+            "{} has no global address; set uplink.addresses",
+            config.uplink.interface
+        )));
+    }
+    info!(uplink = %uplink.name, addresses = ?host_addrs, "host addresses");
+
+    let mut dp = Datapath::open(&config.pin_dir)?;
+    let mut backends = Backends::default();
+    backends.refresh(&h, &config).await;
+    sync_maps(&mut dp.maps, &config, &host_addrs, uplink.index, &backends.resolved)?;
+    match dp.ensure_xdp(&uplink)? {
+        Attach::Attached(mode) => info!(interface = %uplink.name, mode, "attached steer_in (XDP)"),
+        Attach::Adopted => info!(interface = %uplink.name, mode = uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)"),
+    }
+    let mut tc_done = HashSet::new();
+    attach_tc(&mut dp, &backends.resolved, &mut tc_done)?;
+    info!(rules = config.steer.len(), adopted = dp.adopted, "ready");
+
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(REFRESH) => {
+                if backends.refresh(&h, &config).await {
+                    sync_maps(&mut dp.maps, &config, &host_addrs, uplink.index, &backends.resolved)?;
+                    attach_tc(&mut dp, &backends.resolved, &mut tc_done)?;
+                }
+            }
+        }
+    }
+    info!("stopping; the datapath stays attached and keeps forwarding");
+    Ok(())
+}
+
+fn attach_tc(dp: &mut Datapath, resolved: &HashMap<IpAddr, Resolved>, done: &mut HashSet<u32>) -> Result<()> {
+    for r in resolved.values() {
+        if done.insert(r.gateway.index) {
+            match dp.ensure_tc(&r.gateway)? {
+                Attach::Attached(mode) => info!(interface = %r.gateway.name, mode, "attached reply_out (TC ingress)"),
+                Attach::Adopted => info!(interface = %r.gateway.name, "adopted attached reply_out (TC ingress)"),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The backends' current resolution, logging only changes.
+#[derive(Default)]
+struct Backends {
+    resolved: HashMap<IpAddr, Resolved>,
+    failed: HashMap<IpAddr, String>,
+}
+
+impl Backends {
+    /// Re-resolves every backend; returns whether anything changed.
+    async fn refresh(&mut self, h: &Handle, config: &Config) -> bool {
+        let ips: HashSet<IpAddr> =
+            config.steer.iter().flat_map(|r| r.backend.as_slice().iter().map(|b| b.ip())).collect();
+        let mut changed = false;
+        for ip in ips {
+            match resolve::backend(h, ip).await {
+                Ok(r) => {
+                    self.failed.remove(&ip);
+                    if self.resolved.get(&ip) != Some(&r) {
+                        info!(backend = %ip, via = %r.gateway.name, port_ifindex = r.port_ifindex, mac = %fmt_mac(&r.backend_mac), "backend resolved");
+                        self.resolved.insert(ip, r);
+                        changed = true;
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    if self.failed.get(&ip) != Some(&msg) {
+                        if self.resolved.contains_key(&ip) {
+                            // Keep steering to the last known path: a stale neighbour or FDB entry
+                            // must not take a working backend down.
+                            warn!(backend = %ip, error = %msg, "cannot re-resolve backend; keeping its last known path");
+                        } else {
+                            warn!(backend = %ip, error = %msg, "backend unresolved; its traffic is dropped (in_backend_down)");
+                        }
+                        self.failed.insert(ip, msg);
+                    }
+                }
+            }
+        }
+        changed
+    }
+}
+
+/// Brings the `rules`, `replies` and `host_addrs` maps in line with the configuration. New
+/// and changed entries are written first, stale ones removed last; entries that are already
+/// right are not touched, so their traffic never sees a gap.
+pub fn sync_maps(
+    maps: &mut Maps,
+    config: &Config,
+    host_addrs: &[IpAddr],
+    uplink_ifindex: u32,
+    resolved: &HashMap<IpAddr, Resolved>,
+) -> Result<()> {
+    let existing = existing_slots(maps);
+    let (slots, fresh) = rules::assign_slots(&existing, config.steer.iter().map(|r| r.name.as_str()));
+    zero_rule_stats(maps, &fresh)?;
+    let Desired { rules, replies, host_addrs } = rules::desired(&config.steer, host_addrs, uplink_ifindex, &slots, resolved);
+    sync_hash("rules", &mut maps.rules, rules)?;
+    sync_hash("replies", &mut maps.replies, replies)?;
+    sync_hash("host_addrs", &mut maps.host_addrs, host_addrs)?;
+    Ok(())
+}
+
+fn zero_rule_stats(maps: &mut Maps, slots: &[u32]) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+    for &slot in slots {
+        let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
+            .map_err(|source| Error::Map { map: "rule_stats", source: aya::maps::MapError::from(source) })?;
+        maps.rule_stats.set(slot, zero, 0).map_err(|source| Error::Map { map: "rule_stats", source })?;
+    }
+    Ok(())
+}
+
+fn sync_hash<K, V>(
+    name: &'static str,
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    want: Vec<(K, V)>,
+) -> Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash + Ord,
+    V: aya::Pod + PartialEq,
+{
+    let err = |source| Error::Map { map: name, source };
+    let have: BTreeMap<K, V> = map.iter().collect::<Result<_, _>>().map_err(err)?;
+    let wanted: HashSet<K> = want.iter().map(|(k, _)| *k).collect();
+    for (k, v) in &want {
+        if have.get(k) != Some(v) {
+            map.insert(k, v, 0).map_err(err)?;
+        }
+    }
+    for k in have.keys().filter(|k| !wanted.contains(k)) {
+        map.remove(k).map_err(err)?;
+    }
+    Ok(())
+}

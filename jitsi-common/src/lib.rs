@@ -1,0 +1,186 @@
+//! The ABI between the jitsi-agent datapath (`jitsi-ebpf`) and userspace (`jitsi-agent`).
+//!
+//! This crate is the only definition of the map keys and values. Every type is `#[repr(C)]`,
+//! `Copy`, has explicit padding fields (so that a zeroed key from userspace and a key built in
+//! the kernel compare equal byte for byte) and uses integer flags instead of `bool`.
+//! Ports are stored in host byte order; addresses as the 16 raw bytes of the IPv6 address or,
+//! for IPv4, the 4 raw bytes followed by 12 zero bytes.
+#![no_std]
+
+mod reason;
+pub use reason::{REASON_COUNT, Reason};
+
+/// Address-family tags used in keys (chosen to read naturally in `bpftool` output).
+pub const FAMILY_V4: u8 = 4;
+/// See [`FAMILY_V4`].
+pub const FAMILY_V6: u8 = 6;
+
+/// IANA protocol numbers of the protocols a rule can steer.
+pub const PROTO_TCP: u8 = 6;
+/// See [`PROTO_TCP`].
+pub const PROTO_UDP: u8 = 17;
+
+/// Number of rule slots (per-rule counter array size).
+pub const MAX_RULES: u32 = 256;
+/// Capacity of the host-address table.
+pub const MAX_HOST_ADDRS: u32 = 64;
+/// Capacity of the learned return-path table (one entry per recent client address).
+pub const MAX_RETURN_PATHS: u32 = 262_144;
+/// Length of the rule name stored in [`Rule::name`] (NUL padded).
+pub const RULE_NAME_LEN: usize = 24;
+
+/// The rule has a backend for this key's address family.
+pub const RULE_HAS_BACKEND: u16 = 1;
+/// The backend's link-layer path (bridge port, MACs) is resolved: packets can be steered.
+/// A rule with a backend that is not resolved drops its traffic (reason `in_backend_down`).
+pub const RULE_RESOLVED: u16 = 2;
+
+/// Key of the `rules` map: which packets arriving on the uplink are steered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleKey {
+    /// Public (uplink) destination port, host byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// Value of the `rules` map: where a steered packet goes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// Backend address (see the crate docs for the IPv4 layout).
+    pub backend_addr: [u8; 16],
+    /// Backend port, host byte order.
+    pub backend_port: u16,
+    /// [`RULE_HAS_BACKEND`] | [`RULE_RESOLVED`].
+    pub flags: u16,
+    /// Interface to redirect into: the bridge port (host-side veth) of the backend.
+    pub ifindex: u32,
+    /// Destination MAC: the backend's.
+    pub backend_mac: [u8; 6],
+    /// Source MAC: the bridge's (the backend's gateway).
+    pub bridge_mac: [u8; 6],
+    /// Index into `rule_stats`.
+    pub slot: u32,
+    /// Rule name from the configuration, NUL padded.
+    pub name: [u8; RULE_NAME_LEN],
+}
+
+/// Key of the `host_addrs` map: the uplink addresses packets must be sent to to be steered.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostAddrKey {
+    /// The address.
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+
+/// Key of the `replies` map: which packets leaving a backend are replies of a rule.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyKey {
+    /// Backend address.
+    pub addr: [u8; 16],
+    /// Backend (source) port, host byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+/// Value of the `replies` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// Public port the reply leaves from, host byte order.
+    pub public_port: u16,
+    /// Zero.
+    pub _pad: u16,
+    /// Index into `rule_stats`.
+    pub slot: u32,
+}
+
+/// Key of the `return_paths` LRU map: a client address seen on the uplink.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientKey {
+    /// The client's address.
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of the `return_paths` map, learned by the XDP program from a client's steered packet:
+/// how replies to that client leave (interface, MACs) and from which host address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReturnPath {
+    /// The host address the client sent to; replies leave from it.
+    pub host_addr: [u8; 16],
+    /// Uplink interface the client's packet arrived on.
+    pub ifindex: u32,
+    /// Source MAC of the client's frame (its router, or the client itself on a LAN).
+    pub client_mac: [u8; 6],
+    /// Destination MAC of the client's frame (the uplink's own MAC).
+    pub host_mac: [u8; 6],
+}
+
+/// Per-rule counters (`rule_stats`, per CPU, indexed by [`Rule::slot`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RuleStats {
+    /// Packets steered from the uplink to the backend.
+    pub packets_in: u64,
+    /// Bytes (Ethernet frame length) steered to the backend.
+    pub bytes_in: u64,
+    /// Reply packets sent from the backend out of the uplink.
+    pub packets_out: u64,
+    /// Reply bytes (Ethernet frame length) sent out of the uplink.
+    pub bytes_out: u64,
+}
+
+/// Per-reason counters (`reason_stats`, per CPU, indexed by [`Reason`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReasonStats {
+    /// Packets.
+    pub packets: u64,
+    /// Bytes (Ethernet frame length where known, else 0).
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, and have no implicit padding (padding is explicit).
+    unsafe impl aya::Pod for RuleKey {}
+    unsafe impl aya::Pod for Rule {}
+    unsafe impl aya::Pod for HostAddrKey {}
+    unsafe impl aya::Pod for ReplyKey {}
+    unsafe impl aya::Pod for Reply {}
+    unsafe impl aya::Pod for ClientKey {}
+    unsafe impl aya::Pod for ReturnPath {}
+    unsafe impl aya::Pod for RuleStats {}
+    unsafe impl aya::Pod for ReasonStats {}
+}
+
+/// Compile-time layout checks: no implicit padding anywhere.
+const _: () = {
+    assert!(core::mem::size_of::<RuleKey>() == 4);
+    assert!(core::mem::size_of::<Rule>() == 16 + 2 + 2 + 4 + 6 + 6 + 4 + RULE_NAME_LEN);
+    assert!(core::mem::size_of::<HostAddrKey>() == 20);
+    assert!(core::mem::size_of::<ReplyKey>() == 20);
+    assert!(core::mem::size_of::<Reply>() == 8);
+    assert!(core::mem::size_of::<ClientKey>() == 20);
+    assert!(core::mem::size_of::<ReturnPath>() == 32);
+    assert!(core::mem::size_of::<RuleStats>() == 32);
+};

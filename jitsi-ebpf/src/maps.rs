@@ -1,0 +1,69 @@
+//! The datapath's maps. Userspace pins each under the pin directory by the name given here
+//! (see the README's map reference); the key and value types live in `jitsi-common`.
+
+use aya_ebpf::{
+    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use jitsi_common::{
+    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RETURN_PATHS, MAX_RULES, REASON_COUNT, ReasonStats,
+    Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats,
+};
+
+/// (protocol, family, public port) -> backend.
+#[btf_map(name = "rules")]
+pub static RULES: HashMap<RuleKey, Rule, { MAX_RULES as usize * 2 }> = HashMap::new();
+
+/// Addresses of the uplink that steered packets must be addressed to.
+#[btf_map(name = "host_addrs")]
+pub static HOST_ADDRS: HashMap<HostAddrKey, u32, { MAX_HOST_ADDRS as usize }> = HashMap::new();
+
+/// (protocol, family, backend address, backend port) -> public port, for replies.
+#[btf_map(name = "replies")]
+pub static REPLIES: HashMap<ReplyKey, Reply, { MAX_RULES as usize * 2 }> = HashMap::new();
+
+/// Client address -> how to send replies back to it (learned on the uplink).
+#[btf_map(name = "return_paths")]
+pub static RETURN_PATHS: LruHashMap<ClientKey, ReturnPath, { MAX_RETURN_PATHS as usize }> =
+    LruHashMap::new();
+
+/// Per-rule counters, indexed by `Rule::slot`.
+#[btf_map(name = "rule_stats")]
+pub static RULE_STATS: PerCpuArray<RuleStats, { MAX_RULES as usize }> = PerCpuArray::new();
+
+/// Per-reason counters of what was passed or dropped, indexed by `jitsi_common::Reason`.
+#[btf_map(name = "reason_stats")]
+pub static REASON_STATS: PerCpuArray<ReasonStats, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+#[inline(always)]
+pub fn count_reason(reason: jitsi_common::Reason, bytes: u64) {
+    if let Some(s) = REASON_STATS.get_ptr_mut(reason as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while the program runs.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_rule_in(slot: u32, bytes: u64) {
+    if let Some(s) = RULE_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*s).packets_in += 1;
+            (*s).bytes_in += bytes;
+        }
+    }
+}
+
+#[inline(always)]
+pub fn count_rule_out(slot: u32, bytes: u64) {
+    if let Some(s) = RULE_STATS.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot.
+        unsafe {
+            (*s).packets_out += 1;
+            (*s).bytes_out += bytes;
+        }
+    }
+}

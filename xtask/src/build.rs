@@ -1,0 +1,83 @@
+//! Building the eBPF object and the agent that embeds it.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{prereq, toolchain};
+
+/// The workspace root (xtask lives one level below it).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent").to_path_buf()
+}
+
+/// Where `build-ebpf` leaves the object; `jitsi-agent/build.rs` embeds it from there.
+pub fn ebpf_object_path() -> PathBuf {
+    workspace_root().join("target/ebpf/bpfel-unknown-none/release/jitsi-ebpf")
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Builds `jitsi-ebpf` for `bpfel-unknown-none` with BTF and returns the object's path.
+pub fn ebpf() -> Result<PathBuf> {
+    let linker = prereq::bpf_linker()?;
+    let tc = toolchain::find()?;
+    eprintln!("xtask: building eBPF with {}", tc.description);
+    let root = workspace_root();
+    let mut cmd = Command::new("cargo");
+    if let Some(arg) = tc.cargo_toolchain_arg {
+        cmd.arg(arg);
+    }
+    cmd.current_dir(&root)
+        .args(["build", "--package", "jitsi-ebpf", "--release", "--target", "bpfel-unknown-none"])
+        .args(["-Z", "build-std=core", "--target-dir"])
+        .arg(root.join("target/ebpf"))
+        .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "2")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        // BTF for the maps (bpftool prints field names) and the programs.
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER");
+    // The bpf-linker we may just have installed lives in ~/.cargo/bin.
+    if let Some(dir) = linker.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths: Vec<PathBuf> = std::env::split_paths(&path).collect();
+        paths.insert(0, dir.to_path_buf());
+        cmd.env("PATH", std::env::join_paths(paths)?);
+    }
+    for (k, v) in &tc.env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)?;
+    let obj = ebpf_object_path();
+    if !obj.exists() {
+        bail!("the eBPF build succeeded but {} is missing", obj.display());
+    }
+    eprintln!("xtask: eBPF object at {}", obj.display());
+    Ok(obj)
+}
+
+/// Builds the eBPF object, then the release agent binary that embeds it.
+pub fn agent() -> Result<PathBuf> {
+    let obj = ebpf()?;
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["build", "--release", "--package", "jitsi-agent", "--package", "jitsi-tests", "--bins"])
+        .env("JITSI_EBPF_OBJECT", &obj))?;
+    let bin = root.join("target/release/jitsi-agent");
+    eprintln!("xtask: agent binary with the eBPF object embedded at {}", bin.display());
+    Ok(bin)
+}

@@ -1,0 +1,46 @@
+//! `cargo xtask`: builds the eBPF object and the agent, runs the tests and the lab demo.
+//!
+//! Everything a fresh Debian machine lacks (bpf-linker, LLVM 22, a rustc with library source,
+//! iproute2, bpftool, ...) is installed here, so the README's two commands are all a newcomer runs.
+
+mod build;
+mod prereq;
+mod run;
+mod toolchain;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, test and demo orchestration for jitsi-agent")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the eBPF programs (bpfel-unknown-none, with BTF), installing the toolchain if needed.
+    BuildEbpf,
+    /// Build the eBPF object and a release `jitsi-agent` binary that embeds it.
+    Build,
+    /// Run formatting and lint checks, unit tests and the root-only integration tests.
+    Test {
+        /// Skip `cargo fmt --check` and `cargo clippy`.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run integration tests whose name contains this string.
+        filter: Option<String>,
+    },
+    /// Build everything, create the lab, run the agent in it and show what the backends saw.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::BuildEbpf => build::ebpf().map(drop),
+        Command::Build => build::agent().map(drop),
+        Command::Test { no_lint, filter } => run::test(!no_lint, filter.as_deref()),
+        Command::Demo => run::demo(),
+    }
+}

@@ -1,0 +1,95 @@
+//! Installing what a fresh Debian machine lacks: Debian packages and `bpf-linker`.
+
+use std::{
+    path::PathBuf,
+    process::{Command, Stdio},
+    sync::Once,
+};
+
+use anyhow::{Context, Result, bail};
+
+/// The bpf-linker release built against Debian's LLVM 22 (see the README's toolchain section).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+/// Whether Debian package `name` is installed.
+fn dpkg_installed(name: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", name])
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Installs the Debian packages of `names` that are missing, with `apt-get`.
+pub fn apt(names: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = names.iter().copied().filter(|n| !dpkg_installed(n)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages: {} — install them with `sudo apt-get install {}` or run as root",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    static UPDATE: Once = Once::new();
+    UPDATE.call_once(|| {
+        eprintln!("xtask: apt-get update");
+        let _ = Command::new("apt-get").args(["update", "-q"]).stdout(Stdio::null()).status();
+    });
+    eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdout(Stdio::null())
+        .status()
+        .context("running apt-get")?;
+    if !status.success() {
+        bail!("`apt-get install {}` failed ({status})", missing.join(" "));
+    }
+    Ok(())
+}
+
+/// Where cargo installs binaries.
+fn cargo_bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+        .join("bin")
+}
+
+/// Path of a working `bpf-linker`, installing it (and LLVM 22) when missing.
+pub fn bpf_linker() -> Result<PathBuf> {
+    let candidates = [cargo_bin_dir().join("bpf-linker"), PathBuf::from("bpf-linker")];
+    for c in &candidates {
+        if Command::new(c).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+            return Ok(c.clone());
+        }
+    }
+    eprintln!("xtask: bpf-linker not found; installing bpf-linker {BPF_LINKER_VERSION} against LLVM 22");
+    apt(&["llvm-22-dev", "libzstd-dev", "zlib1g-dev"])?;
+    let status = Command::new("cargo")
+        .args(["install", "--locked", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args(["--no-default-features", "--features", "llvm-22"])
+        .env("LLVM_PREFIX", LLVM_PREFIX)
+        .status()
+        .context("running cargo install bpf-linker")?;
+    if !status.success() {
+        bail!(
+            "installing bpf-linker failed; install it by hand with \
+             `apt-get install llvm-22-dev libzstd-dev zlib1g-dev && LLVM_PREFIX={LLVM_PREFIX} \
+             cargo install bpf-linker --version {BPF_LINKER_VERSION} --no-default-features --features llvm-22`"
+        );
+    }
+    Ok(candidates[0].clone())
+}

@@ -1,0 +1,65 @@
+//! `cargo xtask test` and `cargo xtask demo`.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::{build, prereq};
+
+/// Debian packages the lab and the tests use: `ip` (iproute2) to build namespaces, `ethtool`
+/// for veth offloads, `bpftool` to check pinned maps, nftables/iptables to prove the host
+/// namespace has no rules.
+const LAB_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "nftables", "iptables"];
+
+fn cargo(args: &[&str]) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(build::workspace_root()).args(args);
+    cmd
+}
+
+fn run(mut cmd: Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn require_root(what: &str) -> Result<()> {
+    if !prereq::is_root() {
+        bail!("{what} needs root (network namespaces, BPF programs, bpffs); run it as root, e.g. `sudo -E cargo xtask ...`");
+    }
+    Ok(())
+}
+
+/// Lints, builds everything and runs unit and integration tests.
+pub fn test(lint: bool, filter: Option<&str>) -> Result<()> {
+    require_root("cargo xtask test")?;
+    prereq::apt(LAB_PACKAGES)?;
+    if lint {
+        eprintln!("xtask: cargo fmt --check");
+        run(cargo(&["fmt", "--all", "--", "--check"]))?;
+        eprintln!("xtask: cargo clippy (userspace crates)");
+        run(cargo(&["clippy", "--workspace", "--exclude", "jitsi-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+    }
+    let agent = build::agent()?;
+    let obj = build::ebpf_object_path();
+    eprintln!("xtask: running unit and integration tests");
+    let mut cmd = cargo(&["test", "--release", "--workspace", "--exclude", "jitsi-ebpf"]);
+    if let Some(f) = filter {
+        cmd.args(["--", f]);
+    }
+    cmd.env("JITSI_AGENT_BIN", &agent).env("JITSI_EBPF_OBJECT", &obj);
+    run(cmd)
+}
+
+/// Builds everything, then runs the lab demo as root.
+pub fn demo() -> Result<()> {
+    require_root("cargo xtask demo")?;
+    prereq::apt(LAB_PACKAGES)?;
+    let agent = build::agent()?;
+    let lab = build::workspace_root().join("target/release/jitsi-lab");
+    let mut cmd = Command::new(&lab);
+    cmd.arg("demo").arg("--agent").arg(&agent);
+    run(cmd)
+}
