@@ -1,0 +1,114 @@
+//! Running the real `jitsi-agent` binary inside the lab's host namespace.
+
+use std::{
+    fs::File,
+    io::Read,
+    os::{fd::AsRawFd, unix::process::CommandExt},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::NetNs;
+
+/// The agent binary: `$JITSI_AGENT_BIN` (set by `cargo xtask test`), else the release build.
+pub fn agent_bin() -> PathBuf {
+    std::env::var_os("JITSI_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/jitsi-agent")
+    })
+}
+
+/// A command that runs in `ns` (setns before exec; the mount namespace is left alone, so the
+/// pins stay visible to the caller).
+pub fn command_in(ns: &NetNs, program: &Path) -> Result<Command> {
+    let file = ns.file()?;
+    let mut cmd = Command::new(program);
+    let fd = file.as_raw_fd();
+    // SAFETY: setns is async-signal-safe; `file` outlives the spawn because the closure owns it.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &file;
+            if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Ok(cmd)
+}
+
+/// A running `jitsi-agent run`; killed on drop if still running.
+pub struct AgentProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl AgentProcess {
+    /// Starts `jitsi-agent run --config <config>` in `ns` and waits until it logs "ready".
+    pub fn start(ns: &NetNs, config: &Path) -> Result<Self> {
+        let log = config.with_extension(format!("log-{}", crate::netns::unique_name("agent")));
+        let err = File::create(&log)?;
+        let child = command_in(ns, &agent_bin())?
+            .args(["run", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {}", agent_bin().display()))?;
+        let mut agent = AgentProcess { child, log };
+        agent.wait_for_log("ready", Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    /// The agent's log so far.
+    pub fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if self.log().contains(needle) {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("jitsi-agent exited ({status}) before `{needle}`:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("jitsi-agent did not log `{needle}` within {timeout:?}:\n{}", self.log())
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> Result<String> {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait()?;
+        let log = self.log();
+        let _ = std::fs::remove_file(&self.log);
+        if !status.success() {
+            bail!("jitsi-agent exited with {status}:\n{log}");
+        }
+        Ok(log)
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `jitsi-agent <args>` (in the caller's namespace) and returns stdout.
+pub fn agent_cli(args: &[&str]) -> Result<String> {
+    crate::netns::run(Command::new(agent_bin()).args(args))
+}

@@ -1,0 +1,211 @@
+//! The lab topology.
+//!
+//! ```text
+//!  inet ns                  host ns                                  backend ns (one each)
+//!  eth0 203.0.113.2/24 ---- up0 203.0.113.1/24   (XDP steer_in)
+//!       2001:db8:c::2/64        2001:db8:c::1/64
+//!  (TX checksum offload         br0 192.0.2.1/24  (TC reply_out) --- vb-<name> ==== eth0 192.0.2.1x/24
+//!   off, like a real NIC)           2001:db8:b::1/64                                   2001:db8:b::1x/64
+//!                               ip_forward=0, no nftables/iptables rules          (GRO on: veth NAPI)
+//! ```
+//! All addresses are documentation prefixes. The pin directory lives on a private bpffs
+//! instance mounted under /tmp, so nothing under /sys/fs/bpf is touched.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{NetNs, run, unique_name};
+
+/// The host's uplink address (what clients send to).
+pub const HOST_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
+/// The client's address.
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
+/// The host's uplink IPv6 address.
+pub const HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
+/// The client's IPv6 address.
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
+/// The bridge's addresses (the backends' gateway).
+pub const BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+/// See [`BRIDGE_V4`].
+pub const BRIDGE_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 1);
+
+/// A backend namespace on the bridge.
+pub struct Backend {
+    /// Role name ("jvb", "turn", "web").
+    pub name: String,
+    /// Its namespace.
+    pub ns: NetNs,
+    /// IPv4 address.
+    pub v4: Ipv4Addr,
+    /// IPv6 address.
+    pub v6: Ipv6Addr,
+}
+
+impl Backend {
+    /// `v4:port`.
+    pub fn addr4(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.v4), port)
+    }
+
+    /// `[v6]:port`.
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.v6), port)
+    }
+}
+
+/// A private bpffs mounted in a temporary directory, unmounted on drop.
+pub struct Bpffs {
+    dir: PathBuf,
+}
+
+impl Bpffs {
+    fn new() -> Result<Self> {
+        let dir = std::env::temp_dir().join(unique_name("jitsi-bpffs"));
+        std::fs::create_dir_all(&dir)?;
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))?;
+        Ok(Bpffs { dir })
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The whole topology. Dropping it removes every namespace, the bpffs and the pins.
+pub struct Lab {
+    /// The "internet" client namespace.
+    pub inet: NetNs,
+    /// The host namespace (uplink `up0`, bridge `br0`); the agent runs here.
+    pub host: NetNs,
+    /// Backends, in the order given to [`Lab::new`].
+    pub backends: Vec<Backend>,
+    /// The agent's pin directory (on a private bpffs).
+    pub pin_dir: PathBuf,
+    // Declared last: dropped after the namespaces (and so after the links' interfaces).
+    bpffs: Bpffs,
+}
+
+/// The uplink's name in the host namespace.
+pub const UPLINK: &str = "up0";
+/// The bridge's name in the host namespace.
+pub const BRIDGE: &str = "br0";
+
+impl Lab {
+    /// Builds the topology with one backend per name; backend `i` gets 192.0.2.(10+i) and
+    /// 2001:db8:b::(10+i) (hex).
+    pub fn new(backends: &[&str]) -> Result<Self> {
+        if !is_root() {
+            bail!("the lab needs root");
+        }
+        let bpffs = Bpffs::new()?;
+        let inet = NetNs::new("jl-inet")?;
+        let host = NetNs::new("jl-host")?;
+        // Uplink: up0 (host) <-> eth0 (inet).
+        host.ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", inet.name()])?;
+        host.ip(&["addr", "add", "203.0.113.1/24", "dev", UPLINK])?;
+        host.ip(&["addr", "add", "2001:db8:c::1/64", "dev", UPLINK, "nodad"])?;
+        host.ip(&["link", "set", UPLINK, "up"])?;
+        inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
+        inet.ip(&["addr", "add", "2001:db8:c::2/64", "dev", "eth0", "nodad"])?;
+        inet.ip(&["link", "set", "eth0", "up"])?;
+        // A real NIC delivers full checksums; veth TX offload would leave CHECKSUM_PARTIAL
+        // packets whose checksum XDP cannot see. Turn it off on the "internet" side.
+        inet.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+        // The bridge for the backends.
+        host.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
+        host.ip(&["addr", "add", "192.0.2.1/24", "dev", BRIDGE])?;
+        host.ip(&["addr", "add", "2001:db8:b::1/64", "dev", BRIDGE, "nodad"])?;
+        host.ip(&["link", "set", BRIDGE, "up"])?;
+        // The reply path must not depend on forwarding: make sure it is off here.
+        host.sysctl("net.ipv4.ip_forward", "0")?;
+        host.sysctl("net.ipv6.conf.all.forwarding", "0")?;
+
+        let mut out = Vec::new();
+        for (i, name) in backends.iter().enumerate() {
+            let ns = NetNs::new(&format!("jl-{name}"))?;
+            let port = format!("vb-{i}");
+            host.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
+            host.ip(&["link", "set", &port, "master", BRIDGE])?;
+            host.ip(&["link", "set", &port, "up"])?;
+            let last = 10 + i as u8;
+            let v4 = Ipv4Addr::new(192, 0, 2, last);
+            let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, u16::from(last));
+            ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
+            ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
+            ns.ip(&["link", "set", "eth0", "up"])?;
+            ns.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
+            ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:b::1"])?;
+            // XDP_REDIRECT into a veth delivers only if the receiving end has NAPI: GRO on
+            // (kernel >= 5.13) is what Docker's containers need too (see the README).
+            ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
+            out.push(Backend { name: (*name).to_string(), ns, v4, v6 });
+        }
+        let pin_dir = bpffs.dir.join("jitsi-agent");
+        Ok(Lab { inet, host, backends: out, pin_dir, bpffs })
+    }
+
+    /// The backend called `name`.
+    pub fn backend(&self, name: &str) -> &Backend {
+        self.backends.iter().find(|b| b.name == name).unwrap_or_else(|| panic!("no backend {name} in the lab"))
+    }
+
+    /// Writes an agent configuration for this lab: `rules` are TOML `[[steer]]` blocks.
+    pub fn write_config(&self, rules: &str) -> Result<PathBuf> {
+        let path = self.bpffs.dir.with_extension("toml");
+        let text = format!("pin_dir = \"{}\"\n[uplink]\ninterface = \"{UPLINK}\"\n\n{rules}", self.pin_dir.display());
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        Ok(path)
+    }
+
+    /// Asserts the host namespace forwards nothing by itself: forwarding off, and no
+    /// nftables or iptables rules.
+    pub fn assert_host_is_plain(&self) -> Result<()> {
+        let fwd4 = self.host.sysctl_get("net.ipv4.ip_forward")?;
+        let fwd6 = self.host.sysctl_get("net.ipv6.conf.all.forwarding")?;
+        if fwd4 != "0" || fwd6 != "0" {
+            bail!("host namespace forwards: ip_forward={fwd4} ipv6 forwarding={fwd6}");
+        }
+        let nft = self.host.exec("nft", &["list", "ruleset"])?;
+        if !nft.trim().is_empty() {
+            bail!("host namespace has nftables rules:\n{nft}");
+        }
+        for cmd in ["iptables-legacy-save", "ip6tables-legacy-save"] {
+            let out = self.host.exec_output(cmd, &[])?;
+            let rules: Vec<_> = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| l.starts_with("-A"))
+                .map(str::to_owned)
+                .collect();
+            if !rules.is_empty() {
+                bail!("host namespace has {cmd} rules: {rules:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// The pin directory as a path.
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Unpinning the links detaches the programs; then the namespaces go.
+        let _ = jitsi_agent::datapath::remove_pins(&self.pin_dir);
+    }
+}
+
+/// Whether we run as root.
+pub fn is_root() -> bool {
+    // SAFETY: no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,101 @@
+//! Network namespaces that remove themselves, and running code or commands inside them.
+
+use std::{
+    fs::File,
+    os::fd::AsRawFd,
+    process::{Command, Output},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// A named network namespace (`/run/netns/<name>`), deleted on drop.
+pub struct NetNs {
+    name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name that is unique on this machine for this process's lifetime: `<prefix>-<pid>-<n>`.
+pub fn unique_name(prefix: &str) -> String {
+    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+impl NetNs {
+    /// Creates a fresh namespace with `lo` up.
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique_name(prefix);
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = NetNs { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// `ip -n <ns> <args>`.
+    pub fn ip(&self, args: &[&str]) -> Result<String> {
+        run(Command::new("ip").arg("-n").arg(&self.name).args(args))
+    }
+
+    /// Runs `cmd args` inside the namespace (`ip netns exec`).
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<String> {
+        run(Command::new("ip").args(["netns", "exec", &self.name, cmd]).args(args))
+    }
+
+    /// Runs `cmd args` inside the namespace and returns its raw output, whatever its status.
+    pub fn exec_output(&self, cmd: &str, args: &[&str]) -> Result<Output> {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name, cmd])
+            .args(args)
+            .output()
+            .with_context(|| format!("running {cmd} in {}", self.name))
+    }
+
+    /// Sets a sysctl inside the namespace (never in the root namespace).
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec("sysctl", &["-q", "-w", &format!("{key}={value}")]).map(drop)
+    }
+
+    /// Reads a sysctl inside the namespace.
+    pub fn sysctl_get(&self, key: &str) -> Result<String> {
+        Ok(self.exec("sysctl", &["-n", key])?.trim().to_string())
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets created there stay in it.
+    pub fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
+        let file = self.file()?;
+        std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns");
+            }
+            Ok(f())
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
+    }
+
+    /// The namespace file, for `setns`.
+    pub fn file(&self) -> Result<File> {
+        File::open(format!("/run/netns/{}", self.name)).with_context(|| format!("opening netns {}", self.name))
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// Runs a command, failing with its stderr if it fails; returns stdout.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
