@@ -100,7 +100,7 @@ pub const BRIDGE: &str = "br0";
 
 impl Lab {
     /// Builds the topology with one backend per name; backend `i` gets 192.0.2.(10+i) and
-    /// 2001:db8:b::(10+i) (hex).
+    /// 2001:db8:b::(10+i), i.e. jvb, turn, web -> .10/::10, .11/::11, .12/::12.
     pub fn new(backends: &[&str]) -> Result<Self> {
         if !is_root() {
             bail!("the lab needs root");
@@ -108,6 +108,9 @@ impl Lab {
         let bpffs = Bpffs::new()?;
         let inet = NetNs::new("jl-inet")?;
         let host = NetNs::new("jl-host")?;
+        for ns in [&inet, &host] {
+            no_dad(ns)?;
+        }
         // Uplink: up0 (host) <-> eth0 (inet).
         host.ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", inet.name()])?;
         host.ip(&["addr", "add", "203.0.113.1/24", "dev", UPLINK])?;
@@ -131,13 +134,15 @@ impl Lab {
         let mut out = Vec::new();
         for (i, name) in backends.iter().enumerate() {
             let ns = NetNs::new(&format!("jl-{name}"))?;
+            no_dad(&ns)?;
             let port = format!("vb-{i}");
             host.ip(&["link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns.name()])?;
             host.ip(&["link", "set", &port, "master", BRIDGE])?;
             host.ip(&["link", "set", &port, "up"])?;
             let last = 10 + i as u8;
             let v4 = Ipv4Addr::new(192, 0, 2, last);
-            let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, u16::from(last));
+            // Written like the IPv4 one: backend 0 is 2001:db8:b::10 (the group 0x10).
+            let v6 = Ipv6Addr::new(0x2001, 0xdb8, 0xb, 0, 0, 0, 0, 0x10 + i as u16);
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", "eth0"])?;
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", "eth0", "nodad"])?;
             ns.ip(&["link", "set", "eth0", "up"])?;
@@ -202,6 +207,15 @@ impl Drop for Lab {
         // Unpinning the links detaches the programs; then the namespaces go.
         let _ = jitsi_agent::datapath::remove_pins(&self.pin_dir);
     }
+}
+
+/// Turns IPv6 duplicate address detection off in a fresh lab namespace (before its
+/// interfaces exist), so that link-local addresses are usable at once: with DAD, a bridge
+/// just created has only a tentative link-local address for a second and cannot send
+/// neighbour solicitations, which would make the first backend resolution fail.
+fn no_dad(ns: &NetNs) -> Result<()> {
+    ns.sysctl("net.ipv6.conf.all.accept_dad", "0")?;
+    ns.sysctl("net.ipv6.conf.default.accept_dad", "0")
 }
 
 /// Whether we run as root.
