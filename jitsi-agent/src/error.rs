@@ -52,6 +52,14 @@ pub enum Error {
         /// Why it cannot be steered to.
         message: String,
     },
+    /// The namespace of a bridge port's veth peer could not be entered.
+    #[error("bridge port #{port}: {message}")]
+    PeerNetns {
+        /// The bridge port (host-side veth) index.
+        port: u32,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The pin directory is not usable.
     #[error("pin directory {path}: {message}")]
     PinDir {

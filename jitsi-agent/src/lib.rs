@@ -7,6 +7,7 @@ pub mod datapath;
 pub mod ebpf_object;
 pub mod error;
 pub mod netlink;
+pub mod peer_napi;
 pub mod resolve;
 pub mod rules;
 pub mod run;

@@ -18,6 +18,7 @@ use crate::{
     datapath::{Attach, Datapath, Maps},
     error::{Error, Result},
     netlink,
+    peer_napi::{self, PeerNapi},
     resolve::{self, Resolved, fmt_mac},
     rules::{self, Desired},
     status::existing_slots,
@@ -102,6 +103,11 @@ impl Backends {
                     self.failed.remove(&ip);
                     if self.resolved.get(&ip) != Some(&r) {
                         info!(backend = %ip, via = %r.gateway.name, port_ifindex = r.port_ifindex, mac = %fmt_mac(&r.backend_mac), "backend resolved");
+                        match peer_napi::ensure(h, r.port_ifindex).await {
+                            Ok(PeerNapi::Enabled(ns)) => info!(backend = %ip, netns = %ns.display(), "turned GRO on at the backend's veth peer (XDP redirects need its NAPI)"),
+                            Ok(PeerNapi::AlreadyOn | PeerNapi::NotVeth) => {}
+                            Err(e) => warn!(backend = %ip, error = %e, "steered packets may be dropped at the backend's veth"),
+                        }
                         self.resolved.insert(ip, r);
                         changed = true;
                     }

@@ -6,7 +6,7 @@
 //!       2001:db8:c::2/64        2001:db8:c::1/64
 //!  (TX checksum offload         br0 192.0.2.1/24  (TC reply_out) --- vb-<name> ==== eth0 192.0.2.1x/24
 //!   off, like a real NIC)           2001:db8:b::1/64                                   2001:db8:b::1x/64
-//!                               ip_forward=0, no nftables/iptables rules          (GRO on: veth NAPI)
+//!                               ip_forward=0, no nftables/iptables rules    (GRO off, as in Docker)
 //! ```
 //! All addresses are documentation prefixes. The pin directory lives on a private bpffs
 //! instance mounted under /tmp, so nothing under /sys/fs/bpf is touched.
@@ -148,9 +148,8 @@ impl Lab {
             ns.ip(&["link", "set", "eth0", "up"])?;
             ns.ip(&["route", "add", "default", "via", "192.0.2.1"])?;
             ns.ip(&["-6", "route", "add", "default", "via", "2001:db8:b::1"])?;
-            // XDP_REDIRECT into a veth delivers only if the receiving end has NAPI: GRO on
-            // (kernel >= 5.13) is what Docker's containers need too (see the README).
-            ns.exec("ethtool", &["-K", "eth0", "gro", "on"])?;
+            // GRO stays off here, as Docker leaves it: the agent must turn it on (XDP_REDIRECT
+            // into a veth delivers only if the peer has NAPI), and the lab tests check it does.
             out.push(Backend { name: (*name).to_string(), ns, v4, v6 });
         }
         let pin_dir = bpffs.dir.join("jitsi-agent");
@@ -194,6 +193,12 @@ impl Lab {
             }
         }
         Ok(())
+    }
+
+    /// Whether GRO is on at backend `name`'s eth0 (the agent must turn it on).
+    pub fn backend_gro_on(&self, name: &str) -> Result<bool> {
+        let out = self.backend(name).ns.exec("ethtool", &["-k", "eth0"])?;
+        Ok(out.lines().any(|l| l.trim() == "generic-receive-offload: on"))
     }
 
     /// The pin directory as a path.

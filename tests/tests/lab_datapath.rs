@@ -87,6 +87,12 @@ fn udp_reaches_backends_with_the_client_address_ipv4_and_ipv6() {
     let config = lab.write_config(RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     lab.assert_host_is_plain().unwrap();
+    // The backends' veths start with GRO off, as Docker's do; the agent turns it on so that
+    // XDP_REDIRECT into them is delivered.
+    for b in ["jvb", "turn"] {
+        assert!(lab.backend_gro_on(b).unwrap(), "agent turned GRO on at {b}'s veth:\n{}", agent.log());
+    }
+    assert!(agent.log().contains("turned GRO on at the backend's veth peer"), "{}", agent.log());
 
     let c4 = udp_client(&lab.inet, false);
     let c6 = udp_client(&lab.inet, true);
