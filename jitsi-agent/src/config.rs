@@ -159,6 +159,7 @@ impl Config {
         }
         let mut names = HashSet::new();
         let mut ports = HashSet::new();
+        let mut backends_seen = std::collections::HashMap::new();
         for (i, rule) in self.steer.iter().enumerate() {
             let key = |field: &str| format!("steer[{i}].{field}");
             let name_ok = !rule.name.is_empty()
@@ -177,7 +178,10 @@ impl Config {
                 return Err(invalid(key("port"), "must be 1 to 65535".into()));
             }
             if !ports.insert((rule.protocol, rule.port)) {
-                return Err(invalid(key("port"), format!("{}/{} is steered by another rule", rule.protocol, rule.port)));
+                return Err(invalid(
+                    key("port"),
+                    format!("{}/{} is steered by another rule", rule.protocol, rule.port),
+                ));
             }
             let backends = rule.backend.as_slice();
             let v4 = backends.iter().filter(|a| a.is_ipv4()).count();
@@ -189,10 +193,22 @@ impl Config {
                 return Err(invalid(key("backend"), "at most one backend per address family".into()));
             }
             for a in backends {
+                // Replies are matched by (protocol, backend address, port): two rules cannot share one.
+                if let Some(other) = backends_seen.insert((rule.protocol, *a), rule.name.as_str()) {
+                    return Err(invalid(
+                        key("backend"),
+                        format!(
+                            "{}/{a} is already the backend of rule `{other}`; replies could not be told apart",
+                            rule.protocol
+                        ),
+                    ));
+                }
                 if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() || a.ip().is_loopback() {
                     return Err(invalid(
                         key("backend"),
-                        format!("{a}: needs a unicast, non-loopback address and a port (XDP cannot redirect to loopback)"),
+                        format!(
+                            "{a}: needs a unicast, non-loopback address and a port (XDP cannot redirect to loopback)"
+                        ),
                     ));
                 }
             }
@@ -246,17 +262,25 @@ mod tests {
     fn rejects_bad_input_with_the_key() {
         let base = "[uplink]\ninterface = \"eth0\"\n";
         assert!(err(&format!("{base}bogus = 1")).contains("unknown field `bogus`"));
-        assert!(err(&format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"sctp\"\nport=1\nbackend=\"10.0.0.1:1\"")).contains("unknown variant `sctp`"));
+        assert!(
+            err(&format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"sctp\"\nport=1\nbackend=\"10.0.0.1:1\""))
+                .contains("unknown variant `sctp`")
+        );
         let e = err(&format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=0\nbackend=\"10.0.0.1:1\""));
         assert!(e.contains("`steer[0].port`"), "{e}");
         let dup = format!(
             "{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"\n[[steer]]\nname=\"b\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.2:1\""
         );
         assert!(err(&dup).contains("`steer[1].port`: udp/1 is steered by another rule"));
-        let two_v4 = format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=[\"10.0.0.1:1\",\"10.0.0.2:1\"]");
+        let two_v4 =
+            format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=[\"10.0.0.1:1\",\"10.0.0.2:1\"]");
         assert!(err(&two_v4).contains("at most one backend per address family"));
         let lo = format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"127.0.0.1:1\"");
         assert!(err(&lo).contains("loopback"));
+        let shared = format!(
+            "{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"\n[[steer]]\nname=\"b\"\nprotocol=\"udp\"\nport=2\nbackend=\"10.0.0.1:1\""
+        );
+        assert!(err(&shared).contains("already the backend of rule `a`"), "{}", err(&shared));
         let name = format!("{base}[[steer]]\nname=\"a b\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"");
         assert!(err(&name).contains("`steer[0].name`"));
         assert!(err("[uplink]\ninterface=\"eth0\"\npin_dir=\"relative\"").contains("`pin_dir`"));

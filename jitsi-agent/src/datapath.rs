@@ -67,15 +67,15 @@ impl Maps {
             let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
             Map::from_map_data(data).map_err(map_err(name))
         };
-        Self::from_maps(|name| open(name))
+        Self::from_maps(open)
     }
 
     /// Takes the maps out of a freshly loaded object, pinning each in `pin_dir` if given.
     pub fn take(bpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self> {
         Self::from_maps(|name| {
-            let map = bpf
-                .take_map(name)
-                .ok_or_else(|| Error::ebpf(format!("map `{name}`"), std::io::Error::other("missing in the eBPF object")))?;
+            let map = bpf.take_map(name).ok_or_else(|| {
+                Error::ebpf(format!("map `{name}`"), std::io::Error::other("missing in the eBPF object"))
+            })?;
             if let Some(dir) = pin_dir {
                 map.pin(dir.join(name)).map_err(|e| Error::ebpf(format!("pinning map {name}"), e))?;
             }
@@ -272,7 +272,9 @@ impl Datapath {
         let id = self
             .reply_out
             .attach_with_options(&link.name, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-            .map_err(|e| Error::ebpf(format!("attaching TC (tcx ingress) to {} (needs kernel >= 6.6)", link.name), e))?;
+            .map_err(|e| {
+                Error::ebpf(format!("attaching TC (tcx ingress) to {} (needs kernel >= 6.6)", link.name), e)
+            })?;
         let fd_link: FdLink = self
             .reply_out
             .take_link(id)

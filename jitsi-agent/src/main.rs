@@ -38,9 +38,7 @@ enum Command {
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
@@ -55,8 +53,9 @@ fn main() -> Result<()> {
                 (None, Some(c)) => Config::load(&c)?.pin_dir,
                 (None, None) => PathBuf::from(jitsi_agent::config::DEFAULT_PIN_DIR),
             };
-            let status = status::read(&pin_dir)
-                .with_context(|| format!("reading the datapath pinned at {} (is the agent installed?)", pin_dir.display()))?;
+            let status = status::read(&pin_dir).with_context(|| {
+                format!("reading the datapath pinned at {} (is the agent installed?)", pin_dir.display())
+            })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

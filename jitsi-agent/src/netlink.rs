@@ -87,7 +87,8 @@ pub async fn link_by_name(h: &Handle, name: &str) -> Result<Link> {
 
 /// The interface with index `index`.
 pub async fn link_by_index(h: &Handle, index: u32) -> Result<Link> {
-    let msg = h.link().get().match_index(index).execute().try_next().await.map_err(nl(format!("getting link #{index}")))?;
+    let msg =
+        h.link().get().match_index(index).execute().try_next().await.map_err(nl(format!("getting link #{index}")))?;
     msg.map(link_from).ok_or_else(|| Error::NoSuchInterface(format!("#{index}")))
 }
 
@@ -146,11 +147,18 @@ fn neigh_addr(ip: IpAddr) -> NeighbourAddress {
 /// The MAC of neighbour `ip` on interface `index`, if the kernel has a usable entry.
 pub async fn neighbour_mac(h: &Handle, index: u32, ip: IpAddr) -> Result<Option<[u8; 6]>> {
     let family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
-    let msgs: Vec<NeighbourMessage> =
-        h.neighbours().get().set_address_family(family).execute().try_collect().await.map_err(nl("listing neighbours"))?;
+    let msgs: Vec<NeighbourMessage> = h
+        .neighbours()
+        .get()
+        .set_address_family(family)
+        .execute()
+        .try_collect()
+        .await
+        .map_err(nl("listing neighbours"))?;
     let want = neigh_addr(ip);
     for m in msgs {
-        let usable = !matches!(m.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None);
+        let usable =
+            !matches!(m.header.state, NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None);
         if m.header.ifindex != index || !usable {
             continue;
         }

@@ -45,7 +45,9 @@ pub async fn ensure(h: &Handle, port: u32) -> Result<PeerNapi> {
     let mut peer_nsid = None;
     for a in &msg.attributes {
         match a {
-            LinkAttribute::LinkInfo(infos) => is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth))),
+            LinkAttribute::LinkInfo(infos) => {
+                is_veth = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Veth)))
+            }
             LinkAttribute::Link(i) => peer_index = Some(*i),
             LinkAttribute::LinkNetNsId(n) => peer_nsid = Some(*n),
             _ => {}

@@ -32,7 +32,10 @@ const NEIGHBOUR_TIMEOUT: Duration = Duration::from_millis(1500);
 pub async fn backend(h: &Handle, ip: IpAddr) -> Result<Resolved> {
     let oif = netlink::route_oif(h, ip).await?;
     if oif == LOOPBACK_IFINDEX {
-        return Err(Error::Backend { addr: ip, message: "routes to this host itself; XDP can only steer to a bridge or veth".into() });
+        return Err(Error::Backend {
+            addr: ip,
+            message: "routes to this host itself; XDP can only steer to a bridge or veth".into(),
+        });
     }
     let gateway = netlink::link_by_index(h, oif).await?;
     let backend_mac = match netlink::neighbour_mac(h, oif, ip).await? {

@@ -28,11 +28,7 @@ pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
 
 /// Back from the 16-byte layout.
 pub fn ip_from16(addr: [u8; 16], family: u8) -> IpAddr {
-    if family == FAMILY_V4 {
-        IpAddr::from([addr[0], addr[1], addr[2], addr[3]])
-    } else {
-        IpAddr::from(addr)
-    }
+    if family == FAMILY_V4 { IpAddr::from([addr[0], addr[1], addr[2], addr[3]]) } else { IpAddr::from(addr) }
 }
 
 /// A rule name in its NUL-padded map form.
@@ -175,7 +171,10 @@ mod tests {
 
     #[test]
     fn builds_entries_per_family_with_down_and_missing_backends() {
-        let steer = vec![rule("jvb", 10000, &["192.0.2.10:10000", "[2001:db8::10]:10000"]), rule("turn", 3478, &["192.0.2.11:3478"])];
+        let steer = vec![
+            rule("jvb", 10000, &["192.0.2.10:10000", "[2001:db8::10]:10000"]),
+            rule("turn", 3478, &["192.0.2.11:3478"]),
+        ];
         let slots = BTreeMap::from([("jvb".to_string(), 0), ("turn".to_string(), 1)]);
         let link = Link { index: 7, name: "br0".into(), mac: [2, 0, 0, 0, 0, 1], is_bridge: true, xdp: None };
         let resolved = HashMap::from([(

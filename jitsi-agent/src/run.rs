@@ -50,7 +50,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     sync_maps(&mut dp.maps, &config, &host_addrs, uplink.index, &backends.resolved)?;
     match dp.ensure_xdp(&uplink)? {
         Attach::Attached(mode) => info!(interface = %uplink.name, mode, "attached steer_in (XDP)"),
-        Attach::Adopted => info!(interface = %uplink.name, mode = uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)"),
+        Attach::Adopted => {
+            info!(interface = %uplink.name, mode = uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)")
+        }
     }
     let mut tc_done = HashSet::new();
     attach_tc(&mut dp, &backends.resolved, &mut tc_done)?;
@@ -104,9 +106,13 @@ impl Backends {
                     if self.resolved.get(&ip) != Some(&r) {
                         info!(backend = %ip, via = %r.gateway.name, port_ifindex = r.port_ifindex, mac = %fmt_mac(&r.backend_mac), "backend resolved");
                         match peer_napi::ensure(h, r.port_ifindex).await {
-                            Ok(PeerNapi::Enabled(ns)) => info!(backend = %ip, netns = %ns.display(), "turned GRO on at the backend's veth peer (XDP redirects need its NAPI)"),
+                            Ok(PeerNapi::Enabled(ns)) => {
+                                info!(backend = %ip, netns = %ns.display(), "turned GRO on at the backend's veth peer (XDP redirects need its NAPI)")
+                            }
                             Ok(PeerNapi::AlreadyOn | PeerNapi::NotVeth) => {}
-                            Err(e) => warn!(backend = %ip, error = %e, "steered packets may be dropped at the backend's veth"),
+                            Err(e) => {
+                                warn!(backend = %ip, error = %e, "steered packets may be dropped at the backend's veth")
+                            }
                         }
                         self.resolved.insert(ip, r);
                         changed = true;
@@ -144,7 +150,8 @@ pub fn sync_maps(
     let existing = existing_slots(maps);
     let (slots, fresh) = rules::assign_slots(&existing, config.steer.iter().map(|r| r.name.as_str()));
     zero_rule_stats(maps, &fresh)?;
-    let Desired { rules, replies, host_addrs } = rules::desired(&config.steer, host_addrs, uplink_ifindex, &slots, resolved);
+    let Desired { rules, replies, host_addrs } =
+        rules::desired(&config.steer, host_addrs, uplink_ifindex, &slots, resolved);
     sync_hash("rules", &mut maps.rules, rules)?;
     sync_hash("replies", &mut maps.replies, replies)?;
     sync_hash("host_addrs", &mut maps.host_addrs, host_addrs)?;

@@ -132,7 +132,11 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "datapath pinned at {}", self.pin_dir)?;
-        writeln!(f, "{:<16} {:<10} {:<28} {:>12} {:>14} {:>12} {:>14}", "RULE", "PORT", "BACKEND", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT")?;
+        writeln!(
+            f,
+            "{:<16} {:<10} {:<28} {:>12} {:>14} {:>12} {:>14}",
+            "RULE", "PORT", "BACKEND", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT"
+        )?;
         for r in &self.rules {
             let backends = if r.backends.is_empty() {
                 "-".to_string()

@@ -6,8 +6,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use jitsi_common::{
-    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RETURN_PATHS, MAX_RULES, REASON_COUNT, ReasonStats,
-    Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats,
+    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RETURN_PATHS, MAX_RULES, REASON_COUNT, ReasonStats, Reply, ReplyKey,
+    ReturnPath, Rule, RuleKey, RuleStats,
 };
 
 /// (protocol, family, public port) -> backend.
@@ -24,8 +24,7 @@ pub static REPLIES: HashMap<ReplyKey, Reply, { MAX_RULES as usize * 2 }> = HashM
 
 /// Client address -> how to send replies back to it (learned on the uplink).
 #[btf_map(name = "return_paths")]
-pub static RETURN_PATHS: LruHashMap<ClientKey, ReturnPath, { MAX_RETURN_PATHS as usize }> =
-    LruHashMap::new();
+pub static RETURN_PATHS: LruHashMap<ClientKey, ReturnPath, { MAX_RETURN_PATHS as usize }> = LruHashMap::new();
 
 /// Per-rule counters, indexed by `Rule::slot`.
 #[btf_map(name = "rule_stats")]

@@ -2,7 +2,6 @@
 
 use aya_ebpf::programs::XdpContext;
 
-
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86dd;
@@ -57,4 +56,3 @@ pub fn addr16_v4(a: [u8; 4]) -> [u8; 16] {
 pub fn addr4(a: &[u8; 16]) -> [u8; 4] {
     [a[0], a[1], a[2], a[3]]
 }
-

@@ -25,7 +25,7 @@ pub fn reply_out(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             count_reason(reason, u64::from(ctx.len()));
-            TC_ACT_OK as i32
+            TC_ACT_OK
         }
     }
 }
@@ -43,12 +43,8 @@ fn try_reply_out(ctx: &TcContext) -> Result<i32, Reason> {
 /// The rule and the learned client path for a packet from `src:sport` to `dst`.
 #[inline(always)]
 fn lookup(src: [u8; 16], sport: u16, protocol: u8, family: u8, dst: [u8; 16]) -> Result<(Reply, ReturnPath), Reason> {
-    let reply = REPLIES
-        .get_ptr(&ReplyKey { addr: src, port: sport, protocol, family })
-        .ok_or(Reason::OutNotBackend)?;
-    let path = RETURN_PATHS
-        .get_ptr(&ClientKey { addr: dst, family, _pad: [0; 3] })
-        .ok_or(Reason::OutUnknownClient)?;
+    let reply = REPLIES.get_ptr(ReplyKey { addr: src, port: sport, protocol, family }).ok_or(Reason::OutNotBackend)?;
+    let path = RETURN_PATHS.get_ptr(ClientKey { addr: dst, family, _pad: [0; 3] }).ok_or(Reason::OutUnknownClient)?;
     // SAFETY: valid map value pointers, copied out.
     Ok(unsafe { (*reply, *path) })
 }
@@ -61,12 +57,18 @@ fn l4_flags(protocol: u8) -> u64 {
 
 /// Rewrites the source port, the MACs and redirects out of the client's uplink.
 #[inline(always)]
-fn finish(ctx: &TcContext, l4_off: usize, protocol: u8, sport: u16, reply: &Reply, path: &ReturnPath) -> Result<i32, Reason> {
+fn finish(
+    ctx: &TcContext,
+    l4_off: usize,
+    protocol: u8,
+    sport: u16,
+    reply: &Reply,
+    path: &ReturnPath,
+) -> Result<i32, Reason> {
     let check_off = l4_off + l4_check_off(protocol);
     let old = u64::from(u16::from_ne_bytes(sport.to_be_bytes()));
     let new = u64::from(u16::from_ne_bytes(reply.public_port.to_be_bytes()));
-    ctx.l4_csum_replace(check_off, old, new, 2 | l4_flags(protocol))
-        .map_err(|_| Reason::OutTruncated)?;
+    ctx.l4_csum_replace(check_off, old, new, 2 | l4_flags(protocol)).map_err(|_| Reason::OutTruncated)?;
     ctx.store(l4_off, &reply.public_port.to_be_bytes(), 0).map_err(|_| Reason::OutTruncated)?;
     ctx.store(0, &path.client_mac, 0).map_err(|_| Reason::OutTruncated)?;
     ctx.store(6, &path.host_mac, 0).map_err(|_| Reason::OutTruncated)?;
@@ -99,8 +101,13 @@ fn reply_v4(ctx: &TcContext) -> Result<i32, Reason> {
     let new_src = addr4(&path.host_addr);
     let old = u64::from(u32::from_ne_bytes(src));
     let new = u64::from(u32::from_ne_bytes(new_src));
-    ctx.l4_csum_replace(l4_off + l4_check_off(protocol), old, new, u64::from(BPF_F_PSEUDO_HDR) | 4 | l4_flags(protocol))
-        .map_err(|_| Reason::OutTruncated)?;
+    ctx.l4_csum_replace(
+        l4_off + l4_check_off(protocol),
+        old,
+        new,
+        u64::from(BPF_F_PSEUDO_HDR) | 4 | l4_flags(protocol),
+    )
+    .map_err(|_| Reason::OutTruncated)?;
     ctx.l3_csum_replace(ETH_HLEN + 10, old, new, 4).map_err(|_| Reason::OutTruncated)?;
     ctx.store(ETH_HLEN + 12, &new_src, 0).map_err(|_| Reason::OutTruncated)?;
     finish(ctx, l4_off, protocol, sport, &reply, &path)
@@ -124,9 +131,7 @@ fn reply_v6(ctx: &TcContext) -> Result<i32, Reason> {
 
     let mut new_src = path.host_addr;
     // SAFETY: both buffers are 16-byte stack arrays, a multiple of 4 as the helper requires.
-    let diff = unsafe {
-        bpf_csum_diff(src.as_mut_ptr().cast(), 16, new_src.as_mut_ptr().cast(), 16, 0)
-    };
+    let diff = unsafe { bpf_csum_diff(src.as_mut_ptr().cast(), 16, new_src.as_mut_ptr().cast(), 16, 0) };
     ctx.l4_csum_replace(l4_off + l4_check_off(next), 0, diff as u64, u64::from(BPF_F_PSEUDO_HDR) | l4_flags(next))
         .map_err(|_| Reason::OutTruncated)?;
     ctx.store(ETH_HLEN + 8, &new_src, 0).map_err(|_| Reason::OutTruncated)?;

@@ -5,8 +5,8 @@
 
 use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, macros::xdp, programs::XdpContext};
 use jitsi_common::{
-    ClientKey, FAMILY_V4, FAMILY_V6, HostAddrKey, PROTO_TCP, PROTO_UDP, RULE_HAS_BACKEND,
-    RULE_RESOLVED, Reason, ReturnPath, Rule, RuleKey,
+    ClientKey, FAMILY_V4, FAMILY_V6, HostAddrKey, PROTO_TCP, PROTO_UDP, RULE_HAS_BACKEND, RULE_RESOLVED, Reason,
+    ReturnPath, Rule, RuleKey,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
@@ -44,13 +44,13 @@ fn try_steer_in(ctx: &XdpContext) -> Result<u32, Miss> {
 
 #[inline(always)]
 fn is_local(addr: [u8; 16], family: u8) -> bool {
-    HOST_ADDRS.get_ptr(&HostAddrKey { addr, family, _pad: [0; 3] }).is_some()
+    HOST_ADDRS.get_ptr(HostAddrKey { addr, family, _pad: [0; 3] }).is_some()
 }
 
 /// The rule for (protocol, family, port) if it can steer; otherwise why not.
 #[inline(always)]
 fn rule_for(protocol: u8, family: u8, port: u16, bytes: u64) -> Result<Rule, Miss> {
-    let ptr = RULES.get_ptr(&RuleKey { port, protocol, family }).ok_or((Reason::InNoRule, bytes))?;
+    let ptr = RULES.get_ptr(RuleKey { port, protocol, family }).ok_or((Reason::InNoRule, bytes))?;
     // SAFETY: a valid map value pointer; copied out before any map update.
     let rule = unsafe { *ptr };
     if rule.flags & RULE_HAS_BACKEND == 0 {
@@ -76,13 +76,13 @@ fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, client: [u8; 16], fam
             host_mac: (*eth).dst_addr,
         }
     };
-    if let Some(old) = RETURN_PATHS.get_ptr(&key) {
+    if let Some(old) = RETURN_PATHS.get_ptr(key) {
         // SAFETY: valid map value pointer.
         if same_path(unsafe { &*old }, &path) {
             return;
         }
     }
-    let _ = RETURN_PATHS.insert(&key, &path, 0);
+    let _ = RETURN_PATHS.insert(key, path, 0);
 }
 
 #[inline(always)]

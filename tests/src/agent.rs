@@ -15,9 +15,9 @@ use crate::netns::NetNs;
 
 /// The agent binary: `$JITSI_AGENT_BIN` (set by `cargo xtask test`), else the release build.
 pub fn agent_bin() -> PathBuf {
-    std::env::var_os("JITSI_AGENT_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/jitsi-agent")
-    })
+    std::env::var_os("JITSI_AGENT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/jitsi-agent"))
 }
 
 /// A command that runs in `ns` (setns before exec; the mount namespace is left alone, so the

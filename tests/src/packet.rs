@@ -241,9 +241,13 @@ mod tests {
 
     #[test]
     fn built_packets_verify() {
-        for p in [Pkt::udp("192.0.2.1", 1, "192.0.2.2", 2, b"hello"), Pkt::tcp("2001:db8::1", 1, "2001:db8::2", 2, 0x18, b"x")] {
+        for p in [
+            Pkt::udp("192.0.2.1", 1, "192.0.2.2", 2, b"hello"),
+            Pkt::tcp("2001:db8::1", 1, "2001:db8::2", 2, 0x18, b"x"),
+        ] {
             let b = p.build();
-            let (l3, proto, l4_off, len) = if b[12] == 0x08 { (14, b[23], 34, b.len() - 34) } else { (14, b[20], 54, b.len() - 54) };
+            let (l3, proto, l4_off, len) =
+                if b[12] == 0x08 { (14, b[23], 34, b.len() - 34) } else { (14, b[20], 54, b.len() - 54) };
             let _ = l3;
             // A correct checksum makes the sum over pseudo header + segment fold to 0.
             assert_eq!(checksum(pseudo_sum(p.src, p.dst, proto, len), &b[l4_off..]), 0);

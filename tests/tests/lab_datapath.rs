@@ -3,13 +3,13 @@
 //! and stand-in backends report the source address they saw. Needs root.
 
 use std::{
-    io::{Read, Write},
-    net::{IpAddr, Shutdown, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use jitsi_tests::{
     agent::{AgentProcess, agent_cli},
+    clients::{tcp_echo, udp_round_trip, udp_socket},
     lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Lab},
     netns::NetNs,
     servers,
@@ -46,14 +46,12 @@ fn status(lab: &Lab) -> Value {
 }
 
 fn rule<'a>(status: &'a Value, name: &str) -> &'a Value {
-    status["rules"].as_array().unwrap().iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("rule {name} in {status}"))
-}
-
-fn udp_client(ns: &NetNs, v6: bool) -> UdpSocket {
-    let bind: SocketAddr = if v6 { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
-    let s = ns.enter(move || UdpSocket::bind(bind)).unwrap().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s
+    status["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("rule {name} in {status}"))
 }
 
 /// Sends `n` requests to `to` and checks every reply: from `to` itself, reporting the
@@ -63,15 +61,13 @@ fn udp_exchange(sock: &UdpSocket, to: SocketAddr, client_ip: IpAddr, n: usize) -
     let hdr = if to.is_ipv4() { 14 + 20 + 8 } else { 14 + 40 + 8 };
     let me = SocketAddr::new(client_ip, sock.local_addr().unwrap().port());
     let (mut bytes_in, mut bytes_out) = (0, 0);
-    let mut buf = [0u8; 2048];
     for i in 0..n {
         let msg = format!("hello-{i}");
-        sock.send_to(msg.as_bytes(), to).unwrap();
-        bytes_in += (hdr + msg.len()) as u64;
-        let (len, from) = sock.recv_from(&mut buf).unwrap_or_else(|e| panic!("no reply {i} from {to}: {e}"));
+        let (from, reply) = udp_round_trip(sock, to, &msg).unwrap();
         assert_eq!(from, to, "the reply must come from the address the client sent to");
-        assert_eq!(std::str::from_utf8(&buf[..len]).unwrap(), format!("seen {me} {msg}"), "backend saw the client's real address");
-        bytes_out += (hdr + len) as u64;
+        assert_eq!(reply, format!("seen {me} {msg}"), "backend saw the client's real address");
+        bytes_in += (hdr + msg.len()) as u64;
+        bytes_out += (hdr + reply.len()) as u64;
     }
     (bytes_in, bytes_out)
 }
@@ -94,15 +90,20 @@ fn udp_reaches_backends_with_the_client_address_ipv4_and_ipv6() {
     }
     assert!(agent.log().contains("turned GRO on at the backend's veth peer"), "{}", agent.log());
 
-    let c4 = udp_client(&lab.inet, false);
-    let c6 = udp_client(&lab.inet, true);
+    let c4 = udp_socket(&lab.inet, false).unwrap();
+    let c6 = udp_socket(&lab.inet, true).unwrap();
     let n = 25;
     let (a_in, a_out) = udp_exchange(&c4, SocketAddr::new(HOST_V4.into(), 10000), CLIENT_V4.into(), n);
     let (b_in, b_out) = udp_exchange(&c6, SocketAddr::new(HOST_V6.into(), 10000), CLIENT_V6.into(), n);
     let (c_in, c_out) = udp_exchange(&c4, SocketAddr::new(HOST_V4.into(), 3478), CLIENT_V4.into(), n);
     let (d_in, d_out) = udp_exchange(&c6, SocketAddr::new(HOST_V6.into(), 3478), CLIENT_V6.into(), n);
 
-    for (server, client) in [(&jvb4, IpAddr::from(CLIENT_V4)), (&jvb6, CLIENT_V6.into()), (&turn4, CLIENT_V4.into()), (&turn6, CLIENT_V6.into())] {
+    for (server, client) in [
+        (&jvb4, IpAddr::from(CLIENT_V4)),
+        (&jvb6, CLIENT_V6.into()),
+        (&turn4, CLIENT_V4.into()),
+        (&turn6, CLIENT_V6.into()),
+    ] {
         assert_eq!(server.count(), n, "{} received every datagram", server.addr);
         assert!(server.peers().iter().all(|p| p.ip() == client), "{} saw {:?}", server.addr, server.peers());
     }
@@ -115,43 +116,39 @@ fn udp_reaches_backends_with_the_client_address_ipv4_and_ipv6() {
     assert_eq!(j["bytes_in"], a_in + b_in);
     assert_eq!(j["bytes_out"], a_out + b_out);
     let t = rule(&st, "turn");
-    assert_eq!((t["packets_in"].as_u64(), t["bytes_in"].as_u64(), t["bytes_out"].as_u64()), (Some(2 * n as u64), Some(c_in + d_in), Some(c_out + d_out)));
+    assert_eq!(
+        (t["packets_in"].as_u64(), t["bytes_in"].as_u64(), t["bytes_out"].as_u64()),
+        (Some(2 * n as u64), Some(c_in + d_in), Some(c_out + d_out))
+    );
     assert!(st["reasons"].as_array().unwrap().iter().all(|r| r["reason"] != "out_unknown_client" || r["packets"] == 0));
 
     // bpftool prints the maps with field names (BTF).
-    let dump = jitsi_tests::netns::run(std::process::Command::new("bpftool").args(["map", "dump", "pinned"]).arg(lab.pin_dir.join("rule_stats"))).unwrap();
-    assert!(dump.contains("\"packets_in\"") && dump.contains("\"bytes_out\""), "bpftool output without field names:\n{dump}");
-    let rules = jitsi_tests::netns::run(std::process::Command::new("bpftool").args(["map", "dump", "pinned"]).arg(lab.pin_dir.join("rules"))).unwrap();
+    let dump = jitsi_tests::netns::run(
+        std::process::Command::new("bpftool").args(["map", "dump", "pinned"]).arg(lab.pin_dir.join("rule_stats")),
+    )
+    .unwrap();
+    assert!(
+        dump.contains("\"packets_in\"") && dump.contains("\"bytes_out\""),
+        "bpftool output without field names:\n{dump}"
+    );
+    let rules = jitsi_tests::netns::run(
+        std::process::Command::new("bpftool").args(["map", "dump", "pinned"]).arg(lab.pin_dir.join("rules")),
+    )
+    .unwrap();
     assert!(rules.contains("\"backend_port\": 10000"), "{rules}");
     agent.stop().unwrap();
 }
 
 fn tcp_exchange(ns: &NetNs, to: SocketAddr, client_ip: IpAddr) {
-    let stream = ns.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(3))).unwrap().expect("connect through tcp/80");
-    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let mut reader = stream.try_clone().unwrap();
-    let mut greeting = Vec::new();
-    let mut byte = [0u8; 1];
-    while byte[0] != b'\n' {
-        reader.read_exact(&mut byte).unwrap();
-        greeting.push(byte[0]);
-    }
-    let me = SocketAddr::new(client_ip, stream.local_addr().unwrap().port());
-    assert_eq!(String::from_utf8(greeting).unwrap(), format!("seen {me}\n"));
-    assert_eq!(stream.peer_addr().unwrap(), to);
     let data: Vec<u8> = (0..256 * 1024).map(|i| (i * 7 % 251) as u8).collect();
-    let sender = {
-        let mut w = stream.try_clone().unwrap();
-        let data = data.clone();
-        std::thread::spawn(move || {
-            w.write_all(&data).unwrap();
-            w.shutdown(Shutdown::Write).unwrap();
-        })
-    };
-    let mut echoed = Vec::new();
-    reader.read_to_end(&mut echoed).unwrap();
-    sender.join().unwrap();
-    assert!(echoed == data, "256 KiB echoed intact ({} bytes back)", echoed.len());
+    let x = tcp_echo(ns, to, data.clone()).unwrap();
+    assert_eq!(x.peer, to);
+    assert_eq!(
+        x.greeting,
+        format!("seen {}", SocketAddr::new(client_ip, x.local.port())),
+        "backend saw the client's real address"
+    );
+    assert!(x.echoed == data, "256 KiB echoed intact ({} bytes back)", x.echoed.len());
 }
 
 #[test]
@@ -185,7 +182,7 @@ fn restart_loses_no_packet_and_counters_continue() {
     let sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
     let config = lab.write_config(RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
-    let client = udp_client(&lab.inet, false);
+    let client = udp_socket(&lab.inet, false).unwrap();
     let to = SocketAddr::new(HOST_V4.into(), 10000);
     // Warm up ARP on both sides so that the stream measures the datapath alone.
     udp_exchange(&client, to, CLIENT_V4.into(), 1);
@@ -213,7 +210,10 @@ fn restart_loses_no_packet_and_counters_continue() {
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     let sent = streamer.join().unwrap() as u64;
     let second_log = agent.stop().unwrap();
-    assert!(second_log.contains("adopted the pinned datapath") && second_log.contains("adopted attached steer_in"), "{second_log}");
+    assert!(
+        second_log.contains("adopted the pinned datapath") && second_log.contains("adopted attached steer_in"),
+        "{second_log}"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(3);
     while (sink.count() as u64) < sent + 1 && Instant::now() < deadline {
@@ -223,7 +223,12 @@ fn restart_loses_no_packet_and_counters_continue() {
     let got: std::collections::HashSet<String> =
         seen.iter().map(|(_, p)| String::from_utf8_lossy(p).into_owned()).filter(|p| p.starts_with("seq-")).collect();
     let lost: Vec<u64> = (0..sent).filter(|i| !got.contains(&format!("seq-{i}"))).collect();
-    assert!(lost.is_empty(), "{} of {sent} packets lost across the restart: {:?}", lost.len(), &lost[..lost.len().min(20)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {sent} packets lost across the restart: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
     // Counters continued (warm-up packet + the stream), not reset by the restart.
     let st = status(&lab);
     assert_eq!(rule(&st, "jvb")["packets_in"].as_u64().unwrap(), sent + 1);

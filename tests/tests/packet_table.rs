@@ -6,9 +6,7 @@
 
 use std::collections::HashMap;
 
-use aya::{
-    programs::{SchedClassifier, TestRun, TestRunOptions, Xdp},
-};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use jitsi_agent::{
     config::Config,
     datapath::{Maps, load_unattached},
@@ -114,7 +112,9 @@ fn setup() -> Env {
     }
     // The clients the TC rows reply to, as the XDP program learns them (ifindex 1: BPF_PROG_TEST_RUN
     // runs XDP on the loopback device).
-    for (client, host, family) in [("203.0.113.2", "203.0.113.1", FAMILY_V4), ("2001:db8:c::2", "2001:db8:c::1", FAMILY_V6)] {
+    for (client, host, family) in
+        [("203.0.113.2", "203.0.113.1", FAMILY_V4), ("2001:db8:c::2", "2001:db8:c::1", FAMILY_V6)]
+    {
         let (addr, _) = rules::addr16(client.parse().unwrap());
         let (host_addr, _) = rules::addr16(host.parse().unwrap());
         let path = ReturnPath { host_addr, ifindex: 1, client_mac: CLIENT_MAC, host_mac: UPLINK_MAC };
@@ -134,9 +134,7 @@ fn rule_count(maps: &Maps, slot: u32, inbound: bool) -> u64 {
 
 fn run_row(xdp: &Xdp, tc: &SchedClassifier, row: &Row) -> (u32, Vec<u8>) {
     let mut out = vec![0u8; row.input.len() + 512];
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(&row.input);
-    opts.data_out = Some(&mut out);
+    let opts = TestRunOptions { data_in: Some(&row.input), data_out: Some(&mut out), ..Default::default() };
     let res = match row.prog {
         Prog::Xdp => xdp.test_run(opts),
         Prog::Tc => tc.test_run(opts),
@@ -164,47 +162,161 @@ fn rows() -> Vec<Row> {
     let udp6_in = |dport| Pkt::udp(client6, 40000, "2001:db8:c::1", dport, b"media6");
     let steered = |p: Pkt, to: &str, port, mac| p.to(to, port).macs(mac, BRIDGE_MAC).build();
     let mut rows = Vec::new();
-    let mut row = |name, prog, input: Vec<u8>, verdict, output, counts| rows.push(Row { name, prog, input, verdict, output, counts });
+    let mut row = |name, prog, input: Vec<u8>, verdict, output, counts| {
+        rows.push(Row { name, prog, input, verdict, output, counts })
+    };
 
     // --- steer_in: steered ---
-    row("v4 udp/10000 -> jvb", Xdp, udp_in(10000).build(), XDP_REDIRECT, Some(steered(udp_in(10000), "192.0.2.10", 10000, JVB_MAC)), Rule("jvb", true));
-    row("v4 udp/3478 -> coturn", Xdp, udp_in(3478).build(), XDP_REDIRECT, Some(steered(udp_in(3478), "192.0.2.11", 3478, TURN_MAC)), Rule("turn", true));
+    row(
+        "v4 udp/10000 -> jvb",
+        Xdp,
+        udp_in(10000).build(),
+        XDP_REDIRECT,
+        Some(steered(udp_in(10000), "192.0.2.10", 10000, JVB_MAC)),
+        Rule("jvb", true),
+    );
+    row(
+        "v4 udp/3478 -> coturn",
+        Xdp,
+        udp_in(3478).build(),
+        XDP_REDIRECT,
+        Some(steered(udp_in(3478), "192.0.2.11", 3478, TURN_MAC)),
+        Rule("turn", true),
+    );
     let syn = Pkt::tcp(client, 40001, "203.0.113.1", 80, 0x02, b"");
-    row("v4 tcp/80 SYN -> web:8000", Xdp, syn.build(), XDP_REDIRECT, Some(steered(syn, "192.0.2.12", 8000, WEB_MAC)), Rule("web", true));
+    row(
+        "v4 tcp/80 SYN -> web:8000",
+        Xdp,
+        syn.build(),
+        XDP_REDIRECT,
+        Some(steered(syn, "192.0.2.12", 8000, WEB_MAC)),
+        Rule("web", true),
+    );
     let data = Pkt::tcp(client, 40001, "203.0.113.1", 80, 0x18, b"GET / HTTP/1.1\r\n\r\n");
-    row("v4 tcp/80 data -> web:8000", Xdp, data.build(), XDP_REDIRECT, Some(steered(data, "192.0.2.12", 8000, WEB_MAC)), Rule("web", true));
+    row(
+        "v4 tcp/80 data -> web:8000",
+        Xdp,
+        data.build(),
+        XDP_REDIRECT,
+        Some(steered(data, "192.0.2.12", 8000, WEB_MAC)),
+        Rule("web", true),
+    );
     let zero = Pkt { udp_zero_checksum: true, ..udp_in(10000) };
-    row("v4 udp checksum 0 stays 0", Xdp, zero.build(), XDP_REDIRECT, Some(steered(zero, "192.0.2.10", 10000, JVB_MAC)), Rule("jvb", true));
+    row(
+        "v4 udp checksum 0 stays 0",
+        Xdp,
+        zero.build(),
+        XDP_REDIRECT,
+        Some(steered(zero, "192.0.2.10", 10000, JVB_MAC)),
+        Rule("jvb", true),
+    );
     let payload = payload_for_zero_checksum(|p| Pkt::udp(client, 40000, "192.0.2.10", 10000, p));
     let ffff = Pkt::udp(client, 40000, "203.0.113.1", 10000, &payload);
     let ffff_out = steered(ffff.clone(), "192.0.2.10", 10000, JVB_MAC);
     assert_eq!(&ffff_out[40..42], &[0xff, 0xff], "the expected frame carries 0xFFFF");
-    row("v4 udp computed checksum 0 is sent as 0xFFFF", Xdp, ffff.build(), XDP_REDIRECT, Some(ffff_out), Rule("jvb", true));
+    row(
+        "v4 udp computed checksum 0 is sent as 0xFFFF",
+        Xdp,
+        ffff.build(),
+        XDP_REDIRECT,
+        Some(ffff_out),
+        Rule("jvb", true),
+    );
     let opts = Pkt { ip_options: vec![0x94, 0x04, 0x00, 0x00], ..udp_in(10000) }; // Router Alert, IHL 6
-    row("v4 with IP options (IHL 6) steered", Xdp, opts.build(), XDP_REDIRECT, Some(steered(opts, "192.0.2.10", 10000, JVB_MAC)), Rule("jvb", true));
+    row(
+        "v4 with IP options (IHL 6) steered",
+        Xdp,
+        opts.build(),
+        XDP_REDIRECT,
+        Some(steered(opts, "192.0.2.10", 10000, JVB_MAC)),
+        Rule("jvb", true),
+    );
     let max_opts = Pkt { ip_options: [vec![0x01; 39], vec![0x00]].concat(), ..udp_in(3478) }; // 39 NOPs + EOL, IHL 15
-    row("v4 with 40 bytes of options (IHL 15) steered", Xdp, max_opts.build(), XDP_REDIRECT, Some(steered(max_opts, "192.0.2.11", 3478, TURN_MAC)), Rule("turn", true));
-    row("v6 udp/10000 -> jvb", Xdp, udp6_in(10000).build(), XDP_REDIRECT, Some(steered(udp6_in(10000), "2001:db8:b::10", 10000, JVB_MAC)), Rule("jvb", true));
+    row(
+        "v4 with 40 bytes of options (IHL 15) steered",
+        Xdp,
+        max_opts.build(),
+        XDP_REDIRECT,
+        Some(steered(max_opts, "192.0.2.11", 3478, TURN_MAC)),
+        Rule("turn", true),
+    );
+    row(
+        "v6 udp/10000 -> jvb",
+        Xdp,
+        udp6_in(10000).build(),
+        XDP_REDIRECT,
+        Some(steered(udp6_in(10000), "2001:db8:b::10", 10000, JVB_MAC)),
+        Rule("jvb", true),
+    );
     let syn6 = Pkt::tcp(client6, 40001, "2001:db8:c::1", 80, 0x02, b"");
-    row("v6 tcp/80 SYN -> web:8000", Xdp, syn6.build(), XDP_REDIRECT, Some(steered(syn6, "2001:db8:b::12", 8000, WEB_MAC)), Rule("web", true));
+    row(
+        "v6 tcp/80 SYN -> web:8000",
+        Xdp,
+        syn6.build(),
+        XDP_REDIRECT,
+        Some(steered(syn6, "2001:db8:b::12", 8000, WEB_MAC)),
+        Rule("web", true),
+    );
     let payload6 = payload_for_zero_checksum(|p| Pkt::udp(client6, 40000, "2001:db8:b::10", 10000, p));
     let ffff6 = Pkt::udp(client6, 40000, "2001:db8:c::1", 10000, &payload6);
-    row("v6 udp computed checksum 0 is sent as 0xFFFF", Xdp, ffff6.build(), XDP_REDIRECT, Some(steered(ffff6, "2001:db8:b::10", 10000, JVB_MAC)), Rule("jvb", true));
+    row(
+        "v6 udp computed checksum 0 is sent as 0xFFFF",
+        Xdp,
+        ffff6.build(),
+        XDP_REDIRECT,
+        Some(steered(ffff6, "2001:db8:b::10", 10000, JVB_MAC)),
+        Rule("jvb", true),
+    );
 
     // --- steer_in: passed or dropped ---
     row("v6 udp/3478: rule has no IPv6 backend", Xdp, udp6_in(3478).build(), XDP_PASS, None, R(InNoBackendForFamily));
-    row("v6 udp checksum 0 is invalid", Xdp, Pkt { udp_zero_checksum: true, ..udp6_in(10000) }.build(), XDP_PASS, None, R(InUdp6ZeroChecksum));
+    row(
+        "v6 udp checksum 0 is invalid",
+        Xdp,
+        Pkt { udp_zero_checksum: true, ..udp6_in(10000) }.build(),
+        XDP_PASS,
+        None,
+        R(InUdp6ZeroChecksum),
+    );
     row("v4 to another address", Xdp, udp_in(10000).to("203.0.113.99", 10000).build(), XDP_PASS, None, R(InNotLocal));
-    row("v6 to another address", Xdp, udp6_in(10000).to("2001:db8:c::99", 10000).build(), XDP_PASS, None, R(InNotLocal));
+    row(
+        "v6 to another address",
+        Xdp,
+        udp6_in(10000).to("2001:db8:c::99", 10000).build(),
+        XDP_PASS,
+        None,
+        R(InNotLocal),
+    );
     row("v4 udp to an unsteered port", Xdp, udp_in(9999).build(), XDP_PASS, None, R(InNoRule));
-    row("v4 tcp/10000: rule is udp only", Xdp, Pkt::tcp(client, 1, "203.0.113.1", 10000, 0x02, b"").build(), XDP_PASS, None, R(InNoRule));
+    row(
+        "v4 tcp/10000: rule is udp only",
+        Xdp,
+        Pkt::tcp(client, 1, "203.0.113.1", 10000, 0x02, b"").build(),
+        XDP_PASS,
+        None,
+        R(InNoRule),
+    );
     row("v6 udp to an unsteered port", Xdp, udp6_in(53).build(), XDP_PASS, None, R(InNoRule));
     row("v4 ICMP echo to the host", Xdp, Pkt { proto: 1, ..udp_in(0) }.build(), XDP_PASS, None, R(InOtherProtocol));
     row("v6 ICMPv6 echo to the host", Xdp, Pkt { proto: 58, ..udp6_in(0) }.build(), XDP_PASS, None, R(InOtherProtocol));
     row("v4 first fragment (MF)", Xdp, Pkt { frag: 0x2000, ..udp_in(10000) }.build(), XDP_PASS, None, R(InFragment));
     row("v4 non-first fragment", Xdp, Pkt { frag: 0x00b9, ..udp_in(10000) }.build(), XDP_PASS, None, R(InFragment));
-    row("v6 fragment header", Xdp, Pkt { v6_ext: Some(44), ..udp6_in(10000) }.build(), XDP_PASS, None, R(InIpv6ExtHeader));
-    row("v6 destination options header", Xdp, Pkt { v6_ext: Some(60), ..udp6_in(10000) }.build(), XDP_PASS, None, R(InIpv6ExtHeader));
+    row(
+        "v6 fragment header",
+        Xdp,
+        Pkt { v6_ext: Some(44), ..udp6_in(10000) }.build(),
+        XDP_PASS,
+        None,
+        R(InIpv6ExtHeader),
+    );
+    row(
+        "v6 destination options header",
+        Xdp,
+        Pkt { v6_ext: Some(60), ..udp6_in(10000) }.build(),
+        XDP_PASS,
+        None,
+        R(InIpv6ExtHeader),
+    );
     row("802.1Q tagged", Xdp, Pkt { vlan: Some((0x8100, 42)), ..udp_in(10000) }.build(), XDP_PASS, None, R(InVlan));
     row("802.1ad tagged", Xdp, Pkt { vlan: Some((0x88a8, 42)), ..udp_in(10000) }.build(), XDP_PASS, None, R(InVlan));
     let mut arp = vec![0xff; 6];
@@ -222,40 +334,135 @@ fn rows() -> Vec<Row> {
     row("IPv4 options cut short (IHL 15)", Xdp, opt_full[..60].to_vec(), XDP_PASS, None, R(InTruncated));
     let v6_full = udp6_in(10000).build();
     row("IPv6 header cut at 30 bytes", Xdp, v6_full[..44].to_vec(), XDP_PASS, None, R(InTruncated));
-    row("IPv4 IHL 4 (invalid)", Xdp, Pkt { ihl_override: Some(4), ..udp_in(10000) }.build(), XDP_PASS, None, R(InMalformed));
-    row("IPv4 ethertype, version 6", Xdp, Pkt { version_override: Some(6), ..udp_in(10000) }.build(), XDP_PASS, None, R(InMalformed));
+    row(
+        "IPv4 IHL 4 (invalid)",
+        Xdp,
+        Pkt { ihl_override: Some(4), ..udp_in(10000) }.build(),
+        XDP_PASS,
+        None,
+        R(InMalformed),
+    );
+    row(
+        "IPv4 ethertype, version 6",
+        Xdp,
+        Pkt { version_override: Some(6), ..udp_in(10000) }.build(),
+        XDP_PASS,
+        None,
+        R(InMalformed),
+    );
     row("rule whose backend is down: dropped", Xdp, udp_in(5000).build(), XDP_DROP, None, R(InBackendDown));
 
     // --- reply_out: replies leave with the host's address and public port ---
     let from_jvb = Pkt::udp("192.0.2.10", 10000, client, 40000, b"reply").macs(BRIDGE_MAC, JVB_MAC);
     let to_client = |p: Pkt, src: &str, port| p.from(src, port).macs(CLIENT_MAC, UPLINK_MAC).build();
-    row("v4 udp reply from jvb", Tc, from_jvb.build(), TC_ACT_REDIRECT, Some(to_client(from_jvb.clone(), "203.0.113.1", 10000)), Rule("jvb", false));
+    row(
+        "v4 udp reply from jvb",
+        Tc,
+        from_jvb.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(from_jvb.clone(), "203.0.113.1", 10000)),
+        Rule("jvb", false),
+    );
     let zero_reply = Pkt { udp_zero_checksum: true, ..from_jvb.clone() };
-    row("v4 udp reply checksum 0 stays 0", Tc, zero_reply.build(), TC_ACT_REDIRECT, Some(to_client(zero_reply, "203.0.113.1", 10000)), Rule("jvb", false));
+    row(
+        "v4 udp reply checksum 0 stays 0",
+        Tc,
+        zero_reply.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(zero_reply, "203.0.113.1", 10000)),
+        Rule("jvb", false),
+    );
     let payload_r = payload_for_zero_checksum(|p| Pkt::udp("203.0.113.1", 10000, client, 40000, p));
     let ffff_reply = Pkt::udp("192.0.2.10", 10000, client, 40000, &payload_r).macs(BRIDGE_MAC, JVB_MAC);
-    row("v4 udp reply computed checksum 0 is sent as 0xFFFF", Tc, ffff_reply.build(), TC_ACT_REDIRECT, Some(to_client(ffff_reply, "203.0.113.1", 10000)), Rule("jvb", false));
+    row(
+        "v4 udp reply computed checksum 0 is sent as 0xFFFF",
+        Tc,
+        ffff_reply.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(ffff_reply, "203.0.113.1", 10000)),
+        Rule("jvb", false),
+    );
     let from_turn = Pkt::udp("192.0.2.11", 3478, client, 40000, b"stun").macs(BRIDGE_MAC, TURN_MAC);
-    row("v4 udp reply from coturn", Tc, from_turn.build(), TC_ACT_REDIRECT, Some(to_client(from_turn, "203.0.113.1", 3478)), Rule("turn", false));
+    row(
+        "v4 udp reply from coturn",
+        Tc,
+        from_turn.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(from_turn, "203.0.113.1", 3478)),
+        Rule("turn", false),
+    );
     let synack = Pkt::tcp("192.0.2.12", 8000, client, 40001, 0x12, b"").macs(BRIDGE_MAC, WEB_MAC);
-    row("v4 tcp SYN-ACK from web:8000 leaves from :80", Tc, synack.build(), TC_ACT_REDIRECT, Some(to_client(synack, "203.0.113.1", 80)), Rule("web", false));
+    row(
+        "v4 tcp SYN-ACK from web:8000 leaves from :80",
+        Tc,
+        synack.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(synack, "203.0.113.1", 80)),
+        Rule("web", false),
+    );
     let from_jvb6 = Pkt::udp("2001:db8:b::10", 10000, client6, 40000, b"reply6").macs(BRIDGE_MAC, JVB_MAC);
-    row("v6 udp reply from jvb", Tc, from_jvb6.build(), TC_ACT_REDIRECT, Some(to_client(from_jvb6, "2001:db8:c::1", 10000)), Rule("jvb", false));
+    row(
+        "v6 udp reply from jvb",
+        Tc,
+        from_jvb6.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(from_jvb6, "2001:db8:c::1", 10000)),
+        Rule("jvb", false),
+    );
     let synack6 = Pkt::tcp("2001:db8:b::12", 8000, client6, 40001, 0x12, b"").macs(BRIDGE_MAC, WEB_MAC);
-    row("v6 tcp SYN-ACK from web", Tc, synack6.build(), TC_ACT_REDIRECT, Some(to_client(synack6, "2001:db8:c::1", 80)), Rule("web", false));
+    row(
+        "v6 tcp SYN-ACK from web",
+        Tc,
+        synack6.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(synack6, "2001:db8:c::1", 80)),
+        Rule("web", false),
+    );
 
     // --- reply_out: passed untouched ---
-    row("reply to a client never seen on the uplink", Tc, from_jvb.clone().to("198.51.100.7", 40000).build(), TC_ACT_OK, None, R(OutUnknownClient));
-    row("from a backend address but another port", Tc, from_jvb.clone().from("192.0.2.10", 53).build(), TC_ACT_OK, None, R(OutNotBackend));
-    row("from a non-backend address", Tc, from_jvb.clone().from("192.0.2.99", 10000).build(), TC_ACT_OK, None, R(OutNotBackend));
+    row(
+        "reply to a client never seen on the uplink",
+        Tc,
+        from_jvb.clone().to("198.51.100.7", 40000).build(),
+        TC_ACT_OK,
+        None,
+        R(OutUnknownClient),
+    );
+    row(
+        "from a backend address but another port",
+        Tc,
+        from_jvb.clone().from("192.0.2.10", 53).build(),
+        TC_ACT_OK,
+        None,
+        R(OutNotBackend),
+    );
+    row(
+        "from a non-backend address",
+        Tc,
+        from_jvb.clone().from("192.0.2.99", 10000).build(),
+        TC_ACT_OK,
+        None,
+        R(OutNotBackend),
+    );
     row("ARP on the bridge", Tc, arp, TC_ACT_OK, None, R(OutNotIp));
-    row("v4 fragment from a backend", Tc, Pkt { frag: 0x2000, ..from_jvb.clone() }.build(), TC_ACT_OK, None, R(OutFragment));
+    row(
+        "v4 fragment from a backend",
+        Tc,
+        Pkt { frag: 0x2000, ..from_jvb.clone() }.build(),
+        TC_ACT_OK,
+        None,
+        R(OutFragment),
+    );
     row("UDP header cut short on the bridge", Tc, from_jvb.build()[..35].to_vec(), TC_ACT_OK, None, R(OutTruncated));
     rows
 }
 
 fn max_opts_frame() -> Vec<u8> {
-    Pkt { ip_options: [vec![0x01; 39], vec![0x00]].concat(), ..Pkt::udp("203.0.113.2", 40000, "203.0.113.1", 3478, b"media") }.build()
+    Pkt {
+        ip_options: [vec![0x01; 39], vec![0x00]].concat(),
+        ..Pkt::udp("203.0.113.2", 40000, "203.0.113.1", 3478, b"media")
+    }
+    .build()
 }
 
 /// Both programs of the loaded object (which shares the maps filled by `setup`).
@@ -290,7 +497,12 @@ fn packet_table() {
         if verdict != row.verdict {
             failures.push(format!("{}: verdict {verdict}, expected {}", row.name, row.verdict));
         } else if &out != expected {
-            failures.push(format!("{}: output differs\n  got      {}\n  expected {}", row.name, hex(&out), hex(expected)));
+            failures.push(format!(
+                "{}: output differs\n  got      {}\n  expected {}",
+                row.name,
+                hex(&out),
+                hex(expected)
+            ));
         } else if after != before + 1 {
             failures.push(format!("{}: counter went {before} -> {after}, expected +1", row.name));
         }
@@ -302,11 +514,10 @@ fn packet_table() {
 fn steer_in_learns_the_return_path() {
     let Env { mut bpf, maps, .. } = setup();
     let (xdp, _) = programs(&mut bpf);
-    let input = Pkt::udp("198.51.100.50", 1234, "203.0.113.1", 10000, b"x").macs(UPLINK_MAC, [2, 9, 9, 9, 9, 9]).build();
+    let input =
+        Pkt::udp("198.51.100.50", 1234, "203.0.113.1", 10000, b"x").macs(UPLINK_MAC, [2, 9, 9, 9, 9, 9]).build();
     let mut out = vec![0u8; input.len() + 64];
-    let mut opts = TestRunOptions::default();
-    opts.data_in = Some(&input);
-    opts.data_out = Some(&mut out);
+    let opts = TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() };
     assert_eq!(xdp.test_run(opts).unwrap().return_value, XDP_REDIRECT);
     let (addr, family) = rules::addr16("198.51.100.50".parse().unwrap());
     let path = maps.return_paths.get(&ClientKey { addr, family, _pad: [0; 3] }, 0).expect("learned");

@@ -27,39 +27,39 @@ fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Builds `jitsi-ebpf` for `bpfel-unknown-none` with BTF and returns the object's path.
-pub fn ebpf() -> Result<PathBuf> {
+/// A `cargo <args> --package jitsi-ebpf` for `bpfel-unknown-none` with the toolchain found
+/// (and bpf-linker installed) for it, building into `target/<target_dir>`.
+fn ebpf_cargo(args: &[&str], target_dir: &str) -> Result<Command> {
     let linker = prereq::bpf_linker()?;
     let tc = toolchain::find()?;
-    eprintln!("xtask: building eBPF with {}", tc.description);
+    eprintln!("xtask: eBPF toolchain: {}", tc.description);
     let root = workspace_root();
     let mut cmd = Command::new("cargo");
     if let Some(arg) = tc.cargo_toolchain_arg {
         cmd.arg(arg);
     }
     cmd.current_dir(&root)
-        .args(["build", "--package", "jitsi-ebpf", "--release", "--target", "bpfel-unknown-none"])
-        .args(["-Z", "build-std=core", "--target-dir"])
-        .arg(root.join("target/ebpf"))
-        .env("CARGO_PROFILE_RELEASE_PANIC", "abort")
+        .args(args)
+        .args(["--package", "jitsi-ebpf", "--target", "bpfel-unknown-none", "-Z", "build-std=core", "--target-dir"])
+        .arg(root.join("target").join(target_dir))
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
+        .env_remove("RUSTFLAGS")
+        .env_remove("RUSTC_WRAPPER");
+    for (k, v) in &tc.env {
+        cmd.env(k, v);
+    }
+    Ok(cmd)
+}
+
+/// Builds `jitsi-ebpf` for `bpfel-unknown-none` with BTF and returns the object's path.
+pub fn ebpf() -> Result<PathBuf> {
+    let mut cmd = ebpf_cargo(&["build", "--release"], "ebpf")?;
+    cmd.env("CARGO_PROFILE_RELEASE_PANIC", "abort")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "2")
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
         .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
         // BTF for the maps (bpftool prints field names) and the programs.
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
-        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", &linker)
-        .env_remove("RUSTFLAGS")
-        .env_remove("RUSTC_WRAPPER");
-    // The bpf-linker we may just have installed lives in ~/.cargo/bin.
-    if let Some(dir) = linker.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        let mut paths: Vec<PathBuf> = std::env::split_paths(&path).collect();
-        paths.insert(0, dir.to_path_buf());
-        cmd.env("PATH", std::env::join_paths(paths)?);
-    }
-    for (k, v) in &tc.env {
-        cmd.env(k, v);
-    }
+        .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
     run(&mut cmd)?;
     let obj = ebpf_object_path();
     if !obj.exists() {
@@ -67,6 +67,14 @@ pub fn ebpf() -> Result<PathBuf> {
     }
     eprintln!("xtask: eBPF object at {}", obj.display());
     Ok(obj)
+}
+
+/// `cargo clippy -D warnings` for the eBPF crate (separately from the userspace crates: the
+/// shared `jitsi-common` would otherwise unify its `user` feature into the kernel build).
+pub fn ebpf_clippy() -> Result<()> {
+    let mut cmd = ebpf_cargo(&["clippy"], "ebpf-clippy")?;
+    cmd.args(["--", "-D", "warnings"]);
+    run(&mut cmd)
 }
 
 /// Builds the eBPF object, then the release agent binary that embeds it.

@@ -72,7 +72,13 @@ fn cargo_bin_dir() -> PathBuf {
 pub fn bpf_linker() -> Result<PathBuf> {
     let candidates = [cargo_bin_dir().join("bpf-linker"), PathBuf::from("bpf-linker")];
     for c in &candidates {
-        if Command::new(c).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success()) {
+        if Command::new(c)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
             return Ok(c.clone());
         }
     }

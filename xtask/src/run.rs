@@ -27,7 +27,9 @@ fn run(mut cmd: Command) -> Result<()> {
 
 fn require_root(what: &str) -> Result<()> {
     if !prereq::is_root() {
-        bail!("{what} needs root (network namespaces, BPF programs, bpffs); run it as root, e.g. `sudo -E cargo xtask ...`");
+        bail!(
+            "{what} needs root (network namespaces, BPF programs, bpffs); run it as root, e.g. `sudo -E cargo xtask ...`"
+        );
     }
     Ok(())
 }
@@ -41,6 +43,8 @@ pub fn test(lint: bool, filter: Option<&str>) -> Result<()> {
         run(cargo(&["fmt", "--all", "--", "--check"]))?;
         eprintln!("xtask: cargo clippy (userspace crates)");
         run(cargo(&["clippy", "--workspace", "--exclude", "jitsi-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+        eprintln!("xtask: cargo clippy (jitsi-ebpf)");
+        build::ebpf_clippy()?;
     }
     let agent = build::agent()?;
     let obj = build::ebpf_object_path();

@@ -34,7 +34,8 @@ fn rustup_nightly() -> Option<BpfToolchain> {
         return None;
     }
     let has_src = |s: &str| s.lines().any(|l| l.starts_with("rust-src"));
-    let installed = output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))?;
     if !has_src(&installed) {
         eprintln!("xtask: adding rust-src to the rustup nightly toolchain");
         let ok = Command::new("rustup")

@@ -1,1 +1,150 @@
-fn main() {}
+//! `jitsi-lab demo`: builds the lab, runs the agent in it, sends traffic from the "internet"
+//! namespace, prints what each backend saw and the live counters, and cleans up.
+//! `cargo xtask demo` builds everything and runs this as root.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    process::Command,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use jitsi_tests::{
+    agent::{AgentProcess, command_in},
+    clients::{tcp_echo, udp_round_trip, udp_socket},
+    lab::{BRIDGE, HOST_V4, HOST_V6, Lab, UPLINK},
+    netns::run,
+    servers,
+};
+
+#[derive(Parser)]
+#[command(about = "The jitsi-agent lab")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the lab demo.
+    Demo {
+        /// The jitsi-agent binary to run (with the eBPF object embedded).
+        #[arg(long)]
+        agent: PathBuf,
+    },
+}
+
+const RULES: &str = r#"[[steer]]
+name = "jvb"
+protocol = "udp"
+port = 10000
+backend = ["192.0.2.10:10000", "[2001:db8:b::10]:10000"]
+
+[[steer]]
+name = "turn"
+protocol = "udp"
+port = 3478
+backend = ["192.0.2.11:3478", "[2001:db8:b::11]:3478"]
+
+[[steer]]
+name = "web"
+protocol = "tcp"
+port = 80
+backend = ["192.0.2.12:8000", "[2001:db8:b::12]:8000"]
+"#;
+
+fn section(title: &str) {
+    println!("\n== {title} ==");
+}
+
+fn main() -> Result<()> {
+    let Cli { command: Cmd::Demo { agent } } = Cli::parse();
+    // SAFETY: single-threaded at this point; the lab helpers read this variable.
+    unsafe { std::env::set_var("JITSI_AGENT_BIN", &agent) };
+    if !agent.exists() {
+        bail!("{} not found: build it with `cargo xtask build`", agent.display());
+    }
+
+    section("lab");
+    let lab = Lab::new(&["jvb", "turn", "web"]).context("building the lab (needs root)")?;
+    println!(
+        "internet ns {}  ->  host ns {} ({UPLINK} {HOST_V4}, {HOST_V6}; bridge {BRIDGE} 192.0.2.1/24)",
+        lab.inet.name(),
+        lab.host.name()
+    );
+    for b in &lab.backends {
+        println!("backend {:<5} ns {}  {} / {}", b.name, b.ns.name(), b.v4, b.v6);
+    }
+    println!("host: ip_forward={} , no nftables/iptables rules", lab.host.sysctl_get("net.ipv4.ip_forward")?);
+    lab.assert_host_is_plain()?;
+
+    let (jvb, turn, web) = (lab.backend("jvb"), lab.backend("turn"), lab.backend("web"));
+    let servers = [
+        ("jvb", servers::udp(&jvb.ns, jvb.addr4(10000))?),
+        ("jvb", servers::udp(&jvb.ns, jvb.addr6(10000))?),
+        ("turn", servers::udp(&turn.ns, turn.addr4(3478))?),
+        ("turn", servers::udp(&turn.ns, turn.addr6(3478))?),
+        ("web", servers::tcp(&web.ns, web.addr4(8000))?),
+        ("web", servers::tcp(&web.ns, web.addr6(8000))?),
+    ];
+
+    section("agent configuration");
+    let config = lab.write_config(RULES)?;
+    print!("{}", std::fs::read_to_string(&config)?);
+    let running = AgentProcess::start(&lab.host, &config)?;
+    section("agent log");
+    print!("{}", running.log());
+
+    section("traffic from the internet namespace");
+    let c4 = udp_socket(&lab.inet, false)?;
+    let c6 = udp_socket(&lab.inet, true)?;
+    for (sock, host, port) in [
+        (&c4, IpAddr::from(HOST_V4), 10000),
+        (&c6, HOST_V6.into(), 10000),
+        (&c4, HOST_V4.into(), 3478),
+        (&c6, HOST_V6.into(), 3478),
+    ] {
+        let to = SocketAddr::new(host, port);
+        for i in 0..5 {
+            let (from, reply) = udp_round_trip(sock, to, &format!("hello-{i}"))?;
+            if i == 0 {
+                println!("udp  -> {to:<24} reply from {from:<24} {reply:?}");
+            }
+        }
+    }
+    for host in [IpAddr::from(HOST_V4), HOST_V6.into()] {
+        let to = SocketAddr::new(host, 80);
+        let x = tcp_echo(&lab.inet, to, vec![b'x'; 100_000])?;
+        println!("tcp  -> {to:<24} greeting {:?}, {} bytes echoed", x.greeting, x.echoed.len());
+    }
+
+    section("what each backend saw (source address = the client's own)");
+    for (name, s) in &servers {
+        println!(
+            "{name:<5} {:<24} {} packets/connections from {:?}",
+            s.addr.to_string(),
+            s.count(),
+            s.peers().iter().map(|p| p.ip()).collect::<std::collections::BTreeSet<_>>()
+        );
+    }
+
+    section("jitsi-agent status (read from the pinned maps)");
+    let status = run(command_in(&lab.host, &agent)?.args(["status", "--pin-dir"]).arg(&lab.pin_dir))?;
+    print!("{status}");
+
+    section(&format!("bpftool map dump pinned {}/rule_stats (first CPU)", lab.pin_dir.display()));
+    let dump = run(Command::new("bpftool").args(["map", "dump", "pinned"]).arg(lab.pin_dir.join("rule_stats")))?;
+    for line in dump.lines().take(14) {
+        println!("{line}");
+    }
+
+    section("stopping the agent (the datapath stays attached) and cleaning up");
+    running.stop()?;
+    let (from, _) = udp_round_trip(&c4, SocketAddr::new(HOST_V4.into(), 10000), "after-stop")?;
+    println!("udp to {HOST_V4}:10000 with the agent stopped: reply from {from}");
+    drop(servers);
+    drop(lab);
+    println!("lab removed");
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! Clients in the lab's "internet" namespace.
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddr, TcpStream, UdpSocket},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::NetNs;
+
+/// A UDP socket in `ns`, of the family of `to`, with a 2 s receive timeout.
+pub fn udp_socket(ns: &NetNs, v6: bool) -> Result<UdpSocket> {
+    let bind: SocketAddr = if v6 { "[::]:0".parse()? } else { "0.0.0.0:0".parse()? };
+    let s = ns.enter(move || UdpSocket::bind(bind))??;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(s)
+}
+
+/// Sends `msg` to `to` and returns the reply and the address it came from.
+pub fn udp_round_trip(sock: &UdpSocket, to: SocketAddr, msg: &str) -> Result<(SocketAddr, String)> {
+    sock.send_to(msg.as_bytes(), to)?;
+    let mut buf = [0u8; 2048];
+    let (len, from) = sock.recv_from(&mut buf).with_context(|| format!("no reply from {to} to `{msg}`"))?;
+    Ok((from, String::from_utf8_lossy(&buf[..len]).into_owned()))
+}
+
+/// What a TCP exchange with a stand-in web server returned.
+pub struct TcpExchange {
+    /// The client's own address.
+    pub local: SocketAddr,
+    /// The address the client is connected to.
+    pub peer: SocketAddr,
+    /// The server's first line (`seen <addr>`).
+    pub greeting: String,
+    /// Everything echoed back after `data` was sent and the write side closed.
+    pub echoed: Vec<u8>,
+}
+
+/// Connects from `ns` to `to`, reads the greeting line, sends `data`, half-closes and reads
+/// the echo to the end.
+pub fn tcp_echo(ns: &NetNs, to: SocketAddr, data: Vec<u8>) -> Result<TcpExchange> {
+    let stream = ns
+        .enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))?
+        .with_context(|| format!("connecting to {to}"))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let (local, peer) = (stream.local_addr()?, stream.peer_addr()?);
+    let mut reader = stream.try_clone()?;
+    let mut greeting = Vec::new();
+    let mut byte = [0u8; 1];
+    while byte[0] != b'\n' {
+        reader.read_exact(&mut byte).context("reading the greeting")?;
+        greeting.push(byte[0]);
+    }
+    let mut writer = stream.try_clone()?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&data)?;
+        writer.shutdown(Shutdown::Write)
+    });
+    let mut echoed = Vec::new();
+    reader.read_to_end(&mut echoed).context("reading the echo")?;
+    match sender.join() {
+        Ok(r) => r.context("sending")?,
+        Err(_) => bail!("sender panicked"),
+    }
+    Ok(TcpExchange { local, peer, greeting: String::from_utf8_lossy(&greeting).trim_end().to_string(), echoed })
+}
