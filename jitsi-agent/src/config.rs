@@ -244,6 +244,15 @@ mod tests {
     "#;
 
     #[test]
+    fn the_shipped_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent.toml");
+        let c = Config::load(&path).unwrap();
+        assert_eq!(c.uplink.interface, "eth0");
+        let names: Vec<_> = c.steer.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["jvb", "turn", "web"]);
+    }
+
+    #[test]
     fn parses_the_documented_shape() {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.pin_dir, Path::new(DEFAULT_PIN_DIR));

@@ -132,27 +132,29 @@ pub fn read(pin_dir: &Path) -> Result<Status> {
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "datapath pinned at {}", self.pin_dir)?;
+        let backends: Vec<String> = self
+            .rules
+            .iter()
+            .map(|r| {
+                if r.backends.is_empty() {
+                    "-".to_string()
+                } else {
+                    r.backends.iter().map(|b| format!("{} ({})", b.address, b.state)).collect::<Vec<_>>().join(", ")
+                }
+            })
+            .collect();
+        let w = backends.iter().map(String::len).max().unwrap_or(0).max("BACKEND".len());
         writeln!(
             f,
-            "{:<16} {:<10} {:<28} {:>12} {:>14} {:>12} {:>14}",
+            "{:<16} {:<10} {:<w$} {:>10} {:>12} {:>10} {:>12}",
             "RULE", "PORT", "BACKEND", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT"
         )?;
-        for r in &self.rules {
-            let backends = if r.backends.is_empty() {
-                "-".to_string()
-            } else {
-                r.backends.iter().map(|b| format!("{} ({})", b.address, b.state)).collect::<Vec<_>>().join(", ")
-            };
+        for (r, b) in self.rules.iter().zip(&backends) {
+            let port = format!("{}/{}", r.protocol, r.port);
             writeln!(
                 f,
-                "{:<16} {:<10} {:<28} {:>12} {:>14} {:>12} {:>14}",
-                r.name,
-                format!("{}/{}", r.protocol, r.port),
-                backends,
-                r.packets_in,
-                r.bytes_in,
-                r.packets_out,
-                r.bytes_out
+                "{:<16} {port:<10} {b:<w$} {:>10} {:>12} {:>10} {:>12}",
+                r.name, r.packets_in, r.bytes_in, r.packets_out, r.bytes_out
             )?;
         }
         writeln!(f, "\n{:<28} {:<6} {:>12} {:>14}", "REASON", "ACTION", "PACKETS", "BYTES")?;
