@@ -44,6 +44,12 @@ pub enum Error {
     /// A network interface named in the configuration does not exist.
     #[error("interface `{0}` not found")]
     NoSuchInterface(String),
+    /// `uplink.interface` does not exist.
+    #[error("uplink.interface `{0}`: no such interface (see `ip link`)")]
+    NoUplink(String),
+    /// The uplink has no global address and none is configured.
+    #[error("uplink.interface `{0}` has no global address; set uplink.addresses")]
+    NoHostAddress(String),
     /// A backend address cannot be reached in a way XDP can redirect to.
     #[error("backend {addr}: {message}")]
     Backend {

@@ -36,16 +36,29 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match real_main() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line with the whole cause chain: readable on a terminal and under journald.
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn real_main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
         Command::Run { config } => {
-            let config = Config::load(&config)?;
+            let path = config;
+            let config = Config::load(&path)?;
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            rt.block_on(run::run(config, shutdown_signal()))?;
+            rt.block_on(run::run(config, shutdown_signal()))
+                .with_context(|| format!("jitsi-agent run --config {}", path.display()))?;
         }
         Command::Status { json, pin_dir, config } => {
             let pin_dir = match (pin_dir, config) {

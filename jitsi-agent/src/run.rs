@@ -30,17 +30,17 @@ const REFRESH: Duration = Duration::from_secs(2);
 /// Runs the agent until `shutdown` completes. The datapath stays attached afterwards.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<()> {
     let h = netlink::connect()?;
-    let uplink = netlink::link_by_name(&h, &config.uplink.interface).await?;
+    let uplink = netlink::link_by_name(&h, &config.uplink.interface).await.map_err(|e| match e {
+        Error::NoSuchInterface(name) => Error::NoUplink(name),
+        e => e,
+    })?;
     let host_addrs = if config.uplink.addresses.is_empty() {
         netlink::global_addresses(&h, uplink.index).await?
     } else {
         config.uplink.addresses.clone()
     };
     if host_addrs.is_empty() {
-        return Err(Error::NoSuchInterface(format!(
-            "{} has no global address; set uplink.addresses",
-            config.uplink.interface
-        )));
+        return Err(Error::NoHostAddress(config.uplink.interface.clone()));
     }
     info!(uplink = %uplink.name, addresses = ?host_addrs, "host addresses");
 

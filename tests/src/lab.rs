@@ -93,6 +93,27 @@ pub struct Lab {
     bpffs: Bpffs,
 }
 
+/// The lab's standard steering rules: jvb (udp/10000), coturn (udp/3478) and web
+/// (tcp/80 -> 8000), each with an IPv4 and an IPv6 backend.
+pub const LAB_RULES: &str = r#"[[steer]]
+name = "jvb"
+protocol = "udp"
+port = 10000
+backend = ["192.0.2.10:10000", "[2001:db8:b::10]:10000"]
+
+[[steer]]
+name = "turn"
+protocol = "udp"
+port = 3478
+backend = ["192.0.2.11:3478", "[2001:db8:b::11]:3478"]
+
+[[steer]]
+name = "web"
+protocol = "tcp"
+port = 80
+backend = ["192.0.2.12:8000", "[2001:db8:b::12]:8000"]
+"#;
+
 /// The uplink's name in the host namespace.
 pub const UPLINK: &str = "up0";
 /// The bridge's name in the host namespace.

@@ -10,31 +10,11 @@ use std::{
 use jitsi_tests::{
     agent::{AgentProcess, agent_cli},
     clients::{tcp_echo, udp_round_trip, udp_socket},
-    lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Lab},
+    lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab},
     netns::NetNs,
     servers,
 };
 use serde_json::Value;
-
-const RULES: &str = r#"
-[[steer]]
-name = "jvb"
-protocol = "udp"
-port = 10000
-backend = ["192.0.2.10:10000", "[2001:db8:b::10]:10000"]
-
-[[steer]]
-name = "turn"
-protocol = "udp"
-port = 3478
-backend = ["192.0.2.11:3478", "[2001:db8:b::11]:3478"]
-
-[[steer]]
-name = "web"
-protocol = "tcp"
-port = 80
-backend = ["192.0.2.12:8000", "[2001:db8:b::12]:8000"]
-"#;
 
 fn lab() -> Lab {
     Lab::new(&["jvb", "turn", "web"]).expect("building the lab")
@@ -80,7 +60,7 @@ fn udp_reaches_backends_with_the_client_address_ipv4_and_ipv6() {
     let jvb6 = servers::udp(&jvb.ns, jvb.addr6(10000)).unwrap();
     let turn4 = servers::udp(&turn.ns, turn.addr4(3478)).unwrap();
     let turn6 = servers::udp(&turn.ns, turn.addr6(3478)).unwrap();
-    let config = lab.write_config(RULES).unwrap();
+    let config = lab.write_config(LAB_RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     lab.assert_host_is_plain().unwrap();
     // The backends' veths start with GRO off, as Docker's do; the agent turns it on so that
@@ -157,7 +137,7 @@ fn tcp_exchange_through_port_80_ipv4_and_ipv6() {
     let web = lab.backend("web");
     let web4 = servers::tcp(&web.ns, web.addr4(8000)).unwrap();
     let web6 = servers::tcp(&web.ns, web.addr6(8000)).unwrap();
-    let config = lab.write_config(RULES).unwrap();
+    let config = lab.write_config(LAB_RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     lab.assert_host_is_plain().unwrap();
     tcp_exchange(&lab.inet, SocketAddr::new(HOST_V4.into(), 80), CLIENT_V4.into());
@@ -180,7 +160,7 @@ fn restart_loses_no_packet_and_counters_continue() {
     let lab = lab();
     let jvb = lab.backend("jvb");
     let sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
-    let config = lab.write_config(RULES).unwrap();
+    let config = lab.write_config(LAB_RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     let client = udp_socket(&lab.inet, false).unwrap();
     let to = SocketAddr::new(HOST_V4.into(), 10000);

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use jitsi_tests::{
     agent::{AgentProcess, command_in},
     clients::{tcp_echo, udp_round_trip, udp_socket},
-    lab::{BRIDGE, HOST_V4, HOST_V6, Lab, UPLINK},
+    lab::{BRIDGE, HOST_V4, HOST_V6, LAB_RULES, Lab, UPLINK},
     netns::run,
     servers,
 };
@@ -34,25 +34,6 @@ enum Cmd {
         agent: PathBuf,
     },
 }
-
-const RULES: &str = r#"[[steer]]
-name = "jvb"
-protocol = "udp"
-port = 10000
-backend = ["192.0.2.10:10000", "[2001:db8:b::10]:10000"]
-
-[[steer]]
-name = "turn"
-protocol = "udp"
-port = 3478
-backend = ["192.0.2.11:3478", "[2001:db8:b::11]:3478"]
-
-[[steer]]
-name = "web"
-protocol = "tcp"
-port = 80
-backend = ["192.0.2.12:8000", "[2001:db8:b::12]:8000"]
-"#;
 
 fn section(title: &str) {
     println!("\n== {title} ==");
@@ -90,7 +71,7 @@ fn main() -> Result<()> {
     ];
 
     section("agent configuration");
-    let config = lab.write_config(RULES)?;
+    let config = lab.write_config(LAB_RULES)?;
     print!("{}", std::fs::read_to_string(&config)?);
     let running = AgentProcess::start(&lab.host, &config)?;
     section("agent log");
