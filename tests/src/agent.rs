@@ -48,7 +48,7 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `jitsi-agent run --config <config>` in `ns` and waits until it logs "ready".
     pub fn start(ns: &NetNs, config: &Path) -> Result<Self> {
-        let log = config.with_extension(format!("log-{}", crate::netns::unique_name("agent")));
+        let log = config.with_file_name(format!("{}.log", crate::netns::unique_name("agent")));
         let err = File::create(&log)?;
         let child = command_in(ns, &agent_bin())?
             .args(["run", "--config"])
@@ -93,7 +93,6 @@ impl AgentProcess {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let status = self.child.wait()?;
         let log = self.log();
-        let _ = std::fs::remove_file(&self.log);
         if !status.success() {
             bail!("jitsi-agent exited with {status}:\n{log}");
         }

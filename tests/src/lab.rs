@@ -9,7 +9,8 @@
 //!                               ip_forward=0, no nftables/iptables rules    (GRO off, as in Docker)
 //! ```
 //! All addresses are documentation prefixes. The pin directory lives on a private bpffs
-//! instance mounted under /tmp, so nothing under /sys/fs/bpf is touched.
+//! instance mounted in the lab's directory under /tmp (removed with the lab, together with
+//! the agent's configuration and logs), so nothing under /sys/fs/bpf is touched.
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -58,24 +59,30 @@ impl Backend {
     }
 }
 
-/// A private bpffs mounted in a temporary directory, unmounted on drop.
-pub struct Bpffs {
+/// The lab's temporary directory: a private bpffs mounted at `bpffs/`, the agent's
+/// configuration and logs. Unmounted and removed on drop.
+pub struct WorkDir {
     dir: PathBuf,
 }
 
-impl Bpffs {
+impl WorkDir {
     fn new() -> Result<Self> {
-        let dir = std::env::temp_dir().join(unique_name("jitsi-bpffs"));
-        std::fs::create_dir_all(&dir)?;
-        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&dir))?;
-        Ok(Bpffs { dir })
+        let dir = std::env::temp_dir().join(unique_name("jitsi-lab"));
+        std::fs::create_dir_all(dir.join("bpffs"))?;
+        let work = WorkDir { dir };
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(work.bpffs()))?;
+        Ok(work)
+    }
+
+    fn bpffs(&self) -> PathBuf {
+        self.dir.join("bpffs")
     }
 }
 
-impl Drop for Bpffs {
+impl Drop for WorkDir {
     fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
-        let _ = std::fs::remove_dir(&self.dir);
+        let _ = Command::new("umount").arg("-l").arg(self.bpffs()).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -90,7 +97,7 @@ pub struct Lab {
     /// The agent's pin directory (on a private bpffs).
     pub pin_dir: PathBuf,
     // Declared last: dropped after the namespaces (and so after the links' interfaces).
-    bpffs: Bpffs,
+    work: WorkDir,
 }
 
 /// The lab's standard steering rules: jvb (udp/10000), coturn (udp/3478) and web
@@ -126,7 +133,7 @@ impl Lab {
         if !is_root() {
             bail!("the lab needs root");
         }
-        let bpffs = Bpffs::new()?;
+        let work = WorkDir::new()?;
         let inet = NetNs::new("jl-inet")?;
         let host = NetNs::new("jl-host")?;
         for ns in [&inet, &host] {
@@ -173,8 +180,8 @@ impl Lab {
             // into a veth delivers only if the peer has NAPI), and the lab tests check it does.
             out.push(Backend { name: (*name).to_string(), ns, v4, v6 });
         }
-        let pin_dir = bpffs.dir.join("jitsi-agent");
-        Ok(Lab { inet, host, backends: out, pin_dir, bpffs })
+        let pin_dir = work.bpffs().join("jitsi-agent");
+        Ok(Lab { inet, host, backends: out, pin_dir, work })
     }
 
     /// The backend called `name`.
@@ -184,7 +191,7 @@ impl Lab {
 
     /// Writes an agent configuration for this lab: `rules` are TOML `[[steer]]` blocks.
     pub fn write_config(&self, rules: &str) -> Result<PathBuf> {
-        let path = self.bpffs.dir.with_extension("toml");
+        let path = self.work.dir.join("agent.toml");
         let text = format!("pin_dir = \"{}\"\n[uplink]\ninterface = \"{UPLINK}\"\n\n{rules}", self.pin_dir.display());
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
