@@ -11,6 +11,7 @@ pub mod peer_napi;
 pub mod resolve;
 pub mod rules;
 pub mod run;
+pub mod sni;
 pub mod status;
 
 pub use error::Error;

@@ -1,0 +1,6 @@
+//! The SNI splitter on 443: reads the TLS ClientHello without terminating TLS, picks a
+//! configured backend by server name and connects to it transparently (from the client's own
+//! address), then relays bytes both ways.
+
+pub mod hello;
+pub mod names;
