@@ -27,6 +27,8 @@ pub struct Config {
     /// Kernel 1:1 steering rules.
     #[serde(default)]
     pub steer: Vec<SteerRule>,
+    /// The SNI splitter (optional).
+    pub sni: Option<Sni>,
 }
 
 fn default_pin_dir() -> PathBuf {
@@ -129,6 +131,120 @@ impl SteerRule {
     }
 }
 
+/// `[sni]`: the TLS splitter on 443.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sni {
+    /// Addresses to listen on.
+    #[serde(default = "default_sni_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Route for no SNI, unknown names and non-TLS bytes; without one those connections are
+    /// closed (TLS: with an `unrecognized_name` alert).
+    pub default: Option<String>,
+    /// Largest ClientHello accepted, in bytes (all its records).
+    #[serde(default = "default_max_hello")]
+    pub max_hello_bytes: usize,
+    /// Time a client has to send its whole ClientHello.
+    #[serde(default = "default_hello_timeout")]
+    pub hello_timeout_secs: f64,
+    /// Time to connect to a backend.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: f64,
+    /// A relayed connection with no byte in either direction for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: f64,
+    /// Open connections at most, overall.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections at most per client address.
+    #[serde(default = "default_max_per_client")]
+    pub max_connections_per_client: usize,
+    /// Mark the TC program sets on replies from SNI backends; a policy rule sends packets
+    /// with it to `route_table` (local delivery to the transparent socket).
+    #[serde(default = "default_reply_mark")]
+    pub reply_mark: u32,
+    /// SO_MARK of the agent's backend sockets (for the operator's own firewall or routing
+    /// rules; must differ from `reply_mark`, or those sockets' packets would loop back).
+    #[serde(default = "default_socket_mark")]
+    pub socket_mark: u32,
+    /// Routing table holding the `local` default routes.
+    #[serde(default = "default_route_table")]
+    pub route_table: u32,
+    /// Priority of the agent's policy rules.
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+    /// Routes by server name.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<SniRoute>,
+}
+
+fn default_sni_listen() -> Vec<SocketAddr> {
+    vec!["0.0.0.0:443".parse().expect("literal"), "[::]:443".parse().expect("literal")]
+}
+fn default_max_hello() -> usize {
+    crate::sni::hello::DEFAULT_MAX_HELLO
+}
+fn default_hello_timeout() -> f64 {
+    10.0
+}
+fn default_connect_timeout() -> f64 {
+    3.0
+}
+fn default_idle_timeout() -> f64 {
+    600.0
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_per_client() -> usize {
+    256
+}
+fn default_reply_mark() -> u32 {
+    0x4a17
+}
+fn default_socket_mark() -> u32 {
+    0x4a18
+}
+fn default_route_table() -> u32 {
+    0x4a17
+}
+fn default_rule_priority() -> u32 {
+    90
+}
+
+/// `[[sni.route]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// Unique name (used by `default` and in logs).
+    pub name: String,
+    /// Exact names or `*.domain` wildcards, matched case-insensitively.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Backend address(es), at most one per address family.
+    pub backend: OneOrMany,
+    /// Connect from the client's own address (default). `false`: a plain connection from the
+    /// host, for backends that cannot route replies back through this host.
+    #[serde(default = "default_true")]
+    pub transparent: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl SniRoute {
+    /// The backend of the IPv4 family, if any.
+    pub fn backend_v4(&self) -> Option<SocketAddr> {
+        self.backend.as_slice().iter().copied().find(SocketAddr::is_ipv4)
+    }
+
+    /// The backend of the IPv6 family, if any.
+    pub fn backend_v6(&self) -> Option<SocketAddr> {
+        self.backend.as_slice().iter().copied().find(SocketAddr::is_ipv6)
+    }
+}
+
 impl Config {
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self> {
@@ -215,6 +331,91 @@ impl Config {
         }
         if self.steer.len() > jitsi_common::MAX_RULES as usize {
             return Err(invalid("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
+        }
+        if let Some(sni) = &self.sni {
+            sni.validate(&backends_seen).map_err(|(key, message)| invalid(key, message))?;
+        }
+        Ok(())
+    }
+}
+
+impl Sni {
+    /// Checks the section; `steer_backends` are the steering rules' backends (a TCP one cannot
+    /// also be an SNI backend: the TC program could not tell their replies apart).
+    fn validate(
+        &self,
+        steer_backends: &std::collections::HashMap<(Protocol, SocketAddr), &str>,
+    ) -> std::result::Result<(), (String, String)> {
+        use crate::sni::names::{NameTable, Pattern};
+        let err = |k: String, m: String| Err((k, m));
+        if self.listen.is_empty() {
+            return err("sni.listen".into(), "needs at least one address".into());
+        }
+        if !(512..=65536).contains(&self.max_hello_bytes) {
+            return err("sni.max_hello_bytes".into(), "must be 512 to 65536".into());
+        }
+        for (k, v) in [
+            ("hello_timeout_secs", self.hello_timeout_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+        ] {
+            if !(v > 0.0 && v <= 86_400.0) {
+                return err(format!("sni.{k}"), "must be more than 0 and at most 86400 seconds".into());
+            }
+        }
+        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+            return err("sni.max_connections".into(), "limits must be at least 1".into());
+        }
+        if self.reply_mark == 0 || self.reply_mark == self.socket_mark {
+            return err("sni.reply_mark".into(), "must be non-zero and differ from socket_mark".into());
+        }
+        if matches!(self.route_table, 0 | 253..=255) {
+            return err("sni.route_table".into(), "0, 253, 254 and 255 are the kernel's own tables".into());
+        }
+        let mut table = NameTable::default();
+        let mut names = HashSet::new();
+        let mut backends = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |f: &str| format!("sni.route[{i}].{f}");
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return err(key("name"), format!("`{}` must be non-empty and unique", r.name));
+            }
+            for n in &r.server_names {
+                let p = Pattern::parse(n).map_err(|e| (key("server_names"), format!("`{n}`: {e}")))?;
+                if let Some(other) = table.insert(p, i) {
+                    return err(
+                        key("server_names"),
+                        format!("`{n}` is already routed by `{}`", self.routes[other].name),
+                    );
+                }
+            }
+            if r.server_names.is_empty() && self.default.as_deref() != Some(r.name.as_str()) {
+                return err(
+                    key("server_names"),
+                    "empty, and the route is not the default: nothing would reach it".into(),
+                );
+            }
+            let b = r.backend.as_slice();
+            if b.is_empty()
+                || b.iter().filter(|a| a.is_ipv4()).count() > 1
+                || b.iter().filter(|a| a.is_ipv6()).count() > 1
+            {
+                return err(key("backend"), "one address, or one per address family".into());
+            }
+            for a in b {
+                if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+                    return err(key("backend"), format!("{a}: needs a unicast address and a port"));
+                }
+                if let Some(rule) = steer_backends.get(&(Protocol::Tcp, *a)) {
+                    return err(key("backend"), format!("{a} is also the backend of steering rule `{rule}`"));
+                }
+                backends.insert(*a);
+            }
+        }
+        if let Some(d) = &self.default
+            && !names.contains(d.as_str())
+        {
+            return err("sni.default".into(), format!("no [[sni.route]] is named `{d}`"));
         }
         Ok(())
     }

@@ -8,6 +8,7 @@ pub mod ebpf_object;
 pub mod error;
 pub mod netlink;
 pub mod peer_napi;
+pub mod policy_routing;
 pub mod resolve;
 pub mod rules;
 pub mod run;

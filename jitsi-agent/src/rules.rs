@@ -8,11 +8,14 @@ use std::{
 };
 
 use jitsi_common::{
-    FAMILY_V4, FAMILY_V6, HostAddrKey, MAX_RULES, RULE_HAS_BACKEND, RULE_NAME_LEN, RULE_RESOLVED, Reply, ReplyKey,
-    Rule, RuleKey,
+    FAMILY_V4, FAMILY_V6, HostAddrKey, MAX_RULES, PROTO_TCP, REPLY_MARK_LOCAL, RULE_HAS_BACKEND, RULE_NAME_LEN,
+    RULE_RESOLVED, Reply, ReplyKey, Rule, RuleKey,
 };
 
-use crate::{config::SteerRule, resolve::Resolved};
+use crate::{
+    config::{Sni, SteerRule},
+    resolve::Resolved,
+};
 
 /// An address in the 16-byte map layout, and its family tag.
 pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
@@ -86,9 +89,11 @@ pub struct Desired {
 
 /// Builds the map contents. A backend missing from `resolved` is down: its rule entry is
 /// present without [`RULE_RESOLVED`], so its packets are dropped and counted, never passed
-/// on to something else.
+/// on to something else. The SNI routes' transparent backends get `replies` entries that
+/// mark their packets for local delivery (loopback backends never cross the TC program).
 pub fn desired(
     steer: &[SteerRule],
+    sni: Option<&Sni>,
     host_addrs: &[IpAddr],
     uplink_ifindex: u32,
     slots: &BTreeMap<String, u32>,
@@ -109,10 +114,24 @@ pub fn desired(
                 let (addr, family) = addr16(b.ip());
                 d.replies.push((
                     ReplyKey { addr, port: b.port(), protocol, family },
-                    Reply { public_port: rule.port, _pad: 0, slot },
+                    Reply { public_port: rule.port, flags: 0, slot, mark: 0 },
                 ));
             }
         }
+    }
+    for (route, b) in sni
+        .into_iter()
+        .flat_map(|s| s.routes.iter().flat_map(move |r| r.backend.as_slice().iter().map(move |b| (r, b))))
+    {
+        if !route.transparent || b.ip().is_loopback() {
+            continue;
+        }
+        let (addr, family) = addr16(b.ip());
+        let mark = sni.map(|s| s.reply_mark).unwrap_or_default();
+        d.replies.push((
+            ReplyKey { addr, port: b.port(), protocol: PROTO_TCP, family },
+            Reply { public_port: 0, flags: REPLY_MARK_LOCAL, slot: 0, mark },
+        ));
     }
     d
 }
@@ -181,7 +200,7 @@ mod tests {
             "192.0.2.10".parse().unwrap(),
             Resolved { port_ifindex: 9, backend_mac: [2, 0, 0, 0, 0, 0x10], gateway_mac: link.mac, gateway: link },
         )]);
-        let d = desired(&steer, &["203.0.113.1".parse().unwrap()], 4, &slots, &resolved);
+        let d = desired(&steer, None, &["203.0.113.1".parse().unwrap()], 4, &slots, &resolved);
         assert_eq!(d.host_addrs.len(), 1);
         assert_eq!(d.host_addrs[0].0.addr[..4], [203, 0, 113, 1]);
         assert_eq!(d.rules.len(), 4);

@@ -14,13 +14,15 @@ use rtnetlink::Handle;
 use tracing::{info, warn};
 
 use crate::{
-    config::Config,
+    config::{Config, Sni},
     datapath::{Attach, Datapath, Maps},
     error::{Error, Result},
-    netlink,
+    netlink::{self, Link},
     peer_napi::{self, PeerNapi},
+    policy_routing::PolicyRouting,
     resolve::{self, Resolved, fmt_mac},
     rules::{self, Desired},
+    sni::proxy::{self, Proxy},
     status::existing_slots,
 };
 
@@ -55,8 +57,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         }
     }
     let mut tc_done = HashSet::new();
-    attach_tc(&mut dp, &backends.resolved, &mut tc_done)?;
-    info!(rules = config.steer.len(), adopted = dp.adopted, "ready");
+    attach_tc(&mut dp, backends.resolved.values().map(|r| &r.gateway), &mut tc_done)?;
+    let sni = match &config.sni {
+        Some(sni) => Some(SniRunning::start(&h, sni, &mut dp, &mut tc_done).await?),
+        None => None,
+    };
+    info!(
+        rules = config.steer.len(),
+        sni_routes = config.sni.as_ref().map_or(0, |s| s.routes.len()),
+        adopted = dp.adopted,
+        "ready"
+    );
 
     tokio::pin!(shutdown);
     loop {
@@ -65,25 +76,89 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             () = tokio::time::sleep(REFRESH) => {
                 if backends.refresh(&h, &config).await {
                     sync_maps(&mut dp.maps, &config, &host_addrs, uplink.index, &backends.resolved)?;
-                    attach_tc(&mut dp, &backends.resolved, &mut tc_done)?;
+                    attach_tc(&mut dp, backends.resolved.values().map(|r| &r.gateway), &mut tc_done)?;
+                }
+                if let Some(sni) = &config.sni {
+                    attach_tc(&mut dp, &sni_gateways(&h, sni).await, &mut tc_done)?;
                 }
             }
         }
+    }
+    if let Some(s) = sni {
+        s.stop(&h).await?;
     }
     info!("stopping; the datapath stays attached and keeps forwarding");
     Ok(())
 }
 
-fn attach_tc(dp: &mut Datapath, resolved: &HashMap<IpAddr, Resolved>, done: &mut HashSet<u32>) -> Result<()> {
-    for r in resolved.values() {
-        if done.insert(r.gateway.index) {
-            match dp.ensure_tc(&r.gateway)? {
-                Attach::Attached(mode) => info!(interface = %r.gateway.name, mode, "attached reply_out (TC ingress)"),
-                Attach::Adopted => info!(interface = %r.gateway.name, "adopted attached reply_out (TC ingress)"),
+fn attach_tc<'a>(
+    dp: &mut Datapath,
+    gateways: impl IntoIterator<Item = &'a Link>,
+    done: &mut HashSet<u32>,
+) -> Result<()> {
+    for g in gateways {
+        if done.insert(g.index) {
+            match dp.ensure_tc(g)? {
+                Attach::Attached(mode) => info!(interface = %g.name, mode, "attached reply_out (TC ingress)"),
+                Attach::Adopted => info!(interface = %g.name, "adopted attached reply_out (TC ingress)"),
             }
         }
     }
     Ok(())
+}
+
+/// The interfaces the SNI routes' transparent backends are reached through (their replies
+/// arrive there and must be marked by `reply_out`); loopback backends need none.
+async fn sni_gateways(h: &Handle, sni: &Sni) -> Vec<Link> {
+    let mut out: Vec<Link> = Vec::new();
+    for r in sni.routes.iter().filter(|r| r.transparent) {
+        for b in r.backend.as_slice().iter().filter(|b| !b.ip().is_loopback()) {
+            match netlink::route_oif(h, b.ip()).await {
+                Ok(oif) => match netlink::link_by_index(h, oif).await {
+                    Ok(link) if link.index != 1 && !out.iter().any(|l| l.index == link.index) => out.push(link),
+                    Ok(_) => {}
+                    Err(e) => warn!(backend = %b, error = %e, "sni: cannot find the backend's interface"),
+                },
+                Err(e) => warn!(backend = %b, error = %e, "sni: no route to the backend"),
+            }
+        }
+    }
+    out
+}
+
+/// The running SNI splitter and the routing installed for it.
+struct SniRunning {
+    routing: PolicyRouting,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl SniRunning {
+    async fn start(h: &Handle, sni: &Sni, dp: &mut Datapath, tc_done: &mut HashSet<u32>) -> Result<Self> {
+        attach_tc(dp, &sni_gateways(h, sni).await, tc_done)?;
+        let loopback =
+            sni.routes.iter().any(|r| r.transparent && r.backend.as_slice().iter().any(|b| b.ip().is_loopback()));
+        let routing =
+            PolicyRouting { mark: sni.reply_mark, table: sni.route_table, priority: sni.rule_priority, loopback };
+        routing.install(h).await?;
+        let mut listeners = Vec::new();
+        for addr in &sni.listen {
+            let l = proxy::bind(*addr).map_err(|e| Error::io(format!("sni: listening on {addr}"), e))?;
+            listeners.push(l);
+        }
+        info!(listen = ?sni.listen, routes = sni.routes.len(), mark = format!("{:#x}", sni.reply_mark), table = sni.route_table, "sni: listening; policy routing installed");
+        let (stop, rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(Proxy::new(sni.clone()).serve(listeners, rx));
+        Ok(SniRunning { routing, stop, task })
+    }
+
+    async fn stop(self, h: &Handle) -> Result<()> {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        self.routing.remove(h).await?;
+        info!("sni: stopped accepting; policy routing removed");
+        Ok(())
+    }
 }
 
 /// The backends' current resolution, logging only changes.
@@ -151,7 +226,7 @@ pub fn sync_maps(
     let (slots, fresh) = rules::assign_slots(&existing, config.steer.iter().map(|r| r.name.as_str()));
     zero_rule_stats(maps, &fresh)?;
     let Desired { rules, replies, host_addrs } =
-        rules::desired(&config.steer, host_addrs, uplink_ifindex, &slots, resolved);
+        rules::desired(&config.steer, config.sni.as_ref(), host_addrs, uplink_ifindex, &slots, resolved);
     sync_hash("rules", &mut maps.rules, rules)?;
     sync_hash("replies", &mut maps.replies, replies)?;
     sync_hash("host_addrs", &mut maps.host_addrs, host_addrs)?;

@@ -95,16 +95,23 @@ pub struct ReplyKey {
     pub family: u8,
 }
 
+/// [`Reply::flags`]: the backend is an SNI route's; its packets are not rewritten but get
+/// `skb->mark = Reply::mark` so that policy routing delivers them to the agent's transparent
+/// socket.
+pub const REPLY_MARK_LOCAL: u16 = 1;
+
 /// Value of the `replies` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Reply {
-    /// Public port the reply leaves from, host byte order.
+    /// Public port the reply leaves from, host byte order (steering rules).
     pub public_port: u16,
-    /// Zero.
-    pub _pad: u16,
-    /// Index into `rule_stats`.
+    /// 0 (a steering rule's backend) or [`REPLY_MARK_LOCAL`].
+    pub flags: u16,
+    /// Index into `rule_stats` (steering rules).
     pub slot: u32,
+    /// The mark set with [`REPLY_MARK_LOCAL`].
+    pub mark: u32,
 }
 
 /// Key of the `return_paths` LRU map: a client address seen on the uplink.
@@ -179,7 +186,7 @@ const _: () = {
     assert!(core::mem::size_of::<Rule>() == 16 + 2 + 2 + 4 + 6 + 6 + 4 + RULE_NAME_LEN);
     assert!(core::mem::size_of::<HostAddrKey>() == 20);
     assert!(core::mem::size_of::<ReplyKey>() == 20);
-    assert!(core::mem::size_of::<Reply>() == 8);
+    assert!(core::mem::size_of::<Reply>() == 12);
     assert!(core::mem::size_of::<ClientKey>() == 20);
     assert!(core::mem::size_of::<ReturnPath>() == 32);
     assert!(core::mem::size_of::<RuleStats>() == 32);

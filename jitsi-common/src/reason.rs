@@ -40,10 +40,13 @@ pub enum Reason {
     /// Bridge side: from a backend, but no client path learned for the destination (the client
     /// was not steered by the agent, e.g. a LAN client talking to the backend directly): passed.
     OutUnknownClient = 16,
+    /// Bridge side: from an SNI route's backend: marked for local delivery to the agent's
+    /// transparent connection, passed.
+    OutSniReply = 17,
 }
 
 /// Number of [`Reason`]s (size of `reason_stats`).
-pub const REASON_COUNT: u32 = 17;
+pub const REASON_COUNT: u32 = 18;
 
 impl Reason {
     /// All reasons, in index order.
@@ -65,6 +68,7 @@ impl Reason {
         Reason::OutFragment,
         Reason::OutNotBackend,
         Reason::OutUnknownClient,
+        Reason::OutSniReply,
     ];
 
     /// Stable snake-case name used by `status` and the README.
@@ -87,6 +91,7 @@ impl Reason {
             Reason::OutFragment => "out_fragment",
             Reason::OutNotBackend => "out_not_backend",
             Reason::OutUnknownClient => "out_unknown_client",
+            Reason::OutSniReply => "out_sni_reply",
         }
     }
 

@@ -12,7 +12,9 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use jitsi_common::{ClientKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason, Reply, ReplyKey, ReturnPath};
+use jitsi_common::{
+    ClientKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, REPLY_MARK_LOCAL, Reason, Reply, ReplyKey, ReturnPath,
+};
 
 use crate::{
     maps::{REPLIES, RETURN_PATHS, count_reason, count_rule_out},
@@ -40,13 +42,27 @@ fn try_reply_out(ctx: &TcContext) -> Result<i32, Reason> {
     }
 }
 
-/// The rule and the learned client path for a packet from `src:sport` to `dst`.
+/// The rule and the learned client path for a packet from `src:sport` to `dst`. A packet from
+/// an SNI backend is marked for local delivery instead (`Err(OutSniReply)`: passed).
 #[inline(always)]
-fn lookup(src: [u8; 16], sport: u16, protocol: u8, family: u8, dst: [u8; 16]) -> Result<(Reply, ReturnPath), Reason> {
+fn lookup(
+    ctx: &TcContext,
+    src: [u8; 16],
+    sport: u16,
+    protocol: u8,
+    family: u8,
+    dst: [u8; 16],
+) -> Result<(Reply, ReturnPath), Reason> {
     let reply = REPLIES.get_ptr(ReplyKey { addr: src, port: sport, protocol, family }).ok_or(Reason::OutNotBackend)?;
+    // SAFETY: valid map value pointer.
+    let reply_val = unsafe { *reply };
+    if reply_val.flags & REPLY_MARK_LOCAL != 0 {
+        ctx.set_mark(reply_val.mark);
+        return Err(Reason::OutSniReply);
+    }
     let path = RETURN_PATHS.get_ptr(ClientKey { addr: dst, family, _pad: [0; 3] }).ok_or(Reason::OutUnknownClient)?;
-    // SAFETY: valid map value pointers, copied out.
-    Ok(unsafe { (*reply, *path) })
+    // SAFETY: valid map value pointer, copied out.
+    Ok((reply_val, unsafe { *path }))
 }
 
 /// Flags for `bpf_l4_csum_replace`: UDP keeps a zero ("no") checksum and never produces one.
@@ -96,7 +112,7 @@ fn reply_v4(ctx: &TcContext) -> Result<i32, Reason> {
     let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).map_err(|_| Reason::OutTruncated)?;
     let l4_off = ETH_HLEN + ihl;
     let sport = u16::from_be(ctx.load::<u16>(l4_off).map_err(|_| Reason::OutTruncated)?);
-    let (reply, path) = lookup(addr16_v4(src), sport, protocol, FAMILY_V4, addr16_v4(dst))?;
+    let (reply, path) = lookup(ctx, addr16_v4(src), sport, protocol, FAMILY_V4, addr16_v4(dst))?;
 
     let new_src = addr4(&path.host_addr);
     let old = u64::from(u32::from_ne_bytes(src));
@@ -127,7 +143,7 @@ fn reply_v6(ctx: &TcContext) -> Result<i32, Reason> {
     let dst: [u8; 16] = ctx.load(ETH_HLEN + 24).map_err(|_| Reason::OutTruncated)?;
     let l4_off = ETH_HLEN + IPV6_HLEN;
     let sport = u16::from_be(ctx.load::<u16>(l4_off).map_err(|_| Reason::OutTruncated)?);
-    let (reply, path) = lookup(src, sport, next, FAMILY_V6, dst)?;
+    let (reply, path) = lookup(ctx, src, sport, next, FAMILY_V6, dst)?;
 
     let mut new_src = path.host_addr;
     // SAFETY: both buffers are 16-byte stack arrays, a multiple of 4 as the helper requires.

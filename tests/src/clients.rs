@@ -38,14 +38,20 @@ pub struct TcpExchange {
     pub echoed: Vec<u8>,
 }
 
-/// Connects from `ns` to `to`, reads the greeting line, sends `data`, half-closes and reads
-/// the echo to the end.
+/// Connects from `ns` to `to`, sends `data` and half-closes (on a thread, from the start: a
+/// splitter only reaches the backend once it has the first bytes), reads the greeting line,
+/// then the echo to the end.
 pub fn tcp_echo(ns: &NetNs, to: SocketAddr, data: Vec<u8>) -> Result<TcpExchange> {
     let stream = ns
         .enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(3)))?
         .with_context(|| format!("connecting to {to}"))?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let (local, peer) = (stream.local_addr()?, stream.peer_addr()?);
+    let mut writer = stream.try_clone()?;
+    let sender = std::thread::spawn(move || -> std::io::Result<()> {
+        writer.write_all(&data)?;
+        writer.shutdown(Shutdown::Write)
+    });
     let mut reader = stream.try_clone()?;
     let mut greeting = Vec::new();
     let mut byte = [0u8; 1];
@@ -53,11 +59,6 @@ pub fn tcp_echo(ns: &NetNs, to: SocketAddr, data: Vec<u8>) -> Result<TcpExchange
         reader.read_exact(&mut byte).context("reading the greeting")?;
         greeting.push(byte[0]);
     }
-    let mut writer = stream.try_clone()?;
-    let sender = std::thread::spawn(move || -> std::io::Result<()> {
-        writer.write_all(&data)?;
-        writer.shutdown(Shutdown::Write)
-    });
     let mut echoed = Vec::new();
     reader.read_to_end(&mut echoed).context("reading the echo")?;
     match sender.join() {

@@ -52,6 +52,13 @@ name = "down"
 protocol = "udp"
 port = 5000
 backend = "192.0.2.13:5000"
+
+[sni]
+reply_mark = 0x4a17
+[[sni.route]]
+name = "web-tls"
+server_names = ["meet.example.test"]
+backend = ["192.0.2.12:8443", "[2001:db8:b::12]:8443"]
 "#;
 
 enum Prog {
@@ -100,7 +107,7 @@ fn setup() -> Env {
         resolved("192.0.2.12", WEB_MAC, 9),
         resolved("2001:db8:b::12", WEB_MAC, 9),
     ]);
-    let d = rules::desired(&config.steer, &config.uplink.addresses, 1, &slots, &resolved);
+    let d = rules::desired(&config.steer, config.sni.as_ref(), &config.uplink.addresses, 1, &slots, &resolved);
     for (k, v) in d.rules {
         maps.rules.insert(k, v, 0).unwrap();
     }
@@ -419,6 +426,12 @@ fn rows() -> Vec<Row> {
         Rule("web", false),
     );
 
+    // --- reply_out: SNI backends' replies are marked for local delivery, not rewritten ---
+    let from_tls = Pkt::tcp("192.0.2.12", 8443, client, 40002, 0x12, b"").macs(BRIDGE_MAC, WEB_MAC);
+    row("v4 reply from an SNI backend: marked, untouched", Tc, from_tls.build(), TC_ACT_OK, None, R(OutSniReply));
+    let from_tls6 = Pkt::tcp("2001:db8:b::12", 8443, client6, 40002, 0x18, b"tls").macs(BRIDGE_MAC, WEB_MAC);
+    row("v6 reply from an SNI backend: marked, untouched", Tc, from_tls6.build(), TC_ACT_OK, None, R(OutSniReply));
+
     // --- reply_out: passed untouched ---
     row(
         "reply to a client never seen on the uplink",
@@ -525,6 +538,37 @@ fn steer_in_learns_the_return_path() {
     assert_eq!(path.host_mac, UPLINK_MAC);
     assert_eq!(path.host_addr[..4], [203, 0, 113, 1]);
     assert_eq!(path.ifindex, 1, "BPF_PROG_TEST_RUN runs XDP on the loopback device");
+}
+
+/// `skb->mark` after `reply_out` ran on `input` (offset 8 of `struct __sk_buff`).
+fn mark_after(tc: &SchedClassifier, input: &[u8]) -> u32 {
+    let mut out = vec![0u8; input.len() + 64];
+    let ctx_in = [0u8; 192];
+    let mut ctx_out = [0u8; 192];
+    let opts = TestRunOptions {
+        data_in: Some(input),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx_in),
+        ctx_out: Some(&mut ctx_out),
+        ..Default::default()
+    };
+    tc.test_run(opts).expect("test run");
+    u32::from_ne_bytes(ctx_out[8..12].try_into().unwrap())
+}
+
+#[test]
+fn sni_backend_replies_get_the_reply_mark_and_others_do_not() {
+    let Env { mut bpf, .. } = setup();
+    let (_, tc) = programs(&mut bpf);
+    let client = "203.0.113.2";
+    let tls = Pkt::tcp("192.0.2.12", 8443, client, 40002, 0x12, b"").macs(BRIDGE_MAC, WEB_MAC).build();
+    assert_eq!(mark_after(tc, &tls), 0x4a17);
+    let tls6 = Pkt::tcp("2001:db8:b::12", 8443, "2001:db8:c::2", 40002, 0x12, b"").macs(BRIDGE_MAC, WEB_MAC).build();
+    assert_eq!(mark_after(tc, &tls6), 0x4a17);
+    let steered = Pkt::tcp("192.0.2.12", 8000, client, 40001, 0x12, b"").macs(BRIDGE_MAC, WEB_MAC).build();
+    assert_eq!(mark_after(tc, &steered), 0, "a steering rule's reply is rewritten, not marked");
+    let other = Pkt::tcp("192.0.2.12", 22, client, 40001, 0x12, b"").macs(BRIDGE_MAC, WEB_MAC).build();
+    assert_eq!(mark_after(tc, &other), 0);
 }
 
 fn hex(b: &[u8]) -> String {

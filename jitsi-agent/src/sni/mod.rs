@@ -4,3 +4,7 @@
 
 pub mod hello;
 pub mod names;
+pub mod proxy;
+pub mod relay;
+pub mod router;
+pub mod transparent;

@@ -1,0 +1,254 @@
+//! Lab tests of the SNI splitter: TLS ClientHellos recorded from real clients (Chromium,
+//! curl, OpenSSL) and a live `openssl s_client` connect from the "internet" namespace to the
+//! host's 443 and reach the backend their server name routes to; each backend reports the
+//! client's real address. Needs root.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use jitsi_tests::{
+    agent::AgentProcess,
+    clients::tcp_echo,
+    lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab},
+    servers::{self, Server},
+};
+
+fn hello(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+const SNI: &str = r#"
+[sni]
+listen = ["0.0.0.0:443", "[::]:443"]
+default = "fallback"
+hello_timeout_secs = 3
+
+[[sni.route]]
+name = "web"
+server_names = ["meet.example.test"]
+backend = ["192.0.2.12:8443", "[2001:db8:b::12]:8443"]
+
+[[sni.route]]
+name = "turn"
+server_names = ["turn.example.test"]
+backend = ["192.0.2.11:5349", "[2001:db8:b::11]:5349"]
+
+[[sni.route]]
+name = "other"
+server_names = ["*.example.test"]
+backend = ["192.0.2.13:9443", "[2001:db8:b::13]:9443"]
+
+[[sni.route]]
+name = "local"
+server_names = ["local.example.test"]
+backend = ["127.0.0.1:9444", "[::1]:9444"]
+
+[[sni.route]]
+name = "fallback"
+backend = ["192.0.2.14:8443", "[2001:db8:b::14]:8443"]
+"#;
+
+struct SniLab {
+    lab: Lab,
+    agent: Option<AgentProcess>,
+    /// (route, v4 server, v6 server)
+    servers: Vec<(&'static str, Server, Server)>,
+}
+
+fn sni_lab(sni: &str) -> SniLab {
+    let lab = Lab::new(&["jvb", "turn", "web", "other", "fallback"]).expect("lab");
+    let mut servers = Vec::new();
+    for (route, backend, port) in
+        [("web", "web", 8443), ("turn", "turn", 5349), ("other", "other", 9443), ("fallback", "fallback", 8443)]
+    {
+        let b = lab.backend(backend);
+        servers.push((route, servers::tcp(&b.ns, b.addr4(port)).unwrap(), servers::tcp(&b.ns, b.addr6(port)).unwrap()));
+    }
+    let config = lab.write_config(&format!("{LAB_RULES}{sni}")).unwrap();
+    let agent = AgentProcess::start(&lab.host, &config).unwrap();
+    SniLab { lab, agent: Some(agent), servers }
+}
+
+impl SniLab {
+    fn server(&self, route: &str, v6: bool) -> &Server {
+        let (_, s4, s6) = self.servers.iter().find(|(r, _, _)| *r == route).expect("route");
+        if v6 { s6 } else { s4 }
+    }
+
+    fn wait_count(&self, route: &str, v6: bool, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.server(route, v6).count() < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Sends a recorded hello through 443 and checks the backend's view: the client's own
+/// address, and the hello bytes exactly as sent.
+fn through_443(l: &SniLab, host: IpAddr, client: IpAddr, hello_file: &str) {
+    let to = SocketAddr::new(host, 443);
+    let h = hello(hello_file);
+    let x = tcp_echo(&l.lab.inet, to, h.clone()).unwrap_or_else(|e| panic!("{hello_file} via {to}: {e:#}"));
+    assert_eq!(
+        x.greeting,
+        format!("seen {}", SocketAddr::new(client, x.local.port())),
+        "{hello_file}: backend saw the client"
+    );
+    assert!(
+        x.echoed == h,
+        "{hello_file}: the hello reached the backend unchanged ({} of {} bytes)",
+        x.echoed.len(),
+        h.len()
+    );
+}
+
+#[test]
+fn sni_routes_by_server_name_with_the_client_address_ipv4_and_ipv6() {
+    let mut l = sni_lab(SNI);
+    let routing = l.lab.host.ip(&["rule", "show"]).unwrap();
+    assert!(routing.contains("fwmark 0x4a17 lookup 18967"), "policy rule installed:\n{routing}");
+    for (host, client, v6) in
+        [(IpAddr::from(HOST_V4), IpAddr::from(CLIENT_V4), false), (HOST_V6.into(), CLIENT_V6.into(), true)]
+    {
+        for (file, route) in [
+            ("chromium-meet.bin", "web"),
+            ("curl-turn.bin", "turn"),
+            ("openssl-tls12.bin", "other"),
+            ("openssl-nosni.bin", "fallback"),
+        ] {
+            let before = l.server(route, v6).count();
+            through_443(&l, host, client, file);
+            l.wait_count(route, v6, before + 1);
+            let s = l.server(route, v6);
+            assert_eq!(s.count(), before + 1, "{file} reached route {route} ({})", s.addr);
+            assert_eq!(s.peers().last().unwrap().ip(), client);
+        }
+    }
+    // A live TLS client: openssl s_client with SNI meet.example.test reaches the web backend.
+    let before = l.server("web", false).count();
+    let out = l
+        .lab
+        .inet
+        .exec_output(
+            "timeout",
+            &["5", "openssl", "s_client", "-connect", "203.0.113.1:443", "-servername", "meet.example.test"],
+        )
+        .unwrap();
+    let _ = out; // the stand-in is not a TLS server: the handshake fails after the hello
+    l.wait_count("web", false, before + 1);
+    let seen = l.server("web", false).seen.lock().unwrap().last().cloned().expect("s_client reached web");
+    assert_eq!(seen.0.ip(), IpAddr::from(CLIENT_V4));
+    assert!(seen.1.windows(17).any(|w| w == b"meet.example.test"), "the backend received s_client's hello");
+
+    let log = l.agent.as_ref().unwrap().log();
+    assert!(log.contains("sni: listening"), "{log}");
+    drop(l.agent.take().map(|a| a.stop().unwrap()));
+    let routing = l.lab.host.ip(&["rule", "show"]).unwrap();
+    assert!(!routing.contains("0x4a17"), "policy rule removed on exit:\n{routing}");
+}
+
+#[test]
+fn a_backend_on_the_host_loopback_sees_the_client_address() {
+    let l = sni_lab(SNI);
+    let local4 = servers::tcp(&l.lab.host, "127.0.0.1:9444".parse().unwrap()).unwrap();
+    let local6 = servers::tcp(&l.lab.host, "[::1]:9444".parse().unwrap()).unwrap();
+    let routing = l.lab.host.ip(&["rule", "show"]).unwrap();
+    assert!(routing.contains("from 127.0.0.0/8 iif lo lookup 18967"), "{routing}");
+    // The recorded OpenSSL hello with its server name changed to one of the same length.
+    let mut h = hello("openssl-tls12.bin");
+    let at = h.windows(18).position(|w| w == b"other.example.test").unwrap();
+    h[at..at + 18].copy_from_slice(b"local.example.test");
+    for (host, client, server) in
+        [(IpAddr::from(HOST_V4), IpAddr::from(CLIENT_V4), &local4), (HOST_V6.into(), CLIENT_V6.into(), &local6)]
+    {
+        let x = tcp_echo(&l.lab.inet, SocketAddr::new(host, 443), h.clone()).unwrap();
+        assert_eq!(x.greeting, format!("seen {}", SocketAddr::new(client, x.local.port())));
+        assert!(x.echoed == h);
+        assert_eq!(server.peers().last().map(|p| p.ip()), Some(client));
+    }
+}
+
+#[test]
+fn sni_relays_64_mib_both_ways_intact() {
+    let l = sni_lab(SNI);
+    let mut data = hello("chromium-meet.bin");
+    data.extend((0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
+    let started = Instant::now();
+    let x = tcp_echo(&l.lab.inet, SocketAddr::new(HOST_V4.into(), 443), data.clone()).unwrap();
+    assert_eq!(x.greeting, format!("seen {}", SocketAddr::new(CLIENT_V4.into(), x.local.port())));
+    assert_eq!(x.echoed.len(), data.len(), "every byte came back");
+    assert!(x.echoed == data, "64 MiB intact in both directions");
+    eprintln!("64 MiB each way through the splitter in {:?}", started.elapsed());
+}
+
+#[test]
+fn a_slow_client_is_cut_at_the_deadline_while_others_are_served() {
+    let l = sni_lab(SNI);
+    let web_before = l.server("web", false).count();
+    let fallback_before = l.server("fallback", false).count();
+    let slow = l.lab.inet.enter(|| TcpStream::connect(SocketAddr::new(HOST_V4.into(), 443))).unwrap().unwrap();
+    let h = hello("openssl-meet.bin");
+    let started = Instant::now();
+    let writer = {
+        let mut w = slow.try_clone().unwrap();
+        let h = h.clone();
+        std::thread::spawn(move || {
+            for b in h {
+                if w.write_all(&[b]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+    // Meanwhile another client is served at once.
+    std::thread::sleep(Duration::from_millis(500));
+    through_443(&l, HOST_V4.into(), CLIENT_V4.into(), "chromium-meet.bin");
+    assert!(started.elapsed() < Duration::from_secs(3), "the other client was served before the deadline");
+    // The slow one is closed at the 3 s deadline, never reaching a backend.
+    let mut r = slow;
+    r.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = [0u8; 64];
+    let n = r.read(&mut buf).unwrap_or(0);
+    let cut = started.elapsed();
+    assert_eq!(n, 0, "closed without a byte");
+    assert!(cut >= Duration::from_millis(2900) && cut < Duration::from_secs(6), "cut after {cut:?}");
+    drop(writer);
+    l.wait_count("web", false, web_before + 1);
+    assert_eq!(l.server("web", false).count(), web_before + 1, "only the fast client reached web");
+    assert_eq!(l.server("fallback", false).count(), fallback_before, "the slow client reached no backend");
+    let log = l.agent.as_ref().unwrap().log();
+    assert!(log.contains("reason=\"hello_timeout\"") || log.contains("reason=hello_timeout"), "{log}");
+}
+
+#[test]
+fn without_a_default_route_unknown_names_get_an_alert() {
+    let no_default = SNI.replace("default = \"fallback\"\n", "").replace(
+        "[[sni.route]]\nname = \"fallback\"\nbackend = [\"192.0.2.14:8443\", \"[2001:db8:b::14]:8443\"]\n",
+        "",
+    );
+    let l = sni_lab(&no_default);
+    let to = SocketAddr::new(HOST_V4.into(), 443);
+    // No SNI: a TLS alert (fatal, unrecognized_name), then the connection closes.
+    let mut s = l.lab.inet.enter(move || TcpStream::connect(to)).unwrap().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&hello("openssl-nosni.bin")).unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert_eq!(got, [21, 3, 3, 0, 2, 2, 112]);
+    // Not TLS: closed without a byte.
+    let mut s = l.lab.inet.enter(move || TcpStream::connect(to)).unwrap().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: meet.example.test\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got);
+    assert!(got.is_empty());
+    // Known names still work.
+    through_443(&l, HOST_V4.into(), CLIENT_V4.into(), "chromium-meet.bin");
+    let log = l.agent.as_ref().unwrap().log();
+    assert!(log.matches("no_route").count() >= 2, "{log}");
+}
