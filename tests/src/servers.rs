@@ -74,8 +74,25 @@ pub fn udp(ns: &NetNs, addr: SocketAddr) -> Result<Server> {
     Ok(Server { stop, thread: Some(thread), seen, addr })
 }
 
-/// Starts a TCP server on `addr` inside `ns`: for each connection writes `seen <peer>\n`,
-/// then echoes everything until the client closes.
+/// Greets with `seen <peer>\n`, echoes until the client closes, then records what it got.
+fn echo(mut s: std::net::TcpStream, peer: SocketAddr, seen: &Seen) {
+    let _ = s.set_nonblocking(false);
+    let _ = s.set_read_timeout(Some(Duration::from_secs(30)));
+    let _ = s.write_all(format!("seen {peer}\n").as_bytes());
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 || s.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    seen.lock().expect("lock").push((peer, got));
+}
+
+/// Starts a TCP server on `addr` inside `ns`: for each connection (concurrently) writes
+/// `seen <peer>\n`, then echoes everything until the client closes. A connection is recorded
+/// in `seen` when it ends.
 pub fn tcp(ns: &NetNs, addr: SocketAddr) -> Result<Server> {
     let listener = ns.enter(move || TcpListener::bind(addr))??;
     listener.set_nonblocking(true)?;
@@ -85,19 +102,10 @@ pub fn tcp(ns: &NetNs, addr: SocketAddr) -> Result<Server> {
     let thread = std::thread::spawn(move || {
         while !stop2.load(Ordering::Relaxed) {
             match listener.accept() {
-                Ok((mut s, peer)) => {
-                    let _ = s.set_nonblocking(false);
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    let _ = s.write_all(format!("seen {peer}\n").as_bytes());
-                    let mut got = Vec::new();
-                    let mut buf = [0u8; 16384];
-                    while let Ok(n) = s.read(&mut buf) {
-                        if n == 0 || s.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                        got.extend_from_slice(&buf[..n]);
-                    }
-                    seen2.lock().expect("lock").push((peer, got));
+                Ok((s, peer)) => {
+                    let seen = seen2.clone();
+                    // One thread per connection: concurrent clients are served concurrently.
+                    std::thread::spawn(move || echo(s, peer, &seen));
                 }
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }

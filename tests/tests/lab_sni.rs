@@ -43,6 +43,17 @@ server_names = ["*.example.test"]
 backend = ["192.0.2.13:9443", "[2001:db8:b::13]:9443"]
 
 [[sni.route]]
+name = "plain"
+server_names = ["plain.example.test"]
+backend = ["192.0.2.13:9443", "[2001:db8:b::13]:9443"]
+transparent = false
+
+[[sni.route]]
+name = "v4one"
+server_names = ["v4one.example.test"]
+backend = "192.0.2.13:9443"
+
+[[sni.route]]
 name = "local"
 server_names = ["local.example.test"]
 backend = ["127.0.0.1:9444", "[::1]:9444"]
@@ -151,6 +162,79 @@ fn sni_routes_by_server_name_with_the_client_address_ipv4_and_ipv6() {
     assert!(!routing.contains("0x4a17"), "policy rule removed on exit:\n{routing}");
 }
 
+/// The address in a stand-in's `seen <addr>` greeting.
+fn seen_ip(greeting: &str) -> IpAddr {
+    greeting.strip_prefix("seen ").and_then(|a| a.parse::<SocketAddr>().ok()).expect("a `seen <addr>` greeting").ip()
+}
+
+/// The recorded OpenSSL hello (SNI `other.example.test`) with another 18-byte server name.
+fn hello_for(name18: &str) -> Vec<u8> {
+    let mut h = hello("openssl-tls12.bin");
+    let at = h.windows(18).position(|w| w == b"other.example.test").unwrap();
+    h[at..at + 18].copy_from_slice(name18.as_bytes());
+    h
+}
+
+#[test]
+fn plain_routes_and_routes_without_the_client_family_connect_from_the_host() {
+    let l = sni_lab(SNI);
+    // transparent = false: the backend sees the host (the bridge address), in each family.
+    for (host, bridge) in [(IpAddr::from(HOST_V4), "192.0.2.1"), (HOST_V6.into(), "2001:db8:b::1")] {
+        let x = tcp_echo(&l.lab.inet, SocketAddr::new(host, 443), hello_for("plain.example.test")).unwrap();
+        assert_eq!(seen_ip(&x.greeting), bridge.parse::<IpAddr>().unwrap(), "{}", x.greeting);
+    }
+    // A route with only an IPv4 backend: an IPv6 client is connected plainly to it (once logged).
+    for _ in 0..2 {
+        let x = tcp_echo(&l.lab.inet, SocketAddr::new(HOST_V6.into(), 443), hello_for("v4one.example.test")).unwrap();
+        assert_eq!(seen_ip(&x.greeting), IpAddr::from([192, 0, 2, 1]), "{}", x.greeting);
+    }
+    let x = tcp_echo(&l.lab.inet, SocketAddr::new(HOST_V4.into(), 443), hello_for("v4one.example.test")).unwrap();
+    assert_eq!(
+        x.greeting,
+        format!("seen {}", SocketAddr::new(CLIENT_V4.into(), x.local.port())),
+        "same family: transparent"
+    );
+    let log = l.agent.as_ref().unwrap().log();
+    assert_eq!(log.matches("no backend of the client's family").count(), 1, "{log}");
+}
+
+#[test]
+fn limits_and_idle_timeout() {
+    let l = sni_lab(&SNI.replace(
+        "hello_timeout_secs = 3",
+        "hello_timeout_secs = 3\nmax_connections_per_client = 2\nidle_timeout_secs = 1",
+    ));
+    let to = SocketAddr::new(HOST_V4.into(), 443);
+    let connect = || l.lab.inet.enter(move || TcpStream::connect(to)).unwrap().unwrap();
+    // Two connections relayed to web and left idle...
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = connect();
+        s.write_all(&hello("chromium-meet.bin")).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = [0u8; 5];
+        s.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"seen ");
+        open.push(s);
+    }
+    // ...so a third from the same address is refused at once, without reaching a backend.
+    let mut third = connect();
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(third.read(&mut buf).unwrap_or(0), 0, "closed");
+    // The idle ones are closed after the 1 s idle timeout.
+    let started = Instant::now();
+    for mut s in open {
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    }
+    assert!(started.elapsed() < Duration::from_secs(4), "idle connections closed after {:?}", started.elapsed());
+    let log = l.agent.as_ref().unwrap().log();
+    assert!(log.contains("over_client_limit"), "{log}");
+    // With the slots free again, the client is served.
+    through_443(&l, HOST_V4.into(), CLIENT_V4.into(), "chromium-meet.bin");
+}
+
 #[test]
 fn a_backend_on_the_host_loopback_sees_the_client_address() {
     let l = sni_lab(SNI);
@@ -158,10 +242,7 @@ fn a_backend_on_the_host_loopback_sees_the_client_address() {
     let local6 = servers::tcp(&l.lab.host, "[::1]:9444".parse().unwrap()).unwrap();
     let routing = l.lab.host.ip(&["rule", "show"]).unwrap();
     assert!(routing.contains("from 127.0.0.0/8 iif lo lookup 18967"), "{routing}");
-    // The recorded OpenSSL hello with its server name changed to one of the same length.
-    let mut h = hello("openssl-tls12.bin");
-    let at = h.windows(18).position(|w| w == b"other.example.test").unwrap();
-    h[at..at + 18].copy_from_slice(b"local.example.test");
+    let h = hello_for("local.example.test");
     for (host, client, server) in
         [(IpAddr::from(HOST_V4), IpAddr::from(CLIENT_V4), &local4), (HOST_V6.into(), CLIENT_V6.into(), &local6)]
     {
