@@ -445,12 +445,53 @@ mod tests {
     "#;
 
     #[test]
+    fn sni_section_defaults_and_errors() {
+        let base = "[uplink]\ninterface = \"eth0\"\n[[steer]]\nname=\"web\"\nprotocol=\"tcp\"\nport=80\nbackend=\"10.0.0.12:8000\"\n";
+        let route = "[[sni.route]]\nname=\"web\"\nserver_names=[\"meet.example.org\", \"*.example.org\"]\nbackend=\"10.0.0.12:8443\"\n";
+        let c = parse(&format!("{base}[sni]\n{route}")).unwrap();
+        let sni = c.sni.unwrap();
+        assert_eq!(sni.listen.len(), 2);
+        assert_eq!((sni.max_hello_bytes, sni.hello_timeout_secs, sni.connect_timeout_secs), (16384, 10.0, 3.0));
+        assert!(sni.routes[0].transparent);
+        let cases: [(&str, &str); 10] = [
+            ("[sni]\ndefault=\"nope\"\n", "`sni.default`: no [[sni.route]] is named `nope`"),
+            ("[sni]\nlisten=[]\n", "`sni.listen`"),
+            ("[sni]\nmax_hello_bytes=100\n", "`sni.max_hello_bytes`"),
+            ("[sni]\nhello_timeout_secs=0\n", "`sni.hello_timeout_secs`"),
+            ("[sni]\nreply_mark=5\nsocket_mark=5\n", "`sni.reply_mark`"),
+            ("[sni]\nroute_table=254\n", "`sni.route_table`"),
+            (
+                "[sni]\n[[sni.route]]\nname=\"a\"\nserver_names=[\"a_b.org\"]\nbackend=\"10.0.0.1:1\"\n",
+                "`sni.route[0].server_names`: `a_b.org`",
+            ),
+            ("[sni]\n[[sni.route]]\nname=\"a\"\nbackend=\"10.0.0.1:1\"\n", "not the default: nothing would reach it"),
+            (
+                "[sni]\n[[sni.route]]\nname=\"a\"\nserver_names=[\"x.org\"]\nbackend=\"10.0.0.12:8000\"\n",
+                "also the backend of steering rule `web`",
+            ),
+            ("[sni]\nbogus=1\n", "unknown field `bogus`"),
+        ];
+        for (section, want) in cases {
+            let e = err(&format!("{base}{section}"));
+            assert!(e.contains(want), "{section:?}: {e}");
+        }
+        let dup = format!("{base}[sni]\n{route}{}", route.replace("name=\"web\"", "name=\"web2\""));
+        assert!(
+            err(&dup).contains("`sni.route[1].server_names`: `meet.example.org` is already routed by `web`"),
+            "{}",
+            err(&dup)
+        );
+    }
+
+    #[test]
     fn the_shipped_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent.toml");
         let c = Config::load(&path).unwrap();
         assert_eq!(c.uplink.interface, "eth0");
         let names: Vec<_> = c.steer.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(names, ["jvb", "turn", "web"]);
+        let sni = c.sni.expect("the example has an [sni] section");
+        assert_eq!(sni.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web", "turn"]);
     }
 
     #[test]

@@ -29,8 +29,17 @@ enum Command {
         /// Skip `cargo fmt --check` and `cargo clippy`.
         #[arg(long)]
         no_lint: bool,
-        /// Only run integration tests whose name contains this string.
+        /// Only run integration tests whose name contains this string (skips fuzzing).
         filter: Option<String>,
+        /// How long to fuzz the ClientHello reader after the tests (0: skip).
+        #[arg(long, default_value_t = 60)]
+        fuzz_seconds: u32,
+    },
+    /// Fuzz the SNI splitter's ClientHello reader (cargo fuzz) for a bounded time.
+    Fuzz {
+        /// Seconds to run.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
     },
     /// Build everything, create the lab, run the agent in it and show what the backends saw.
     Demo,
@@ -40,7 +49,8 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf => build::ebpf().map(drop),
         Command::Build => build::agent().map(drop),
-        Command::Test { no_lint, filter } => run::test(!no_lint, filter.as_deref()),
+        Command::Test { no_lint, filter, fuzz_seconds } => run::test(!no_lint, filter.as_deref(), fuzz_seconds),
+        Command::Fuzz { seconds } => run::fuzz(seconds),
         Command::Demo => run::demo(),
     }
 }

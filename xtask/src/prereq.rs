@@ -68,6 +68,28 @@ fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
+/// Makes sure `cargo fuzz` is available, installing cargo-fuzz from crates.io when missing.
+pub fn cargo_fuzz() -> Result<()> {
+    let works = || {
+        Command::new("cargo")
+            .args(["fuzz", "--version"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if works() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing cargo-fuzz");
+    let status =
+        Command::new("cargo").args(["install", "--locked", "cargo-fuzz"]).status().context("running cargo install")?;
+    if !status.success() || !works() {
+        bail!("installing cargo-fuzz failed; install it with `cargo install cargo-fuzz`");
+    }
+    Ok(())
+}
+
 /// Path of a working `bpf-linker`, installing it (and LLVM 22) when missing.
 pub fn bpf_linker() -> Result<PathBuf> {
     let candidates = [cargo_bin_dir().join("bpf-linker"), PathBuf::from("bpf-linker")];

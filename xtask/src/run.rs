@@ -34,8 +34,34 @@ fn require_root(what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Lints, builds everything and runs unit and integration tests.
-pub fn test(lint: bool, filter: Option<&str>) -> Result<()> {
+/// Runs the ClientHello reader's fuzz target for `seconds`, its corpus seeded with the
+/// recorded hellos (each prefixed with the size-limit byte the target reads first).
+pub fn fuzz(seconds: u32) -> Result<()> {
+    prereq::cargo_fuzz()?;
+    let root = build::workspace_root();
+    let corpus = root.join("fuzz/corpus/client_hello");
+    std::fs::create_dir_all(&corpus)?;
+    for e in std::fs::read_dir(root.join("tests/data/clienthello"))?.flatten() {
+        let path = e.path();
+        if path.extension().is_some_and(|x| x == "bin") {
+            let mut seed = vec![0xff];
+            seed.extend(std::fs::read(&path)?);
+            std::fs::write(corpus.join(path.file_name().expect("file name")), seed)?;
+        }
+    }
+    eprintln!("xtask: fuzzing the ClientHello reader for {seconds} s");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root.join("fuzz"))
+        .args(["+nightly", "fuzz", "run", "client_hello", "--fuzz-dir", "."])
+        .arg(&corpus)
+        .arg("--")
+        .arg(format!("-max_total_time={seconds}"))
+        .env_remove("RUSTFLAGS");
+    run(cmd)
+}
+
+/// Lints, builds everything and runs unit and integration tests, then the fuzz target.
+pub fn test(lint: bool, filter: Option<&str>, fuzz_seconds: u32) -> Result<()> {
     require_root("cargo xtask test")?;
     prereq::apt(LAB_PACKAGES)?;
     if lint {
@@ -54,7 +80,11 @@ pub fn test(lint: bool, filter: Option<&str>) -> Result<()> {
         cmd.args(["--", f]);
     }
     cmd.env("JITSI_AGENT_BIN", &agent).env("JITSI_EBPF_OBJECT", &obj);
-    run(cmd)
+    run(cmd)?;
+    if fuzz_seconds > 0 && filter.is_none() {
+        fuzz(fuzz_seconds)?;
+    }
+    Ok(())
 }
 
 /// Builds everything, then runs the lab demo as root.

@@ -63,12 +63,16 @@ pub enum Progress {
 }
 
 /// Examines the bytes read so far (`buf`, from the start of the connection).
+///
+/// Only the first `max` bytes are ever looked at, so the verdict does not depend on how the
+/// bytes were split into reads: a decision reached on a prefix stands for any longer input.
 pub fn examine(buf: &[u8], max: usize) -> Result<Progress, HelloError> {
-    let Some(&first) = buf.first() else { return Ok(Progress::NeedMore) };
+    let seen = &buf[..buf.len().min(max)];
+    let Some(&first) = seen.first() else { return Ok(Progress::NeedMore) };
     if first != CONTENT_HANDSHAKE {
         return Ok(Progress::Done(Hello::NotTls));
     }
-    if buf.len() >= 2 && buf[1] != 3 {
+    if seen.len() >= 2 && seen[1] != 3 {
         // TLS record versions are 3.x; anything else is not TLS.
         return Ok(Progress::Done(Hello::NotTls));
     }
@@ -76,19 +80,16 @@ pub fn examine(buf: &[u8], max: usize) -> Result<Progress, HelloError> {
     let mut handshake = Vec::new();
     let mut off = 0;
     loop {
+        if handshake.first().is_some_and(|&t| t != HANDSHAKE_CLIENT_HELLO) {
+            return Err(HelloError::Malformed("first handshake message is not a ClientHello"));
+        }
         if let Some(total) = complete_len(&handshake) {
-            if handshake[0] != HANDSHAKE_CLIENT_HELLO {
-                return Err(HelloError::Malformed("first handshake message is not a ClientHello"));
-            }
-            if off > max {
-                return Err(HelloError::TooLarge { max });
-            }
             return parse(&handshake[..total], off).map(Progress::Done);
         }
         if handshake.len() >= 4 && 4 + hs_body_len(&handshake) > max {
             return Err(HelloError::TooLarge { max });
         }
-        let Some(header) = buf.get(off..off + RECORD_HEADER) else { return need_more(buf, max) };
+        let Some(header) = seen.get(off..off + RECORD_HEADER) else { return need_more(buf, max) };
         if header[0] != CONTENT_HANDSHAKE {
             return Err(HelloError::Malformed("non-handshake record inside the ClientHello"));
         }
@@ -99,7 +100,7 @@ pub fn examine(buf: &[u8], max: usize) -> Result<Progress, HelloError> {
         if len == 0 || len > MAX_RECORD {
             return Err(HelloError::Malformed("bad record length"));
         }
-        let Some(body) = buf.get(off + RECORD_HEADER..off + RECORD_HEADER + len) else {
+        let Some(body) = seen.get(off + RECORD_HEADER..off + RECORD_HEADER + len) else {
             return need_more(buf, max);
         };
         handshake.extend_from_slice(body);
@@ -107,6 +108,7 @@ pub fn examine(buf: &[u8], max: usize) -> Result<Progress, HelloError> {
     }
 }
 
+/// Not decided within the bytes seen: more can only help while fewer than `max` were read.
 fn need_more(buf: &[u8], max: usize) -> Result<Progress, HelloError> {
     if buf.len() >= max { Err(HelloError::TooLarge { max }) } else { Ok(Progress::NeedMore) }
 }

@@ -154,3 +154,20 @@ fn invalid_server_names_are_reported_not_used() {
     b[at..at + 4].copy_from_slice(b"MEET");
     assert_eq!(name_of(&done(&b)), Some("meet.example.test"));
 }
+
+/// Found by the fuzz target: with a 512-byte limit, a 516-byte prefix was refused as too
+/// large but the whole 517-byte input as malformed. The verdict must not depend on how the
+/// bytes arrive: any decision on a prefix stands for the whole input.
+#[test]
+fn verdict_does_not_depend_on_how_bytes_arrive() {
+    let input = data("fuzz-prefix-verdict.bin");
+    let (knob, bytes) = input.split_first().unwrap();
+    let max = 512 + usize::from(*knob) * 64;
+    let full = examine(bytes, max);
+    for cut in 0..bytes.len() {
+        match examine(&bytes[..cut], max) {
+            Ok(Progress::NeedMore) => {}
+            prefix => assert_eq!(prefix, full, "cut at {cut}"),
+        }
+    }
+}
