@@ -173,6 +173,9 @@ pub struct Sni {
     /// Priority of the agent's policy rules.
     #[serde(default = "default_rule_priority")]
     pub rule_priority: u32,
+    /// How bytes are relayed: `splice` (zero-copy, default) or `copy` (userspace buffer).
+    #[serde(default)]
+    pub relay: crate::sni::relay::Mode,
     /// Routes by server name.
     #[serde(default, rename = "route")]
     pub routes: Vec<SniRoute>,

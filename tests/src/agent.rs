@@ -64,6 +64,23 @@ impl AgentProcess {
         Ok(agent)
     }
 
+    /// The agent's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user + system) the agent has used so far, from /proc/<pid>/stat.
+    pub fn cpu_seconds(&self) -> Result<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))?;
+        // Fields after the parenthesised command name: utime and stime are the 12th and 13th.
+        let after = stat.rsplit_once(')').map(|(_, rest)| rest).context("parsing /proc/<pid>/stat")?;
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        Ok(ticks as f64 / hz)
+    }
+
     /// The agent's log so far.
     pub fn log(&self) -> String {
         let mut s = String::new();

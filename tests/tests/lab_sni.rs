@@ -253,9 +253,8 @@ fn a_backend_on_the_host_loopback_sees_the_client_address() {
     }
 }
 
-#[test]
-fn sni_relays_64_mib_both_ways_intact() {
-    let l = sni_lab(SNI);
+fn relays_64_mib_both_ways_intact(relay: &str) {
+    let l = sni_lab(&SNI.replace("hello_timeout_secs = 3", &format!("hello_timeout_secs = 3\nrelay = \"{relay}\"")));
     let mut data = hello("chromium-meet.bin");
     data.extend((0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
     let started = Instant::now();
@@ -263,7 +262,17 @@ fn sni_relays_64_mib_both_ways_intact() {
     assert_eq!(x.greeting, format!("seen {}", SocketAddr::new(CLIENT_V4.into(), x.local.port())));
     assert_eq!(x.echoed.len(), data.len(), "every byte came back");
     assert!(x.echoed == data, "64 MiB intact in both directions");
-    eprintln!("64 MiB each way through the splitter in {:?}", started.elapsed());
+    eprintln!("relay = {relay}: 64 MiB each way through the splitter in {:?}", started.elapsed());
+}
+
+#[test]
+fn sni_relays_64_mib_both_ways_intact_with_splice() {
+    relays_64_mib_both_ways_intact("splice");
+}
+
+#[test]
+fn sni_relays_64_mib_both_ways_intact_with_copy() {
+    relays_64_mib_both_ways_intact("copy");
 }
 
 #[test]

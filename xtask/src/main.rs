@@ -3,6 +3,7 @@
 //! Everything a fresh Debian machine lacks (bpf-linker, LLVM 22, a rustc with library source,
 //! iproute2, bpftool, ...) is installed here, so the README's two commands are all a newcomer runs.
 
+mod bench;
 mod build;
 mod prereq;
 mod run;
@@ -35,6 +36,18 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u32,
     },
+    /// Benchmarks. `sni-relay`: the SNI splitter's relay, copy against splice.
+    Bench {
+        /// What to measure.
+        #[arg(value_parser = ["sni-relay"])]
+        what: String,
+        /// Rounds per contender.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// MiB echoed per round.
+        #[arg(long, default_value_t = 256)]
+        mib: u32,
+    },
     /// Fuzz the SNI splitter's ClientHello reader (cargo fuzz) for a bounded time.
     Fuzz {
         /// Seconds to run.
@@ -51,6 +64,7 @@ fn main() -> Result<()> {
         Command::Build => build::agent().map(drop),
         Command::Test { no_lint, filter, fuzz_seconds } => run::test(!no_lint, filter.as_deref(), fuzz_seconds),
         Command::Fuzz { seconds } => run::fuzz(seconds),
+        Command::Bench { what: _, rounds, mib } => bench::sni_relay(rounds, mib),
         Command::Demo => run::demo(),
     }
 }

@@ -7,4 +7,5 @@ pub mod names;
 pub mod proxy;
 pub mod relay;
 pub mod router;
+pub mod splice;
 pub mod transparent;

@@ -266,7 +266,7 @@ impl Proxy {
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
         debug!(route = %route.name, client = %peer, backend = %backend, hello_ms = started.elapsed().as_millis() as u64, "sni: relaying");
-        let r = relay(client, upstream, secs(self.settings.idle_timeout_secs)).await;
+        let r = relay(client, upstream, secs(self.settings.idle_timeout_secs), self.settings.relay).await;
         stats.open.fetch_sub(1, Ordering::Relaxed);
         stats.bytes_up.fetch_add(r.up + hello_bytes.len() as u64, Ordering::Relaxed);
         stats.bytes_down.fetch_add(r.down, Ordering::Relaxed);

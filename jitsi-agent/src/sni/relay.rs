@@ -1,16 +1,31 @@
 //! Relaying bytes both ways after the hello: half-close is passed on (EOF from one side
 //! shuts down writing to the other), an error in either direction ends both, and a
 //! connection idle in both directions for the idle timeout is closed.
+//!
+//! Two ways to move the bytes: [`Mode::Copy`] reads into a 64 KiB buffer and writes it out;
+//! [`Mode::Splice`] moves them socket -> pipe -> socket with `splice(2)`, never copying them
+//! into userspace.
 
 use std::{
     sync::atomic::{AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::TcpStream,
-};
+use serde::Deserialize;
+use tokio::{io::Interest, net::TcpStream};
+
+use super::splice::Pipe;
+
+/// How bytes are moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Through a userspace buffer.
+    Copy,
+    /// With splice(2) through a pipe (zero-copy).
+    #[default]
+    Splice,
+}
 
 /// How a relay ended.
 #[derive(Debug)]
@@ -42,31 +57,78 @@ impl Activity {
     }
 }
 
-async fn pump<R, W>(mut r: R, mut w: W, bytes: &AtomicU64, activity: &Activity) -> std::io::Result<()>
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
+/// Copies `src` to `dst` until EOF (then shuts `dst` down for writing).
+async fn copy(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64, activity: &Activity) -> std::io::Result<()> {
     let mut buf = vec![0u8; BUF];
     loop {
-        let n = r.read(&mut buf).await?;
-        if n == 0 {
-            return w.shutdown().await;
+        src.readable().await?;
+        let n = match src.try_read(&mut buf) {
+            Ok(0) => return shutdown_write(dst),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        };
+        let mut sent = 0;
+        while sent < n {
+            dst.writable().await?;
+            match dst.try_write(&buf[sent..n]) {
+                Ok(m) => sent += m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
         }
-        w.write_all(&buf[..n]).await?;
+        bytes.fetch_add(n as u64, Ordering::Relaxed);
+        activity.touch();
+    }
+}
+
+fn shutdown_write(s: &TcpStream) -> std::io::Result<()> {
+    socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
+}
+
+/// Splices `src` to `dst` through a pipe until EOF (then shuts `dst` down for writing).
+async fn splice(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64, activity: &Activity) -> std::io::Result<()> {
+    let pipe = Pipe::new()?;
+    loop {
+        let n = loop {
+            src.readable().await?;
+            match src.try_io(Interest::READABLE, || pipe.fill_from(src)) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        };
+        if n == 0 {
+            return shutdown_write(dst);
+        }
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await?;
+            match dst.try_io(Interest::WRITABLE, || pipe.drain_to(dst, left)) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Err(e),
+            }
+        }
         bytes.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
     }
 }
 
 /// Relays until both directions are done, an error occurs, or `idle` passes without traffic.
-pub async fn relay(client: TcpStream, backend: TcpStream, idle: Duration) -> Relayed {
+pub async fn relay(client: TcpStream, backend: TcpStream, idle: Duration, mode: Mode) -> Relayed {
     let activity = Activity { clock: Instant::now(), last_ms: AtomicU64::new(0) };
     let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (cr, cw) = client.into_split();
-    let (br, bw) = backend.into_split();
-    let up = pump(cr, bw, &up_bytes, &activity);
-    let down = pump(br, cw, &down_bytes, &activity);
+    let (up, down) = match mode {
+        Mode::Copy => (
+            futures::future::Either::Left(copy(&client, &backend, &up_bytes, &activity)),
+            futures::future::Either::Left(copy(&backend, &client, &down_bytes, &activity)),
+        ),
+        Mode::Splice => (
+            futures::future::Either::Right(splice(&client, &backend, &up_bytes, &activity)),
+            futures::future::Either::Right(splice(&backend, &client, &down_bytes, &activity)),
+        ),
+    };
     tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     let ended = |idle, error| Relayed {

@@ -33,6 +33,19 @@ enum Cmd {
         #[arg(long)]
         agent: PathBuf,
     },
+    /// Measure the SNI splitter's relay: echo `mib` MiB both ways through 443 and print one
+    /// JSON line with the wall time and the agent's CPU time.
+    RelayBench {
+        /// The jitsi-agent binary.
+        #[arg(long)]
+        agent: PathBuf,
+        /// `copy` or `splice`.
+        #[arg(long)]
+        mode: String,
+        /// MiB to send (and receive back).
+        #[arg(long, default_value_t = 256)]
+        mib: u32,
+    },
 }
 
 fn section(title: &str) {
@@ -40,7 +53,40 @@ fn section(title: &str) {
 }
 
 fn main() -> Result<()> {
-    let Cli { command: Cmd::Demo { agent } } = Cli::parse();
+    match Cli::parse().command {
+        Cmd::Demo { agent } => demo(agent),
+        Cmd::RelayBench { agent, mode, mib } => relay_bench(agent, &mode, mib),
+    }
+}
+
+fn relay_bench(agent: PathBuf, mode: &str, mib: u32) -> Result<()> {
+    // SAFETY: single-threaded at this point; the lab helpers read this variable.
+    unsafe { std::env::set_var("JITSI_AGENT_BIN", &agent) };
+    let lab = Lab::new(&["web"])?;
+    let web = lab.backend("web");
+    let _echo = servers::tcp(&web.ns, web.addr4(8443))?;
+    let config = lab.write_config(&format!(
+        "[sni]\nlisten = [\"0.0.0.0:443\"]\nrelay = \"{mode}\"\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"192.0.2.10:8443\"\n"
+    ))?;
+    let running = AgentProcess::start(&lab.host, &config)?;
+    let hello =
+        std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello/chromium-meet.bin"))?;
+    let mut data = hello;
+    data.extend((0..(mib as usize) << 20).map(|i| (i as u32).wrapping_mul(2654435761).to_be_bytes()[0]));
+    let cpu0 = running.cpu_seconds()?;
+    let t0 = std::time::Instant::now();
+    let x = tcp_echo(&lab.inet, SocketAddr::new(HOST_V4.into(), 443), data.clone())?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let cpu = running.cpu_seconds()? - cpu0;
+    if x.echoed != data {
+        bail!("the echo differs from what was sent");
+    }
+    println!("{{\"mode\":\"{mode}\",\"mib\":{mib},\"seconds\":{seconds:.4},\"agent_cpu_seconds\":{cpu:.4}}}");
+    running.stop()?;
+    Ok(())
+}
+
+fn demo(agent: PathBuf) -> Result<()> {
     // SAFETY: single-threaded at this point; the lab helpers read this variable.
     unsafe { std::env::set_var("JITSI_AGENT_BIN", &agent) };
     if !agent.exists() {
