@@ -173,7 +173,7 @@ pub struct Sni {
     /// Priority of the agent's policy rules.
     #[serde(default = "default_rule_priority")]
     pub rule_priority: u32,
-    /// How bytes are relayed: `splice` (zero-copy, default) or `copy` (userspace buffer).
+    /// How bytes are relayed: `copy` (userspace buffer, default) or `splice` (zero-copy).
     #[serde(default)]
     pub relay: crate::sni::relay::Mode,
     /// Routes by server name.
