@@ -103,6 +103,16 @@ impl OneOrMany {
             OneOrMany::Many(v) => v,
         }
     }
+
+    /// The IPv4 address, if any.
+    pub fn v4(&self) -> Option<SocketAddr> {
+        self.as_slice().iter().copied().find(SocketAddr::is_ipv4)
+    }
+
+    /// The IPv6 address, if any.
+    pub fn v6(&self) -> Option<SocketAddr> {
+        self.as_slice().iter().copied().find(SocketAddr::is_ipv6)
+    }
 }
 
 /// `[[steer]]`: packets for `protocol`/`port` on a host address go to `backend`.
@@ -117,18 +127,6 @@ pub struct SteerRule {
     pub port: u16,
     /// Backend address(es), at most one per address family.
     pub backend: OneOrMany,
-}
-
-impl SteerRule {
-    /// The backend of the IPv4 family, if any.
-    pub fn backend_v4(&self) -> Option<SocketAddr> {
-        self.backend.as_slice().iter().copied().find(SocketAddr::is_ipv4)
-    }
-
-    /// The backend of the IPv6 family, if any.
-    pub fn backend_v6(&self) -> Option<SocketAddr> {
-        self.backend.as_slice().iter().copied().find(SocketAddr::is_ipv6)
-    }
 }
 
 /// `[sni]`: the TLS splitter on 443.
@@ -234,18 +232,6 @@ pub struct SniRoute {
 
 fn default_true() -> bool {
     true
-}
-
-impl SniRoute {
-    /// The backend of the IPv4 family, if any.
-    pub fn backend_v4(&self) -> Option<SocketAddr> {
-        self.backend.as_slice().iter().copied().find(SocketAddr::is_ipv4)
-    }
-
-    /// The backend of the IPv6 family, if any.
-    pub fn backend_v6(&self) -> Option<SocketAddr> {
-        self.backend.as_slice().iter().copied().find(SocketAddr::is_ipv6)
-    }
 }
 
 impl Config {
@@ -502,9 +488,9 @@ mod tests {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.pin_dir, Path::new(DEFAULT_PIN_DIR));
         assert_eq!(c.steer.len(), 2);
-        assert_eq!(c.steer[0].backend_v4().unwrap().to_string(), "172.18.0.10:10000");
-        assert_eq!(c.steer[0].backend_v6().unwrap().to_string(), "[fd00::10]:10000");
-        assert!(c.steer[1].backend_v6().is_none());
+        assert_eq!(c.steer[0].backend.v4().unwrap().to_string(), "172.18.0.10:10000");
+        assert_eq!(c.steer[0].backend.v6().unwrap().to_string(), "[fd00::10]:10000");
+        assert!(c.steer[1].backend.v6().is_none());
         assert_eq!(c.steer[1].protocol, Protocol::Tcp);
     }
 

@@ -107,7 +107,7 @@ pub fn desired(
     for rule in steer {
         let slot = slots[&rule.name];
         let protocol = rule.protocol.number();
-        for (family, backend) in [(FAMILY_V4, rule.backend_v4()), (FAMILY_V6, rule.backend_v6())] {
+        for (family, backend) in [(FAMILY_V4, rule.backend.v4()), (FAMILY_V6, rule.backend.v6())] {
             let key = RuleKey { port: rule.port, protocol, family };
             d.rules.push((key, rule_value(&rule.name, slot, backend, resolved)));
             if let Some(b) = backend {

@@ -66,8 +66,8 @@ impl Router {
             }
             routes.push(Route {
                 name: r.name.clone(),
-                v4: r.backend_v4(),
-                v6: r.backend_v6(),
+                v4: r.backend.v4(),
+                v6: r.backend.v6(),
                 transparent: r.transparent,
             });
         }
