@@ -6,7 +6,7 @@ use std::{net::IpAddr, path::PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The configuration file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}")]
     ConfigRead {
         /// The file.
         path: PathBuf,
@@ -33,7 +33,7 @@ pub enum Error {
         message: String,
     },
     /// A netlink request failed.
-    #[error("netlink: {what}: {source}")]
+    #[error("netlink: {what}")]
     Netlink {
         /// What was asked.
         what: String,
@@ -78,7 +78,7 @@ pub enum Error {
     #[error("this jitsi-agent binary was built without the eBPF object; build it with `cargo xtask build`")]
     NoEbpfObject,
     /// Loading, attaching or pinning the eBPF programs failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Ebpf {
         /// What was being done.
         what: String,
@@ -87,7 +87,7 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// Reading or writing a map failed.
-    #[error("map `{map}`: {source}")]
+    #[error("map `{map}`")]
     Map {
         /// The map name.
         map: &'static str,
@@ -96,7 +96,7 @@ pub enum Error {
         source: aya::maps::MapError,
     },
     /// A system call failed.
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         /// What was being done.
         what: String,
@@ -107,6 +107,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// The message with its whole chain of causes, `a: b: c` (for log lines).
+    pub fn report(&self) -> String {
+        let mut out = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+
     pub(crate) fn ebpf(what: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Error::Ebpf { what: what.into(), source: Box::new(source) }
     }

@@ -69,24 +69,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         "ready"
     );
 
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(REFRESH) => {
-                if backends.refresh(&h, &config).await {
-                    sync_maps(&mut dp.maps, &config, &host_addrs, uplink.index, &backends.resolved)?;
-                    attach_tc(&mut dp, backends.resolved.values().map(|r| &r.gateway), &mut tc_done)?;
-                }
-                if let Some(sni) = &config.sni {
-                    attach_tc(&mut dp, &sni_gateways(&h, sni).await, &mut tc_done)?;
+    // Whatever ends the loop (a signal or an error), the splitter stops and its routing goes.
+    let ended = async {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                () = tokio::time::sleep(REFRESH) => {
+                    if backends.refresh(&h, &config).await {
+                        sync_maps(&mut dp.maps, &config, &host_addrs, uplink.index, &backends.resolved)?;
+                        attach_tc(&mut dp, backends.resolved.values().map(|r| &r.gateway), &mut tc_done)?;
+                    }
+                    if let Some(sni) = &config.sni {
+                        attach_tc(&mut dp, &sni_gateways(&h, sni).await, &mut tc_done)?;
+                    }
                 }
             }
         }
     }
+    .await;
     if let Some(s) = sni {
         s.stop(&h).await?;
     }
+    ended?;
     info!("stopping; the datapath stays attached and keeps forwarding");
     Ok(())
 }
@@ -117,9 +122,9 @@ async fn sni_gateways(h: &Handle, sni: &Sni) -> Vec<Link> {
                 Ok(oif) => match netlink::link_by_index(h, oif).await {
                     Ok(link) if link.index != 1 && !out.iter().any(|l| l.index == link.index) => out.push(link),
                     Ok(_) => {}
-                    Err(e) => warn!(backend = %b, error = %e, "sni: cannot find the backend's interface"),
+                    Err(e) => warn!(backend = %b, error = %e.report(), "sni: cannot find the backend's interface"),
                 },
-                Err(e) => warn!(backend = %b, error = %e, "sni: no route to the backend"),
+                Err(e) => warn!(backend = %b, error = %e.report(), "sni: no route to the backend"),
             }
         }
     }
@@ -138,14 +143,15 @@ impl SniRunning {
         attach_tc(dp, &sni_gateways(h, sni).await, tc_done)?;
         let loopback =
             sni.routes.iter().any(|r| r.transparent && r.backend.as_slice().iter().any(|b| b.ip().is_loopback()));
-        let routing =
-            PolicyRouting { mark: sni.reply_mark, table: sni.route_table, priority: sni.rule_priority, loopback };
-        routing.install(h).await?;
+        // Bind first: if 443 is taken, nothing has been installed yet.
         let mut listeners = Vec::new();
         for addr in &sni.listen {
             let l = proxy::bind(*addr).map_err(|e| Error::io(format!("sni: listening on {addr}"), e))?;
             listeners.push(l);
         }
+        let routing =
+            PolicyRouting { mark: sni.reply_mark, table: sni.route_table, priority: sni.rule_priority, loopback };
+        routing.install(h).await?;
         info!(listen = ?sni.listen, routes = sni.routes.len(), mark = format!("{:#x}", sni.reply_mark), table = sni.route_table, "sni: listening; policy routing installed");
         let (stop, rx) = tokio::sync::watch::channel(false);
         let task = tokio::spawn(Proxy::new(sni.clone()).serve(listeners, rx));
@@ -186,7 +192,7 @@ impl Backends {
                             }
                             Ok(PeerNapi::AlreadyOn | PeerNapi::NotVeth) => {}
                             Err(e) => {
-                                warn!(backend = %ip, error = %e, "steered packets may be dropped at the backend's veth")
+                                warn!(backend = %ip, error = %e.report(), "steered packets may be dropped at the backend's veth")
                             }
                         }
                         self.resolved.insert(ip, r);
@@ -194,7 +200,7 @@ impl Backends {
                     }
                 }
                 Err(e) => {
-                    let msg = e.to_string();
+                    let msg = e.report();
                     if self.failed.get(&ip) != Some(&msg) {
                         if self.resolved.contains_key(&ip) {
                             // Keep steering to the last known path: a stale neighbour or FDB entry

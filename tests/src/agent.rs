@@ -60,7 +60,7 @@ impl AgentProcess {
             .spawn()
             .with_context(|| format!("starting {}", agent_bin().display()))?;
         let mut agent = AgentProcess { child, log };
-        agent.wait_for_log("ready", Duration::from_secs(30))?;
+        agent.wait_for_log("jitsi_agent::run: ready", Duration::from_secs(30))?;
         Ok(agent)
     }
 

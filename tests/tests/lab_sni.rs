@@ -280,9 +280,10 @@ fn a_slow_client_is_cut_at_the_deadline_while_others_are_served() {
     let l = sni_lab(SNI);
     let web_before = l.server("web", false).count();
     let fallback_before = l.server("fallback", false).count();
-    let slow = l.lab.inet.enter(|| TcpStream::connect(SocketAddr::new(HOST_V4.into(), 443))).unwrap().unwrap();
     let h = hello("openssl-meet.bin");
+    // Measured from before the connect: the agent's deadline starts when it accepts.
     let started = Instant::now();
+    let slow = l.lab.inet.enter(|| TcpStream::connect(SocketAddr::new(HOST_V4.into(), 443))).unwrap().unwrap();
     let writer = {
         let mut w = slow.try_clone().unwrap();
         let h = h.clone();
@@ -341,4 +342,27 @@ fn without_a_default_route_unknown_names_get_an_alert() {
     through_443(&l, HOST_V4.into(), CLIENT_V4.into(), "chromium-meet.bin");
     let log = l.agent.as_ref().unwrap().log();
     assert!(log.matches("no_route").count() >= 2, "{log}");
+}
+
+#[test]
+fn port_443_taken_is_a_clear_error_and_leaves_no_routing() {
+    let lab = Lab::new(&["web"]).expect("lab");
+    let _squatter = servers::tcp(&lab.host, "0.0.0.0:443".parse().unwrap()).unwrap();
+    let config = lab
+        .write_config(
+            "[sni]\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"192.0.2.10:8443\"\n",
+        )
+        .unwrap();
+    let err = match AgentProcess::start(&lab.host, &config) {
+        Ok(agent) => panic!("the agent must refuse to start:\n{}", agent.log()),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("error: ")
+            && err.contains("sni: listening on 0.0.0.0:443")
+            && err.contains("Address already in use"),
+        "{err}"
+    );
+    let rules = lab.host.ip(&["rule", "show"]).unwrap();
+    assert!(!rules.contains("0x4a17") && !rules.contains("18967"), "no policy routing left behind:\n{rules}");
 }
