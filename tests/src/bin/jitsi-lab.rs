@@ -48,6 +48,20 @@ enum Cmd {
     },
 }
 
+/// The splitter on 443: meet -> web's TLS port, turn -> coturn's TLS port.
+const DEMO_SNI: &str = r#"
+[sni]
+listen = ["0.0.0.0:443", "[::]:443"]
+[[sni.route]]
+name = "web"
+server_names = ["meet.example.test"]
+backend = "192.0.2.12:8443"
+[[sni.route]]
+name = "turn"
+server_names = ["turn.example.test"]
+backend = "192.0.2.11:5349"
+"#;
+
 fn section(title: &str) {
     println!("\n== {title} ==");
 }
@@ -114,10 +128,12 @@ fn demo(agent: PathBuf) -> Result<()> {
         ("turn", servers::udp(&turn.ns, turn.addr6(3478))?),
         ("web", servers::tcp(&web.ns, web.addr4(8000))?),
         ("web", servers::tcp(&web.ns, web.addr6(8000))?),
+        ("web (TLS)", servers::tcp(&web.ns, web.addr4(8443))?),
+        ("turn (TLS)", servers::tcp(&turn.ns, turn.addr4(5349))?),
     ];
 
     section("agent configuration");
-    let config = lab.write_config(LAB_RULES)?;
+    let config = lab.write_config(&format!("{LAB_RULES}{DEMO_SNI}"))?;
     print!("{}", std::fs::read_to_string(&config)?);
     let running = AgentProcess::start(&lab.host, &config)?;
     section("agent log");
@@ -144,6 +160,20 @@ fn demo(agent: PathBuf) -> Result<()> {
         let to = SocketAddr::new(host, 80);
         let x = tcp_echo(&lab.inet, to, vec![b'x'; 100_000])?;
         println!("tcp  -> {to:<24} greeting {:?}, {} bytes echoed", x.greeting, x.echoed.len());
+    }
+
+    // The SNI splitter: ClientHellos recorded from Chromium and curl, through 443.
+    let hellos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello");
+    for (file, name) in [("chromium-meet.bin", "meet.example.test"), ("curl-turn.bin", "turn.example.test")] {
+        let hello = std::fs::read(hellos.join(file))?;
+        let to = SocketAddr::new(HOST_V4.into(), 443);
+        let x = tcp_echo(&lab.inet, to, hello.clone())?;
+        println!(
+            "tls  -> {to:<24} SNI {name:<18} ({} byte hello) greeting {:?}, hello replayed intact: {}",
+            hello.len(),
+            x.greeting,
+            x.echoed == hello
+        );
     }
 
     section("what each backend saw (source address = the client's own)");
