@@ -179,7 +179,7 @@ fn demo(agent: PathBuf) -> Result<()> {
     section("what each backend saw (source address = the client's own)");
     for (name, s) in &servers {
         println!(
-            "{name:<5} {:<24} {} packets/connections from {:?}",
+            "{name:<10} {:<24} {} packets/connections from {:?}",
             s.addr.to_string(),
             s.count(),
             s.peers().iter().map(|p| p.ip()).collect::<std::collections::BTreeSet<_>>()
