@@ -473,6 +473,12 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_sni_table_is_all_defaults() {
+        let sni: Sni = toml::from_str("").unwrap();
+        assert_eq!((sni.reply_mark, sni.route_table, sni.rule_priority), (0x4a17, 0x4a17, 90));
+    }
+
+    #[test]
     fn the_shipped_example_parses() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent.toml");
         let c = Config::load(&path).unwrap();

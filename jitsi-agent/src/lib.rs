@@ -14,5 +14,6 @@ pub mod rules;
 pub mod run;
 pub mod sni;
 pub mod status;
+pub mod teardown;
 
 pub use error::Error;

@@ -22,6 +22,14 @@ enum Command {
         #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
         config: PathBuf,
     },
+    /// Remove everything the agent put on the host: unpin (and so detach) the XDP and TC
+    /// programs, remove the pinned maps and the SNI splitter's policy rules and routes.
+    /// Run it after stopping the agent; traffic then flows as if it had never run.
+    Teardown {
+        /// Configuration file (for `pin_dir` and the `[sni]` routing settings).
+        #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
+        config: PathBuf,
+    },
     /// Print the rules and counters read from the pinned maps (no running agent needed).
     Status {
         /// Print JSON instead of a table.
@@ -59,6 +67,11 @@ fn real_main() -> Result<()> {
             let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
             rt.block_on(run::run(config, shutdown_signal()))
                 .with_context(|| format!("jitsi-agent run --config {}", path.display()))?;
+        }
+        Command::Teardown { config } => {
+            let config = Config::load(&config)?;
+            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
+            rt.block_on(jitsi_agent::teardown::teardown(&config))?;
         }
         Command::Status { json, pin_dir, config } => {
             let pin_dir = match (pin_dir, config) {

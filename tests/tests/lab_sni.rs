@@ -366,3 +366,48 @@ fn port_443_taken_is_a_clear_error_and_leaves_no_routing() {
     let rules = lab.host.ip(&["rule", "show"]).unwrap();
     assert!(!rules.contains("0x4a17") && !rules.contains("18967"), "no policy routing left behind:\n{rules}");
 }
+
+#[test]
+fn teardown_after_a_killed_agent_leaves_the_host_as_before() {
+    let mut l = sni_lab(SNI);
+    let jvb = l.lab.backend("jvb");
+    let _udp = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let to = SocketAddr::new(HOST_V4.into(), 10000);
+    let client = jitsi_tests::clients::udp_socket(&l.lab.inet, false).unwrap();
+    jitsi_tests::clients::udp_round_trip(&client, to, "before").expect("steered while running");
+    // SIGKILL: the agent cannot clean up; datapath and policy routing stay.
+    drop(l.agent.take());
+    jitsi_tests::clients::udp_round_trip(&client, to, "killed")
+        .expect("the pinned datapath forwards without the agent");
+    assert!(l.lab.host.ip(&["rule", "show"]).unwrap().contains("0x4a17"));
+    assert!(l.lab.host.ip(&["link", "show", "up0"]).unwrap().contains("xdp"));
+    // The TC program's id; once nothing (pin or TCX link) holds it, the kernel frees it.
+    let pinned = l.lab.pin_dir.join("prog_reply_out");
+    let show = jitsi_tests::netns::run(
+        std::process::Command::new("bpftool").args(["-j", "prog", "show", "pinned"]).arg(&pinned),
+    )
+    .unwrap();
+    let tc_id = serde_json::from_str::<serde_json::Value>(&show).unwrap()["id"].as_u64().expect("prog id").to_string();
+
+    let config = l.lab.write_config(&format!("{LAB_RULES}{SNI}")).unwrap();
+    let out = jitsi_tests::netns::run(
+        jitsi_tests::agent::command_in(&l.lab.host, &jitsi_tests::agent::agent_bin())
+            .unwrap()
+            .args(["teardown", "--config"])
+            .arg(&config),
+    )
+    .expect("teardown succeeds");
+    let _ = out;
+    assert!(!l.lab.pin_dir.exists(), "no pin left");
+    assert!(!l.lab.host.ip(&["link", "show", "up0"]).unwrap().contains("xdp"), "XDP detached");
+    let freed = (0..50).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        !std::process::Command::new("bpftool").args(["prog", "show", "id", &tc_id]).output().unwrap().status.success()
+    });
+    assert!(freed, "reply_out (prog {tc_id}) is detached and freed");
+    let rules = l.lab.host.ip(&["rule", "show"]).unwrap();
+    assert!(!rules.contains("0x4a17"), "policy rule removed:\n{rules}");
+    assert!(l.lab.host.ip(&["route", "show", "table", "18967"]).unwrap().trim().is_empty(), "table emptied");
+    // Nothing steers any more: the host stack (ip_forward=0, nothing on :10000) gets the packet.
+    assert!(jitsi_tests::clients::udp_round_trip(&client, to, "after").is_err(), "no steering after teardown");
+}
