@@ -329,6 +329,11 @@ impl Config {
 }
 
 impl Sni {
+    /// The backends of the routes that connect transparently (from the client's address).
+    pub fn transparent_backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.routes.iter().filter(|r| r.transparent).flat_map(|r| r.backend.as_slice().iter().copied())
+    }
+
     /// Checks the section; `steer_backends` are the steering rules' backends (a TCP one cannot
     /// also be an SNI backend: the TC program could not tell their replies apart).
     fn validate(

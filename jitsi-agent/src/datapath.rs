@@ -11,7 +11,6 @@
 
 use std::{
     fs,
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
 };
 
@@ -284,14 +283,4 @@ impl Datapath {
         fd_link.pin(&pin).map_err(|e| Error::ebpf(format!("pinning {}", pin.display()), e))?;
         Ok(Attach::Attached("tcx"))
     }
-
-    /// The pin directory.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
-    }
-}
-
-/// Device id of a path's filesystem (tests use it to tell bpffs instances apart).
-pub fn fs_dev(path: &Path) -> Option<u64> {
-    fs::metadata(path).ok().map(|m| m.dev())
 }

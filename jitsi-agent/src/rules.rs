@@ -119,19 +119,14 @@ pub fn desired(
             }
         }
     }
-    for (route, b) in sni
-        .into_iter()
-        .flat_map(|s| s.routes.iter().flat_map(move |r| r.backend.as_slice().iter().map(move |b| (r, b))))
-    {
-        if !route.transparent || b.ip().is_loopback() {
-            continue;
+    if let Some(sni) = sni {
+        for b in sni.transparent_backends().filter(|b| !b.ip().is_loopback()) {
+            let (addr, family) = addr16(b.ip());
+            d.replies.push((
+                ReplyKey { addr, port: b.port(), protocol: PROTO_TCP, family },
+                Reply { public_port: 0, flags: REPLY_MARK_LOCAL, slot: 0, mark: sni.reply_mark },
+            ));
         }
-        let (addr, family) = addr16(b.ip());
-        let mark = sni.map(|s| s.reply_mark).unwrap_or_default();
-        d.replies.push((
-            ReplyKey { addr, port: b.port(), protocol: PROTO_TCP, family },
-            Reply { public_port: 0, flags: REPLY_MARK_LOCAL, slot: 0, mark },
-        ));
     }
     d
 }

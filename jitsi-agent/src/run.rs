@@ -116,16 +116,14 @@ fn attach_tc<'a>(
 /// arrive there and must be marked by `reply_out`); loopback backends need none.
 async fn sni_gateways(h: &Handle, sni: &Sni) -> Vec<Link> {
     let mut out: Vec<Link> = Vec::new();
-    for r in sni.routes.iter().filter(|r| r.transparent) {
-        for b in r.backend.as_slice().iter().filter(|b| !b.ip().is_loopback()) {
-            match netlink::route_oif(h, b.ip()).await {
-                Ok(oif) => match netlink::link_by_index(h, oif).await {
-                    Ok(link) if link.index != 1 && !out.iter().any(|l| l.index == link.index) => out.push(link),
-                    Ok(_) => {}
-                    Err(e) => warn!(backend = %b, error = %e.report(), "sni: cannot find the backend's interface"),
-                },
-                Err(e) => warn!(backend = %b, error = %e.report(), "sni: no route to the backend"),
-            }
+    for b in sni.transparent_backends().filter(|b| !b.ip().is_loopback()) {
+        match netlink::route_oif(h, b.ip()).await {
+            Ok(oif) => match netlink::link_by_index(h, oif).await {
+                Ok(link) if link.index != 1 && !out.iter().any(|l| l.index == link.index) => out.push(link),
+                Ok(_) => {}
+                Err(e) => warn!(backend = %b, error = %e.report(), "sni: cannot find the backend's interface"),
+            },
+            Err(e) => warn!(backend = %b, error = %e.report(), "sni: no route to the backend"),
         }
     }
     out
@@ -141,8 +139,7 @@ struct SniRunning {
 impl SniRunning {
     async fn start(h: &Handle, sni: &Sni, dp: &mut Datapath, tc_done: &mut HashSet<u32>) -> Result<Self> {
         attach_tc(dp, &sni_gateways(h, sni).await, tc_done)?;
-        let loopback =
-            sni.routes.iter().any(|r| r.transparent && r.backend.as_slice().iter().any(|b| b.ip().is_loopback()));
+        let loopback = sni.transparent_backends().any(|b| b.ip().is_loopback());
         // Bind first: if 443 is taken, nothing has been installed yet.
         let mut listeners = Vec::new();
         for addr in &sni.listen {

@@ -14,7 +14,7 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
 };
 
@@ -227,11 +227,6 @@ impl Lab {
     pub fn backend_gro_on(&self, name: &str) -> Result<bool> {
         let out = self.backend(name).ns.exec("ethtool", &["-k", "eth0"])?;
         Ok(out.lines().any(|l| l.trim() == "generic-receive-offload: on"))
-    }
-
-    /// The pin directory as a path.
-    pub fn pin_dir(&self) -> &Path {
-        &self.pin_dir
     }
 }
 

@@ -74,13 +74,6 @@ pub struct Stats {
     pub refused: Mutex<BTreeMap<&'static str, u64>>,
 }
 
-impl Stats {
-    /// Refusals counted for `reason`.
-    pub fn refusals(&self, reason: &str) -> u64 {
-        self.refused.lock().expect("stats lock").get(reason).copied().unwrap_or(0)
-    }
-}
-
 /// The splitter: settings, routes, counters and the open-connection accounting.
 pub struct Proxy {
     settings: Sni,
@@ -139,11 +132,6 @@ impl Proxy {
             open: Mutex::new((0, HashMap::new())),
             fallback_logged: Mutex::default(),
         })
-    }
-
-    /// The route names, in the order of [`Stats::routes`].
-    pub fn route_names(&self) -> Vec<&str> {
-        self.router.routes.iter().map(|r| r.name.as_str()).collect()
     }
 
     /// Accepts on `listeners` until `stop` turns true; connections already relayed go on.
