@@ -192,9 +192,17 @@ impl Proxy {
                 Err(e @ HelloError::TooLarge { .. }) => return Err((refusal::HELLO_TOO_LARGE, e.to_string())),
                 Err(e @ HelloError::Malformed(_)) => return Err((refusal::MALFORMED_HELLO, e.to_string())),
             }
-            let want = (self.settings.max_hello_bytes + 1).saturating_sub(buf.len()).min(16 * 1024);
-            let mut chunk = vec![0u8; want];
-            match tokio::time::timeout_at(deadline, s.read(&mut chunk)).await {
+            // Read straight into the tail of `buf`, never more than one byte past the limit.
+            let start = buf.len();
+            let want = (self.settings.max_hello_bytes + 1).saturating_sub(start).min(16 * 1024);
+            buf.resize(start + want, 0);
+            let read = tokio::time::timeout_at(deadline, s.read(&mut buf[start..])).await;
+            let n = match &read {
+                Ok(Ok(n)) => *n,
+                _ => 0,
+            };
+            buf.truncate(start + n);
+            match read {
                 Err(_) => {
                     return Err((
                         refusal::HELLO_TIMEOUT,
@@ -202,7 +210,7 @@ impl Proxy {
                     ));
                 }
                 Ok(Ok(0)) => return Err((refusal::CLOSED_EARLY, format!("after {} bytes", buf.len()))),
-                Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+                Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Err((refusal::CLOSED_EARLY, e.to_string())),
             }
         }
