@@ -19,7 +19,8 @@ pub fn ebpf_object_path() -> PathBuf {
     workspace_root().join("target/ebpf/bpfel-unknown-none/release/jitsi-ebpf")
 }
 
-fn run(cmd: &mut Command) -> Result<()> {
+/// Runs `cmd`, failing with its exit status if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");

@@ -2,9 +2,12 @@
 
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::{build, prereq};
+use crate::{
+    build::{self, run},
+    prereq,
+};
 
 /// Debian packages the lab and the tests use: `ip` (iproute2) to build namespaces, `ethtool`
 /// for veth offloads, `bpftool` to check pinned maps, nftables/iptables to prove the host
@@ -15,14 +18,6 @@ fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");
     cmd.current_dir(build::workspace_root()).args(args);
     cmd
-}
-
-fn run(mut cmd: Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
 }
 
 fn require_root(what: &str) -> Result<()> {
@@ -57,7 +52,7 @@ pub fn fuzz(seconds: u32) -> Result<()> {
         .arg("--")
         .arg(format!("-max_total_time={seconds}"))
         .env_remove("RUSTFLAGS");
-    run(cmd)
+    run(&mut cmd)
 }
 
 /// Lints, builds everything and runs unit and integration tests, then the fuzz target.
@@ -66,9 +61,18 @@ pub fn test(lint: bool, filter: Option<&str>, fuzz_seconds: u32) -> Result<()> {
     prereq::apt(LAB_PACKAGES)?;
     if lint {
         eprintln!("xtask: cargo fmt --check");
-        run(cargo(&["fmt", "--all", "--", "--check"]))?;
+        run(&mut cargo(&["fmt", "--all", "--", "--check"]))?;
         eprintln!("xtask: cargo clippy (userspace crates)");
-        run(cargo(&["clippy", "--workspace", "--exclude", "jitsi-ebpf", "--all-targets", "--", "-D", "warnings"]))?;
+        run(&mut cargo(&[
+            "clippy",
+            "--workspace",
+            "--exclude",
+            "jitsi-ebpf",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))?;
         eprintln!("xtask: cargo clippy (jitsi-ebpf)");
         build::ebpf_clippy()?;
     }
@@ -80,7 +84,7 @@ pub fn test(lint: bool, filter: Option<&str>, fuzz_seconds: u32) -> Result<()> {
         cmd.args(["--", f]);
     }
     cmd.env("JITSI_AGENT_BIN", &agent).env("JITSI_EBPF_OBJECT", &obj);
-    run(cmd)?;
+    run(&mut cmd)?;
     if fuzz_seconds > 0 && filter.is_none() {
         fuzz(fuzz_seconds)?;
     }
@@ -95,5 +99,5 @@ pub fn demo() -> Result<()> {
     let lab = build::workspace_root().join("target/release/jitsi-lab");
     let mut cmd = Command::new(&lab);
     cmd.arg("demo").arg("--agent").arg(&agent);
-    run(cmd)
+    run(&mut cmd)
 }
