@@ -15,18 +15,18 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The configuration file is not valid TOML or does not match the schema.
-    #[error("{path}: {message}")]
+    #[error("{at}: {message}")]
     ConfigParse {
-        /// The file.
-        path: PathBuf,
-        /// The parser's message, with line and column.
+        /// `file:line:column` of the offending text.
+        at: String,
+        /// The parser's message.
         message: String,
     },
     /// The configuration parsed but a value is not acceptable.
-    #[error("{path}: `{key}`: {message}")]
+    #[error("{at}: `{key}`: {message}")]
     ConfigInvalid {
-        /// The file.
-        path: PathBuf,
+        /// `file:line:column` of the offending key (just the file if it cannot be located).
+        at: String,
         /// The offending key, e.g. `steer[1].port`.
         key: String,
         /// What is wrong and what to do.

@@ -1,0 +1,312 @@
+//! The agent's TOML configuration: parsed with unknown keys rejected, then validated before
+//! anything on the host is touched.
+
+mod locate;
+mod validate;
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+};
+
+use jitsi_common::{PROTO_TCP, PROTO_UDP};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// Default directory under bpffs for the pinned maps, programs and links.
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/jitsi-agent";
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where maps, programs and links are pinned (must be on a bpffs).
+    #[serde(default = "default_pin_dir")]
+    pub pin_dir: PathBuf,
+    /// The public-facing interface.
+    pub uplink: Uplink,
+    /// Kernel 1:1 steering rules.
+    #[serde(default)]
+    pub steer: Vec<SteerRule>,
+    /// The SNI splitter (optional).
+    pub sni: Option<Sni>,
+    /// The Prometheus endpoint (optional; off without the section).
+    pub metrics: Option<Metrics>,
+}
+
+/// `[metrics]`: Prometheus text exposition over HTTP.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    /// Address to serve `/metrics` on; keep it on localhost or a management network.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: SocketAddr,
+}
+
+/// Default `[metrics] listen`.
+pub const DEFAULT_METRICS_LISTEN: &str = "127.0.0.1:9477";
+
+fn default_metrics_listen() -> SocketAddr {
+    DEFAULT_METRICS_LISTEN.parse().expect("literal")
+}
+
+fn default_pin_dir() -> PathBuf {
+    PathBuf::from(DEFAULT_PIN_DIR)
+}
+
+/// `[uplink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    /// Interface the public traffic arrives on; XDP attaches here.
+    pub interface: String,
+    /// Host addresses packets must be sent to to be steered. Default: the interface's own
+    /// global addresses, read at start.
+    #[serde(default)]
+    pub addresses: Vec<IpAddr>,
+}
+
+/// `udp` or `tcp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// UDP.
+    Udp,
+    /// TCP.
+    Tcp,
+}
+
+impl Protocol {
+    /// IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Udp => PROTO_UDP,
+            Protocol::Tcp => PROTO_TCP,
+        }
+    }
+
+    /// From an IANA protocol number.
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            PROTO_UDP => Some(Protocol::Udp),
+            PROTO_TCP => Some(Protocol::Tcp),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Udp => "udp",
+            Protocol::Tcp => "tcp",
+        })
+    }
+}
+
+/// One address or a list (`backend = "a:1"` or `backend = ["a:1", "[b::]:1"]`).
+#[derive(Debug, Clone)]
+pub enum OneOrMany {
+    /// A single address.
+    One(SocketAddr),
+    /// A list.
+    Many(Vec<SocketAddr>),
+}
+
+impl<'de> Deserialize<'de> for OneOrMany {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        fn addr<E: serde::de::Error>(s: &str) -> std::result::Result<SocketAddr, E> {
+            s.parse().map_err(|_| E::custom(format!("`{s}` is not ADDRESS:PORT (e.g. 172.18.0.10:10000, [fd00::10]:10000)")))
+        }
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = OneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("\"ADDRESS:PORT\" or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> std::result::Result<OneOrMany, E> {
+                addr(s).map(OneOrMany::One)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<OneOrMany, A::Error> {
+                let mut v = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    v.push(addr(&s)?);
+                }
+                Ok(OneOrMany::Many(v))
+            }
+        }
+        d.deserialize_any(Visit)
+    }
+}
+
+impl OneOrMany {
+    /// The addresses as a slice.
+    pub fn as_slice(&self) -> &[SocketAddr] {
+        match self {
+            OneOrMany::One(a) => std::slice::from_ref(a),
+            OneOrMany::Many(v) => v,
+        }
+    }
+
+    /// The IPv4 address, if any.
+    pub fn v4(&self) -> Option<SocketAddr> {
+        self.as_slice().iter().copied().find(SocketAddr::is_ipv4)
+    }
+
+    /// The IPv6 address, if any.
+    pub fn v6(&self) -> Option<SocketAddr> {
+        self.as_slice().iter().copied().find(SocketAddr::is_ipv6)
+    }
+}
+
+/// `[[steer]]`: packets for `protocol`/`port` on a host address go to `backend`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SteerRule {
+    /// Unique name (letters, digits, `-`, `_`; at most 23 bytes).
+    pub name: String,
+    /// `udp` or `tcp`.
+    pub protocol: Protocol,
+    /// Public port on the uplink.
+    pub port: u16,
+    /// Backend address(es), at most one per address family.
+    pub backend: OneOrMany,
+}
+
+/// `[sni]`: the TLS splitter on 443.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Sni {
+    /// Addresses to listen on.
+    #[serde(default = "default_sni_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Route for no SNI, unknown names and non-TLS bytes; without one those connections are
+    /// closed (TLS: with an `unrecognized_name` alert).
+    pub default: Option<String>,
+    /// Largest ClientHello accepted, in bytes (all its records).
+    #[serde(default = "default_max_hello")]
+    pub max_hello_bytes: usize,
+    /// Time a client has to send its whole ClientHello.
+    #[serde(default = "default_hello_timeout")]
+    pub hello_timeout_secs: f64,
+    /// Time to connect to a backend.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: f64,
+    /// A relayed connection with no byte in either direction for this long is closed.
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: f64,
+    /// On SIGTERM the splitter stops accepting and gives open connections this long to finish
+    /// before closing them (a restart under socket activation queues new connections meanwhile).
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_secs: f64,
+    /// Open connections at most, overall.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Open connections at most per client address.
+    #[serde(default = "default_max_per_client")]
+    pub max_connections_per_client: usize,
+    /// Mark the TC program sets on replies from SNI backends; a policy rule sends packets
+    /// with it to `route_table` (local delivery to the transparent socket).
+    #[serde(default = "default_reply_mark")]
+    pub reply_mark: u32,
+    /// SO_MARK of the agent's backend sockets (for the operator's own firewall or routing
+    /// rules; must differ from `reply_mark`, or those sockets' packets would loop back).
+    #[serde(default = "default_socket_mark")]
+    pub socket_mark: u32,
+    /// Routing table holding the `local` default routes.
+    #[serde(default = "default_route_table")]
+    pub route_table: u32,
+    /// Priority of the agent's policy rules.
+    #[serde(default = "default_rule_priority")]
+    pub rule_priority: u32,
+    /// How bytes are relayed: `copy` (userspace buffer, default) or `splice` (zero-copy).
+    #[serde(default)]
+    pub relay: crate::sni::relay::Mode,
+    /// Routes by server name.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<SniRoute>,
+}
+
+fn default_sni_listen() -> Vec<SocketAddr> {
+    vec!["0.0.0.0:443".parse().expect("literal"), "[::]:443".parse().expect("literal")]
+}
+fn default_max_hello() -> usize {
+    crate::sni::hello::DEFAULT_MAX_HELLO
+}
+fn default_hello_timeout() -> f64 {
+    10.0
+}
+fn default_connect_timeout() -> f64 {
+    3.0
+}
+fn default_idle_timeout() -> f64 {
+    600.0
+}
+fn default_drain_timeout() -> f64 {
+    10.0
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_max_per_client() -> usize {
+    256
+}
+fn default_reply_mark() -> u32 {
+    0x4a17
+}
+fn default_socket_mark() -> u32 {
+    0x4a18
+}
+fn default_route_table() -> u32 {
+    0x4a17
+}
+fn default_rule_priority() -> u32 {
+    90
+}
+
+/// `[[sni.route]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SniRoute {
+    /// Unique name (used by `default` and in logs).
+    pub name: String,
+    /// Exact names or `*.domain` wildcards, matched case-insensitively.
+    #[serde(default)]
+    pub server_names: Vec<String>,
+    /// Backend address(es), at most one per address family.
+    pub backend: OneOrMany,
+    /// Connect from the client's own address (default). `false`: a plain connection from the
+    /// host, for backends that cannot route replies back through this host.
+    #[serde(default = "default_true")]
+    pub transparent: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Config {
+    /// Reads, parses and validates `path`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead { path: path.into(), source })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates `text`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::ConfigParse {
+            at: locate::at(path, text, e.span().map(|s| s.start)),
+            message: e.message().trim_end().to_owned(),
+        })?;
+        config.validate().map_err(|(key, message)| Error::ConfigInvalid {
+            at: locate::at(path, text, locate::key(text, &key)),
+            key,
+            message,
+        })?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests;

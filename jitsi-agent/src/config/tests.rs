@@ -1,0 +1,152 @@
+//! Parsing and validation of the configuration.
+use super::*;
+
+fn parse(s: &str) -> Result<Config> {
+    Config::parse(s, Path::new("test.toml"))
+}
+
+const GOOD: &str = r#"
+    [uplink]
+    interface = "eth0"
+    [[steer]]
+    name = "jvb"
+    protocol = "udp"
+    port = 10000
+    backend = ["172.18.0.10:10000", "[fd00::10]:10000"]
+    [[steer]]
+    name = "web"
+    protocol = "tcp"
+    port = 80
+    backend = "172.18.0.12:8000"
+"#;
+
+#[test]
+fn sni_section_defaults_and_errors() {
+    let base = "[uplink]\ninterface = \"eth0\"\n[[steer]]\nname=\"web\"\nprotocol=\"tcp\"\nport=80\nbackend=\"10.0.0.12:8000\"\n";
+    let route = "[[sni.route]]\nname=\"web\"\nserver_names=[\"meet.example.org\", \"*.example.org\"]\nbackend=\"10.0.0.12:8443\"\n";
+    let c = parse(&format!("{base}[sni]\n{route}")).unwrap();
+    let sni = c.sni.unwrap();
+    assert_eq!(sni.listen.len(), 2);
+    assert_eq!((sni.max_hello_bytes, sni.hello_timeout_secs, sni.connect_timeout_secs), (16384, 10.0, 3.0));
+    assert!(sni.routes[0].transparent);
+    let cases: [(&str, &str); 10] = [
+        ("[sni]\ndefault=\"nope\"\n", "`sni.default`: no [[sni.route]] is named `nope`"),
+        ("[sni]\nlisten=[]\n", "`sni.listen`"),
+        ("[sni]\nmax_hello_bytes=100\n", "`sni.max_hello_bytes`"),
+        ("[sni]\nhello_timeout_secs=0\n", "`sni.hello_timeout_secs`"),
+        ("[sni]\nreply_mark=5\nsocket_mark=5\n", "`sni.reply_mark`"),
+        ("[sni]\nroute_table=254\n", "`sni.route_table`"),
+        (
+            "[sni]\n[[sni.route]]\nname=\"a\"\nserver_names=[\"a_b.org\"]\nbackend=\"10.0.0.1:1\"\n",
+            "`sni.route[0].server_names[0]`: `a_b.org`",
+        ),
+        ("[sni]\n[[sni.route]]\nname=\"a\"\nbackend=\"10.0.0.1:1\"\n", "not the default: nothing would reach it"),
+        (
+            "[sni]\n[[sni.route]]\nname=\"a\"\nserver_names=[\"x.org\"]\nbackend=\"10.0.0.12:8000\"\n",
+            "also the backend of steering rule `web`",
+        ),
+        ("[sni]\nbogus=1\n", "unknown field `bogus`"),
+    ];
+    for (section, want) in cases {
+        let e = err(&format!("{base}{section}"));
+        assert!(e.contains(want), "{section:?}: {e}");
+    }
+    let dup = format!("{base}[sni]\n{route}{}", route.replace("name=\"web\"", "name=\"web2\""));
+    assert!(
+        err(&dup).contains("`sni.route[1].server_names[0]`: `meet.example.org` is already routed by `web`"),
+        "{}",
+        err(&dup)
+    );
+}
+
+#[test]
+fn an_empty_sni_table_is_all_defaults() {
+    let sni: Sni = toml::from_str("").unwrap();
+    assert_eq!((sni.reply_mark, sni.route_table, sni.rule_priority), (0x4a17, 0x4a17, 90));
+}
+
+#[test]
+fn the_shipped_example_parses() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/agent.toml");
+    let c = Config::load(&path).unwrap();
+    assert_eq!(c.uplink.interface, "eth0");
+    let names: Vec<_> = c.steer.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["jvb", "turn", "web"]);
+    let sni = c.sni.expect("the example has an [sni] section");
+    assert_eq!(sni.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web", "turn"]);
+}
+
+#[test]
+fn parses_the_documented_shape() {
+    let c = parse(GOOD).unwrap();
+    assert_eq!(c.pin_dir, Path::new(DEFAULT_PIN_DIR));
+    assert_eq!(c.steer.len(), 2);
+    assert_eq!(c.steer[0].backend.v4().unwrap().to_string(), "172.18.0.10:10000");
+    assert_eq!(c.steer[0].backend.v6().unwrap().to_string(), "[fd00::10]:10000");
+    assert!(c.steer[1].backend.v6().is_none());
+    assert_eq!(c.steer[1].protocol, Protocol::Tcp);
+}
+
+fn err(s: &str) -> String {
+    parse(s).unwrap_err().to_string()
+}
+
+#[test]
+fn rejects_bad_input_with_the_key() {
+    let base = "[uplink]\ninterface = \"eth0\"\n";
+    assert!(err(&format!("{base}bogus = 1")).contains("unknown field `bogus`"));
+    assert!(
+        err(&format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"sctp\"\nport=1\nbackend=\"10.0.0.1:1\""))
+            .contains("unknown variant `sctp`")
+    );
+    let e = err(&format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=0\nbackend=\"10.0.0.1:1\""));
+    assert!(e.contains("`steer[0].port`"), "{e}");
+    let dup = format!(
+        "{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"\n[[steer]]\nname=\"b\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.2:1\""
+    );
+    assert!(err(&dup).contains("`steer[1].port`: udp/1 is steered by another rule"));
+    let two_v4 =
+        format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=[\"10.0.0.1:1\",\"10.0.0.2:1\"]");
+    assert!(err(&two_v4).contains("at most one backend per address family"));
+    let lo = format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"127.0.0.1:1\"");
+    assert!(err(&lo).contains("loopback"));
+    let shared = format!(
+        "{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"\n[[steer]]\nname=\"b\"\nprotocol=\"udp\"\nport=2\nbackend=\"10.0.0.1:1\""
+    );
+    assert!(err(&shared).contains("already the backend of rule `a`"), "{}", err(&shared));
+    let name = format!("{base}[[steer]]\nname=\"a b\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"");
+    assert!(err(&name).contains("`steer[0].name`"));
+    assert!(err("[uplink]\ninterface=\"eth0\"\npin_dir=\"relative\"").contains("`pin_dir`"));
+    assert!(err("pin_dir = 3").contains("test.toml"));
+}
+
+/// Every file in `examples/invalid/` is refused with the `file:line:column` and message its
+/// first line (`# expect: …`) states.
+#[test]
+fn each_invalid_example_fails_with_its_message() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/invalid");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| {
+            panic!("{}: first line must be `# expect: LINE:COLUMN: message`", path.display())
+        });
+        let err = Config::load(&path).expect_err(&path.display().to_string()).to_string();
+        let want = format!("{}:{expect}", path.display());
+        assert!(err.starts_with(&want), "{}:\n  got:  {err}\n  want: {want}…", path.display());
+        assert!(!err.contains('\n'), "one line: {err}");
+        seen += 1;
+    }
+    assert!(seen >= 10, "only {seen} invalid examples");
+}
+
+#[test]
+fn locates_keys_in_the_file() {
+    let text = "[uplink]\ninterface = \"eth0\"\naddresses = [\"10.0.0.1\", \"224.0.0.1\"]\n";
+    assert_eq!(locate::key(text, "uplink.interface"), text.find("interface"));
+    assert_eq!(locate::key(text, "uplink.addresses[1]"), text.find("\"224"));
+    // A key that is absent (a default) points at its enclosing table.
+    assert_eq!(locate::key(text, "uplink.nothing"), text.find("[uplink]"));
+    assert_eq!(locate::key(text, "pin_dir"), None);
+}

@@ -1,0 +1,183 @@
+//! Checks a parsed configuration: each failure names the key (`steer[1].port`) and says what
+//! to do; `Config::parse` adds the file, line and column.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+};
+
+use jitsi_common::RULE_NAME_LEN;
+
+use super::{Config, Protocol, Sni};
+
+/// A key path and what is wrong with its value.
+pub(super) type Invalid = (String, String);
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), Invalid> {
+        let invalid = |key: String, message: String| (key, message);
+        if !self.pin_dir.is_absolute() {
+            return Err(invalid("pin_dir".into(), "must be an absolute path on a bpffs".into()));
+        }
+        if self.uplink.interface.is_empty() || self.uplink.interface.len() > 15 {
+            return Err(invalid("uplink.interface".into(), "must be an interface name (1 to 15 bytes)".into()));
+        }
+        for (i, a) in self.uplink.addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() {
+                return Err(invalid(format!("uplink.addresses[{i}]"), format!("{a} is not a unicast host address")));
+            }
+        }
+        let mut names = HashSet::new();
+        let mut ports = HashSet::new();
+        let mut backends_seen = HashMap::new();
+        for (i, rule) in self.steer.iter().enumerate() {
+            let key = |field: &str| format!("steer[{i}].{field}");
+            let name_ok = !rule.name.is_empty()
+                && rule.name.len() < RULE_NAME_LEN
+                && rule.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !name_ok {
+                return Err(invalid(
+                    key("name"),
+                    format!("`{}`: use 1 to {} letters, digits, `-` or `_`", rule.name, RULE_NAME_LEN - 1),
+                ));
+            }
+            if !names.insert(rule.name.as_str()) {
+                return Err(invalid(key("name"), format!("`{}` is used by another [[steer]] rule", rule.name)));
+            }
+            if rule.port == 0 {
+                return Err(invalid(key("port"), "must be 1 to 65535".into()));
+            }
+            if !ports.insert((rule.protocol, rule.port)) {
+                return Err(invalid(
+                    key("port"),
+                    format!("{}/{} is steered by another rule", rule.protocol, rule.port),
+                ));
+            }
+            let backends = rule.backend.as_slice();
+            let v4 = backends.iter().filter(|a| a.is_ipv4()).count();
+            let v6 = backends.iter().filter(|a| a.is_ipv6()).count();
+            if backends.is_empty() {
+                return Err(invalid(key("backend"), "needs at least one address".into()));
+            }
+            if v4 > 1 || v6 > 1 {
+                return Err(invalid(key("backend"), "at most one backend per address family".into()));
+            }
+            for a in backends {
+                // Replies are matched by (protocol, backend address, port): two rules cannot share one.
+                if let Some(other) = backends_seen.insert((rule.protocol, *a), rule.name.as_str()) {
+                    return Err(invalid(
+                        key("backend"),
+                        format!(
+                            "{}/{a} is already the backend of rule `{other}`; replies could not be told apart",
+                            rule.protocol
+                        ),
+                    ));
+                }
+                if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() || a.ip().is_loopback() {
+                    return Err(invalid(
+                        key("backend"),
+                        format!(
+                            "{a}: needs a unicast, non-loopback address and a port (XDP cannot redirect to loopback)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.steer.len() > jitsi_common::MAX_RULES as usize {
+            return Err(invalid("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
+        }
+        if let Some(sni) = &self.sni {
+            sni.validate(&backends_seen)?;
+        }
+        Ok(())
+    }
+}
+
+impl Sni {
+    /// The backends of the routes that connect transparently (from the client's address).
+    pub fn transparent_backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.routes.iter().filter(|r| r.transparent).flat_map(|r| r.backend.as_slice().iter().copied())
+    }
+
+    /// Checks the section; `steer_backends` are the steering rules' backends (a TCP one cannot
+    /// also be an SNI backend: the TC program could not tell their replies apart).
+    fn validate(
+        &self,
+        steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
+    ) -> Result<(), Invalid> {
+        use crate::sni::names::{NameTable, Pattern};
+        let err = |k: String, m: String| Err((k, m));
+        if self.listen.is_empty() {
+            return err("sni.listen".into(), "needs at least one address".into());
+        }
+        if !(512..=65536).contains(&self.max_hello_bytes) {
+            return err("sni.max_hello_bytes".into(), "must be 512 to 65536".into());
+        }
+        for (k, v) in [
+            ("hello_timeout_secs", self.hello_timeout_secs),
+            ("connect_timeout_secs", self.connect_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            ("drain_timeout_secs", self.drain_timeout_secs),
+        ] {
+            if !(v > 0.0 && v <= 86_400.0) {
+                return err(format!("sni.{k}"), "must be more than 0 and at most 86400 seconds".into());
+            }
+        }
+        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+            return err("sni.max_connections".into(), "limits must be at least 1".into());
+        }
+        if self.reply_mark == 0 || self.reply_mark == self.socket_mark {
+            return err("sni.reply_mark".into(), "must be non-zero and differ from socket_mark".into());
+        }
+        if matches!(self.route_table, 0 | 253..=255) {
+            return err("sni.route_table".into(), "0, 253, 254 and 255 are the kernel's own tables".into());
+        }
+        let mut table = NameTable::default();
+        let mut names = HashSet::new();
+        let mut backends = HashSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |f: &str| format!("sni.route[{i}].{f}");
+            if r.name.is_empty() || !names.insert(r.name.as_str()) {
+                return err(key("name"), format!("`{}` must be non-empty and unique", r.name));
+            }
+            for (j, n) in r.server_names.iter().enumerate() {
+                let p = Pattern::parse(n).map_err(|e| (key(&format!("server_names[{j}]")), format!("`{n}`: {e}")))?;
+                if let Some(other) = table.insert(p, i) {
+                    return err(
+                        key(&format!("server_names[{j}]")),
+                        format!("`{n}` is already routed by `{}`", self.routes[other].name),
+                    );
+                }
+            }
+            if r.server_names.is_empty() && self.default.as_deref() != Some(r.name.as_str()) {
+                return err(
+                    key("server_names"),
+                    "empty, and the route is not the default: nothing would reach it".into(),
+                );
+            }
+            let b = r.backend.as_slice();
+            if b.is_empty()
+                || b.iter().filter(|a| a.is_ipv4()).count() > 1
+                || b.iter().filter(|a| a.is_ipv6()).count() > 1
+            {
+                return err(key("backend"), "one address, or one per address family".into());
+            }
+            for a in b {
+                if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+                    return err(key("backend"), format!("{a}: needs a unicast address and a port"));
+                }
+                if let Some(rule) = steer_backends.get(&(Protocol::Tcp, *a)) {
+                    return err(key("backend"), format!("{a} is also the backend of steering rule `{rule}`"));
+                }
+                backends.insert(*a);
+            }
+        }
+        if let Some(d) = &self.default
+            && !names.contains(d.as_str())
+        {
+            return err("sni.default".into(), format!("no [[sni.route]] is named `{d}`"));
+        }
+        Ok(())
+    }
+}
+
