@@ -1,7 +1,8 @@
 //! Loading, pinning, attaching and adopting the eBPF datapath.
 //!
 //! Pin layout under the pin directory (see the README):
-//! - maps: `rules`, `host_addrs`, `replies`, `return_paths`, `rule_stats`, `reason_stats`
+//! - maps: `rules`, `host_addrs`, `replies`, `return_paths`, `rule_stats`, `reason_stats`, and
+//!   the SNI splitter's counters `sni_routes`, `sni_counters` (written by the agent)
 //! - programs: `prog_steer_in` (XDP), `prog_reply_out` (TC)
 //! - links: `link_xdp_<ifname>`, `link_tc_<ifname>`
 //!
@@ -16,7 +17,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray},
     programs::{
         LinkOrder, SchedClassifier, Xdp, XdpMode,
         links::FdLink,
@@ -31,10 +32,12 @@ use crate::{
     ebpf_object,
     error::{Error, Result},
     netlink::Link,
+    sni::stats::SniMaps,
 };
 
 /// Names of the maps, as pinned.
-pub const MAP_NAMES: [&str; 6] = ["rules", "host_addrs", "replies", "return_paths", "rule_stats", "reason_stats"];
+pub const MAP_NAMES: [&str; 8] =
+    ["rules", "host_addrs", "replies", "return_paths", "rule_stats", "reason_stats", "sni_routes", "sni_counters"];
 const PROG_STEER_IN: &str = "steer_in";
 const PROG_REPLY_OUT: &str = "reply_out";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -53,6 +56,8 @@ pub struct Maps {
     pub rule_stats: PerCpuArray<MapData, RuleStats>,
     /// `reason_stats`.
     pub reason_stats: PerCpuArray<MapData, ReasonStats>,
+    /// `sni_routes` and `sni_counters`.
+    pub sni: SniMaps,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -90,6 +95,10 @@ impl Maps {
             return_paths: HashMap::try_from(get("return_paths")?).map_err(map_err("return_paths"))?,
             rule_stats: PerCpuArray::try_from(get("rule_stats")?).map_err(map_err("rule_stats"))?,
             reason_stats: PerCpuArray::try_from(get("reason_stats")?).map_err(map_err("reason_stats"))?,
+            sni: SniMaps {
+                routes: HashMap::try_from(get("sni_routes")?).map_err(map_err("sni_routes"))?,
+                counters: Array::try_from(get("sni_counters")?).map_err(map_err("sni_counters"))?,
+            },
         })
     }
 }
@@ -154,7 +163,8 @@ pub fn prepare_pin_dir(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-fn is_bpffs(path: &Path) -> bool {
+/// Whether `path` is on a bpffs.
+pub fn is_bpffs(path: &Path) -> bool {
     let Ok(c) = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()) else { return false };
     // SAFETY: statfs writes into a zeroed struct we own; the path is NUL terminated.
     unsafe {

@@ -2,10 +2,13 @@
 //!
 //! `main.rs` is a thin CLI over this library; the integration tests drive the same code.
 
+pub mod check;
 pub mod config;
 pub mod datapath;
 pub mod ebpf_object;
 pub mod error;
+pub mod listeners;
+pub mod metrics;
 pub mod netlink;
 pub mod peer_napi;
 pub mod policy_routing;

@@ -1,10 +1,16 @@
 //! The `jitsi-agent` command line.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use jitsi_agent::{config::Config, run, status};
+use jitsi_agent::{
+    check,
+    config::Config,
+    listeners::Listeners,
+    run::{self, Control},
+    status,
+};
 
 #[derive(Parser)]
 #[command(version, about = "Steers a self-hosted Jitsi Meet's public ports to its containers with XDP/TC")]
@@ -15,8 +21,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Attach (or adopt) the datapath, fill it from the config and keep it current until
-    /// SIGTERM/SIGINT. The datapath stays attached after the agent exits.
+    /// The daemon: mount bpffs if needed, attach (or adopt) the pinned datapath, fill it from
+    /// the config, install the SNI splitter's routing and listen, then tell systemd it is ready.
+    ///
+    /// SIGHUP, or a change to the file, reloads it: rules are added, changed and removed in the
+    /// maps without touching the others, SNI routes and listeners are swapped; an invalid file
+    /// is refused and the running configuration stays. SIGTERM/SIGINT: stop accepting, let open
+    /// connections finish (`sni.drain_timeout_secs`), exit. The datapath stays attached, so
+    /// media keeps flowing while the agent is stopped or restarting. Listening sockets passed by
+    /// systemd (jitsi-agent.socket) are used instead of binding, so a restart refuses nothing.
     Run {
         /// Configuration file.
         #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
@@ -30,7 +43,9 @@ enum Command {
         #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
         config: PathBuf,
     },
-    /// Print the rules and counters read from the pinned maps (no running agent needed).
+    /// Print where the programs are attached and how, each rule with its backend, counters and
+    /// rates, the SNI routes' connections and refusals, and the pass/drop reasons, read from
+    /// the pinned maps (works whether or not the daemon runs).
     Status {
         /// Print JSON instead of a table.
         #[arg(long)]
@@ -41,11 +56,26 @@ enum Command {
         /// Read `pin_dir` from this configuration file.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Seconds between the two counter readings rates are computed from (0: no rates).
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+    },
+    /// Preflight: one line per check (kernel, BTF, bpffs, privileges, the uplink and its XDP
+    /// mode, ports, Docker port publishing and firewall rules on the same ports), with a fix for
+    /// each failure. Changes nothing. Exits non-zero when a check fails.
+    Check {
+        /// Configuration file.
+        #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
+        config: PathBuf,
     },
 }
 
 fn main() -> std::process::ExitCode {
-    match real_main() {
+    init_tracing();
+    // Before any thread exists: take the sockets systemd passed (and unset LISTEN_*).
+    // SAFETY: single-threaded here; the tokio runtime starts below.
+    let listeners = Arc::new(unsafe { Listeners::from_env() });
+    match real_main(listeners) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line with the whole cause chain: readable on a terminal and under journald.
@@ -55,49 +85,80 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn real_main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .init();
+/// Human output on a terminal; under journald (which adds the time and the unit) one plain
+/// line per event without colours or timestamps.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        fmt.without_time().init();
+    } else {
+        fmt.init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the tokio runtime")
+}
+
+fn real_main(listeners: Arc<Listeners>) -> Result<()> {
     match Cli::parse().command {
         Command::Run { config } => {
-            let path = config;
-            let config = Config::load(&path)?;
-            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            rt.block_on(run::run(config, shutdown_signal()))
-                .with_context(|| format!("jitsi-agent run --config {}", path.display()))?;
+            runtime()?
+                .block_on(async {
+                    let (tx, rx) = tokio::sync::mpsc::channel(8);
+                    tokio::spawn(forward_signals(tx));
+                    run::run(&config, listeners, rx).await
+                })
+                .with_context(|| format!("jitsi-agent run --config {}", config.display()))?;
         }
         Command::Teardown { config } => {
             let config = Config::load(&config)?;
-            let rt = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
-            rt.block_on(jitsi_agent::teardown::teardown(&config))?;
+            runtime()?.block_on(jitsi_agent::teardown::teardown(&config))?;
         }
-        Command::Status { json, pin_dir, config } => {
+        Command::Status { json, pin_dir, config, interval } => {
             let pin_dir = match (pin_dir, config) {
                 (Some(p), _) => p,
                 (None, Some(c)) => Config::load(&c)?.pin_dir,
                 (None, None) => PathBuf::from(jitsi_agent::config::DEFAULT_PIN_DIR),
             };
-            let status = status::read(&pin_dir).with_context(|| {
-                format!("reading the datapath pinned at {} (is the agent installed?)", pin_dir.display())
-            })?;
+            let status =
+                runtime()?.block_on(status::read(&pin_dir, Duration::from_secs_f64(interval))).with_context(|| {
+                    format!("reading the datapath pinned at {} (is the agent installed?)", pin_dir.display())
+                })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
                 print!("{status}");
             }
         }
+        Command::Check { config } => {
+            let report = runtime()?.block_on(check::check(&config));
+            print!("{report}");
+            if report.failed() > 0 {
+                anyhow::bail!("{} check(s) failed", report.failed());
+            }
+        }
     }
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// SIGHUP reloads; SIGTERM and SIGINT stop (a second one is left to the default handler's
+/// absence: the agent keeps draining until its deadline).
+async fn forward_signals(tx: tokio::sync::mpsc::Sender<Control>) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).expect("installing a SIGHUP handler");
+    loop {
+        let c = tokio::select! {
+            _ = term.recv() => Control::Stop,
+            _ = int.recv() => Control::Stop,
+            _ = hup.recv() => Control::Reload,
+        };
+        if tx.send(c).await.is_err() {
+            return;
+        }
     }
 }

@@ -155,6 +155,37 @@ pub struct RuleStats {
     pub bytes_out: u64,
 }
 
+/// Most SNI routes the pinned `sni_routes` map holds.
+pub const MAX_SNI_ROUTES: u32 = 256;
+
+/// Slots of the `sni_counters` array: 0 is accepted connections, 1.. are refusal reasons in
+/// the order the agent documents (`jitsi_agent::sni::stats::REFUSALS`).
+pub const SNI_COUNTERS: u32 = 16;
+
+/// Key of `sni_routes`: the route's name, NUL-padded. Written only by the agent (the kernel
+/// programs never touch it); pinned so that `status` and `bpftool` can read the splitter's
+/// counters with or without a running agent, and a restarted agent continues them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SniRouteKey {
+    /// `[[sni.route]] name`, NUL-padded.
+    pub name: [u8; RULE_NAME_LEN],
+}
+
+/// Counters of one SNI route (`sni_routes` value).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SniRouteStats {
+    /// Connections relayed to the route.
+    pub connections: u64,
+    /// Of those, open when the agent last wrote (0 after it stopped).
+    pub open: u64,
+    /// Client -> backend bytes, ClientHello included.
+    pub bytes_up: u64,
+    /// Backend -> client bytes.
+    pub bytes_down: u64,
+}
+
 /// Per-reason counters (`reason_stats`, per CPU, indexed by [`Reason`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -178,6 +209,8 @@ mod pod {
     unsafe impl aya::Pod for ReturnPath {}
     unsafe impl aya::Pod for RuleStats {}
     unsafe impl aya::Pod for ReasonStats {}
+    unsafe impl aya::Pod for SniRouteKey {}
+    unsafe impl aya::Pod for SniRouteStats {}
 }
 
 /// Compile-time layout checks: no implicit padding anywhere.

@@ -2,12 +2,12 @@
 //! (see the README's map reference); the key and value types live in `jitsi-common`.
 
 use aya_ebpf::{
-    btf_maps::{HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use jitsi_common::{
-    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RETURN_PATHS, MAX_RULES, REASON_COUNT, ReasonStats, Reply, ReplyKey,
-    ReturnPath, Rule, RuleKey, RuleStats,
+    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES, REASON_COUNT, ReasonStats,
+    Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats, SniRouteKey, SniRouteStats,
 };
 
 /// (protocol, family, public port) -> backend.
@@ -33,6 +33,15 @@ pub static RULE_STATS: PerCpuArray<RuleStats, { MAX_RULES as usize }> = PerCpuAr
 /// Per-reason counters of what was passed or dropped, indexed by `jitsi_common::Reason`.
 #[btf_map(name = "reason_stats")]
 pub static REASON_STATS: PerCpuArray<ReasonStats, { REASON_COUNT as usize }> = PerCpuArray::new();
+
+/// The SNI splitter's per-route counters, written by the agent (no program uses them; they
+/// live here so that they are pinned and inspected like the datapath's own).
+#[btf_map(name = "sni_routes")]
+pub static SNI_ROUTES: HashMap<SniRouteKey, SniRouteStats, { MAX_SNI_ROUTES as usize }> = HashMap::new();
+
+/// The SNI splitter's accepted and refused connection counts, written by the agent.
+#[btf_map(name = "sni_counters")]
+pub static SNI_COUNTERS: Array<u64, { jitsi_common::SNI_COUNTERS as usize }> = Array::new();
 
 #[inline(always)]
 pub fn count_reason(reason: jitsi_common::Reason, bytes: u64) {

@@ -118,7 +118,8 @@ impl<'de> Deserialize<'de> for OneOrMany {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct Visit;
         fn addr<E: serde::de::Error>(s: &str) -> std::result::Result<SocketAddr, E> {
-            s.parse().map_err(|_| E::custom(format!("`{s}` is not ADDRESS:PORT (e.g. 172.18.0.10:10000, [fd00::10]:10000)")))
+            s.parse()
+                .map_err(|_| E::custom(format!("`{s}` is not ADDRESS:PORT (e.g. 172.18.0.10:10000, [fd00::10]:10000)")))
         }
         impl<'de> serde::de::Visitor<'de> for Visit {
             type Value = OneOrMany;

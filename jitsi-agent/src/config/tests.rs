@@ -129,9 +129,11 @@ fn each_invalid_example_fails_with_its_message() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
-        let expect = text.lines().next().and_then(|l| l.strip_prefix("# expect: ")).unwrap_or_else(|| {
-            panic!("{}: first line must be `# expect: LINE:COLUMN: message`", path.display())
-        });
+        let expect = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# expect: "))
+            .unwrap_or_else(|| panic!("{}: first line must be `# expect: LINE:COLUMN: message`", path.display()));
         let err = Config::load(&path).expect_err(&path.display().to_string()).to_string();
         let want = format!("{}:{expect}", path.display());
         assert!(err.starts_with(&want), "{}:\n  got:  {err}\n  want: {want}…", path.display());

@@ -10,6 +10,13 @@ use jitsi_common::RULE_NAME_LEN;
 
 use super::{Config, Protocol, Sni};
 
+/// Rule and route names: they are stored in the pinned maps (NUL-padded, 24 bytes).
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() < RULE_NAME_LEN
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
 /// A key path and what is wrong with its value.
 pub(super) type Invalid = (String, String);
 
@@ -32,10 +39,7 @@ impl Config {
         let mut backends_seen = HashMap::new();
         for (i, rule) in self.steer.iter().enumerate() {
             let key = |field: &str| format!("steer[{i}].{field}");
-            let name_ok = !rule.name.is_empty()
-                && rule.name.len() < RULE_NAME_LEN
-                && rule.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !name_ok {
+            if !name_ok(&rule.name) {
                 return Err(invalid(
                     key("name"),
                     format!("`{}`: use 1 to {} letters, digits, `-` or `_`", rule.name, RULE_NAME_LEN - 1),
@@ -101,10 +105,7 @@ impl Sni {
 
     /// Checks the section; `steer_backends` are the steering rules' backends (a TCP one cannot
     /// also be an SNI backend: the TC program could not tell their replies apart).
-    fn validate(
-        &self,
-        steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
-    ) -> Result<(), Invalid> {
+    fn validate(&self, steer_backends: &HashMap<(Protocol, SocketAddr), &str>) -> Result<(), Invalid> {
         use crate::sni::names::{NameTable, Pattern};
         let err = |k: String, m: String| Err((k, m));
         if self.listen.is_empty() {
@@ -137,8 +138,14 @@ impl Sni {
         let mut backends = HashSet::new();
         for (i, r) in self.routes.iter().enumerate() {
             let key = |f: &str| format!("sni.route[{i}].{f}");
-            if r.name.is_empty() || !names.insert(r.name.as_str()) {
-                return err(key("name"), format!("`{}` must be non-empty and unique", r.name));
+            if !name_ok(&r.name) {
+                return err(
+                    key("name"),
+                    format!("`{}`: use 1 to {} letters, digits, `-` or `_`", r.name, RULE_NAME_LEN - 1),
+                );
+            }
+            if !names.insert(r.name.as_str()) {
+                return err(key("name"), format!("`{}` is used by another [[sni.route]]", r.name));
             }
             for (j, n) in r.server_names.iter().enumerate() {
                 let p = Pattern::parse(n).map_err(|e| (key(&format!("server_names[{j}]")), format!("`{n}`: {e}")))?;
@@ -180,4 +187,3 @@ impl Sni {
         Ok(())
     }
 }
-

@@ -8,4 +8,5 @@ pub mod proxy;
 pub mod relay;
 pub mod router;
 pub mod splice;
+pub mod stats;
 pub mod transparent;

@@ -1,0 +1,82 @@
+//! The uplink: present, addressed, and whether XDP runs there in driver mode.
+
+use aya::programs::XdpMode;
+
+use super::Check;
+use crate::{config::Config, datapath, netlink};
+
+/// The uplink and its XDP mode.
+pub(super) async fn uplink(config: &Config) -> Vec<Check> {
+    let name = &config.uplink.interface;
+    let what = format!("uplink {name}");
+    let h = match netlink::connect() {
+        Ok(h) => h,
+        Err(e) => return vec![Check::fail(what, e.report(), "run as root (netlink)")],
+    };
+    let link = match netlink::link_by_name(&h, name).await {
+        Ok(l) => l,
+        Err(_) => {
+            return vec![Check::fail(
+                what,
+                "no such interface",
+                "set [uplink] interface to the interface public traffic arrives on (see `ip -br link`)",
+            )];
+        }
+    };
+    let mut out = Vec::new();
+    let addrs = if config.uplink.addresses.is_empty() {
+        netlink::global_addresses(&h, link.index).await.unwrap_or_default()
+    } else {
+        config.uplink.addresses.clone()
+    };
+    out.push(if addrs.is_empty() {
+        Check::fail(what, "has no global address", "configure an address, or set [uplink] addresses")
+    } else {
+        let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        Check::ok(what, format!("index {}, steering packets sent to {}", link.index, list.join(", ")))
+    });
+    out.push(xdp_mode(&link));
+    out
+}
+
+/// Driver (native) XDP, or only generic. With a program already attached (the agent's), its
+/// mode is reported; otherwise a fresh, unpinned copy of `steer_in` (empty maps: it passes
+/// every packet) is attached in driver mode and detached at once.
+fn xdp_mode(link: &netlink::Link) -> Check {
+    let what = format!("xdp on {}", link.name);
+    if let Some((id, mode)) = link.xdp {
+        return match mode {
+            "driver" => Check::ok(what, format!("program #{id} attached in driver mode")),
+            _ => Check::warn(
+                what,
+                format!("program #{id} attached in {mode} mode"),
+                "generic XDP works but costs more CPU per packet; a virtio-net/veth/mlx5/i40e/ixgbe NIC runs it natively",
+            ),
+        };
+    }
+    let mut bpf = match datapath::load_unattached() {
+        Ok(b) => b,
+        Err(e) => {
+            return Check::fail(
+                what,
+                e.report(),
+                "run as root; the kernel must accept the program (see `check` kernel line)",
+            );
+        }
+    };
+    let prog = match datapath::xdp_program(&mut bpf) {
+        Ok(p) => p,
+        Err(e) => return Check::fail(what, e.report(), "rebuild the agent with `cargo xtask build`"),
+    };
+    match prog.attach_to_if_index(link.index, XdpMode::Driver) {
+        Ok(id) => {
+            let _ = prog.detach(id);
+            Check::ok(what, "the driver runs XDP natively")
+        }
+        Err(e) => Check::warn(
+            what,
+            format!("driver mode refused ({e}); the agent falls back to generic mode"),
+            "generic XDP works but costs more CPU per packet; a virtio-net/veth/mlx5/i40e/ixgbe NIC runs it natively",
+        ),
+    }
+}

@@ -1,0 +1,86 @@
+//! Listening sockets: taken over from the service manager (systemd socket activation,
+//! `LISTEN_FDS`) when it holds them, bound here otherwise.
+//!
+//! A socket the service manager holds outlives the agent: while the agent restarts, new
+//! connections wait in its backlog instead of being refused, and the new agent accepts them.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::fd::{FromRawFd, RawFd},
+    sync::Mutex,
+};
+
+use socket2::{Domain, Socket, Type};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+/// Backlog of sockets bound by the agent itself.
+const BACKLOG: i32 = 1024;
+
+/// Sockets inherited from the service manager, by local address.
+#[derive(Debug, Default)]
+pub struct Listeners {
+    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
+}
+
+impl Listeners {
+    /// Takes the listening TCP sockets passed by the service manager.
+    ///
+    /// # Safety
+    /// Unsets `LISTEN_PID`/`LISTEN_FDS` (so children do not inherit them): call it before any
+    /// other thread exists, like [`std::env::remove_var`].
+    pub unsafe fn from_env() -> Self {
+        // SAFETY: the caller guarantees no other thread runs.
+        let fds: Vec<RawFd> = match unsafe { sd_notify::listen_fds_and_unset_env() } {
+            Ok(fds) => fds.collect(),
+            Err(e) => {
+                warn!(error = %e, "ignoring the sockets passed by the service manager (LISTEN_FDS)");
+                Vec::new()
+            }
+        };
+        let mut inherited = HashMap::new();
+        for fd in fds {
+            // SAFETY: LISTEN_FDS hands these descriptors to this process, each exactly once.
+            let sock = unsafe { Socket::from_raw_fd(fd) };
+            match (sock.r#type(), sock.is_listener(), sock.local_addr().ok().and_then(|a| a.as_socket())) {
+                (Ok(Type::STREAM), Ok(true), Some(addr)) => {
+                    let _ = sock.set_nonblocking(true);
+                    info!(%addr, fd, "using the listening socket passed by the service manager");
+                    inherited.insert(addr, sock.into());
+                }
+                _ => warn!(fd, "ignoring a passed descriptor that is not a listening TCP socket"),
+            }
+        }
+        Listeners { inherited: Mutex::new(inherited) }
+    }
+
+    /// A listener on `addr`: a copy of the inherited socket for it (which stays here, to be
+    /// handed out again on a reload), else a socket bound now. IPv6 sockets are IPv6-only, so
+    /// `0.0.0.0:443` and `[::]:443` coexist.
+    pub fn tcp(&self, addr: SocketAddr) -> std::io::Result<TcpListener> {
+        if let Some(l) = self.inherited.lock().expect("listeners lock").get(&addr) {
+            return TcpListener::from_std(l.try_clone()?);
+        }
+        let sock = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+        sock.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            sock.set_only_v6(true)?;
+        }
+        sock.set_nonblocking(true)?;
+        sock.bind(&addr.into())?;
+        sock.listen(BACKLOG)?;
+        TcpListener::from_std(sock.into())
+    }
+
+    /// Whether `addr` is held by the service manager.
+    pub fn is_inherited(&self, addr: &SocketAddr) -> bool {
+        self.inherited.lock().expect("listeners lock").contains_key(addr)
+    }
+
+    /// Inherited sockets no configured address uses (logged: a `.socket` unit out of step
+    /// with the configuration).
+    pub fn unused(&self, used: &[SocketAddr]) -> Vec<SocketAddr> {
+        self.inherited.lock().expect("listeners lock").keys().filter(|a| !used.contains(a)).copied().collect()
+    }
+}

@@ -1,0 +1,265 @@
+//! Prometheus metrics (`[metrics] listen`): the datapath's counters read from the pinned maps at
+//! each scrape, the SNI splitter's from the running agent, served as text at `/metrics`.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use http_body_util::Full;
+use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+    registry::Registry,
+};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::{
+    error::{Error, Result},
+    sni::stats::Stats,
+    status,
+};
+
+/// What the agent shares with the endpoint.
+#[derive(Debug)]
+pub struct Shared {
+    /// Where the datapath's maps are pinned.
+    pub pin_dir: PathBuf,
+    /// The SNI splitter's counters.
+    pub sni: Arc<Stats>,
+    /// Configuration reloads applied.
+    pub reloads_ok: AtomicU64,
+    /// Configuration reloads refused (invalid file, or a change that needs a restart).
+    pub reloads_failed: AtomicU64,
+}
+
+/// The running endpoint.
+pub struct MetricsServer {
+    /// Where it listens.
+    pub listen: SocketAddr,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl MetricsServer {
+    /// Binds `listen` and serves `/metrics` until stopped.
+    pub async fn start(listen: SocketAddr, shared: Arc<Shared>) -> Result<Self> {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| Error::io(format!("metrics: listening on {listen} (set [metrics] listen)"), e))?;
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(AgentCollector(shared.clone())));
+        registry.register(
+            "jitsi_agent_sni_hello_read_seconds",
+            "Time from accepting a connection on the SNI listener to a complete ClientHello",
+            shared.sni.hello_seconds.clone(),
+        );
+        let registry = Arc::new(registry);
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok((stream, _)) => {
+                            let registry = registry.clone();
+                            tokio::spawn(async move {
+                                let service = service_fn(move |req| answer(req, registry.clone()));
+                                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
+                                    debug!(error = %e, "metrics: connection failed");
+                                }
+                            });
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "metrics: accept failed");
+                            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        }
+                    },
+                    () = token.cancelled() => break,
+                }
+            }
+        });
+        Ok(MetricsServer { listen, stop, task })
+    }
+
+    /// Stops listening.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn answer(
+    req: Request<hyper::body::Incoming>,
+    registry: Arc<Registry>,
+) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    let reply = |status, ctype: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static(ctype));
+        Ok(r)
+    };
+    if req.uri().path() != "/metrics" {
+        return reply(StatusCode::NOT_FOUND, "text/plain", "see /metrics\n".into());
+    }
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "GET /metrics\n".into());
+    }
+    let mut body = String::new();
+    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+        Ok(()) => reply(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", body),
+        Err(_) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "encoding failed\n".into()),
+    }
+}
+
+/// Reads everything but the histogram at scrape time.
+#[derive(Debug)]
+struct AgentCollector(Arc<Shared>);
+
+type Labels = Vec<(&'static str, String)>;
+
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: impl IntoIterator<Item = (Labels, M)>,
+) -> std::fmt::Result {
+    let mut fam = enc.encode_descriptor(name, help, None, kind)?;
+    for (labels, m) in rows {
+        m.encode(fam.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+fn counter(v: u64) -> ConstCounter<u64> {
+    ConstCounter::new(v)
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        use MetricType::{Counter, Gauge};
+        let s = &self.0;
+        match status::read_maps(&s.pin_dir) {
+            Ok(st) => {
+                let dir = |r: &status::RuleStatus| {
+                    [("in", r.packets_in, r.bytes_in), ("out", r.packets_out, r.bytes_out)]
+                        .map(|(d, p, b)| (vec![("rule", r.name.clone()), ("direction", d.to_string())], p, b))
+                };
+                let rows: Vec<_> = st.rules.iter().flat_map(dir).collect();
+                family(
+                    &mut enc,
+                    "jitsi_agent_rule_packets",
+                    "Packets steered (in) and replies sent (out) per [[steer]] rule",
+                    Counter,
+                    rows.iter().map(|(l, p, _)| (l.clone(), counter(*p))),
+                )?;
+                family(
+                    &mut enc,
+                    "jitsi_agent_rule_bytes",
+                    "Bytes (Ethernet frames) steered (in) and sent back (out) per rule",
+                    Counter,
+                    rows.iter().map(|(l, _, b)| (l.clone(), counter(*b))),
+                )?;
+                family(
+                    &mut enc,
+                    "jitsi_agent_backend_up",
+                    "1 when the rule's backend is resolved and steered to, 0 when its traffic is dropped as backend down",
+                    Gauge,
+                    st.rules.iter().flat_map(|r| {
+                        r.backends.iter().map(|b| {
+                            (
+                                vec![("rule", r.name.clone()), ("family", b.family.to_string())],
+                                ConstGauge::new(i64::from(b.state == "up")),
+                            )
+                        })
+                    }),
+                )?;
+                family(
+                    &mut enc,
+                    "jitsi_agent_datapath_packets",
+                    "Packets the XDP/TC programs passed or dropped, by reason",
+                    Counter,
+                    st.reasons.iter().map(|r| {
+                        (vec![("reason", r.reason.to_string()), ("action", r.action.to_string())], counter(r.packets))
+                    }),
+                )?;
+                family(
+                    &mut enc,
+                    "jitsi_agent_datapath_bytes",
+                    "Bytes the XDP/TC programs passed or dropped, by reason",
+                    Counter,
+                    st.reasons.iter().map(|r| {
+                        (vec![("reason", r.reason.to_string()), ("action", r.action.to_string())], counter(r.bytes))
+                    }),
+                )?;
+            }
+            Err(e) => debug!(error = %e.report(), "metrics: cannot read the pinned maps"),
+        }
+        let routes = s.sni.routes();
+        family(
+            &mut enc,
+            "jitsi_agent_sni_connections",
+            "Connections relayed per SNI route",
+            Counter,
+            routes.iter().map(|(n, r)| (vec![("route", n.clone())], counter(r.connections))),
+        )?;
+        family(
+            &mut enc,
+            "jitsi_agent_sni_route_open_connections",
+            "Connections being relayed per SNI route",
+            Gauge,
+            routes.iter().map(|(n, r)| (vec![("route", n.clone())], ConstGauge::new(r.open as i64))),
+        )?;
+        family(
+            &mut enc,
+            "jitsi_agent_sni_bytes",
+            "Bytes relayed per SNI route: up (client to backend, hello included) and down",
+            Counter,
+            routes.iter().flat_map(|(n, r)| {
+                [("up", r.bytes_up), ("down", r.bytes_down)]
+                    .map(|(d, v)| (vec![("route", n.clone()), ("direction", d.to_string())], counter(v)))
+            }),
+        )?;
+        family(
+            &mut enc,
+            "jitsi_agent_sni_accepted_connections",
+            "Connections accepted on the SNI listeners",
+            Counter,
+            [(Labels::new(), counter(s.sni.accepted.load(Ordering::Relaxed)))],
+        )?;
+        family(
+            &mut enc,
+            "jitsi_agent_sni_refused_connections",
+            "Connections the SNI splitter did not relay, by reason",
+            Counter,
+            s.sni.refusals().into_iter().map(|(r, v)| (vec![("reason", r.to_string())], counter(v))),
+        )?;
+        family(
+            &mut enc,
+            "jitsi_agent_sni_open_connections",
+            "Connections open on the SNI splitter (reading a hello or relayed)",
+            Gauge,
+            [(Labels::new(), ConstGauge::new(s.sni.open.load(Ordering::Relaxed) as i64))],
+        )?;
+        family(
+            &mut enc,
+            "jitsi_agent_config_reloads",
+            "Configuration reloads, by result",
+            Counter,
+            [("ok", &s.reloads_ok), ("failed", &s.reloads_failed)]
+                .map(|(r, v)| (vec![("result", r.to_string())], counter(v.load(Ordering::Relaxed)))),
+        )?;
+        Ok(())
+    }
+}

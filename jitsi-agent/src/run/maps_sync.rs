@@ -1,0 +1,72 @@
+//! Keeping the maps in line with the configuration without disturbing entries that are right.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    net::IpAddr,
+};
+
+use aya::maps::PerCpuValues;
+use jitsi_common::RuleStats;
+
+use crate::{
+    config::Config,
+    datapath::Maps,
+    error::{Error, Result},
+    resolve::Resolved,
+    rules::{self, Desired},
+    status::existing_slots,
+};
+
+/// Brings the `rules`, `replies` and `host_addrs` maps in line with the configuration. New
+/// and changed entries are written first, stale ones removed last; entries that are already
+/// right are not touched, so their traffic never sees a gap.
+pub fn sync_maps(
+    maps: &mut Maps,
+    config: &Config,
+    host_addrs: &[IpAddr],
+    uplink_ifindex: u32,
+    resolved: &HashMap<IpAddr, Resolved>,
+) -> Result<()> {
+    let existing = existing_slots(maps);
+    let (slots, fresh) = rules::assign_slots(&existing, config.steer.iter().map(|r| r.name.as_str()));
+    zero_rule_stats(maps, &fresh)?;
+    let Desired { rules, replies, host_addrs } =
+        rules::desired(&config.steer, config.sni.as_ref(), host_addrs, uplink_ifindex, &slots, resolved);
+    sync_hash("rules", &mut maps.rules, rules)?;
+    sync_hash("replies", &mut maps.replies, replies)?;
+    sync_hash("host_addrs", &mut maps.host_addrs, host_addrs)?;
+    Ok(())
+}
+
+fn zero_rule_stats(maps: &mut Maps, slots: &[u32]) -> Result<()> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| Error::io(what, e))?;
+    for &slot in slots {
+        let zero = PerCpuValues::try_from(vec![RuleStats::default(); cpus])
+            .map_err(|source| Error::Map { map: "rule_stats", source: aya::maps::MapError::from(source) })?;
+        maps.rule_stats.set(slot, zero, 0).map_err(|source| Error::Map { map: "rule_stats", source })?;
+    }
+    Ok(())
+}
+
+fn sync_hash<K, V>(
+    name: &'static str,
+    map: &mut aya::maps::HashMap<aya::maps::MapData, K, V>,
+    want: Vec<(K, V)>,
+) -> Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash + Ord,
+    V: aya::Pod + PartialEq,
+{
+    let err = |source| Error::Map { map: name, source };
+    let have: BTreeMap<K, V> = map.iter().collect::<Result<_, _>>().map_err(err)?;
+    let wanted: HashSet<K> = want.iter().map(|(k, _)| *k).collect();
+    for (k, v) in &want {
+        if have.get(k) != Some(v) {
+            map.insert(k, v, 0).map_err(err)?;
+        }
+    }
+    for k in have.keys().filter(|k| !wanted.contains(k)) {
+        map.remove(k).map_err(err)?;
+    }
+    Ok(())
+}

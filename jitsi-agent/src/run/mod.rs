@@ -1,0 +1,377 @@
+//! `jitsi-agent run`: attach or adopt the datapath, keep its maps in line with the
+//! configuration and the backends' current link-layer paths, serve the SNI splitter and the
+//! metrics, reload on request or when the file changes, and drain on stop.
+
+mod backends;
+mod maps_sync;
+mod sni;
+
+use std::{
+    collections::HashSet,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use rtnetlink::Handle;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+pub use self::maps_sync::sync_maps;
+use self::{backends::Backends, sni::SniRunning};
+use crate::{
+    config::{Config, Sni},
+    datapath::{Attach, Datapath},
+    error::{Error, Result},
+    listeners::Listeners,
+    metrics::{MetricsServer, Shared},
+    netlink::{self, Link},
+    sni::stats::Stats,
+};
+
+/// How often backends are re-resolved, host addresses re-read, the file checked for changes
+/// and the splitter's counters written to the pinned maps.
+const TICK: Duration = Duration::from_secs(1);
+/// How often refused SNI connections are summarised in the log (never one line each).
+const REFUSAL_SUMMARY: Duration = Duration::from_secs(60);
+
+/// What the daemon is asked to do (by signals, in `main`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Re-read the configuration file (SIGHUP).
+    Reload,
+    /// Drain and exit (SIGTERM, SIGINT).
+    Stop,
+}
+
+/// Tells the service manager (systemd `Type=notify`) about a state change; a no-op elsewhere.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, "cannot notify the service manager");
+    }
+}
+
+/// Runs the agent from the file at `path` until `Control::Stop` (or the channel closing).
+/// The datapath stays attached afterwards.
+pub async fn run(path: &Path, listeners: Arc<Listeners>, control: mpsc::Receiver<Control>) -> Result<()> {
+    let (config, text) = load(path)?;
+    let mut agent = Agent::start(path.to_owned(), config, text, listeners).await?;
+    notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&agent.summary())]);
+    let ended = agent.serve(control).await;
+    notify(&[sd_notify::NotifyState::Stopping]);
+    agent.stop().await.and(ended)?;
+    info!("stopped; the datapath stays attached and keeps forwarding");
+    Ok(())
+}
+
+/// Reads the file and parses it (the text is kept to notice changes).
+fn load(path: &Path) -> Result<(Config, String)> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead { path: path.into(), source })?;
+    Ok((Config::parse(&text, path)?, text))
+}
+
+struct Agent {
+    path: PathBuf,
+    config: Config,
+    /// The file's text as last applied, and as last refused (not retried until it changes).
+    text: String,
+    refused_text: Option<String>,
+    h: Handle,
+    uplink: Link,
+    host_addrs: Vec<IpAddr>,
+    dp: Datapath,
+    backends: Backends,
+    tc_done: HashSet<u32>,
+    listeners: Arc<Listeners>,
+    shared: Arc<Shared>,
+    sni: Option<SniRunning>,
+    metrics: Option<MetricsServer>,
+    refusals_logged: (Instant, u64),
+}
+
+impl Agent {
+    async fn start(path: PathBuf, config: Config, text: String, listeners: Arc<Listeners>) -> Result<Self> {
+        let h = netlink::connect()?;
+        let uplink = netlink::link_by_name(&h, &config.uplink.interface).await.map_err(|e| match e {
+            Error::NoSuchInterface(name) => Error::NoUplink(name),
+            e => e,
+        })?;
+        let host_addrs = host_addresses(&h, &config, &uplink).await?;
+        info!(uplink = %uplink.name, addresses = ?host_addrs, "host addresses");
+        let dp = Datapath::open(&config.pin_dir)?;
+        let stats = Arc::new(Stats::default());
+        stats.seed(&dp.maps.sni)?;
+        let shared = Arc::new(Shared {
+            pin_dir: config.pin_dir.clone(),
+            sni: stats,
+            reloads_ok: Default::default(),
+            reloads_failed: Default::default(),
+        });
+        let mut agent = Agent {
+            path,
+            config,
+            text,
+            refused_text: None,
+            h,
+            uplink,
+            host_addrs,
+            dp,
+            backends: Backends::default(),
+            tc_done: HashSet::new(),
+            listeners,
+            shared,
+            sni: None,
+            metrics: None,
+            refusals_logged: (Instant::now(), 0),
+        };
+        agent.backends.refresh(&agent.h, &agent.config).await;
+        agent.sync()?;
+        match agent.dp.ensure_xdp(&agent.uplink)? {
+            Attach::Attached(mode) => info!(interface = %agent.uplink.name, mode, "attached steer_in (XDP)"),
+            Attach::Adopted => {
+                info!(interface = %agent.uplink.name, mode = agent.uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)")
+            }
+        }
+        agent.attach_tc().await?;
+        if let Some(m) = &agent.config.metrics {
+            agent.metrics = Some(MetricsServer::start(m.listen, agent.shared.clone()).await?);
+            info!(listen = %m.listen, "metrics: serving /metrics");
+        }
+        if let Some(sni) = agent.config.sni.clone() {
+            agent.sni = Some(SniRunning::start(&agent.h, &sni, &agent.listeners, agent.shared.sni.clone()).await?);
+        }
+        let listening: Vec<_> = agent.config.sni.iter().flat_map(|s| s.listen.iter().copied()).collect();
+        for addr in agent.listeners.unused(&listening) {
+            warn!(%addr, "the service manager passed a socket no [sni] listen address uses; it stays idle");
+        }
+        agent.flush_sni()?;
+        info!(
+            rules = agent.config.steer.len(),
+            sni_routes = agent.config.sni.as_ref().map_or(0, |s| s.routes.len()),
+            adopted = agent.dp.adopted,
+            "ready"
+        );
+        Ok(agent)
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "steering {} rule(s); sni: {}",
+            self.config.steer.len(),
+            self.config.sni.as_ref().map_or("off".into(), |s| format!("{} route(s)", s.routes.len()))
+        )
+    }
+
+    /// The main loop; returns on `Control::Stop` or an error.
+    async fn serve(&mut self, mut control: mpsc::Receiver<Control>) -> Result<()> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                c = control.recv() => match c {
+                    Some(Control::Reload) => {
+                        info!(path = %self.path.display(), "reload requested (SIGHUP)");
+                        self.reload(true).await;
+                    }
+                    Some(Control::Stop) | None => return Ok(()),
+                },
+                _ = tick.tick() => self.tick().await?,
+            }
+        }
+    }
+
+    async fn tick(&mut self) -> Result<()> {
+        if let Ok(text) = std::fs::read_to_string(&self.path)
+            && text != self.text
+            && Some(&text) != self.refused_text.as_ref()
+        {
+            info!(path = %self.path.display(), "configuration file changed; reloading");
+            self.reload(false).await;
+        }
+        let mut changed = self.backends.refresh(&self.h, &self.config).await;
+        if self.config.uplink.addresses.is_empty() {
+            match netlink::global_addresses(&self.h, self.uplink.index).await {
+                Ok(now) if !now.is_empty() && now != self.host_addrs => {
+                    info!(uplink = %self.uplink.name, addresses = ?now, "host addresses changed");
+                    self.host_addrs = now;
+                    changed = true;
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e.report(), "cannot re-read the uplink's addresses"),
+            }
+        }
+        if changed {
+            self.sync()?;
+        }
+        self.attach_tc().await?;
+        self.flush_sni()?;
+        self.summarise_refusals();
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<()> {
+        sync_maps(&mut self.dp.maps, &self.config, &self.host_addrs, self.uplink.index, &self.backends.resolved)
+    }
+
+    /// Attaches `reply_out` where replies arrive: the steering backends' bridges and the SNI
+    /// backends' interfaces.
+    async fn attach_tc(&mut self) -> Result<()> {
+        let mut gateways: Vec<Link> = self.backends.resolved.values().map(|r| r.gateway.clone()).collect();
+        if let Some(sni) = &self.config.sni {
+            gateways.extend(sni_gateways(&self.h, sni).await);
+        }
+        for g in gateways {
+            if self.tc_done.insert(g.index) {
+                match self.dp.ensure_tc(&g)? {
+                    Attach::Attached(mode) => info!(interface = %g.name, mode, "attached reply_out (TC ingress)"),
+                    Attach::Adopted => info!(interface = %g.name, "adopted attached reply_out (TC ingress)"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_sni(&mut self) -> Result<()> {
+        let names = self.sni.as_ref().map(SniRunning::route_names).unwrap_or_default();
+        self.shared.sni.flush(&mut self.dp.maps.sni, &names)
+    }
+
+    fn summarise_refusals(&mut self) {
+        if self.refusals_logged.0.elapsed() < REFUSAL_SUMMARY {
+            return;
+        }
+        let by_reason = self.shared.sni.refusals();
+        let total: u64 = by_reason.iter().map(|(_, n)| n).sum();
+        if total > self.refusals_logged.1 {
+            let reasons: Vec<String> =
+                by_reason.iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r}={n}")).collect();
+            warn!(
+                refused = total - self.refusals_logged.1,
+                totals = %reasons.join(" "),
+                "sni: connections refused in the last minute (RUST_LOG=jitsi_agent=debug logs each)"
+            );
+        }
+        self.refusals_logged = (Instant::now(), total);
+    }
+
+    /// Re-reads the file; an invalid file or a change that needs a restart leaves everything
+    /// running as it is. `forced` (SIGHUP) retries a file that was refused before.
+    async fn reload(&mut self, forced: bool) {
+        notify(&[sd_notify::NotifyState::Reloading]);
+        let outcome = match load(&self.path) {
+            Ok((config, text)) => match self.apply(config).await {
+                Ok(()) => {
+                    self.text = text;
+                    self.refused_text = None;
+                    Ok(())
+                }
+                Err(e) => Err((e, text)),
+            },
+            Err(e) => Err((e, std::fs::read_to_string(&self.path).unwrap_or_default())),
+        };
+        match outcome {
+            Ok(()) => {
+                self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                info!(rules = self.config.steer.len(), "reloaded");
+            }
+            Err((e, text)) => {
+                self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                error!(error = %e.report(), "reload refused; the running configuration stays");
+                if !forced || self.refused_text.is_none() {
+                    self.refused_text = Some(text);
+                }
+            }
+        }
+        notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&self.summary())]);
+    }
+
+    async fn apply(&mut self, new: Config) -> Result<()> {
+        let restart = |key: &str| Error::ConfigInvalid {
+            at: self.path.display().to_string(),
+            key: key.into(),
+            message: "changing it needs a restart (systemctl restart jitsi-agent)".into(),
+        };
+        if new.pin_dir != self.config.pin_dir {
+            return Err(restart("pin_dir"));
+        }
+        if new.uplink.interface != self.config.uplink.interface {
+            return Err(restart("uplink.interface"));
+        }
+        // Listeners first: a port that cannot be bound refuses the whole reload.
+        match (&mut self.sni, &new.sni) {
+            (Some(running), Some(sni)) => running.update(&self.h, sni, &self.listeners).await?,
+            (None, Some(sni)) => {
+                self.sni = Some(SniRunning::start(&self.h, sni, &self.listeners, self.shared.sni.clone()).await?);
+            }
+            (Some(_), None) => {
+                if let Some(running) = self.sni.take() {
+                    running.stop(&self.h).await?;
+                }
+            }
+            (None, None) => {}
+        }
+        if new.uplink.addresses != self.config.uplink.addresses {
+            self.host_addrs = host_addresses(&self.h, &new, &self.uplink).await?;
+            info!(addresses = ?self.host_addrs, "host addresses");
+        }
+        let metrics_was = self.config.metrics.as_ref().map(|m| m.listen);
+        self.config = new;
+        self.backends.refresh(&self.h, &self.config).await;
+        self.sync()?;
+        self.attach_tc().await?;
+        let metrics_now = self.config.metrics.as_ref().map(|m| m.listen);
+        if metrics_now != metrics_was {
+            if let Some(m) = self.metrics.take() {
+                m.stop().await;
+            }
+            if let Some(listen) = metrics_now {
+                self.metrics = Some(MetricsServer::start(listen, self.shared.clone()).await?);
+                info!(%listen, "metrics: serving /metrics");
+            }
+        }
+        Ok(())
+    }
+
+    /// Drains the splitter, removes its routing and writes the final counters.
+    async fn stop(&mut self) -> Result<()> {
+        if let Some(m) = self.metrics.take() {
+            m.stop().await;
+        }
+        let stopped = match self.sni.take() {
+            Some(s) => s.stop(&self.h).await,
+            None => Ok(()),
+        };
+        self.flush_sni()?;
+        stopped
+    }
+}
+
+async fn host_addresses(h: &Handle, config: &Config, uplink: &Link) -> Result<Vec<IpAddr>> {
+    let addrs = if config.uplink.addresses.is_empty() {
+        netlink::global_addresses(h, uplink.index).await?
+    } else {
+        config.uplink.addresses.clone()
+    };
+    if addrs.is_empty() {
+        return Err(Error::NoHostAddress(config.uplink.interface.clone()));
+    }
+    Ok(addrs)
+}
+
+/// The interfaces the SNI routes' transparent backends are reached through (their replies
+/// arrive there and must be marked by `reply_out`); loopback backends need none.
+async fn sni_gateways(h: &Handle, sni: &Sni) -> Vec<Link> {
+    let mut out: Vec<Link> = Vec::new();
+    for b in sni.transparent_backends().filter(|b| !b.ip().is_loopback()) {
+        match netlink::route_oif(h, b.ip()).await {
+            Ok(oif) => match netlink::link_by_index(h, oif).await {
+                Ok(link) if link.index != 1 && !out.iter().any(|l| l.index == link.index) => out.push(link),
+                Ok(_) => {}
+                Err(e) => warn!(backend = %b, error = %e.report(), "sni: cannot find the backend's interface"),
+            },
+            Err(e) => warn!(backend = %b, error = %e.report(), "sni: no route to the backend"),
+        }
+    }
+    out
+}

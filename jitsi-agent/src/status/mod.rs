@@ -1,0 +1,265 @@
+//! `jitsi-agent status`: attach modes, rules, SNI routes and counters read from the pins (no
+//! running agent needed), with rates from two readings.
+
+mod attach;
+mod table;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+    time::Duration,
+};
+
+use jitsi_common::{FAMILY_V4, REASON_COUNT, RULE_HAS_BACKEND, RULE_RESOLVED, Reason};
+use serde::Serialize;
+
+use crate::{
+    config::Protocol,
+    datapath::Maps,
+    error::{Error, Result},
+    rules::{ip_from16, name_str},
+    sni::stats::REFUSALS,
+};
+
+/// The whole status, as printed by `status --json` (stable: fields are only ever added).
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// Where the maps were read from.
+    pub pin_dir: String,
+    /// Where the programs are attached, from the pinned links.
+    pub attachments: Vec<attach::Attachment>,
+    /// Seconds between the two readings the rates come from (0: no rates).
+    pub interval_secs: f64,
+    /// Steering rules, by name.
+    pub rules: Vec<RuleStatus>,
+    /// The SNI splitter's counters (as last written by the agent).
+    pub sni: SniStatus,
+    /// Pass/drop counters by reason, in reason order.
+    pub reasons: Vec<ReasonStatus>,
+}
+
+/// Counters read from the maps, without attachments or rates.
+#[derive(Debug)]
+pub struct Counters {
+    /// Steering rules, by name.
+    pub rules: Vec<RuleStatus>,
+    /// SNI counters.
+    pub sni: SniStatus,
+    /// Reasons.
+    pub reasons: Vec<ReasonStatus>,
+}
+
+/// `[sni]` counters.
+#[derive(Debug, Default, Serialize)]
+pub struct SniStatus {
+    /// Connections accepted on the listeners.
+    pub accepted: u64,
+    /// Per route, by name.
+    pub routes: Vec<SniRouteStatus>,
+    /// Refusals by reason (every reason, zeros included).
+    pub refused: Vec<SniRefusal>,
+}
+
+/// One `[[sni.route]]`.
+#[derive(Debug, Serialize)]
+pub struct SniRouteStatus {
+    /// Name from the configuration.
+    pub name: String,
+    /// Connections relayed.
+    pub connections: u64,
+    /// Open when last written (0 once the agent stopped).
+    pub open: u64,
+    /// Client -> backend bytes (hello included).
+    pub bytes_up: u64,
+    /// Backend -> client bytes.
+    pub bytes_down: u64,
+    /// New connections per second.
+    pub connections_per_sec: f64,
+}
+
+/// Refusals of one reason.
+#[derive(Debug, Serialize)]
+pub struct SniRefusal {
+    /// Reason name (see the README).
+    pub reason: &'static str,
+    /// Connections.
+    pub connections: u64,
+}
+
+/// One `[[steer]]` rule.
+#[derive(Debug, Serialize)]
+pub struct RuleStatus {
+    /// Name from the configuration.
+    pub name: String,
+    /// `udp` or `tcp`.
+    pub protocol: Protocol,
+    /// Public port.
+    pub port: u16,
+    /// Counter slot (index into `rule_stats`).
+    pub slot: u32,
+    /// One entry per address family the rule has a backend for.
+    pub backends: Vec<BackendStatus>,
+    /// Packets steered to the backend.
+    pub packets_in: u64,
+    /// Bytes steered to the backend.
+    pub bytes_in: u64,
+    /// Reply packets sent out of the uplink.
+    pub packets_out: u64,
+    /// Reply bytes sent out of the uplink.
+    pub bytes_out: u64,
+    /// Packets per second steered in, over the interval.
+    pub packets_in_per_sec: f64,
+    /// Bits per second steered in.
+    pub bits_in_per_sec: f64,
+    /// Reply packets per second.
+    pub packets_out_per_sec: f64,
+    /// Reply bits per second.
+    pub bits_out_per_sec: f64,
+}
+
+/// A rule's backend for one family.
+#[derive(Debug, Serialize)]
+pub struct BackendStatus {
+    /// `ipv4` or `ipv6`.
+    pub family: &'static str,
+    /// `ip:port`.
+    pub address: String,
+    /// `up` (resolved, steering) or `down` (packets dropped and counted as `in_backend_down`).
+    pub state: &'static str,
+    /// Interface index packets are redirected into (0 when down).
+    pub ifindex: u32,
+}
+
+/// One pass/drop reason.
+#[derive(Debug, Serialize)]
+pub struct ReasonStatus {
+    /// Reason name (see the README).
+    pub reason: &'static str,
+    /// `pass` or `drop`.
+    pub action: &'static str,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Rule name -> counter slot, from the `rules` map.
+pub fn existing_slots(maps: &Maps) -> HashMap<String, u32> {
+    maps.rules.iter().filter_map(|r| r.ok()).map(|(_, v)| (name_str(&v.name), v.slot)).collect()
+}
+
+/// Reads the status: attachments, and counters read twice `interval` apart for the rates.
+pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
+    let first = read_maps(pin_dir)?;
+    let attachments = attach::read(pin_dir).await?;
+    let mut st = Status {
+        pin_dir: pin_dir.display().to_string(),
+        attachments,
+        interval_secs: interval.as_secs_f64(),
+        rules: first.rules,
+        sni: first.sni,
+        reasons: first.reasons,
+    };
+    if interval.is_zero() {
+        return Ok(st);
+    }
+    let before: HashMap<String, [u64; 4]> =
+        st.rules.iter().map(|r| (r.name.clone(), [r.packets_in, r.bytes_in, r.packets_out, r.bytes_out])).collect();
+    let conns: HashMap<String, u64> = st.sni.routes.iter().map(|r| (r.name.clone(), r.connections)).collect();
+    tokio::time::sleep(interval).await;
+    let second = read_maps(pin_dir)?;
+    let secs = interval.as_secs_f64();
+    let rate = |now: u64, then: u64| now.saturating_sub(then) as f64 / secs;
+    st.rules = second.rules;
+    for r in &mut st.rules {
+        let b = before.get(&r.name).copied().unwrap_or([r.packets_in, r.bytes_in, r.packets_out, r.bytes_out]);
+        r.packets_in_per_sec = rate(r.packets_in, b[0]);
+        r.bits_in_per_sec = rate(r.bytes_in, b[1]) * 8.0;
+        r.packets_out_per_sec = rate(r.packets_out, b[2]);
+        r.bits_out_per_sec = rate(r.bytes_out, b[3]) * 8.0;
+    }
+    st.sni = second.sni;
+    for r in &mut st.sni.routes {
+        r.connections_per_sec = rate(r.connections, conns.get(&r.name).copied().unwrap_or(r.connections));
+    }
+    st.reasons = second.reasons;
+    Ok(st)
+}
+
+/// Reads the counters from the maps pinned in `pin_dir` (no rates).
+pub fn read_maps(pin_dir: &Path) -> Result<Counters> {
+    let maps = Maps::open_pinned(pin_dir)?;
+    let mut rules: BTreeMap<String, RuleStatus> = BTreeMap::new();
+    for entry in maps.rules.iter() {
+        let (k, v) = entry.map_err(|source| Error::Map { map: "rules", source })?;
+        let name = name_str(&v.name);
+        let r = rules.entry(name.clone()).or_insert_with(|| RuleStatus {
+            name,
+            protocol: Protocol::from_number(k.protocol).unwrap_or(Protocol::Udp),
+            port: k.port,
+            slot: v.slot,
+            backends: vec![],
+            packets_in: 0,
+            bytes_in: 0,
+            packets_out: 0,
+            bytes_out: 0,
+            packets_in_per_sec: 0.0,
+            bits_in_per_sec: 0.0,
+            packets_out_per_sec: 0.0,
+            bits_out_per_sec: 0.0,
+        });
+        if v.flags & RULE_HAS_BACKEND != 0 {
+            let ip = ip_from16(v.backend_addr, k.family);
+            r.backends.push(BackendStatus {
+                family: if k.family == FAMILY_V4 { "ipv4" } else { "ipv6" },
+                address: std::net::SocketAddr::new(ip, v.backend_port).to_string(),
+                state: if v.flags & RULE_RESOLVED != 0 { "up" } else { "down" },
+                ifindex: v.ifindex,
+            });
+            r.backends.sort_by_key(|b| b.family);
+        }
+    }
+    for r in rules.values_mut() {
+        let per_cpu = maps.rule_stats.get(&r.slot, 0).map_err(|source| Error::Map { map: "rule_stats", source })?;
+        for s in per_cpu.iter() {
+            r.packets_in += s.packets_in;
+            r.bytes_in += s.bytes_in;
+            r.packets_out += s.packets_out;
+            r.bytes_out += s.bytes_out;
+        }
+    }
+    let mut reasons = Vec::with_capacity(REASON_COUNT as usize);
+    for reason in Reason::ALL {
+        let per_cpu =
+            maps.reason_stats.get(&(reason as u32), 0).map_err(|source| Error::Map { map: "reason_stats", source })?;
+        reasons.push(ReasonStatus {
+            reason: reason.name(),
+            action: if reason.is_drop() { "drop" } else { "pass" },
+            packets: per_cpu.iter().map(|s| s.packets).sum(),
+            bytes: per_cpu.iter().map(|s| s.bytes).sum(),
+        });
+    }
+    Ok(Counters { rules: rules.into_values().collect(), sni: read_sni(&maps)?, reasons })
+}
+
+fn read_sni(maps: &Maps) -> Result<SniStatus> {
+    let counter = |i: u32| maps.sni.counters.get(&i, 0).map_err(|source| Error::Map { map: "sni_counters", source });
+    let mut routes = Vec::new();
+    for entry in maps.sni.routes.iter() {
+        let (k, v) = entry.map_err(|source| Error::Map { map: "sni_routes", source })?;
+        routes.push(SniRouteStatus {
+            name: name_str(&k.name),
+            connections: v.connections,
+            open: v.open,
+            bytes_up: v.bytes_up,
+            bytes_down: v.bytes_down,
+            connections_per_sec: 0.0,
+        });
+    }
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut refused = Vec::new();
+    for (i, r) in REFUSALS.iter().enumerate() {
+        refused.push(SniRefusal { reason: r.name(), connections: counter(i as u32 + 1)? });
+    }
+    Ok(SniStatus { accepted: counter(0)?, routes, refused })
+}
