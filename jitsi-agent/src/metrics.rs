@@ -142,6 +142,16 @@ fn family<M: EncodeMetric>(
     Ok(())
 }
 
+fn single<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    m: M,
+) -> std::fmt::Result {
+    m.encode(enc.encode_descriptor(name, help, None, kind)?)
+}
+
 fn counter(v: u64) -> ConstCounter<u64> {
     ConstCounter::new(v)
 }
@@ -231,12 +241,12 @@ impl Collector for AgentCollector {
                     .map(|(d, v)| (vec![("route", n.clone()), ("direction", d.to_string())], counter(v)))
             }),
         )?;
-        family(
+        single(
             &mut enc,
             "jitsi_agent_sni_accepted_connections",
             "Connections accepted on the SNI listeners",
             Counter,
-            [(Labels::new(), counter(s.sni.accepted.load(Ordering::Relaxed)))],
+            counter(s.sni.accepted.load(Ordering::Relaxed)),
         )?;
         family(
             &mut enc,
@@ -245,12 +255,12 @@ impl Collector for AgentCollector {
             Counter,
             s.sni.refusals().into_iter().map(|(r, v)| (vec![("reason", r.to_string())], counter(v))),
         )?;
-        family(
+        single(
             &mut enc,
             "jitsi_agent_sni_open_connections",
             "Connections open on the SNI splitter (reading a hello or relayed)",
             Gauge,
-            [(Labels::new(), ConstGauge::new(s.sni.open.load(Ordering::Relaxed) as i64))],
+            ConstGauge::new(s.sni.open.load(Ordering::Relaxed) as i64),
         )?;
         family(
             &mut enc,

@@ -3,7 +3,10 @@
 use std::{
     fs::File,
     io::Read,
-    os::{fd::AsRawFd, unix::process::CommandExt},
+    os::{
+        fd::{AsRawFd, RawFd},
+        unix::process::CommandExt,
+    },
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -64,6 +67,64 @@ impl AgentProcess {
         Ok(agent)
     }
 
+    /// Starts the agent as systemd socket activation would: `fds` become descriptors 3.. of the
+    /// agent, announced by `LISTEN_FDS` and `LISTEN_PID` (set by a shell that then execs the
+    /// agent, so the pid matches). The caller keeps its own copies, as systemd does.
+    pub fn start_with_sockets(ns: &NetNs, config: &Path, fds: &[RawFd]) -> Result<Self> {
+        let log = config.with_file_name(format!("{}.log", crate::netns::unique_name("agent")));
+        let err = File::create(&log)?;
+        let fds = fds.to_vec();
+        let mut cmd = command_in(ns, Path::new("/bin/sh"))?;
+        cmd.arg("-c")
+            .arg(format!("LISTEN_PID=$$ LISTEN_FDS={} exec \"$0\" run --config \"$1\"", fds.len()))
+            .arg(agent_bin())
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(err);
+        // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Move the sources out of the way first, then into place from 3 on.
+                let mut high = Vec::new();
+                for &fd in &fds {
+                    let h = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 100);
+                    if h < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    high.push(h);
+                }
+                for (i, h) in high.into_iter().enumerate() {
+                    if libc::dup2(h, 3 + i as RawFd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().with_context(|| format!("starting {}", agent_bin().display()))?;
+        let mut agent = AgentProcess { child, log };
+        agent.wait_for_log("jitsi_agent::run: ready", Duration::from_secs(30))?;
+        Ok(agent)
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`).
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    /// Waits for the agent to exit by itself and returns its log; fails on a non-zero exit.
+    pub fn wait(mut self) -> Result<String> {
+        let status = self.child.wait()?;
+        let log = self.log();
+        if !status.success() {
+            bail!("jitsi-agent exited with {status}:\n{log}");
+        }
+        Ok(log)
+    }
+
     /// The agent's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -90,7 +151,8 @@ impl AgentProcess {
         s
     }
 
-    fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+    /// Waits until the log contains `needle` (fails if the agent exits first).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < timeout {
             if self.log().contains(needle) {

@@ -189,6 +189,27 @@ impl Lab {
         self.backends.iter().find(|b| b.name == name).unwrap_or_else(|| panic!("no backend {name} in the lab"))
     }
 
+    /// `jitsi-agent status --json` run in the host namespace (where the uplink and bridge are),
+    /// reading this lab's pins; no rates.
+    pub fn status(&self) -> Result<serde_json::Value> {
+        let mut cmd = crate::agent::command_in(&self.host, &crate::agent::agent_bin())?;
+        cmd.args(["status", "--json", "--interval", "0", "--pin-dir"]).arg(&self.pin_dir);
+        let out = run(&mut cmd)?;
+        serde_json::from_str(&out).with_context(|| format!("status --json is not JSON: {out}"))
+    }
+
+    /// An SNI refusal count from `status --json`.
+    pub fn sni_refused(&self, reason: &str) -> u64 {
+        let st = self.status().expect("status");
+        st["sni"]["refused"]
+            .as_array()
+            .expect("sni.refused")
+            .iter()
+            .find(|r| r["reason"] == reason)
+            .and_then(|r| r["connections"].as_u64())
+            .unwrap_or_else(|| panic!("no refusal reason {reason} in {st}"))
+    }
+
     /// Writes an agent configuration for this lab: `rules` are TOML `[[steer]]` blocks.
     pub fn write_config(&self, rules: &str) -> Result<PathBuf> {
         let path = self.work.dir.join("agent.toml");

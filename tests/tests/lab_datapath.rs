@@ -8,7 +8,7 @@ use std::{
 };
 
 use jitsi_tests::{
-    agent::{AgentProcess, agent_cli},
+    agent::AgentProcess,
     clients::{tcp_echo, udp_round_trip, udp_socket},
     lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab},
     netns::NetNs,
@@ -21,8 +21,7 @@ fn lab() -> Lab {
 }
 
 fn status(lab: &Lab) -> Value {
-    let out = agent_cli(&["status", "--json", "--pin-dir", &lab.pin_dir.display().to_string()]).expect("status");
-    serde_json::from_str(&out).expect("status --json is JSON")
+    lab.status().expect("status --json")
 }
 
 fn rule<'a>(status: &'a Value, name: &str) -> &'a Value {

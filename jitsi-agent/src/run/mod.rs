@@ -233,7 +233,7 @@ impl Agent {
     }
 
     fn flush_sni(&mut self) -> Result<()> {
-        let names = self.sni.as_ref().map(SniRunning::route_names).unwrap_or_default();
+        let names: Vec<String> = self.config.sni.iter().flat_map(|s| s.routes.iter().map(|r| r.name.clone())).collect();
         self.shared.sni.flush(&mut self.dp.maps.sni, &names)
     }
 

@@ -76,11 +76,6 @@ impl SniRunning {
         }
     }
 
-    /// The current routes' names.
-    pub(super) fn route_names(&self) -> Vec<String> {
-        self.proxy.route_names()
-    }
-
     /// Applies a changed `[sni]` section: new listeners are opened before anything else changes
     /// (a failure leaves the running splitter as it was), then the policy routing is replaced if
     /// its settings changed, the routing table swapped, and listeners no longer configured closed.

@@ -119,11 +119,6 @@ impl Proxy {
         *self.table.write().expect("table lock") = table;
     }
 
-    /// The current routes' names, in configuration order.
-    pub fn route_names(&self) -> Vec<String> {
-        self.table().router.routes.iter().map(|r| r.name.clone()).collect()
-    }
-
     /// Connections open now (reading a hello or relaying).
     pub fn open_connections(&self) -> usize {
         self.open.lock().expect("open lock").0

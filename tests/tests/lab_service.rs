@@ -1,0 +1,361 @@
+//! The agent as a service: reloading while traffic flows, restarting under TCP connect load
+//! with the listening socket held for it (socket activation), `check`, metrics and `status`.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::AsRawFd,
+    path::Path,
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use jitsi_tests::{
+    agent::{AgentProcess, agent_bin, command_in},
+    clients::{udp_round_trip, udp_socket},
+    lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, UPLINK},
+    netns::NetNs,
+    servers,
+};
+use serde_json::Value;
+
+fn hello(name: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+/// Replaces the file the way an editor or config management does: a new file renamed over it.
+fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn rule<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
+    status["rules"].as_array().unwrap().iter().find(|r| r["name"] == name)
+}
+
+/// Streams numbered UDP datagrams to `to` at `rate` per second for `secs`, from the lab's
+/// client; returns how many were sent.
+fn stream(lab: &Lab, to: SocketAddr, rate: u64, secs: u64) -> std::thread::JoinHandle<u64> {
+    let client = udp_socket(&lab.inet, false).unwrap();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let total = rate * secs;
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            client.send_to(format!("seq-{i}").as_bytes(), to).unwrap();
+        }
+        total
+    })
+}
+
+/// The `seq-N` numbers below `sent` that `sink` never received.
+fn lost(sink: &servers::Server, sent: u64) -> Vec<u64> {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while (sink.count() as u64) < sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let seen = sink.seen.lock().unwrap();
+    let got: std::collections::HashSet<String> =
+        seen.iter().map(|(_, p)| String::from_utf8_lossy(p).into_owned()).collect();
+    (0..sent).filter(|i| !got.contains(&format!("seq-{i}"))).collect()
+}
+
+#[test]
+fn reload_changes_rules_while_traffic_on_another_loses_nothing() {
+    let lab = Lab::new(&["jvb", "turn", "web", "other"]).expect("lab");
+    let (jvb, other) = (lab.backend("jvb"), lab.backend("other"));
+    let jvb_sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let other3479 = servers::udp(&other.ns, other.addr4(3479)).unwrap();
+    let _other5000 = servers::udp(&other.ns, other.addr4(5000)).unwrap();
+    let _turn = servers::udp(&lab.backend("turn").ns, lab.backend("turn").addr4(3478)).unwrap();
+    let config = lab.write_config(LAB_RULES).unwrap();
+    let original = std::fs::read_to_string(&config).unwrap();
+    let mut agent = AgentProcess::start(&lab.host, &config).unwrap();
+    let client = udp_socket(&lab.inet, false).unwrap();
+    let host = |port| SocketAddr::new(HOST_V4.into(), port);
+    // Before: 3478 goes to turn.
+    let (_, reply) = udp_round_trip(&client, host(3478), "before").unwrap();
+    assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
+
+    let streamer = stream(&lab, host(10000), 2000, 5);
+    std::thread::sleep(Duration::from_millis(500));
+    // 1. A file change: turn's backend moves, a rule is added, web is removed.
+    let changed = original
+        .replace("backend = [\"192.0.2.11:3478\", \"[2001:db8:b::11]:3478\"]", "backend = \"192.0.2.13:3479\"")
+        .replace(
+            "[[steer]]\nname = \"web\"\nprotocol = \"tcp\"\nport = 80\nbackend = [\"192.0.2.12:8000\", \"[2001:db8:b::12]:8000\"]\n",
+            "[[steer]]\nname = \"extra\"\nprotocol = \"udp\"\nport = 5000\nbackend = \"192.0.2.13:5000\"\n",
+        );
+    assert_ne!(changed, original);
+    replace_file(&config, &changed);
+    agent.wait_for_log("reloaded", Duration::from_secs(5)).unwrap();
+    let (from, reply) = udp_round_trip(&client, host(3478), "moved").unwrap();
+    assert_eq!(from, host(3478), "the reply still comes from the public port");
+    assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")) && reply.ends_with("moved"), "{reply}");
+    assert_eq!(other3479.count(), 1, "3478 now reaches other:3479");
+    let (_, reply) = udp_round_trip(&client, host(5000), "added").unwrap();
+    assert!(reply.ends_with("added"), "{reply}");
+    let st = lab.status().unwrap();
+    assert!(rule(&st, "web").is_none() && rule(&st, "extra").is_some(), "{st}");
+
+    // 2. An invalid file is refused; everything keeps running as it was.
+    replace_file(&config, &changed.replace("port = 5000", "port = 0"));
+    agent.wait_for_log("reload refused", Duration::from_secs(5)).unwrap();
+    let log = agent.log();
+    assert!(log.contains("`steer[2].port`: must be 1 to 65535"), "{log}");
+    let (_, reply) = udp_round_trip(&client, host(5000), "still").unwrap();
+    assert!(reply.ends_with("still"), "{reply}");
+
+    // 3. SIGHUP after restoring the original: back to turn.
+    std::fs::write(&config, &original).unwrap();
+    // Written in place (not renamed): the file watcher may pick it up first; either way one
+    // more "reloaded" line appears.
+    let reloads = agent.log().matches("reloaded").count();
+    agent.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while agent.log().matches("reloaded").count() <= reloads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (_, reply) = udp_round_trip(&client, host(3478), "back").unwrap();
+    assert!(reply.ends_with("back"), "{reply}");
+    assert_eq!(other3479.count(), 1, "3478 no longer reaches other");
+
+    let sent = streamer.join().unwrap();
+    let lost = lost(&jvb_sink, sent);
+    assert!(
+        lost.is_empty(),
+        "{} of {sent} jvb packets lost across three reloads: {:?}",
+        lost.len(),
+        &lost[..lost.len().min(20)]
+    );
+    let st = lab.status().unwrap();
+    assert_eq!(rule(&st, "jvb").unwrap()["packets_in"].as_u64().unwrap(), sent, "jvb's counter was never reset");
+    let log = agent.stop().unwrap();
+    assert_eq!(log.matches("attached steer_in").count(), 1, "reloads never re-attach:\n{log}");
+}
+
+const SNI_WEB: &str = r#"
+[sni]
+listen = ["0.0.0.0:443"]
+default = "web"
+drain_timeout_secs = 20
+
+[[sni.route]]
+name = "web"
+server_names = ["meet.example.test"]
+backend = ["192.0.2.12:8443", "[2001:db8:b::12]:8443"]
+"#;
+
+/// Connects to the host's 443, sends a recorded hello and reads the backend's greeting.
+fn sni_exchange(inet: &NetNs, hello: &[u8]) -> std::io::Result<TcpStream> {
+    let to = SocketAddr::new(HOST_V4.into(), 443);
+    let mut s = inet.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).unwrap()?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(hello)?;
+    let mut greeting = [0u8; 5];
+    s.read_exact(&mut greeting)?;
+    if &greeting != b"seen " {
+        return Err(std::io::Error::other(format!("greeting {greeting:?}")));
+    }
+    Ok(s)
+}
+
+#[test]
+fn restart_under_tcp_connect_load_refuses_nothing_and_open_connections_finish() {
+    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
+    let web = lab.backend("web");
+    let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    let config = lab.write_config(&format!("{LAB_RULES}{SNI_WEB}")).unwrap();
+    // The listening socket systemd's jitsi-agent.socket would hold.
+    let held = lab.host.enter(|| TcpListener::bind("0.0.0.0:443")).unwrap().unwrap();
+    let first = AgentProcess::start_with_sockets(&lab.host, &config, &[held.as_raw_fd()]).unwrap();
+    assert!(first.log().contains("using the listening socket passed by the service manager"), "{}", first.log());
+    let hello = hello("chromium-meet.bin");
+
+    // A connection relayed before the restart.
+    let mut long = sni_exchange(&lab.inet, &hello).unwrap();
+    let mut line = Vec::new();
+    let mut b = [0u8; 1];
+    while b[0] != b'\n' {
+        long.read_exact(&mut b).unwrap();
+        line.push(b[0]);
+    }
+    let mut echoed = vec![0u8; hello.len()];
+    long.read_exact(&mut echoed).unwrap();
+
+    // New connections, one after another, for the whole restart.
+    let stop = AtomicBool::new(false);
+    let ok = AtomicU64::new(0);
+    let failed = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        let load = scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                match sni_exchange(&lab.inet, &hello) {
+                    Ok(_) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => failed.lock().unwrap().push(e.to_string()),
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let before = ok.load(Ordering::Relaxed);
+        first.signal(libc::SIGTERM);
+        // The old agent drains: the relayed connection still works after SIGTERM...
+        std::thread::sleep(Duration::from_millis(300));
+        long.write_all(b"after-sigterm").unwrap();
+        let mut back = [0u8; 13];
+        long.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"after-sigterm");
+        // ...and the agent exits once it closes.
+        drop(long);
+        let first_log = first.wait().unwrap();
+        assert!(first_log.contains("draining open connections"), "{first_log}");
+        let second = AgentProcess::start_with_sockets(&lab.host, &config, &[held.as_raw_fd()]).unwrap();
+        let restarted_at = ok.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(700));
+        stop.store(true, Ordering::Relaxed);
+        load.join().unwrap();
+        let after = ok.load(Ordering::Relaxed);
+        assert!(
+            before > 5 && after > restarted_at + 5,
+            "load before {before}, at restart {restarted_at}, after {after}"
+        );
+        second.stop().unwrap();
+    });
+    let failed = failed.into_inner().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} connections failed across the restart: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+fn check(ns: &NetNs, config: &Path) -> (bool, String) {
+    let out = command_in(ns, &agent_bin()).unwrap().args(["check", "--config"]).arg(config).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn check_passes_a_good_setup_and_names_each_problem_of_a_broken_one() {
+    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
+    let config = lab.write_config(&format!("{LAB_RULES}{SNI_WEB}")).unwrap();
+    let (ok, out) = check(&lab.host, &config);
+    assert!(ok, "{out}");
+    for line in [
+        format!("ok   uplink {UPLINK}: index"),
+        format!("ok   xdp on {UPLINK}: the driver runs XDP natively"),
+        "ok   port tcp/443 (sni): free".into(),
+        "ok   port udp/10000 (steer jvb): no other listener or port publishing".into(),
+        "ok   kernel".into(),
+        "ok   privileges".into(),
+    ] {
+        assert!(out.contains(&line), "missing `{line}` in:\n{out}");
+    }
+    lab.assert_host_is_plain().unwrap();
+
+    // Broken: 443 taken, Docker-style DNAT on 10000, then a missing uplink.
+    let _squatter = servers::tcp(&lab.host, "0.0.0.0:443".parse().unwrap()).unwrap();
+    let nft = "add table ip dockerish\n\
+               add chain ip dockerish pre { type nat hook prerouting priority -100; }\n\
+               add rule ip dockerish pre udp dport 10000 dnat to 192.0.2.10\n";
+    let mut cmd = command_in(&lab.host, Path::new("nft")).unwrap();
+    let mut child = cmd.args(["-f", "-"]).stdin(std::process::Stdio::piped()).spawn().unwrap();
+    child.stdin.take().unwrap().write_all(nft.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success());
+    let (ok, out) = check(&lab.host, &config);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("FAIL port tcp/443 (sni): taken by") && out.contains("-> fix: stop or move that service"),
+        "{out}"
+    );
+    assert!(
+        out.contains("warn port udp/10000 (steer jvb): nftables DNAT rule(s) for it (ip dockerish chain pre)"),
+        "{out}"
+    );
+    assert!(out.contains("1 failed") && out.contains("error: 1 check(s) failed"), "{out}");
+
+    let broken = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace(&format!("interface = \"{UPLINK}\""), "interface = \"nope0\"");
+    std::fs::write(&config, broken).unwrap();
+    let (ok, out) = check(&lab.host, &config);
+    assert!(!ok);
+    assert!(out.contains("FAIL uplink nope0: no such interface -> fix: set [uplink] interface"), "{out}");
+}
+
+/// `GET /metrics` from inside `ns`.
+fn scrape(ns: &NetNs, addr: &str) -> String {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut s = ns.enter(move || TcpStream::connect(addr)).unwrap().unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
+
+#[test]
+fn metrics_and_status_show_rules_sni_routes_and_attachments() {
+    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
+    let jvb = lab.backend("jvb");
+    let _jvb = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let web = lab.backend("web");
+    let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    let config = lab.write_config(&format!("{LAB_RULES}{SNI_WEB}\n[metrics]\nlisten = \"127.0.0.1:9477\"\n")).unwrap();
+    let agent = AgentProcess::start(&lab.host, &config).unwrap();
+    let client = udp_socket(&lab.inet, false).unwrap();
+    for i in 0..7 {
+        udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), &format!("m{i}")).unwrap();
+    }
+    for _ in 0..3 {
+        drop(sni_exchange(&lab.inet, &hello("chromium-meet.bin")).unwrap());
+    }
+    let m = scrape(&lab.host, "127.0.0.1:9477");
+    for want in [
+        "jitsi_agent_rule_packets_total{rule=\"jvb\",direction=\"in\"} 7",
+        "jitsi_agent_rule_packets_total{rule=\"jvb\",direction=\"out\"} 7",
+        "jitsi_agent_backend_up{rule=\"jvb\",family=\"ipv4\"} 1",
+        "jitsi_agent_sni_connections_total{route=\"web\"} 3",
+        "jitsi_agent_sni_accepted_connections_total 3",
+        "jitsi_agent_sni_refused_connections_total{reason=\"no_route\"} 0",
+        "jitsi_agent_sni_hello_read_seconds_count 3",
+        "jitsi_agent_config_reloads_total{result=\"ok\"} 0",
+    ] {
+        assert!(m.contains(want), "missing `{want}` in:\n{m}");
+    }
+    // status reads the same from the pins (the splitter's counters are flushed each second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let st = lab.status().unwrap();
+    assert_eq!(rule(&st, "jvb").unwrap()["packets_in"], 7);
+    let web_route = st["sni"]["routes"].as_array().unwrap().iter().find(|r| r["name"] == "web").unwrap().clone();
+    assert_eq!(web_route["connections"], 3, "{st}");
+    assert_eq!(st["sni"]["accepted"], 3, "{st}");
+    let modes: Vec<(String, String)> = st["attachments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["interface"].as_str().unwrap().into(), a["mode"].as_str().unwrap().into()))
+        .collect();
+    assert!(
+        modes.contains(&(UPLINK.into(), "driver".into())) && modes.contains(&("br0".into(), "tcx".into())),
+        "{modes:?}"
+    );
+    // After the agent stops, status still works from the pins and shows nothing open.
+    agent.stop().unwrap();
+    let st = lab.status().unwrap();
+    assert_eq!(st["sni"]["routes"][0]["connections"], 3, "{st}");
+    assert_eq!(st["sni"]["routes"][0]["open"], 0, "{st}");
+    // The human table, with rates over a short interval.
+    let mut cmd = command_in(&lab.host, &agent_bin()).unwrap();
+    let out = cmd.args(["status", "--interval", "0.2", "--pin-dir"]).arg(&lab.pin_dir).output().unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("PPS IN") && table.contains("SNI ROUTE") && table.contains("steer_in (XDP)"), "{table}");
+}
