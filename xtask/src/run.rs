@@ -12,7 +12,8 @@ use crate::{
 /// Debian packages the lab and the tests use: `ip` (iproute2) to build namespaces, `ethtool`
 /// for veth offloads, `bpftool` to check pinned maps, nftables/iptables to prove the host
 /// namespace has no rules.
-const LAB_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "nftables", "iptables"];
+// systemd: `systemd-analyze verify` checks the shipped units.
+const LAB_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "nftables", "iptables", "systemd"];
 
 fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");
