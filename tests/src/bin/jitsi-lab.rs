@@ -60,6 +60,18 @@ backend = "192.0.2.12:8443"
 name = "turn"
 server_names = ["turn.example.test"]
 backend = "192.0.2.11:5349"
+
+[metrics]
+listen = "127.0.0.1:9477"
+"#;
+
+/// Added by the demo's reload: a second web port, steered in the kernel.
+const DEMO_RELOAD_RULE: &str = r#"
+[[steer]]
+name = "web-alt"
+protocol = "tcp"
+port = 8080
+backend = "192.0.2.12:8080"
 "#;
 
 fn section(title: &str) {
@@ -130,12 +142,20 @@ fn demo(agent: PathBuf) -> Result<()> {
         ("web", servers::tcp(&web.ns, web.addr6(8000))?),
         ("web (TLS)", servers::tcp(&web.ns, web.addr4(8443))?),
         ("turn (TLS)", servers::tcp(&turn.ns, turn.addr4(5349))?),
+        ("web (alt)", servers::tcp(&web.ns, web.addr4(8080))?),
     ];
 
     section("agent configuration");
     let config = lab.write_config(&format!("{LAB_RULES}{DEMO_SNI}"))?;
     print!("{}", std::fs::read_to_string(&config)?);
-    let running = AgentProcess::start(&lab.host, &config)?;
+
+    section("jitsi-agent check (preflight)");
+    let out = command_in(&lab.host, &agent)?.args(["check", "--config"]).arg(&config).output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    if !out.status.success() {
+        bail!("check failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut running = AgentProcess::start(&lab.host, &config)?;
     section("agent log");
     print!("{}", running.log());
 
@@ -176,6 +196,20 @@ fn demo(agent: PathBuf) -> Result<()> {
         );
     }
 
+    section("reload: a rule added to the file while the agent runs");
+    let text = std::fs::read_to_string(&config)?;
+    let tmp = config.with_extension("new");
+    std::fs::write(&tmp, format!("{text}{DEMO_RELOAD_RULE}"))?;
+    std::fs::rename(&tmp, &config)?;
+    print!("{DEMO_RELOAD_RULE}");
+    running.wait_for_log("reloaded", std::time::Duration::from_secs(5))?;
+    for line in running.log().lines().filter(|l| l.contains("reload")) {
+        println!("log: {line}");
+    }
+    let to = SocketAddr::new(HOST_V4.into(), 8080);
+    let x = tcp_echo(&lab.inet, to, vec![b'y'; 10_000])?;
+    println!("tcp  -> {to:<24} greeting {:?}, {} bytes echoed", x.greeting, x.echoed.len());
+
     section("what each backend saw (source address = the client's own)");
     for (name, s) in &servers {
         println!(
@@ -189,6 +223,24 @@ fn demo(agent: PathBuf) -> Result<()> {
     section("jitsi-agent status (read from the pinned maps)");
     let status = run(command_in(&lab.host, &agent)?.args(["status", "--pin-dir"]).arg(&lab.pin_dir))?;
     print!("{status}");
+
+    section("metrics (excerpt of http://127.0.0.1:9477/metrics in the host namespace)");
+    let body = lab.host.enter(|| -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect("127.0.0.1:9477")?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })??;
+    for line in body.lines().filter(|l| {
+        l.starts_with("jitsi_agent_rule_packets_total{rule=\"jvb\"")
+            || l.starts_with("jitsi_agent_sni_connections_total")
+            || l.starts_with("jitsi_agent_sni_hello_read_seconds_count")
+            || l.starts_with("jitsi_agent_config_reloads_total")
+    }) {
+        println!("{line}");
+    }
 
     section(&format!("bpftool map dump pinned {}/rule_stats (first CPU)", lab.pin_dir.display()));
     let dump = run(Command::new("bpftool").args(["map", "dump", "pinned"]).arg(lab.pin_dir.join("rule_stats")))?;
