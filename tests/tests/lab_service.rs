@@ -229,6 +229,7 @@ fn restart_under_tcp_connect_load_refuses_nothing_and_open_connections_finish() 
         second.stop().unwrap();
     });
     let failed = failed.into_inner().unwrap();
+    eprintln!("restart under connect load: {} connections served, {} failed", ok.load(Ordering::Relaxed), failed.len());
     assert!(
         failed.is_empty(),
         "{} connections failed across the restart: {:?}",
