@@ -67,3 +67,20 @@ pub fn tcp_echo(ns: &NetNs, to: SocketAddr, data: Vec<u8>) -> Result<TcpExchange
     }
     Ok(TcpExchange { local, peer, greeting: String::from_utf8_lossy(&greeting).trim_end().to_string(), echoed })
 }
+
+/// Streams datagrams `seq-0`, `seq-1`, ... to `to` from `sock` at a steady `rate` per second
+/// for `secs` seconds, in a thread; joining it gives how many were sent.
+pub fn udp_stream(sock: UdpSocket, to: SocketAddr, rate: u64, secs: u64) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        let total = rate * secs;
+        for i in 0..total {
+            let due = start + std::time::Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            sock.send_to(format!("seq-{i}").as_bytes(), to).expect("sending a datagram");
+        }
+        total
+    })
+}

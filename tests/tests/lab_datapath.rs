@@ -9,7 +9,7 @@ use std::{
 
 use jitsi_tests::{
     agent::AgentProcess,
-    clients::{tcp_echo, udp_round_trip, udp_socket},
+    clients::{tcp_echo, udp_round_trip, udp_socket, udp_stream},
     lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab},
     netns::NetNs,
     servers,
@@ -167,19 +167,7 @@ fn restart_loses_no_packet_and_counters_continue() {
     udp_exchange(&client, to, CLIENT_V4.into(), 1);
 
     // Stream at a steady 2,000 packets/s while the agent stops and starts again.
-    let rate = 2000;
-    let streamer = std::thread::spawn(move || {
-        let start = Instant::now();
-        let total = rate * 3;
-        for i in 0..total {
-            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            client.send_to(format!("seq-{i}").as_bytes(), to).unwrap();
-        }
-        total
-    });
+    let streamer = udp_stream(client, to, 2000, 3);
     std::thread::sleep(Duration::from_millis(700));
     let first_log = agent.stop().unwrap();
     assert!(first_log.contains("attached steer_in"), "{first_log}");
@@ -187,7 +175,7 @@ fn restart_loses_no_packet_and_counters_continue() {
     let before_restart = rule(&status(&lab), "jvb")["packets_in"].as_u64().unwrap();
     assert!(before_restart > 1, "packets were steered while the agent was stopped");
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
-    let sent = streamer.join().unwrap() as u64;
+    let sent = streamer.join().unwrap();
     let second_log = agent.stop().unwrap();
     assert!(
         second_log.contains("adopted the pinned datapath") && second_log.contains("adopted attached steer_in"),

@@ -12,7 +12,7 @@ use std::{
 
 use jitsi_tests::{
     agent::{AgentProcess, agent_bin, command_in},
-    clients::{udp_round_trip, udp_socket},
+    clients::{udp_round_trip, udp_socket, udp_stream},
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, UPLINK},
     netns::NetNs,
     servers,
@@ -33,24 +33,6 @@ fn replace_file(path: &Path, text: &str) {
 
 fn rule<'a>(status: &'a Value, name: &str) -> Option<&'a Value> {
     status["rules"].as_array().unwrap().iter().find(|r| r["name"] == name)
-}
-
-/// Streams numbered UDP datagrams to `to` at `rate` per second for `secs`, from the lab's
-/// client; returns how many were sent.
-fn stream(lab: &Lab, to: SocketAddr, rate: u64, secs: u64) -> std::thread::JoinHandle<u64> {
-    let client = udp_socket(&lab.inet, false).unwrap();
-    std::thread::spawn(move || {
-        let start = Instant::now();
-        let total = rate * secs;
-        for i in 0..total {
-            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            client.send_to(format!("seq-{i}").as_bytes(), to).unwrap();
-        }
-        total
-    })
 }
 
 /// The `seq-N` numbers below `sent` that `sink` never received.
@@ -82,7 +64,7 @@ fn reload_changes_rules_while_traffic_on_another_loses_nothing() {
     let (_, reply) = udp_round_trip(&client, host(3478), "before").unwrap();
     assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
 
-    let streamer = stream(&lab, host(10000), 2000, 5);
+    let streamer = udp_stream(udp_socket(&lab.inet, false).unwrap(), host(10000), 2000, 5);
     std::thread::sleep(Duration::from_millis(500));
     // 1. A file change: turn's backend moves, a rule is added, web is removed.
     let changed = original
