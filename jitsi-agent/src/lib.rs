@@ -16,6 +16,7 @@ pub mod resolve;
 pub mod rules;
 pub mod run;
 pub mod sni;
+pub mod stack;
 pub mod status;
 pub mod teardown;
 

@@ -20,6 +20,22 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum StackCommand {
+    /// Write the Docker Compose project (`docker-compose.yml`, `.env` with upstream's variable
+    /// names and fresh secrets, `coturn/turnserver.conf`, the config directories owned by
+    /// uid 1000) into `[stack] directory`. Files edited since they were generated and existing
+    /// secrets are kept unless `--force` (secrets are kept even then); prints what it did.
+    Init {
+        /// Configuration file with a `[stack]` section.
+        #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
+        config: PathBuf,
+        /// Replace generated files even if they were edited (secrets are still kept).
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// The daemon: mount bpffs if needed, attach (or adopt) the pinned datapath, fill it from
     /// the config, install the SNI splitter's routing and listen, then tell systemd it is ready.
@@ -35,6 +51,9 @@ enum Command {
         #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
         config: PathBuf,
     },
+    /// The Jitsi Meet container stack from `[stack]` (see `stack init --help`).
+    #[command(subcommand)]
+    Stack(StackCommand),
     /// Remove everything the agent put on the host: unpin (and so detach) the XDP and TC
     /// programs, remove the pinned maps and the SNI splitter's policy rules and routes.
     /// Run it after stopping the agent; traffic then flows as if it had never run.
@@ -132,6 +151,14 @@ fn real_main(listeners: Arc<Listeners>) -> Result<()> {
             } else {
                 print!("{status}");
             }
+        }
+        Command::Stack(StackCommand::Init { config, force }) => {
+            let path = config;
+            let config = Config::load(&path)?;
+            let stack = config.stack.with_context(|| {
+                format!("{}: no [stack] section (see the README's deployment walkthrough)", path.display())
+            })?;
+            print!("{}", jitsi_agent::stack::init::init(&stack, force)?);
         }
         Command::Check { config } => {
             let report = runtime()?.block_on(check::check(&config));

@@ -33,6 +33,62 @@ pub struct Config {
     pub sni: Option<Sni>,
     /// The Prometheus endpoint (optional; off without the section).
     pub metrics: Option<Metrics>,
+    /// The Jitsi Meet container stack `jitsi-agent stack ...` provisions (optional).
+    pub stack: Option<Stack>,
+}
+
+/// `[stack]`: what `stack init` generates the Docker Compose project from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stack {
+    /// The meeting's public name (`https://<meet_domain>`).
+    pub meet_domain: String,
+    /// coturn's public name: TURN over TLS on 443 (SNI) and STUN/TURN on 3478/udp.
+    pub turn_domain: String,
+    /// The public address(es) clients reach this host at (the NAT router's): advertised by
+    /// the videobridge (`JVB_ADVERTISE_IPS`) and coturn (`external-ip`).
+    pub public_addresses: Vec<IpAddr>,
+    /// Where the Compose project lives (`docker-compose.yml`, `.env`, `config/`, `coturn/`).
+    #[serde(default = "default_stack_dir")]
+    pub directory: PathBuf,
+    /// Registry and repository of the Jitsi images.
+    #[serde(default = "default_image_repo")]
+    pub image_repo: String,
+    /// Tag of the Jitsi images (pinned; upgrade by changing it).
+    #[serde(default = "default_image_tag")]
+    pub image_tag: String,
+    /// The coturn image.
+    #[serde(default = "default_coturn_image")]
+    pub coturn_image: String,
+    /// The Docker network's IPv4 subnet (a /24 or larger); the containers get fixed addresses
+    /// in it (.10 jvb, .11 coturn, .12 web, .13 prosody, .14 jicofo).
+    #[serde(default = "default_stack_subnet")]
+    pub subnet: String,
+    /// With an e-mail, the web container obtains the meet name's Let's Encrypt certificate
+    /// (HTTP-01 on port 80, which the agent then steers to it).
+    pub letsencrypt_email: Option<String>,
+    /// Time zone of the containers.
+    #[serde(default = "default_tz")]
+    pub timezone: String,
+}
+
+fn default_stack_dir() -> PathBuf {
+    PathBuf::from("/srv/jitsi-meet")
+}
+fn default_image_repo() -> String {
+    "ghcr.io/jitsi".into()
+}
+fn default_image_tag() -> String {
+    "stable-11146-2".into()
+}
+fn default_coturn_image() -> String {
+    "coturn/coturn:4.17".into()
+}
+fn default_stack_subnet() -> String {
+    "172.18.0.0/24".into()
+}
+fn default_tz() -> String {
+    "UTC".into()
 }
 
 /// `[metrics]`: Prometheus text exposition over HTTP.

@@ -8,7 +8,7 @@ use std::{
 
 use jitsi_common::RULE_NAME_LEN;
 
-use super::{Config, Protocol, Sni};
+use super::{Config, Protocol, Sni, Stack};
 
 /// Rule and route names: they are stored in the pinned maps (NUL-padded, 24 bytes).
 fn name_ok(name: &str) -> bool {
@@ -92,6 +92,9 @@ impl Config {
         }
         if let Some(sni) = &self.sni {
             sni.validate(&backends_seen)?;
+        }
+        if let Some(stack) = &self.stack {
+            stack.validate()?;
         }
         Ok(())
     }
@@ -183,6 +186,56 @@ impl Sni {
             && !names.contains(d.as_str())
         {
             return err("sni.default".into(), format!("no [[sni.route]] is named `{d}`"));
+        }
+        Ok(())
+    }
+}
+
+impl Stack {
+    fn validate(&self) -> Result<(), Invalid> {
+        use crate::sni::names::Pattern;
+        let err = |k: &str, m: String| Err((format!("stack.{k}"), m));
+        for (k, name) in [("meet_domain", &self.meet_domain), ("turn_domain", &self.turn_domain)] {
+            match Pattern::parse(name) {
+                Ok(Pattern::Exact(_)) => {}
+                Ok(_) => return err(k, format!("`{name}`: a host name, not a wildcard")),
+                Err(e) => return err(k, format!("`{name}`: {e}")),
+            }
+        }
+        if self.meet_domain.eq_ignore_ascii_case(&self.turn_domain) {
+            return err("turn_domain", "must differ from meet_domain: TURN over 443 is told apart by its name".into());
+        }
+        if self.public_addresses.is_empty() {
+            return err(
+                "public_addresses",
+                "the address(es) clients reach this host at (the router's public IP)".into(),
+            );
+        }
+        for (i, a) in self.public_addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() || a.is_loopback() {
+                return err(&format!("public_addresses[{i}]"), format!("{a} is not a public unicast address"));
+            }
+        }
+        if !self.directory.is_absolute() {
+            return err("directory", "must be an absolute path".into());
+        }
+        if let Err(m) = crate::stack::layout::Layout::parse(&self.subnet) {
+            return err("subnet", m);
+        }
+        for (k, v) in [
+            ("image_repo", &self.image_repo),
+            ("image_tag", &self.image_tag),
+            ("coturn_image", &self.coturn_image),
+            ("timezone", &self.timezone),
+        ] {
+            if v.is_empty() || v.chars().any(|c| c.is_whitespace() || c == '$' || c == '"') {
+                return err(k, format!("`{v}`: must be non-empty, without spaces, quotes or `$`"));
+            }
+        }
+        if let Some(e) = &self.letsencrypt_email
+            && (!e.contains('@') || e.chars().any(char::is_whitespace))
+        {
+            return err("letsencrypt_email", format!("`{e}` is not an e-mail address"));
         }
         Ok(())
     }

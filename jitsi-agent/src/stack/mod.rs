@@ -1,0 +1,13 @@
+//! `jitsi-agent stack ...`: the docker-jitsi-meet Compose project this host runs (web,
+//! prosody, jicofo, jvb) plus coturn, generated from `[stack]` with its secrets, TURN wiring
+//! and NAT settings, on a fixed network so that the agent can steer to fixed addresses.
+
+pub mod compose;
+pub mod coturn;
+pub mod env;
+pub mod init;
+pub mod layout;
+pub mod secrets;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+//! `stack init` output: valid Compose, the variables and coturn settings the images expect,
+//! secrets, modes, and never replacing edits or secrets.
+
+use std::{
+    collections::BTreeMap,
+    os::unix::fs::{MetadataExt, PermissionsExt},
+    path::Path,
+};
+
+use super::{
+    init::{Action, init},
+    secrets::{PASSWORDS, TURN_SECRET},
+};
+use crate::config::Config;
+
+fn stack_config(dir: &Path, extra: &str) -> crate::config::Stack {
+    let text = format!(
+        "[uplink]\ninterface = \"eth0\"\n[stack]\nmeet_domain = \"meet.example.org\"\nturn_domain = \"turn.example.org\"\n\
+         public_addresses = [\"198.51.100.7\"]\ndirectory = \"{}\"\n{extra}",
+        dir.display()
+    );
+    Config::parse(&text, Path::new("t.toml")).unwrap().stack.unwrap()
+}
+
+fn env_map(text: &str) -> BTreeMap<String, String> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn the_compose_file_validates_against_the_compose_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    init(&stack_config(dir.path(), ""), false).unwrap();
+    let yaml: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(dir.path().join("docker-compose.yml")).unwrap()).unwrap();
+    let schema_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/data/compose-spec.json");
+    let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(schema_path).unwrap()).unwrap();
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    let errors: Vec<String> = validator.iter_errors(&yaml).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+    // The schema is not toothless: an unknown key and a wrong type are reported.
+    let mut broken = yaml.clone();
+    broken["services"]["web"]["bogus_key"] = serde_json::json!(1);
+    assert!(!validator.is_valid(&broken));
+    let mut broken = yaml.clone();
+    broken["services"]["web"]["volumes"] = serde_json::json!(42);
+    assert!(!validator.is_valid(&broken));
+    let services: Vec<&String> = yaml["services"].as_object().unwrap().keys().collect();
+    assert_eq!(services, ["coturn", "jicofo", "jvb", "prosody", "web"]);
+    for (name, svc) in yaml["services"].as_object().unwrap() {
+        assert!(svc.get("ports").is_none(), "{name} publishes ports: the agent steers them");
+    }
+    assert_eq!(yaml["services"]["prosody"]["networks"]["meet.jitsi"]["aliases"][0], "xmpp.meet.jitsi");
+}
+
+#[test]
+fn env_and_coturn_carry_what_the_images_expect() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_config(dir.path(), "letsencrypt_email = \"ops@example.org\"\n");
+    let report = init(&stack, false).unwrap();
+    assert_eq!(report.secrets_drawn.len(), 7, "{report}");
+    let env = env_map(&std::fs::read_to_string(dir.path().join(".env")).unwrap());
+    for (k, v) in [
+        ("PUBLIC_URL", "https://meet.example.org"),
+        ("JVB_ADVERTISE_IPS", "198.51.100.7"),
+        ("ENABLE_LETSENCRYPT", "1"),
+        ("LETSENCRYPT_DOMAIN", "meet.example.org"),
+        ("LETSENCRYPT_EMAIL", "ops@example.org"),
+        ("TURN_HOST", "turn.example.org"),
+        ("TURN_PORT", "3478"),
+        ("TURN_TRANSPORT", "udp"),
+        ("TURNS_HOST", "turn.example.org"),
+        ("TURNS_PORT", "443"),
+        ("XMPP_DOMAIN", "meet.jitsi"),
+        ("JITSI_IMAGE_REPO", "ghcr.io/jitsi"),
+        ("JITSI_IMAGE_VERSION", "stable-11146-2"),
+        ("STACK_SUBNET", "172.18.0.0/24"),
+        ("JVB_IP", "172.18.0.10"),
+        ("COTURN_IP", "172.18.0.11"),
+        ("WEB_IP", "172.18.0.12"),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+    assert!(!env.contains_key("DOCKER_HOST_ADDRESS"), "deprecated upstream");
+    // Secrets: all present, all different, hex of 128 bits (256 for TURN) from the CSPRNG.
+    let secrets: Vec<&String> = PASSWORDS.iter().chain([&TURN_SECRET]).map(|k| &env[*k]).collect();
+    let distinct: std::collections::HashSet<&&String> = secrets.iter().collect();
+    assert_eq!(distinct.len(), secrets.len());
+    for s in &secrets {
+        assert!(s.len() >= 32 && s.chars().all(|c| c.is_ascii_hexdigit()), "{} chars", s.len());
+    }
+    assert_eq!(env[TURN_SECRET].len(), 64);
+
+    let turn = std::fs::read_to_string(dir.path().join("coturn/turnserver.conf")).unwrap();
+    let lines: Vec<&str> = turn.lines().collect();
+    for want in [
+        "use-auth-secret",
+        &format!("static-auth-secret={}", env[TURN_SECRET]),
+        "realm=meet.example.org",
+        "listening-port=3478",
+        "tls-listening-port=5349",
+        "external-ip=198.51.100.7/172.18.0.11",
+        "no-multicast-peers",
+        "denied-peer-ip=10.0.0.0-10.255.255.255",
+        "denied-peer-ip=172.16.0.0-172.31.255.255",
+        "denied-peer-ip=192.168.0.0-192.168.255.255",
+        "denied-peer-ip=127.0.0.0-127.255.255.255",
+        "denied-peer-ip=fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        "allowed-peer-ip=172.18.0.10",
+    ] {
+        assert!(lines.contains(&want), "turnserver.conf lacks `{want}`");
+    }
+    assert_eq!(lines.iter().filter(|l| l.starts_with("allowed-peer-ip")).count(), 1, "only the bridge");
+    assert_eq!(mode(&dir.path().join(".env")), 0o600);
+    assert_eq!(mode(&dir.path().join("coturn/turnserver.conf")), 0o600);
+    assert_eq!(mode(&dir.path().join("docker-compose.yml")), 0o644);
+    for d in super::compose::CONFIG_DIRS {
+        let p = dir.path().join("config").join(d);
+        assert!(p.is_dir(), "{d}");
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            assert_eq!(std::fs::metadata(&p).unwrap().uid(), 1000, "{d} owned by uid 1000");
+        }
+    }
+}
+
+#[test]
+fn reruns_keep_secrets_and_edits_unless_forced() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_config(dir.path(), "");
+    init(&stack, false).unwrap();
+    let env_before = std::fs::read_to_string(dir.path().join(".env")).unwrap();
+    // Unchanged config: nothing rewritten, no secret drawn.
+    let again = init(&stack, false).unwrap();
+    assert!(again.secrets_drawn.is_empty());
+    assert!(again.paths.iter().all(|(_, a)| *a == Action::Unchanged), "{again}");
+    // A config change regenerates what the operator did not edit, keeping the secrets.
+    let changed = stack_config(dir.path(), "image_tag = \"stable-99999\"\n");
+    let r = init(&changed, false).unwrap();
+    let env_after = std::fs::read_to_string(dir.path().join(".env")).unwrap();
+    assert!(env_after.contains("JITSI_IMAGE_VERSION=stable-99999"), "{r}");
+    for k in PASSWORDS.iter().chain([&TURN_SECRET]) {
+        assert_eq!(env_map(&env_before)[*k], env_map(&env_after)[*k], "{k} kept");
+    }
+    // An operator's edit is kept, and said so...
+    let compose = dir.path().join("docker-compose.yml");
+    let edited = std::fs::read_to_string(&compose).unwrap().replace("restart: unless-stopped", "restart: always");
+    std::fs::write(&compose, &edited).unwrap();
+    let r = init(&stack, false).unwrap();
+    assert!(r.paths.contains(&("docker-compose.yml".into(), Action::KeptEdited)), "{r}");
+    assert!(r.to_string().contains("kept (edited since generated; --force replaces it)"));
+    assert_eq!(std::fs::read_to_string(&compose).unwrap(), edited);
+    // ...until --force, which still keeps the secrets.
+    let r = init(&stack, true).unwrap();
+    assert!(r.paths.contains(&("docker-compose.yml".into(), Action::Wrote)), "{r}");
+    assert!(r.secrets_drawn.is_empty());
+    assert_ne!(std::fs::read_to_string(&compose).unwrap(), edited);
+}
+
+#[test]
+fn stack_section_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = format!(
+        "[uplink]\ninterface = \"eth0\"\n[stack]\nmeet_domain = \"meet.example.org\"\nturn_domain = \"turn.example.org\"\n\
+         public_addresses = [\"198.51.100.7\"]\ndirectory = \"{}\"\n",
+        dir.path().display()
+    );
+    for (extra, want) in [
+        ("subnet = \"8.8.8.0/24\"\n", "`stack.subnet`: 8.8.8.0 is not a private"),
+        ("letsencrypt_email = \"nope\"\n", "`stack.letsencrypt_email`"),
+    ] {
+        let e = Config::parse(&format!("{base}{extra}"), Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains(want), "{e}");
+    }
+    let same = base.replace("turn.example.org", "meet.example.org");
+    let e = Config::parse(&same, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("`stack.turn_domain`: must differ"), "{e}");
+}
