@@ -5,6 +5,7 @@
 pub mod check;
 pub mod config;
 pub mod datapath;
+pub mod docker;
 pub mod ebpf_object;
 pub mod error;
 pub mod listeners;

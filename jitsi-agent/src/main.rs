@@ -9,6 +9,7 @@ use jitsi_agent::{
     config::Config,
     listeners::Listeners,
     run::{self, Control},
+    stack::compose_cli,
     status,
 };
 
@@ -32,6 +33,25 @@ enum StackCommand {
         /// Replace generated files even if they were edited (secrets are still kept).
         #[arg(long)]
         force: bool,
+    },
+    /// `docker compose up -d` on the project (v2, else `docker-compose`), then `show`.
+    Up {
+        /// Configuration file with a `[stack]` section.
+        #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// `docker compose down` on the project (containers and network removed; the config
+    /// directories and secrets stay), then `show`.
+    Down {
+        /// Configuration file with a `[stack]` section.
+        #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
+        config: PathBuf,
+    },
+    /// The project's containers from the Docker Engine API: service, state, addresses, health.
+    Show {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -153,12 +173,23 @@ fn real_main(listeners: Arc<Listeners>) -> Result<()> {
             }
         }
         Command::Stack(StackCommand::Init { config, force }) => {
-            let path = config;
-            let config = Config::load(&path)?;
-            let stack = config.stack.with_context(|| {
-                format!("{}: no [stack] section (see the README's deployment walkthrough)", path.display())
-            })?;
-            print!("{}", jitsi_agent::stack::init::init(&stack, force)?);
+            print!("{}", jitsi_agent::stack::init::init(&stack_of(&config)?, force)?);
+        }
+        Command::Stack(StackCommand::Up { config }) => {
+            compose_cli::compose(&stack_of(&config)?, &["up", "-d", "--remove-orphans"])?;
+            print!("{}", compose_cli::table(&runtime()?.block_on(compose_cli::show())?));
+        }
+        Command::Stack(StackCommand::Down { config }) => {
+            compose_cli::compose(&stack_of(&config)?, &["down", "--remove-orphans"])?;
+            print!("{}", compose_cli::table(&runtime()?.block_on(compose_cli::show())?));
+        }
+        Command::Stack(StackCommand::Show { json }) => {
+            let rows = runtime()?.block_on(compose_cli::show())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                print!("{}", compose_cli::table(&rows));
+            }
         }
         Command::Check { config } => {
             let report = runtime()?.block_on(check::check(&config));
@@ -169,6 +200,13 @@ fn real_main(listeners: Arc<Listeners>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The `[stack]` section of the file at `path`.
+fn stack_of(path: &std::path::Path) -> Result<jitsi_agent::config::Stack> {
+    Config::load(path)?
+        .stack
+        .with_context(|| format!("{}: no [stack] section (see the README's deployment walkthrough)", path.display()))
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop (a second one is left to the default handler's

@@ -110,7 +110,8 @@ pub fn desired(
         for (family, backend) in [(FAMILY_V4, rule.backend.v4()), (FAMILY_V6, rule.backend.v6())] {
             let key = RuleKey { port: rule.port, protocol, family };
             d.rules.push((key, rule_value(&rule.name, slot, backend, resolved)));
-            if let Some(b) = backend {
+            // A container that is down has the unspecified address: no replies to expect.
+            if let Some(b) = backend.filter(|b| !b.ip().is_unspecified()) {
                 let (addr, family) = addr16(b.ip());
                 d.replies.push((
                     ReplyKey { addr, port: b.port(), protocol, family },
@@ -120,7 +121,7 @@ pub fn desired(
         }
     }
     if let Some(sni) = sni {
-        for b in sni.transparent_backends().filter(|b| !b.ip().is_loopback()) {
+        for b in sni.transparent_backends().filter(|b| !b.ip().is_loopback() && !b.ip().is_unspecified()) {
             let (addr, family) = addr16(b.ip());
             d.replies.push((
                 ReplyKey { addr, port: b.port(), protocol: PROTO_TCP, family },
@@ -170,6 +171,8 @@ mod tests {
             protocol: Protocol::Udp,
             port,
             backend: OneOrMany::Many(backends.iter().map(|b| b.parse().unwrap()).collect()),
+            container: None,
+            container_port: None,
         }
     }
 

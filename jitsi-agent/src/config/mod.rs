@@ -162,7 +162,7 @@ impl std::fmt::Display for Protocol {
 }
 
 /// One address or a list (`backend = "a:1"` or `backend = ["a:1", "[b::]:1"]`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OneOrMany {
     /// A single address.
     One(SocketAddr),
@@ -197,6 +197,13 @@ impl<'de> Deserialize<'de> for OneOrMany {
     }
 }
 
+impl Default for OneOrMany {
+    /// No address (a rule that names a `container` instead).
+    fn default() -> Self {
+        OneOrMany::Many(Vec::new())
+    }
+}
+
 impl OneOrMany {
     /// The addresses as a slice.
     pub fn as_slice(&self) -> &[SocketAddr] {
@@ -227,8 +234,14 @@ pub struct SteerRule {
     pub protocol: Protocol,
     /// Public port on the uplink.
     pub port: u16,
-    /// Backend address(es), at most one per address family.
+    /// Backend address(es), at most one per address family (or `container`).
+    #[serde(default)]
     pub backend: OneOrMany,
+    /// A Docker container (Compose service or container name) whose address(es) are the
+    /// backend, followed through the Docker Engine API.
+    pub container: Option<String>,
+    /// The container's port (default: `port`).
+    pub container_port: Option<u16>,
 }
 
 /// `[sni]`: the TLS splitter on 443.
@@ -331,8 +344,13 @@ pub struct SniRoute {
     /// Exact names or `*.domain` wildcards, matched case-insensitively.
     #[serde(default)]
     pub server_names: Vec<String>,
-    /// Backend address(es), at most one per address family.
+    /// Backend address(es), at most one per address family (or `container`).
+    #[serde(default)]
     pub backend: OneOrMany,
+    /// A Docker container (Compose service or container name) to connect to instead.
+    pub container: Option<String>,
+    /// The container's port (required with `container`).
+    pub container_port: Option<u16>,
     /// Connect from the client's own address (default). `false`: a plain connection from the
     /// host, for backends that cannot route replies back through this host.
     #[serde(default = "default_true")]

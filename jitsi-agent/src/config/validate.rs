@@ -17,6 +17,33 @@ fn name_ok(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
+/// For a rule or route that names a `container`: checks it (and that no `backend` is given
+/// too) and returns (container, port). `None` for one with a `backend`; an error without either.
+fn container_target(
+    container: Option<&str>,
+    port: Option<u16>,
+    backend: &super::OneOrMany,
+    key: &dyn Fn(&str) -> String,
+) -> Result<Option<(String, u16)>, Invalid> {
+    match (container, backend.as_slice().is_empty()) {
+        (None, false) => Ok(None),
+        (None, true) => Err((key("backend"), "needs `backend` (ADDRESS:PORT) or `container` (a Docker service)".into())),
+        (Some(_), false) => Err((key("container"), "give `backend` or `container`, not both".into())),
+        (Some(c), true) => {
+            let ok = !c.is_empty()
+                && c.len() <= 128
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !ok {
+                return Err((key("container"), format!("`{c}`: a Compose service or container name")));
+            }
+            match port {
+                Some(p) if p > 0 => Ok(Some((c.to_string(), p))),
+                _ => Err((key("container_port"), "the container's port (1 to 65535) is required".into())),
+            }
+        }
+    }
+}
+
 /// A key path and what is wrong with its value.
 pub(super) type Invalid = (String, String);
 
@@ -37,6 +64,7 @@ impl Config {
         let mut names = HashSet::new();
         let mut ports = HashSet::new();
         let mut backends_seen = HashMap::new();
+        let mut containers = HashSet::new();
         for (i, rule) in self.steer.iter().enumerate() {
             let key = |field: &str| format!("steer[{i}].{field}");
             if !name_ok(&rule.name) {
@@ -56,6 +84,20 @@ impl Config {
                     key("port"),
                     format!("{}/{} is steered by another rule", rule.protocol, rule.port),
                 ));
+            }
+            if let Some(target) = container_target(
+                rule.container.as_deref(),
+                rule.container_port.or(Some(rule.port)),
+                &rule.backend,
+                &key,
+            )? {
+                if !containers.insert((rule.protocol, target.clone())) {
+                    return Err(invalid(
+                        key("container"),
+                        format!("{}/{}:{} is already the backend of another rule", rule.protocol, target.0, target.1),
+                    ));
+                }
+                continue;
             }
             let backends = rule.backend.as_slice();
             let v4 = backends.iter().filter(|a| a.is_ipv4()).count();
@@ -164,6 +206,9 @@ impl Sni {
                     key("server_names"),
                     "empty, and the route is not the default: nothing would reach it".into(),
                 );
+            }
+            if container_target(r.container.as_deref(), r.container_port, &r.backend, &key)?.is_some() {
+                continue;
             }
             let b = r.backend.as_slice();
             if b.is_empty()

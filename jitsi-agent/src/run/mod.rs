@@ -23,11 +23,13 @@ use self::{backends::Backends, sni::SniRunning};
 use crate::{
     config::{Config, Sni},
     datapath::{Attach, Datapath},
+    docker::{self, DockerWatch},
     error::{Error, Result},
     listeners::Listeners,
     metrics::{MetricsServer, Shared},
     netlink::{self, Link},
     sni::stats::Stats,
+    stack::layout::Layout,
 };
 
 /// How often backends are re-resolved, host addresses re-read, the file checked for changes
@@ -73,7 +75,12 @@ fn load(path: &Path) -> Result<(Config, String)> {
 
 struct Agent {
     path: PathBuf,
+    /// The file as parsed.
     config: Config,
+    /// `config` with container references replaced by their current addresses: what the maps
+    /// and the splitter are built from.
+    live: Config,
+    docker: Option<DockerWatch>,
     /// The file's text as last applied, and as last refused (not retried until it changes).
     text: String,
     refused_text: Option<String>,
@@ -108,9 +115,13 @@ impl Agent {
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
         });
+        let docker = start_docker(&config).await?;
+        let live = live_config(&config, docker.as_ref());
         let mut agent = Agent {
             path,
             config,
+            live,
+            docker,
             text,
             refused_text: None,
             h,
@@ -125,7 +136,7 @@ impl Agent {
             metrics: None,
             refusals_logged: (Instant::now(), 0),
         };
-        agent.backends.refresh(&agent.h, &agent.config).await;
+        agent.backends.refresh(&agent.h, &agent.live).await;
         agent.sync()?;
         match agent.dp.ensure_xdp(&agent.uplink)? {
             Attach::Attached(mode) => info!(interface = %agent.uplink.name, mode, "attached steer_in (XDP)"),
@@ -138,7 +149,7 @@ impl Agent {
             agent.metrics = Some(MetricsServer::start(m.listen, agent.shared.clone()).await?);
             info!(listen = %m.listen, "metrics: serving /metrics");
         }
-        if let Some(sni) = agent.config.sni.clone() {
+        if let Some(sni) = agent.live.sni.clone() {
             agent.sni = Some(SniRunning::start(&agent.h, &sni, &agent.listeners, agent.shared.sni.clone()).await?);
         }
         let listening: Vec<_> = agent.config.sni.iter().flat_map(|s| s.listen.iter().copied()).collect();
@@ -176,6 +187,7 @@ impl Agent {
                     }
                     Some(Control::Stop) | None => return Ok(()),
                 },
+                () = docker_changed(&mut self.docker) => self.follow_containers().await?,
                 _ = tick.tick() => self.tick().await?,
             }
         }
@@ -189,7 +201,7 @@ impl Agent {
             info!(path = %self.path.display(), "configuration file changed; reloading");
             self.reload(false).await;
         }
-        let mut changed = self.backends.refresh(&self.h, &self.config).await;
+        let mut changed = self.backends.refresh(&self.h, &self.live).await;
         if self.config.uplink.addresses.is_empty() {
             match netlink::global_addresses(&self.h, self.uplink.index).await {
                 Ok(now) if !now.is_empty() && now != self.host_addrs => {
@@ -211,14 +223,14 @@ impl Agent {
     }
 
     fn sync(&mut self) -> Result<()> {
-        sync_maps(&mut self.dp.maps, &self.config, &self.host_addrs, self.uplink.index, &self.backends.resolved)
+        sync_maps(&mut self.dp.maps, &self.live, &self.host_addrs, self.uplink.index, &self.backends.resolved)
     }
 
     /// Attaches `reply_out` where replies arrive: the steering backends' bridges and the SNI
     /// backends' interfaces.
     async fn attach_tc(&mut self) -> Result<()> {
         let mut gateways: Vec<Link> = self.backends.resolved.values().map(|r| r.gateway.clone()).collect();
-        if let Some(sni) = &self.config.sni {
+        if let Some(sni) = &self.live.sni {
             gateways.extend(sni_gateways(&self.h, sni).await);
         }
         for g in gateways {
@@ -298,8 +310,22 @@ impl Agent {
         if new.uplink.interface != self.config.uplink.interface {
             return Err(restart("uplink.interface"));
         }
+        // Containers: a new set of names means a new watch (whose first lookup must succeed);
+        // the old one stays if the reload fails.
+        if docker::referenced(&new) == docker::referenced(&self.config) {
+            let live = live_config(&new, self.docker.as_ref());
+            return self.apply_live(new, live).await;
+        }
+        let docker = start_docker(&new).await?;
+        let live = live_config(&new, docker.as_ref());
+        self.apply_live(new, live).await?;
+        self.docker = docker;
+        Ok(())
+    }
+
+    async fn apply_live(&mut self, new: Config, live: Config) -> Result<()> {
         // Listeners first: a port that cannot be bound refuses the whole reload.
-        match (&mut self.sni, &new.sni) {
+        match (&mut self.sni, &live.sni) {
             (Some(running), Some(sni)) => running.update(&self.h, sni, &self.listeners).await?,
             (None, Some(sni)) => {
                 self.sni = Some(SniRunning::start(&self.h, sni, &self.listeners, self.shared.sni.clone()).await?);
@@ -317,7 +343,8 @@ impl Agent {
         }
         let metrics_was = self.config.metrics.as_ref().map(|m| m.listen);
         self.config = new;
-        self.backends.refresh(&self.h, &self.config).await;
+        self.live = live;
+        self.backends.refresh(&self.h, &self.live).await;
         self.sync()?;
         self.attach_tc().await?;
         let metrics_now = self.config.metrics.as_ref().map(|m| m.listen);
@@ -333,6 +360,18 @@ impl Agent {
         Ok(())
     }
 
+    /// A container started, stopped or moved: rebuild the live configuration and apply it at
+    /// once (maps, the splitter's routes, the reply path on a new bridge).
+    async fn follow_containers(&mut self) -> Result<()> {
+        self.live = live_config(&self.config, self.docker.as_ref());
+        self.backends.refresh(&self.h, &self.live).await;
+        self.sync()?;
+        if let (Some(running), Some(sni)) = (&mut self.sni, &self.live.sni) {
+            running.update(&self.h, sni, &self.listeners).await?;
+        }
+        self.attach_tc().await
+    }
+
     /// Drains the splitter, removes its routing and writes the final counters.
     async fn stop(&mut self) -> Result<()> {
         if let Some(m) = self.metrics.take() {
@@ -345,6 +384,33 @@ impl Agent {
         self.flush_sni()?;
         stopped
     }
+}
+
+/// Starts following the containers `config` names, if any (with `[stack]`, on its subnet).
+async fn start_docker(config: &Config) -> Result<Option<DockerWatch>> {
+    let names = docker::referenced(config);
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let subnet = config.stack.as_ref().map(Layout::of);
+    Ok(Some(DockerWatch::start(names, subnet).await?))
+}
+
+fn live_config(config: &Config, docker: Option<&DockerWatch>) -> Config {
+    match docker {
+        Some(w) => docker::effective(config, &w.rx.borrow()),
+        None => config.clone(),
+    }
+}
+
+/// Completes when the watched containers changed; never without a watch.
+async fn docker_changed(w: &mut Option<DockerWatch>) {
+    if let Some(w) = w
+        && w.rx.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
 }
 
 async fn host_addresses(h: &Handle, config: &Config, uplink: &Link) -> Result<Vec<IpAddr>> {

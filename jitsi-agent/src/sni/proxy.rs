@@ -249,7 +249,9 @@ impl Proxy {
             Decision::Close => return self.refuse(Refusal::NoRoute, None, peer, &"not TLS"),
         };
         let route = &table.router.routes[idx];
-        let (backend, transparent) = route.backend_for(peer);
+        let Some((backend, transparent)) = route.backend_for(peer) else {
+            return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &"backend container not running");
+        };
         if route.transparent && !transparent && self.fallback_logged.lock().expect("lock").insert(route.name.clone()) {
             info!(route = %route.name, client_family = if peer.is_ipv4() { "ipv4" } else { "ipv6" }, backend = %backend,
                 "sni: no backend of the client's family; connecting non-transparently (logged once per route)");

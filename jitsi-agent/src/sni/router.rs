@@ -25,11 +25,12 @@ pub struct Route {
 impl Route {
     /// The backend for a client of `client`'s family, and whether the connection can be
     /// transparent (a client is only ever connected transparently within its own family).
-    pub fn backend_for(&self, client: SocketAddr) -> (SocketAddr, bool) {
+    /// `None` while the route has no backend (its container is not running).
+    pub fn backend_for(&self, client: SocketAddr) -> Option<(SocketAddr, bool)> {
         let (same, other) = if client.is_ipv4() { (self.v4, self.v6) } else { (self.v6, self.v4) };
         match same {
-            Some(b) => (b, self.transparent),
-            None => (other.expect("validation: every route has a backend"), false),
+            Some(b) => Some((b, self.transparent)),
+            None => other.map(|b| (b, false)),
         }
     }
 }
@@ -130,9 +131,9 @@ mod tests {
         let r = router(true);
         let v4: SocketAddr = "203.0.113.2:1000".parse().unwrap();
         let v6: SocketAddr = "[2001:db8:c::2]:1000".parse().unwrap();
-        assert_eq!(r.routes[0].backend_for(v4), ("192.0.2.12:8443".parse().unwrap(), true));
-        assert_eq!(r.routes[0].backend_for(v6), ("[2001:db8::12]:8443".parse().unwrap(), true));
+        assert_eq!(r.routes[0].backend_for(v4), Some(("192.0.2.12:8443".parse().unwrap(), true)));
+        assert_eq!(r.routes[0].backend_for(v6), Some(("[2001:db8::12]:8443".parse().unwrap(), true)));
         // No IPv6 backend: a plain (non-transparent) connection to the IPv4 one.
-        assert_eq!(r.routes[1].backend_for(v6), ("192.0.2.11:5349".parse().unwrap(), false));
+        assert_eq!(r.routes[1].backend_for(v6), Some(("192.0.2.11:5349".parse().unwrap(), false)));
     }
 }

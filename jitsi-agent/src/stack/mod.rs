@@ -3,6 +3,7 @@
 //! and NAT settings, on a fixed network so that the agent can steer to fixed addresses.
 
 pub mod compose;
+pub mod compose_cli;
 pub mod coturn;
 pub mod env;
 pub mod init;

@@ -1,0 +1,270 @@
+//! Backends named by container: their addresses from the Docker Engine API (bollard), kept
+//! current by its event stream, so that a restarted or re-addressed container is followed at
+//! once and a stopped one is known to be down.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::Duration,
+};
+
+use bollard::{
+    Docker,
+    query_parameters::{EventsOptions, ListContainersOptions},
+};
+use futures::StreamExt;
+use tokio::{sync::watch, task::JoinHandle};
+use tracing::{info, warn};
+
+use crate::{
+    config::{Config, OneOrMany},
+    error::{Error, Result},
+    stack::layout::Layout,
+};
+
+/// Where a running container can be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerAddrs {
+    /// Container id (short).
+    pub id: String,
+    /// IPv4 address on the chosen network.
+    pub v4: Option<Ipv4Addr>,
+    /// IPv6 address on the chosen network.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// Each referenced container: its addresses, or `None` while it does not run.
+pub type Containers = BTreeMap<String, Option<ContainerAddrs>>;
+
+/// The containers a configuration names.
+pub fn referenced(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .steer
+        .iter()
+        .filter_map(|r| r.container.clone())
+        .chain(config.sni.iter().flat_map(|s| s.routes.iter().filter_map(|r| r.container.clone())))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn docker_err(what: &str) -> impl FnOnce(bollard::errors::Error) -> Error + '_ {
+    move |e| Error::io(format!("docker: {what} (is the Docker engine running? DOCKER_HOST)"), std::io::Error::other(e))
+}
+
+/// Connects to the engine (`DOCKER_HOST`, else `/var/run/docker.sock`) and agrees on an API
+/// version it supports.
+pub async fn connect() -> Result<Docker> {
+    let docker = Docker::connect_with_local_defaults().map_err(docker_err("connecting"))?;
+    docker.negotiate_version().await.map_err(docker_err("negotiating the API version"))
+}
+
+/// Looks every name up among the running containers: a Compose service of that name (label
+/// `com.docker.compose.service`), else a container of that name. The address is the one in
+/// `subnet` when given (the stack's network), else on the first network by name.
+pub async fn resolve(docker: &Docker, names: &[String], subnet: Option<Layout>) -> Result<Containers> {
+    let running = docker
+        .list_containers(Some(ListContainersOptions { all: false, ..Default::default() }))
+        .await
+        .map_err(docker_err("listing containers"))?;
+    let mut out = Containers::new();
+    for name in names {
+        let mut matches: Vec<_> = running
+            .iter()
+            .filter(|c| {
+                let service = c.labels.as_ref().and_then(|l| l.get("com.docker.compose.service"));
+                let named = c.names.iter().flatten().any(|n| n.trim_start_matches('/') == name);
+                service.is_some_and(|s| s == name) || named
+            })
+            .collect();
+        matches.sort_by_key(|c| c.names.clone());
+        let found = matches.first().map(|c| {
+            let nets: BTreeMap<&String, &bollard::models::EndpointSettings> =
+                c.network_settings.iter().flat_map(|n| n.networks.iter().flatten()).collect();
+            let in_subnet = |ip: &Ipv4Addr| {
+                subnet.is_none_or(|l| {
+                    let mask = u32::MAX << (32 - l.prefix);
+                    u32::from(*ip) & mask == u32::from(l.network)
+                })
+            };
+            let v4 = nets
+                .values()
+                .filter_map(|e| e.ip_address.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()))
+                .find(in_subnet);
+            let v6 = nets.values().find_map(|e| e.global_ipv6_address.as_deref().and_then(|a| a.parse().ok()));
+            ContainerAddrs { id: c.id.clone().unwrap_or_default().chars().take(12).collect(), v4, v6 }
+        });
+        if matches.len() > 1 {
+            warn!(container = %name, count = matches.len(), "several running containers match; using the first by name");
+        }
+        out.insert(name.clone(), found);
+    }
+    Ok(out)
+}
+
+/// The running watcher: the latest [`Containers`] in a watch channel.
+pub struct DockerWatch {
+    /// Updated on every change.
+    pub rx: watch::Receiver<Containers>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for DockerWatch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How long to wait before reconnecting to an engine that went away.
+const RECONNECT: Duration = Duration::from_secs(1);
+/// A full re-resolution at least this often, events or not.
+const RESYNC: Duration = Duration::from_secs(10);
+
+impl DockerWatch {
+    /// Resolves `names` once (failing if the engine cannot be reached), then follows the
+    /// engine's container and network events.
+    pub async fn start(names: Vec<String>, subnet: Option<Layout>) -> Result<Self> {
+        let docker = connect().await?;
+        let first = resolve(&docker, &names, subnet).await?;
+        log_changes(&Containers::new(), &first);
+        let (tx, rx) = watch::channel(first);
+        let task = tokio::spawn(follow(docker, names, subnet, tx));
+        Ok(DockerWatch { rx, task })
+    }
+}
+
+async fn follow(mut docker: Docker, names: Vec<String>, subnet: Option<Layout>, tx: watch::Sender<Containers>) {
+    loop {
+        let filters = HashMap::from([("type".to_string(), vec!["container".to_string(), "network".to_string()])]);
+        let mut events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+        // Resolve after subscribing, so that nothing between the two is missed.
+        refresh(&docker, &names, subnet, &tx).await;
+        loop {
+            match tokio::time::timeout(RESYNC, events.next()).await {
+                Ok(Some(Ok(_event))) => {
+                    // Coalesce a burst (die, stop, start...) into one lookup.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(1), events.next()).await {}
+                    refresh(&docker, &names, subnet, &tx).await;
+                }
+                Err(_) => refresh(&docker, &names, subnet, &tx).await,
+                Ok(Some(Err(e))) => {
+                    warn!(error = %e, "docker: event stream failed; reconnecting");
+                    break;
+                }
+                Ok(None) => {
+                    warn!("docker: event stream ended; reconnecting");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(RECONNECT).await;
+        match connect().await {
+            Ok(d) => docker = d,
+            Err(e) => warn!(error = %e.report(), "docker: cannot reconnect; the last known addresses stay"),
+        }
+    }
+}
+
+async fn refresh(docker: &Docker, names: &[String], subnet: Option<Layout>, tx: &watch::Sender<Containers>) {
+    match resolve(docker, names, subnet).await {
+        Ok(now) => {
+            let before = tx.borrow().clone();
+            if now != before {
+                log_changes(&before, &now);
+                let _ = tx.send(now);
+            }
+        }
+        Err(e) => warn!(error = %e.report(), "docker: lookup failed; the last known addresses stay"),
+    }
+}
+
+fn log_changes(before: &Containers, now: &Containers) {
+    for (name, c) in now {
+        if before.get(name) == Some(c) {
+            continue;
+        }
+        match c {
+            Some(a) => info!(container = %name, id = %a.id, v4 = ?a.v4, v6 = ?a.v6, "docker: container up"),
+            None => warn!(container = %name, "docker: container not running; its traffic is dropped (backend down)"),
+        }
+    }
+}
+
+/// The backend a container reference stands for: its addresses with `port`, or (not running)
+/// nothing.
+pub fn backend_of(c: Option<&ContainerAddrs>, port: u16) -> OneOrMany {
+    let addrs: Vec<SocketAddr> = c
+        .iter()
+        .flat_map(|c| [c.v4.map(IpAddr::V4), c.v6.map(IpAddr::V6)])
+        .flatten()
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    OneOrMany::Many(addrs)
+}
+
+/// `config` with every container reference replaced by the container's current addresses. A
+/// steering rule whose container does not run gets the unspecified addresses as its backend:
+/// the datapath then drops and counts its packets as `in_backend_down` instead of passing
+/// them to the host. An SNI route's gets no address: its connections are refused.
+pub fn effective(config: &Config, containers: &Containers) -> Config {
+    let mut out = config.clone();
+    let lookup = |name: &str| containers.get(name).and_then(Option::as_ref);
+    for r in &mut out.steer {
+        if let Some(name) = &r.container {
+            let port = r.container_port.unwrap_or(r.port);
+            r.backend = backend_of(lookup(name), port);
+            if r.backend.as_slice().is_empty() {
+                let down = [IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)];
+                r.backend = OneOrMany::Many(down.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
+            }
+        }
+    }
+    for r in out.sni.iter_mut().flat_map(|s| s.routes.iter_mut()) {
+        if let (Some(name), Some(port)) = (&r.container, r.container_port) {
+            r.backend = backend_of(lookup(name), port);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn containers_become_backends_and_absent_ones_are_down() {
+        let text = "[uplink]\ninterface = \"eth0\"\n\
+            [[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\ncontainer = \"jvb\"\n\
+            [[steer]]\nname = \"turn\"\nprotocol = \"udp\"\nport = 3478\ncontainer = \"coturn\"\n\
+            [sni]\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.org\"]\ncontainer = \"web\"\ncontainer_port = 8443\n";
+        let config = Config::parse(text, Path::new("t.toml")).unwrap();
+        assert_eq!(referenced(&config), ["coturn", "jvb", "web"]);
+        let containers = Containers::from([
+            ("jvb".into(), Some(ContainerAddrs { id: "a".into(), v4: Some(Ipv4Addr::new(172, 18, 0, 10)), v6: None })),
+            ("coturn".into(), None),
+            ("web".into(), Some(ContainerAddrs { id: "b".into(), v4: Some(Ipv4Addr::new(172, 18, 0, 12)), v6: None })),
+        ]);
+        let e = effective(&config, &containers);
+        assert_eq!(e.steer[0].backend.as_slice(), ["172.18.0.10:10000".parse().unwrap()]);
+        assert!(e.steer[1].backend.as_slice().iter().all(|a| a.ip().is_unspecified() && a.port() == 3478));
+        assert_eq!(e.sni.unwrap().routes[0].backend.as_slice(), ["172.18.0.12:8443".parse().unwrap()]);
+        let e = effective(&config, &Containers::new());
+        assert!(e.sni.unwrap().routes[0].backend.as_slice().is_empty());
+    }
+
+    #[test]
+    fn a_container_needs_its_port_and_excludes_backend() {
+        let base = "[uplink]\ninterface = \"eth0\"\n[sni]\n[[sni.route]]\nname = \"web\"\nserver_names = [\"a.org\"]\n";
+        let e = Config::parse(&format!("{base}container = \"web\"\n"), Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("`sni.route[0].container_port`"), "{e}");
+        let both = format!("{base}container = \"web\"\ncontainer_port = 1\nbackend = \"10.0.0.1:1\"\n");
+        let e = Config::parse(&both, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+        let neither = Config::parse(base, Path::new("t.toml")).unwrap_err().to_string();
+        assert!(neither.contains("needs `backend` (ADDRESS:PORT) or `container`"), "{neither}");
+    }
+}
