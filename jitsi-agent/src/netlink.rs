@@ -192,6 +192,20 @@ pub async fn trigger_resolution(h: &Handle, index: u32, ip: IpAddr) -> Result<()
         .map_err(nl(format!("resolving neighbour {ip}")))
 }
 
+/// Deletes the neighbour entry of `ip` on `index` (a missing one is fine), so that the next
+/// resolution asks the network afresh.
+pub async fn forget_neighbour(h: &Handle, index: u32, ip: IpAddr) -> Result<()> {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = if ip.is_ipv4() { AddressFamily::Inet } else { AddressFamily::Inet6 };
+    msg.header.ifindex = index;
+    msg.attributes.push(NeighbourAttribute::Destination(neigh_addr(ip)));
+    match h.neighbours().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::ENOENT => Ok(()),
+        Err(e) => Err(nl(format!("forgetting neighbour {ip}"))(e)),
+    }
+}
+
 /// The bridge port (interface index) behind which `mac` was learned on `bridge`.
 pub async fn fdb_port(h: &Handle, bridge: u32, mac: [u8; 6]) -> Result<Option<u32>> {
     let msgs: Vec<NeighbourMessage> = h

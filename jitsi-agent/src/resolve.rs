@@ -42,14 +42,21 @@ pub async fn backend(h: &Handle, ip: IpAddr) -> Result<Resolved> {
         Some(mac) => mac,
         None => wait_for_neighbour(h, oif, ip).await?,
     };
-    let port_ifindex = if gateway.is_bridge {
-        netlink::fdb_port(h, oif, backend_mac).await?.ok_or_else(|| Error::Backend {
-            addr: ip,
-            message: format!("MAC {} is not in bridge {}'s forwarding database", fmt_mac(&backend_mac), gateway.name),
-        })?
-    } else {
-        oif
-    };
+    if !gateway.is_bridge {
+        return Ok(Resolved { port_ifindex: oif, backend_mac, gateway_mac: gateway.mac, gateway });
+    }
+    if let Some(port) = netlink::fdb_port(h, oif, backend_mac).await? {
+        return Ok(Resolved { port_ifindex: port, backend_mac, gateway_mac: gateway.mac, gateway });
+    }
+    // The bridge does not know where that MAC is (a restarted container keeps its address and
+    // MAC on a new port, and stays silent): forget the neighbour entry and ask again; the
+    // backend's answer teaches the bridge its port.
+    netlink::forget_neighbour(h, oif, ip).await?;
+    let backend_mac = wait_for_neighbour(h, oif, ip).await?;
+    let port_ifindex = netlink::fdb_port(h, oif, backend_mac).await?.ok_or_else(|| Error::Backend {
+        addr: ip,
+        message: format!("MAC {} is not in bridge {}'s forwarding database", fmt_mac(&backend_mac), gateway.name),
+    })?;
     Ok(Resolved { port_ifindex, backend_mac, gateway_mac: gateway.mac, gateway })
 }
 

@@ -16,6 +16,12 @@ use anyhow::{Context, Result, bail};
 
 use crate::netns::NetNs;
 
+/// The stand-in container binary: next to the agent binary (both are built by `cargo xtask
+/// build`).
+pub fn standin_bin() -> PathBuf {
+    agent_bin().with_file_name("jitsi-standin")
+}
+
 /// The agent binary: `$JITSI_AGENT_BIN` (set by `cargo xtask test`), else the release build.
 pub fn agent_bin() -> PathBuf {
     std::env::var_os("JITSI_AGENT_BIN")
@@ -51,11 +57,21 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts `jitsi-agent run --config <config>` in `ns` and waits until it logs "ready".
     pub fn start(ns: &NetNs, config: &Path) -> Result<Self> {
+        Self::start_with_env(ns, config, &[])
+    }
+
+    /// [`AgentProcess::start`] with extra environment variables (e.g. `DOCKER_HOST`).
+    pub fn start_with_env(ns: &NetNs, config: &Path, env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = command_in(ns, &agent_bin())?;
+        cmd.args(["run", "--config"]).arg(config).envs(env.iter().copied());
+        Self::launch(cmd, config)
+    }
+
+    /// Spawns `cmd` with the agent's log next to `config`, and waits for "ready".
+    fn launch(mut cmd: Command, config: &Path) -> Result<Self> {
         let log = config.with_file_name(format!("{}.log", crate::netns::unique_name("agent")));
         let err = File::create(&log)?;
-        let child = command_in(ns, &agent_bin())?
-            .args(["run", "--config"])
-            .arg(config)
+        let child = cmd
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
@@ -71,18 +87,12 @@ impl AgentProcess {
     /// agent, announced by `LISTEN_FDS` and `LISTEN_PID` (set by a shell that then execs the
     /// agent, so the pid matches). The caller keeps its own copies, as systemd does.
     pub fn start_with_sockets(ns: &NetNs, config: &Path, fds: &[RawFd]) -> Result<Self> {
-        let log = config.with_file_name(format!("{}.log", crate::netns::unique_name("agent")));
-        let err = File::create(&log)?;
         let fds = fds.to_vec();
         let mut cmd = command_in(ns, Path::new("/bin/sh"))?;
         cmd.arg("-c")
             .arg(format!("LISTEN_PID=$$ LISTEN_FDS={} exec \"$0\" run --config \"$1\"", fds.len()))
             .arg(agent_bin())
-            .arg(config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::null())
-            .stderr(err);
+            .arg(config);
         // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -103,10 +113,7 @@ impl AgentProcess {
                 Ok(())
             });
         }
-        let child = cmd.spawn().with_context(|| format!("starting {}", agent_bin().display()))?;
-        let mut agent = AgentProcess { child, log };
-        agent.wait_for_log("jitsi_agent::run: ready", Duration::from_secs(30))?;
-        Ok(agent)
+        Self::launch(cmd, config)
     }
 
     /// Sends `signal` (e.g. `libc::SIGHUP`).

@@ -184,6 +184,11 @@ impl Lab {
         Ok(Lab { inet, host, backends: out, pin_dir, work })
     }
 
+    /// The lab's temporary directory (removed with the lab).
+    pub fn work_dir(&self) -> &std::path::Path {
+        &self.work.dir
+    }
+
     /// The backend called `name`.
     pub fn backend(&self, name: &str) -> &Backend {
         self.backends.iter().find(|b| b.name == name).unwrap_or_else(|| panic!("no backend {name} in the lab"))

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod clients;
+pub mod docker;
 pub mod lab;
 pub mod netns;
 pub mod packet;

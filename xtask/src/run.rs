@@ -11,10 +11,11 @@ use crate::{
 
 /// Debian packages the lab and the tests use: `ip` (iproute2) to build namespaces, `ethtool`
 /// for veth offloads, `bpftool` to check pinned maps, nftables/iptables to prove the host
-/// namespace has no rules.
-// systemd: `systemd-analyze verify` checks the shipped units; docker-compose: `config`
-// checks the generated stack.
-const LAB_PACKAGES: &[&str] = &["iproute2", "ethtool", "bpftool", "nftables", "iptables", "systemd", "docker-compose"];
+/// namespace has no rules, `systemd-analyze` to verify the shipped units, `docker-compose` to
+/// check the generated stack, and `docker.io` for the engine the stack test starts in its own
+/// namespace.
+const LAB_PACKAGES: &[&str] =
+    &["iproute2", "ethtool", "bpftool", "nftables", "iptables", "systemd", "docker-compose", "docker.io"];
 
 fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");

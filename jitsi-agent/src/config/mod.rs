@@ -374,11 +374,18 @@ impl Config {
             at: locate::at(path, text, e.span().map(|s| s.start)),
             message: e.message().trim_end().to_owned(),
         })?;
-        config.validate().map_err(|(key, message)| Error::ConfigInvalid {
+        let invalid = |(key, message): (String, String)| Error::ConfigInvalid {
             at: locate::at(path, text, locate::key(text, &key)),
             key,
             message,
-        })?;
+        };
+        config.validate().map_err(invalid)?;
+        // The rules [stack] implies join the file's own; the result is checked again (an implied
+        // rule may clash with one the file defines differently).
+        let config = crate::stack::implied::add_implied(config);
+        config
+            .validate()
+            .map_err(|(key, message)| invalid((key, format!("{message} (with the rules [stack] implies)"))))?;
         Ok(config)
     }
 }

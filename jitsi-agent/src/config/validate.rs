@@ -27,7 +27,9 @@ fn container_target(
 ) -> Result<Option<(String, u16)>, Invalid> {
     match (container, backend.as_slice().is_empty()) {
         (None, false) => Ok(None),
-        (None, true) => Err((key("backend"), "needs `backend` (ADDRESS:PORT) or `container` (a Docker service)".into())),
+        (None, true) => {
+            Err((key("backend"), "needs `backend` (ADDRESS:PORT) or `container` (a Docker service)".into()))
+        }
         (Some(_), false) => Err((key("container"), "give `backend` or `container`, not both".into())),
         (Some(c), true) => {
             let ok = !c.is_empty()

@@ -25,8 +25,12 @@ pub(super) struct Backends {
 impl Backends {
     /// Re-resolves every backend; returns whether anything changed.
     pub(super) async fn refresh(&mut self, h: &Handle, config: &Config) -> bool {
-        let ips: HashSet<IpAddr> =
-            config.steer.iter().flat_map(|r| r.backend.as_slice().iter().map(|b| b.ip())).filter(|ip| !ip.is_unspecified()).collect();
+        let ips: HashSet<IpAddr> = config
+            .steer
+            .iter()
+            .flat_map(|r| r.backend.as_slice().iter().map(|b| b.ip()))
+            .filter(|ip| !ip.is_unspecified())
+            .collect();
         // Backends a reload removed are forgotten.
         let before = self.resolved.len();
         self.resolved.retain(|ip, _| ips.contains(ip));

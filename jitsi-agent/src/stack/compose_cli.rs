@@ -24,7 +24,9 @@ pub fn compose_program() -> Result<Vec<&'static str>> {
     } else {
         Err(Error::io(
             "running Docker Compose",
-            std::io::Error::other("neither `docker compose` nor `docker-compose` works (apt-get install docker-compose)"),
+            std::io::Error::other(
+                "neither `docker compose` nor `docker-compose` works (apt-get install docker-compose)",
+            ),
         ))
     }
 }
@@ -75,10 +77,8 @@ pub struct Shown {
 /// The project's containers (all states), by service.
 pub async fn show() -> Result<Vec<Shown>> {
     let d = docker::connect().await?;
-    let filters = std::collections::HashMap::from([(
-        "label".to_string(),
-        vec![format!("com.docker.compose.project={PROJECT}")],
-    )]);
+    let filters =
+        std::collections::HashMap::from([("label".to_string(), vec![format!("com.docker.compose.project={PROJECT}")])]);
     let list = d
         .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
         .await

@@ -183,3 +183,46 @@ fn stack_section_errors_name_the_key() {
     let e = Config::parse(&same, Path::new("t.toml")).unwrap_err().to_string();
     assert!(e.contains("`stack.turn_domain`: must differ"), "{e}");
 }
+
+#[test]
+fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = {
+        let s = stack_config(dir.path(), "letsencrypt_email = \"ops@example.org\"\n");
+        let text = format!(
+            "[uplink]\ninterface = \"eth0\"\n[stack]\nmeet_domain = \"{}\"\nturn_domain = \"{}\"\npublic_addresses = [\"198.51.100.7\"]\n\
+             letsencrypt_email = \"ops@example.org\"\n",
+            s.meet_domain, s.turn_domain
+        );
+        Config::parse(&text, Path::new("t.toml")).unwrap()
+    };
+    let steer: Vec<(&str, u16, Option<&str>, Option<u16>)> =
+        c.steer.iter().map(|r| (r.name.as_str(), r.port, r.container.as_deref(), r.container_port)).collect();
+    assert_eq!(
+        steer,
+        [
+            ("jvb", 10000, Some("jvb"), Some(10000)),
+            ("turn", 3478, Some("coturn"), Some(3478)),
+            ("web-http", 80, Some("web"), Some(8000))
+        ]
+    );
+    let sni = c.sni.unwrap();
+    assert_eq!(sni.default.as_deref(), Some("web"));
+    let routes: Vec<(&str, &str, Option<&str>, Option<u16>)> = sni
+        .routes
+        .iter()
+        .map(|r| (r.name.as_str(), r.server_names[0].as_str(), r.container.as_deref(), r.container_port))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("web", "meet.example.org", Some("web"), Some(8443)),
+            ("turn", "turn.example.org", Some("coturn"), Some(5349))
+        ]
+    );
+    // A rule of the file's own for udp/10000 replaces the implied one.
+    let own = "[uplink]\ninterface = \"eth0\"\n[[steer]]\nname = \"media\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"10.0.0.9:10000\"\n\
+               [stack]\nmeet_domain = \"meet.example.org\"\nturn_domain = \"turn.example.org\"\npublic_addresses = [\"198.51.100.7\"]\n";
+    let c = Config::parse(own, Path::new("t.toml")).unwrap();
+    assert_eq!(c.steer.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["media", "turn"]);
+}
