@@ -72,6 +72,11 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
         );
     }
 
+    let check = agent_cli(&lab, &engine, &["check", "--config", &c]);
+    for want in ["ok   docker: engine", "ok   container jvb: running", "ok   container coturn: running"] {
+        assert!(check.contains(want), "`{want}` in:\n{check}");
+    }
+
     let mut agent = AgentProcess::start_with_env(&lab.host, &config, &[("DOCKER_HOST", &engine.host)]).unwrap();
     let log = agent.log();
     for c in ["jvb", "coturn", "web"] {

@@ -1,6 +1,7 @@
 //! `jitsi-agent check`: a preflight that changes nothing and prints one line per check, with
 //! a fix for each failure.
 
+mod docker;
 mod network;
 mod ports;
 mod system;
@@ -100,5 +101,6 @@ pub async fn check(path: &Path) -> Report {
     r.checks.push(system::bpffs(&config.pin_dir));
     r.checks.extend(network::uplink(&config).await);
     r.checks.extend(ports::ports(&config));
+    r.checks.extend(docker::docker(&config).await);
     r
 }
