@@ -147,6 +147,27 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
         assert!(Instant::now() < deadline, "media after `docker start` never came back:\n{}", agent.log());
     }
 
+    // A new address: the rule follows it (the reply still leaves from the public port).
+    let net =
+        engine.docker(&["network", "ls", "-q", "--filter", "label=com.docker.compose.network=meet.jitsi"]).unwrap();
+    let net = net.trim().to_string();
+    engine.docker(&["network", "disconnect", &net, &jvb]).unwrap();
+    engine.docker(&["network", "connect", "--ip", "172.18.0.20", &net, &jvb]).unwrap();
+    agent.wait_for_log("v4=Some(172.18.0.20)", Duration::from_secs(5)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match udp_round_trip(&client, host(10000), "moved") {
+            Ok((from, reply)) if reply.starts_with(&format!("seen {CLIENT_V4}:")) => {
+                assert_eq!(from, host(10000));
+                break;
+            }
+            _ => assert!(Instant::now() < deadline, "media to the new address never flowed:\n{}", agent.log()),
+        }
+    }
+    let st = lab.status().unwrap();
+    let jvb_rule = st["rules"].as_array().unwrap().iter().find(|r| r["name"] == "jvb").unwrap().clone();
+    assert_eq!(jvb_rule["backends"][0]["address"], "172.18.0.20:10000", "{jvb_rule}");
+
     let show = agent_cli(&lab, &engine, &["stack", "show"]);
     assert!(show.contains("jvb") && show.contains("running"), "{show}");
     agent.stop().unwrap();
