@@ -82,12 +82,7 @@ pub async fn resolve(docker: &Docker, names: &[String], subnet: Option<Layout>) 
         let found = matches.first().map(|c| {
             let nets: BTreeMap<&String, &bollard::models::EndpointSettings> =
                 c.network_settings.iter().flat_map(|n| n.networks.iter().flatten()).collect();
-            let in_subnet = |ip: &Ipv4Addr| {
-                subnet.is_none_or(|l| {
-                    let mask = u32::MAX << (32 - l.prefix);
-                    u32::from(*ip) & mask == u32::from(l.network)
-                })
-            };
+            let in_subnet = |ip: &Ipv4Addr| subnet.is_none_or(|l| l.contains(*ip));
             let v4 = nets
                 .values()
                 .filter_map(|e| e.ip_address.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()))

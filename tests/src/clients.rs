@@ -84,3 +84,9 @@ pub fn udp_stream(sock: UdpSocket, to: SocketAddr, rate: u64, secs: u64) -> std:
         total
     })
 }
+
+/// A recorded ClientHello from `tests/data/clienthello/` (see its README).
+pub fn recorded_hello(name: &str) -> Vec<u8> {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}

@@ -6,23 +6,17 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::Path,
     process::Command,
     time::{Duration, Instant},
 };
 
 use jitsi_tests::{
     agent::{AgentProcess, agent_bin, command_in, standin_bin},
-    clients::{udp_round_trip, udp_socket},
+    clients::{recorded_hello, udp_round_trip, udp_socket},
     docker::DockerEngine,
     lab::{CLIENT_V4, HOST_V4, Lab},
     netns::NetNs,
 };
-
-fn hello(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello").join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 /// `jitsi-agent <args>` in the host namespace against the test's engine.
 fn agent_cli(lab: &Lab, engine: &DockerEngine, args: &[&str]) -> String {
@@ -90,7 +84,7 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
         assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{port}: {reply}");
     }
     for (file, what) in [("chromium-meet.bin", "web"), ("curl-turn.bin", "coturn")] {
-        let greeting = through_443(&lab.inet, &hello(file));
+        let greeting = through_443(&lab.inet, &recorded_hello(file));
         assert!(greeting.starts_with(&format!("seen {CLIENT_V4}:")), "{what} over 443: {greeting}");
     }
 

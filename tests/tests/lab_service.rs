@@ -12,17 +12,12 @@ use std::{
 
 use jitsi_tests::{
     agent::{AgentProcess, agent_bin, command_in},
-    clients::{udp_round_trip, udp_socket, udp_stream},
+    clients::{recorded_hello, udp_round_trip, udp_socket, udp_stream},
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, UPLINK},
     netns::NetNs,
     servers,
 };
 use serde_json::Value;
-
-fn hello(name: &str) -> Vec<u8> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello").join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 /// Replaces the file the way an editor or config management does: a new file renamed over it.
 fn replace_file(path: &Path, text: &str) {
@@ -157,7 +152,7 @@ fn restart_under_tcp_connect_load_refuses_nothing_and_open_connections_finish() 
     let held = lab.host.enter(|| TcpListener::bind("0.0.0.0:443")).unwrap().unwrap();
     let first = AgentProcess::start_with_sockets(&lab.host, &config, &[held.as_raw_fd()]).unwrap();
     assert!(first.log().contains("using the listening socket passed by the service manager"), "{}", first.log());
-    let hello = hello("chromium-meet.bin");
+    let hello = recorded_hello("chromium-meet.bin");
 
     // A connection relayed before the restart.
     let mut long = sni_exchange(&lab.inet, &hello).unwrap();
@@ -299,7 +294,7 @@ fn metrics_and_status_show_rules_sni_routes_and_attachments() {
         udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), &format!("m{i}")).unwrap();
     }
     for _ in 0..3 {
-        drop(sni_exchange(&lab.inet, &hello("chromium-meet.bin")).unwrap());
+        drop(sni_exchange(&lab.inet, &recorded_hello("chromium-meet.bin")).unwrap());
     }
     let m = scrape(&lab.host, "127.0.0.1:9477");
     for want in [

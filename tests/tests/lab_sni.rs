@@ -11,15 +11,11 @@ use std::{
 
 use jitsi_tests::{
     agent::AgentProcess,
+    clients::recorded_hello,
     clients::tcp_echo,
     lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab},
     servers::{self, Server},
 };
-
-fn hello(name: &str) -> Vec<u8> {
-    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello").join(name);
-    std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
-}
 
 const SNI: &str = r#"
 [sni]
@@ -112,7 +108,7 @@ impl SniLab {
 /// address, and the hello bytes exactly as sent.
 fn through_443(l: &SniLab, host: IpAddr, client: IpAddr, hello_file: &str) {
     let to = SocketAddr::new(host, 443);
-    let h = hello(hello_file);
+    let h = recorded_hello(hello_file);
     let x = tcp_echo(&l.lab.inet, to, h.clone()).unwrap_or_else(|e| panic!("{hello_file} via {to}: {e:#}"));
     assert_eq!(
         x.greeting,
@@ -179,7 +175,7 @@ fn seen_ip(greeting: &str) -> IpAddr {
 
 /// The recorded OpenSSL hello (SNI `other.example.test`) with another 18-byte server name.
 fn hello_for(name18: &str) -> Vec<u8> {
-    let mut h = hello("openssl-tls12.bin");
+    let mut h = recorded_hello("openssl-tls12.bin");
     let at = h.windows(18).position(|w| w == b"other.example.test").unwrap();
     h[at..at + 18].copy_from_slice(name18.as_bytes());
     h
@@ -220,7 +216,7 @@ fn limits_and_idle_timeout() {
     let mut open = Vec::new();
     for _ in 0..2 {
         let mut s = connect();
-        s.write_all(&hello("chromium-meet.bin")).unwrap();
+        s.write_all(&recorded_hello("chromium-meet.bin")).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut line = [0u8; 5];
         s.read_exact(&mut line).unwrap();
@@ -265,7 +261,7 @@ fn a_backend_on_the_host_loopback_sees_the_client_address() {
 
 fn relays_64_mib_both_ways_intact(relay: &str) {
     let l = sni_lab(&SNI.replace("hello_timeout_secs = 3", &format!("hello_timeout_secs = 3\nrelay = \"{relay}\"")));
-    let mut data = hello("chromium-meet.bin");
+    let mut data = recorded_hello("chromium-meet.bin");
     data.extend((0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
     let started = Instant::now();
     let x = tcp_echo(&l.lab.inet, SocketAddr::new(HOST_V4.into(), 443), data.clone()).unwrap();
@@ -290,7 +286,7 @@ fn a_slow_client_is_cut_at_the_deadline_while_others_are_served() {
     let l = sni_lab(SNI);
     let web_before = l.server("web", false).count();
     let fallback_before = l.server("fallback", false).count();
-    let h = hello("openssl-meet.bin");
+    let h = recorded_hello("openssl-meet.bin");
     // Measured from before the connect: the agent's deadline starts when it accepts.
     let started = Instant::now();
     let slow = l.lab.inet.enter(|| TcpStream::connect(SocketAddr::new(HOST_V4.into(), 443))).unwrap().unwrap();
@@ -336,7 +332,7 @@ fn without_a_default_route_unknown_names_get_an_alert() {
     // No SNI: a TLS alert (fatal, unrecognized_name), then the connection closes.
     let mut s = l.lab.inet.enter(move || TcpStream::connect(to)).unwrap().unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&hello("openssl-nosni.bin")).unwrap();
+    s.write_all(&recorded_hello("openssl-nosni.bin")).unwrap();
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
     assert_eq!(got, [21, 3, 3, 0, 2, 2, 112]);

@@ -41,11 +41,11 @@ pub(super) async fn docker(config: &Config) -> Vec<Check> {
         }
         Err(e) => out.push(Check::fail("docker", e.report(), "check the Docker engine")),
     }
-    let ours: Vec<(&str, u16)> = config
+    let ours: Vec<(String, u16)> = config
         .steer
         .iter()
-        .map(|r| (if r.protocol == crate::config::Protocol::Udp { "udp" } else { "tcp" }, r.port))
-        .chain(config.sni.iter().flat_map(|s| s.listen.iter().map(|a| ("tcp", a.port()))))
+        .map(|r| (r.protocol.to_string(), r.port))
+        .chain(config.sni.iter().flat_map(|s| s.listen.iter().map(|a| ("tcp".to_string(), a.port()))))
         .collect();
     if let Ok(list) = d.list_containers(Some(ListContainersOptions::default())).await {
         for c in list {
@@ -54,7 +54,7 @@ pub(super) async fn docker(config: &Config) -> Vec<Check> {
             for p in c.ports.iter().flatten() {
                 let proto = p.typ.map(|t| t.to_string()).unwrap_or_default();
                 if let Some(public) = p.public_port
-                    && ours.contains(&(proto.as_str(), public))
+                    && ours.contains(&(proto.clone(), public))
                 {
                     out.push(Check::fail(
                         format!("port {proto}/{public}"),

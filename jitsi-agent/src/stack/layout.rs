@@ -54,6 +54,12 @@ impl Layout {
         self.host(n)
     }
 
+    /// Whether `ip` is in the subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.prefix);
+        u32::from(ip) & mask == u32::from(self.network)
+    }
+
     /// The bridge's own address (the gateway Docker gives the network).
     pub fn gateway(&self) -> Ipv4Addr {
         self.host(1)
