@@ -4,18 +4,16 @@
 //! and a stopped container followed, and `stack down` leaving nothing.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     process::Command,
     time::{Duration, Instant},
 };
 
 use jitsi_tests::{
     agent::{AgentProcess, agent_bin, command_in, standin_bin},
-    clients::{recorded_hello, udp_round_trip, udp_socket},
+    clients::{recorded_hello, tcp_echo, udp_round_trip, udp_socket},
     docker::DockerEngine,
     lab::{CLIENT_V4, HOST_V4, Lab},
-    netns::NetNs,
 };
 
 /// `jitsi-agent <args>` in the host namespace against the test's engine.
@@ -25,20 +23,6 @@ fn agent_cli(lab: &Lab, engine: &DockerEngine, args: &[&str]) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "jitsi-agent {args:?}:\n{text}");
     text
-}
-
-/// The greeting a TLS stand-in sends for a recorded hello through the host's 443.
-fn through_443(inet: &NetNs, hello: &[u8]) -> String {
-    let to = SocketAddr::new(HOST_V4.into(), 443);
-    let mut s = inet.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).unwrap().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(hello).unwrap();
-    let mut line = Vec::new();
-    let mut b = [0u8; 1];
-    while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
-        line.push(b[0]);
-    }
-    String::from_utf8(line).unwrap()
 }
 
 #[test]
@@ -84,7 +68,7 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
         assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{port}: {reply}");
     }
     for (file, what) in [("chromium-meet.bin", "web"), ("curl-turn.bin", "coturn")] {
-        let greeting = through_443(&lab.inet, &recorded_hello(file));
+        let greeting = tcp_echo(&lab.inet, host(443), recorded_hello(file)).unwrap().greeting;
         assert!(greeting.starts_with(&format!("seen {CLIENT_V4}:")), "{what} over 443: {greeting}");
     }
 

@@ -183,7 +183,7 @@ impl Agent {
                 c = control.recv() => match c {
                     Some(Control::Reload) => {
                         info!(path = %self.path.display(), "reload requested (SIGHUP)");
-                        self.reload(true).await;
+                        self.reload().await;
                     }
                     Some(Control::Stop) | None => return Ok(()),
                 },
@@ -199,7 +199,7 @@ impl Agent {
             && Some(&text) != self.refused_text.as_ref()
         {
             info!(path = %self.path.display(), "configuration file changed; reloading");
-            self.reload(false).await;
+            self.reload().await;
         }
         let mut changed = self.backends.refresh(&self.h, &self.live).await;
         if self.config.uplink.addresses.is_empty() {
@@ -268,19 +268,24 @@ impl Agent {
     }
 
     /// Re-reads the file; an invalid file or a change that needs a restart leaves everything
-    /// running as it is. `forced` (SIGHUP) retries a file that was refused before.
-    async fn reload(&mut self, forced: bool) {
+    /// running as it is, and is not retried by the file watcher until the text changes again
+    /// (SIGHUP retries it).
+    async fn reload(&mut self) {
         notify(&[sd_notify::NotifyState::Reloading]);
-        let outcome = match load(&self.path) {
-            Ok((config, text)) => match self.apply(config).await {
-                Ok(()) => {
-                    self.text = text;
-                    self.refused_text = None;
-                    Ok(())
-                }
+        let text = std::fs::read_to_string(&self.path);
+        let outcome = match text {
+            Ok(text) => match Config::parse(&text, &self.path) {
+                Ok(config) => match self.apply(config).await {
+                    Ok(()) => {
+                        self.text = text;
+                        self.refused_text = None;
+                        Ok(())
+                    }
+                    Err(e) => Err((e, text)),
+                },
                 Err(e) => Err((e, text)),
             },
-            Err(e) => Err((e, std::fs::read_to_string(&self.path).unwrap_or_default())),
+            Err(source) => Err((Error::ConfigRead { path: self.path.clone(), source }, String::new())),
         };
         match outcome {
             Ok(()) => {
@@ -290,9 +295,7 @@ impl Agent {
             Err((e, text)) => {
                 self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e.report(), "reload refused; the running configuration stays");
-                if !forced || self.refused_text.is_none() {
-                    self.refused_text = Some(text);
-                }
+                self.refused_text = Some(text);
             }
         }
         notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&self.summary())]);

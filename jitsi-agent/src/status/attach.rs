@@ -30,31 +30,28 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     let entries = std::fs::read_dir(pin_dir).map_err(|e| Error::io(format!("reading {}", pin_dir.display()), e))?;
     let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     names.sort();
-    let prog_id = |pin: &str, xdp: bool| -> Option<u32> {
-        let info = if xdp {
-            Xdp::from_pin(pin_dir.join(pin), XdpAttachType::Interface).ok()?.info().ok()?
-        } else {
-            SchedClassifier::from_pin(pin_dir.join(pin)).ok()?.info().ok()?
-        };
-        Some(info.id())
-    };
+    // Our programs' ids (None when a pin is missing: every link then reads as detached).
+    let steer_in = Xdp::from_pin(pin_dir.join("prog_steer_in"), XdpAttachType::Interface)
+        .ok()
+        .and_then(|p| p.info().ok())
+        .map(|i| i.id());
+    let reply_out =
+        SchedClassifier::from_pin(pin_dir.join("prog_reply_out")).ok().and_then(|p| p.info().ok()).map(|i| i.id());
     let h = netlink::connect()?;
     let mut out = Vec::new();
     for name in names {
         if let Some(ifname) = name.strip_prefix("link_xdp_") {
-            let ours = prog_id("prog_steer_in", true);
             let mode = match netlink::link_by_name(&h, ifname).await {
                 Ok(l) => match l.xdp {
-                    Some((id, mode)) if Some(id) == ours => mode.to_string(),
+                    Some((id, mode)) if Some(id) == steer_in => mode.to_string(),
                     _ => "detached".into(),
                 },
                 Err(_) => "detached".into(),
             };
             out.push(Attachment { interface: ifname.into(), program: "steer_in (XDP)", mode });
         } else if let Some(ifname) = name.strip_prefix("link_tc_") {
-            let ours = prog_id("prog_reply_out", false);
             let attached = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
-                .map(|(_, progs)| progs.iter().any(|p| Some(p.id()) == ours))
+                .map(|(_, progs)| progs.iter().any(|p| Some(p.id()) == reply_out))
                 .unwrap_or(false);
             let mode = if attached { "tcx" } else { "detached" };
             out.push(Attachment { interface: ifname.into(), program: "reply_out (TC ingress)", mode: mode.into() });
