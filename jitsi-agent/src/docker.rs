@@ -43,6 +43,7 @@ pub fn referenced(config: &Config) -> Vec<String> {
         .iter()
         .filter_map(|r| r.container.clone())
         .chain(config.sni.iter().flat_map(|s| s.routes.iter().filter_map(|r| r.container.clone())))
+        .chain(config.http.iter().flat_map(|h| h.routes.iter().filter_map(|r| r.container.clone())))
         .collect();
     names.sort();
     names.dedup();
@@ -96,6 +97,17 @@ pub async fn resolve(docker: &Docker, names: &[String], subnet: Option<Layout>) 
         out.insert(name.clone(), found);
     }
     Ok(out)
+}
+
+/// Sends `signal` (`SIGUSR2`...) to the running container `name` (Compose service or
+/// container name). Returns the container's short id, or `None` if it is not running.
+pub async fn signal(name: &str, signal: &str) -> Result<Option<String>> {
+    let docker = connect().await?;
+    let found = resolve(&docker, &[name.to_owned()], None).await?;
+    let Some(Some(c)) = found.get(name) else { return Ok(None) };
+    let options = bollard::query_parameters::KillContainerOptionsBuilder::new().signal(signal).build();
+    docker.kill_container(&c.id, Some(options)).await.map_err(docker_err("signalling a container"))?;
+    Ok(Some(c.id.clone()))
 }
 
 /// The running watcher: the latest [`Containers`] in a watch channel.
@@ -216,9 +228,13 @@ pub fn effective(config: &Config, containers: &Containers) -> Config {
             }
         }
     }
-    for r in out.sni.iter_mut().flat_map(|s| s.routes.iter_mut()) {
-        if let (Some(name), Some(port)) = (&r.container, r.container_port) {
-            r.backend = backend_of(lookup(name), port);
+    let sni =
+        out.sni.iter_mut().flat_map(|s| s.routes.iter_mut()).map(|r| (&r.container, r.container_port, &mut r.backend));
+    let http =
+        out.http.iter_mut().flat_map(|h| h.routes.iter_mut()).map(|r| (&r.container, r.container_port, &mut r.backend));
+    for (container, port, backend) in sni.chain(http) {
+        if let (Some(name), Some(port)) = (container, port) {
+            *backend = backend_of(lookup(name), port);
         }
     }
     out

@@ -2,12 +2,14 @@
 //!
 //! `main.rs` is a thin CLI over this library; the integration tests drive the same code.
 
+pub mod acme;
 pub mod check;
 pub mod config;
 pub mod datapath;
 pub mod docker;
 pub mod ebpf_object;
 pub mod error;
+pub mod http;
 pub mod listeners;
 pub mod metrics;
 pub mod netlink;

@@ -157,15 +157,21 @@ fn real_main(listeners: Arc<Listeners>) -> Result<()> {
             runtime()?.block_on(jitsi_agent::teardown::teardown(&config))?;
         }
         Command::Status { json, pin_dir, config, interval } => {
-            let pin_dir = match (pin_dir, config) {
+            let config = config.map(|c| Config::load(&c)).transpose()?;
+            let pin_dir = match (pin_dir, &config) {
                 (Some(p), _) => p,
-                (None, Some(c)) => Config::load(&c)?.pin_dir,
+                (None, Some(c)) => c.pin_dir.clone(),
                 (None, None) => PathBuf::from(jitsi_agent::config::DEFAULT_PIN_DIR),
             };
-            let status =
+            let mut status =
                 runtime()?.block_on(status::read(&pin_dir, Duration::from_secs_f64(interval))).with_context(|| {
                     format!("reading the datapath pinned at {} (is the agent installed?)", pin_dir.display())
                 })?;
+            if let Some(c) = &config
+                && let Some(acme) = &c.acme
+            {
+                status.certificates = jitsi_agent::acme::read_states(acme, c.stack.as_ref());
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {

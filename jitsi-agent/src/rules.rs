@@ -12,10 +12,7 @@ use jitsi_common::{
     RULE_RESOLVED, Reply, ReplyKey, Rule, RuleKey,
 };
 
-use crate::{
-    config::{Sni, SteerRule},
-    resolve::Resolved,
-};
+use crate::{config::SteerRule, resolve::Resolved};
 
 /// An address in the 16-byte map layout, and its family tag.
 pub fn addr16(ip: IpAddr) -> ([u8; 16], u8) {
@@ -89,11 +86,12 @@ pub struct Desired {
 
 /// Builds the map contents. A backend missing from `resolved` is down: its rule entry is
 /// present without [`RULE_RESOLVED`], so its packets are dropped and counted, never passed
-/// on to something else. The SNI routes' transparent backends get `replies` entries that
-/// mark their packets for local delivery (loopback backends never cross the TC program).
+/// on to something else. The splitters' transparent backends (`marked`: the reply mark and
+/// the backends) get `replies` entries that mark their packets for local delivery (loopback
+/// backends never cross the TC program).
 pub fn desired(
     steer: &[SteerRule],
-    sni: Option<&Sni>,
+    marked: Option<(u32, Vec<SocketAddr>)>,
     host_addrs: &[IpAddr],
     uplink_ifindex: u32,
     slots: &BTreeMap<String, u32>,
@@ -120,12 +118,12 @@ pub fn desired(
             }
         }
     }
-    if let Some(sni) = sni {
-        for b in sni.transparent_backends().filter(|b| !b.ip().is_loopback() && !b.ip().is_unspecified()) {
+    if let Some((mark, backends)) = marked {
+        for b in backends.into_iter().filter(|b| !b.ip().is_loopback() && !b.ip().is_unspecified()) {
             let (addr, family) = addr16(b.ip());
             d.replies.push((
                 ReplyKey { addr, port: b.port(), protocol: PROTO_TCP, family },
-                Reply { public_port: 0, flags: REPLY_MARK_LOCAL, slot: 0, mark: sni.reply_mark },
+                Reply { public_port: 0, flags: REPLY_MARK_LOCAL, slot: 0, mark },
             ));
         }
     }

@@ -11,8 +11,7 @@ use crate::{config::Config, datapath, error::Result, netlink, policy_routing::Po
 pub async fn teardown(config: &Config) -> Result<()> {
     datapath::remove_pins(&config.pin_dir)?;
     info!(pin_dir = %config.pin_dir.display(), "removed the pinned links, programs and maps");
-    let defaults: crate::config::Sni = toml::from_str("").expect("an empty [sni] table uses every default");
-    let sni = config.sni.as_ref().unwrap_or(&defaults);
+    let sni = config.sni.clone().unwrap_or_default();
     let h = netlink::connect()?;
     let routing =
         PolicyRouting { mark: sni.reply_mark, table: sni.route_table, priority: sni.rule_priority, loopback: true };

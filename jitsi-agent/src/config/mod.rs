@@ -31,6 +31,10 @@ pub struct Config {
     pub steer: Vec<SteerRule>,
     /// The SNI splitter (optional).
     pub sni: Option<Sni>,
+    /// The Host splitter on port 80 (optional).
+    pub http: Option<Http>,
+    /// Certificates the agent obtains and renews over ACME (optional).
+    pub acme: Option<Acme>,
     /// The Prometheus endpoint (optional; off without the section).
     pub metrics: Option<Metrics>,
     /// The Jitsi Meet container stack `jitsi-agent stack ...` provisions (optional).
@@ -361,7 +365,141 @@ fn default_true() -> bool {
     true
 }
 
+/// `[http]`: the Host splitter on port 80. It uses the transparent machinery of `[sni]`
+/// (marks, routing table, connection limits, timeouts; `[sni]`'s defaults without the section).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    /// Addresses to listen on.
+    #[serde(default = "default_http_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Route for unknown hosts and HTTP/1.0 requests without `Host`; without one those get
+    /// `421 Misdirected Request`.
+    pub default: Option<String>,
+    /// Largest request head (request line and headers) accepted, in bytes.
+    #[serde(default = "default_max_head")]
+    pub max_head_bytes: usize,
+    /// Time a client has to send its whole request head.
+    #[serde(default = "default_hello_timeout")]
+    pub head_timeout_secs: f64,
+    /// Routes by `Host`.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<HttpRoute>,
+}
+
+fn default_http_listen() -> Vec<SocketAddr> {
+    vec!["0.0.0.0:80".parse().expect("literal"), "[::]:80".parse().expect("literal")]
+}
+fn default_max_head() -> usize {
+    crate::http::head::DEFAULT_MAX_HEAD
+}
+
+/// `[[http.route]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpRoute {
+    /// Unique name among `[[http.route]]` and `[[sni.route]]` (they share counters).
+    pub name: String,
+    /// Exact names or `*.domain` wildcards, matched case-insensitively against `Host`.
+    #[serde(default)]
+    pub host_names: Vec<String>,
+    /// Backend address(es), at most one per address family (or `container`).
+    #[serde(default)]
+    pub backend: OneOrMany,
+    /// A Docker container (Compose service or container name) to connect to instead.
+    pub container: Option<String>,
+    /// The container's port (required with `container`).
+    pub container_port: Option<u16>,
+    /// Connect from the client's own address (default).
+    #[serde(default = "default_true")]
+    pub transparent: bool,
+    /// Answer every request with `308` to the same URL on `https://`, except
+    /// `/.well-known/acme-challenge/...`, which is relayed to the backend.
+    #[serde(default)]
+    pub redirect_https: bool,
+}
+
+/// `[acme]`: certificates the agent obtains over ACME (HTTP-01 answered on port 80 by the
+/// Host splitter) and renews in the background.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Acme {
+    /// Contact e-mail for the ACME account (expiry warnings from the CA).
+    pub email: String,
+    /// The ACME server's directory URL.
+    #[serde(default = "default_acme_directory")]
+    pub directory: String,
+    /// Names to obtain a certificate for, one certificate each (default with `[stack]`: the
+    /// TURN name).
+    #[serde(default)]
+    pub names: Vec<String>,
+    /// Where the account key and the certificates of names outside the stack are kept.
+    #[serde(default = "default_acme_state_dir")]
+    pub state_dir: PathBuf,
+    /// A PEM root to trust for the ACME server's own HTTPS (a test or private CA such as
+    /// Pebble); default: the system's roots.
+    pub ca_root: Option<PathBuf>,
+    /// Renew when the certificate expires within this many days.
+    #[serde(default = "default_renew_days")]
+    pub renew_before_days: u32,
+    /// A container sent SIGUSR2 after a certificate changed (default with `[stack]`: coturn,
+    /// which reloads its certificate on that signal).
+    pub reload_container: Option<String>,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+fn default_acme_directory() -> String {
+    LETS_ENCRYPT.into()
+}
+fn default_acme_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/jitsi-agent/acme")
+}
+fn default_renew_days() -> u32 {
+    30
+}
+
+impl Default for Sni {
+    /// Every default, no route.
+    fn default() -> Self {
+        toml::from_str("").expect("an empty [sni] table uses every default")
+    }
+}
+
+impl Default for Http {
+    /// Listening on port 80 (IPv4 and IPv6), no route.
+    fn default() -> Self {
+        toml::from_str("").expect("an empty [http] table uses every default")
+    }
+}
+
+impl Acme {
+    /// Every default, with this contact and no name yet.
+    pub fn with_email(email: &str) -> Self {
+        Acme {
+            email: email.to_owned(),
+            directory: default_acme_directory(),
+            names: Vec::new(),
+            state_dir: default_acme_state_dir(),
+            ca_root: None,
+            renew_before_days: default_renew_days(),
+            reload_container: None,
+        }
+    }
+}
+
 impl Config {
+    /// The settings the splitters run with: `[sni]`, or with only `[http]` the defaults of
+    /// `[sni]` with no address to listen on; `None` without either section.
+    pub fn splitter(&self) -> Option<Sni> {
+        match (&self.sni, &self.http) {
+            (Some(s), _) => Some(s.clone()),
+            (None, Some(_)) => Some(Sni { listen: Vec::new(), ..Sni::default() }),
+            (None, None) => None,
+        }
+    }
+
     /// Reads, parses and validates `path`.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead { path: path.into(), source })?;

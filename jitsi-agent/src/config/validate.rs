@@ -8,7 +8,7 @@ use std::{
 
 use jitsi_common::RULE_NAME_LEN;
 
-use super::{Config, Protocol, Sni, Stack};
+use super::{Acme, Config, Http, Protocol, Sni, Stack};
 
 /// Rule and route names: they are stored in the pinned maps (NUL-padded, 24 bytes).
 fn name_ok(name: &str) -> bool {
@@ -134,13 +134,42 @@ impl Config {
         if self.steer.len() > jitsi_common::MAX_RULES as usize {
             return Err(invalid("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
         }
+        let mut route_names = HashSet::new();
         if let Some(sni) = &self.sni {
-            sni.validate(&backends_seen)?;
+            sni.validate(&backends_seen, &mut route_names)?;
+        }
+        if let Some(http) = &self.http {
+            http.validate(&backends_seen, &mut route_names)?;
+            if let Some((i, a)) =
+                http.listen.iter().enumerate().find(|(_, a)| self.sni.iter().any(|s| s.listen.contains(a)))
+            {
+                return Err((format!("http.listen[{i}]"), format!("{a} is also an [sni] listen address")));
+            }
+        }
+        if let Some(acme) = &self.acme {
+            acme.validate(self.stack.is_some())?;
+            // With [stack], port 80's splitter is implied (unless the file steers tcp/80).
+            let steers_80 = self.steer.iter().any(|r| r.protocol == Protocol::Tcp && r.port == 80);
+            if self.http.is_none() && (self.stack.is_none() || steers_80) {
+                return Err((
+                    "acme".into(),
+                    "HTTP-01 challenges are answered on port 80: add an [http] section".into(),
+                ));
+            }
         }
         if let Some(stack) = &self.stack {
             stack.validate()?;
         }
         Ok(())
+    }
+}
+
+impl Config {
+    /// The backends the splitters connect to from the client's address ([sni] and [http]):
+    /// their replies are marked by `reply_out` and routed back to the agent's sockets.
+    pub fn transparent_backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        let sni = self.sni.iter().flat_map(Sni::transparent_backends);
+        sni.chain(self.http.iter().flat_map(Http::transparent_backends))
     }
 }
 
@@ -152,8 +181,11 @@ impl Sni {
 
     /// Checks the section; `steer_backends` are the steering rules' backends (a TCP one cannot
     /// also be an SNI backend: the TC program could not tell their replies apart).
-    fn validate(&self, steer_backends: &HashMap<(Protocol, SocketAddr), &str>) -> Result<(), Invalid> {
-        use crate::sni::names::{NameTable, Pattern};
+    fn validate<'a>(
+        &'a self,
+        steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
+        names: &mut HashSet<&'a str>,
+    ) -> Result<(), Invalid> {
         let err = |k: String, m: String| Err((k, m));
         if self.listen.is_empty() {
             return err("sni.listen".into(), "needs at least one address".into());
@@ -180,59 +212,160 @@ impl Sni {
         if matches!(self.route_table, 0 | 253..=255) {
             return err("sni.route_table".into(), "0, 253, 254 and 255 are the kernel's own tables".into());
         }
-        let mut table = NameTable::default();
-        let mut names = HashSet::new();
-        let mut backends = HashSet::new();
-        for (i, r) in self.routes.iter().enumerate() {
-            let key = |f: &str| format!("sni.route[{i}].{f}");
-            if !name_ok(&r.name) {
-                return err(
-                    key("name"),
-                    format!("`{}`: use 1 to {} letters, digits, `-` or `_`", r.name, RULE_NAME_LEN - 1),
-                );
-            }
-            if !names.insert(r.name.as_str()) {
-                return err(key("name"), format!("`{}` is used by another [[sni.route]]", r.name));
-            }
-            for (j, n) in r.server_names.iter().enumerate() {
-                let p = Pattern::parse(n).map_err(|e| (key(&format!("server_names[{j}]")), format!("`{n}`: {e}")))?;
-                if let Some(other) = table.insert(p, i) {
-                    return err(
-                        key(&format!("server_names[{j}]")),
-                        format!("`{n}` is already routed by `{}`", self.routes[other].name),
-                    );
-                }
-            }
-            if r.server_names.is_empty() && self.default.as_deref() != Some(r.name.as_str()) {
-                return err(
-                    key("server_names"),
-                    "empty, and the route is not the default: nothing would reach it".into(),
-                );
-            }
-            if container_target(r.container.as_deref(), r.container_port, &r.backend, &key)?.is_some() {
-                continue;
-            }
-            let b = r.backend.as_slice();
-            if b.is_empty()
-                || b.iter().filter(|a| a.is_ipv4()).count() > 1
-                || b.iter().filter(|a| a.is_ipv6()).count() > 1
-            {
-                return err(key("backend"), "one address, or one per address family".into());
-            }
-            for a in b {
-                if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
-                    return err(key("backend"), format!("{a}: needs a unicast address and a port"));
-                }
-                if let Some(rule) = steer_backends.get(&(Protocol::Tcp, *a)) {
-                    return err(key("backend"), format!("{a} is also the backend of steering rule `{rule}`"));
-                }
-                backends.insert(*a);
+        let routes: Vec<RouteView> = self
+            .routes
+            .iter()
+            .map(|r| RouteView {
+                name: &r.name,
+                patterns: &r.server_names,
+                patterns_key: "server_names",
+                backend: &r.backend,
+                container: r.container.as_deref(),
+                container_port: r.container_port,
+            })
+            .collect();
+        check_routes("sni", &routes, self.default.as_deref(), steer_backends, names)
+    }
+}
+
+/// What [[sni.route]] and [[http.route]] have in common, for one check of both.
+struct RouteView<'a> {
+    name: &'a str,
+    patterns: &'a [String],
+    patterns_key: &'a str,
+    backend: &'a super::OneOrMany,
+    container: Option<&'a str>,
+    container_port: Option<u16>,
+}
+
+/// Checks the routes of `section` (`sni` or `http`): names (unique within `names`, which the
+/// other section's routes share: their counters are kept by name), name patterns, targets.
+fn check_routes<'a>(
+    section: &str,
+    routes: &[RouteView<'a>],
+    default: Option<&str>,
+    steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
+    names: &mut HashSet<&'a str>,
+) -> Result<(), Invalid> {
+    use crate::sni::names::{NameTable, Pattern};
+    let err = |k: String, m: String| Err((k, m));
+    let mut table = NameTable::default();
+    for (i, r) in routes.iter().enumerate() {
+        let key = |f: &str| format!("{section}.route[{i}].{f}");
+        if !name_ok(r.name) {
+            return err(
+                key("name"),
+                format!("`{}`: use 1 to {} letters, digits, `-` or `_`", r.name, RULE_NAME_LEN - 1),
+            );
+        }
+        if !names.insert(r.name) {
+            return err(key("name"), format!("`{}` is used by another [[sni.route]] or [[http.route]]", r.name));
+        }
+        for (j, n) in r.patterns.iter().enumerate() {
+            let pkey = key(&format!("{}[{j}]", r.patterns_key));
+            let p = Pattern::parse(n).map_err(|e| (pkey.clone(), format!("`{n}`: {e}")))?;
+            if let Some(other) = table.insert(p, i) {
+                return err(pkey, format!("`{n}` is already routed by `{}`", routes[other].name));
             }
         }
-        if let Some(d) = &self.default
-            && !names.contains(d.as_str())
+        if r.patterns.is_empty() && default != Some(r.name) {
+            return err(key(r.patterns_key), "empty, and the route is not the default: nothing would reach it".into());
+        }
+        if container_target(r.container, r.container_port, r.backend, &key)?.is_some() {
+            continue;
+        }
+        let b = r.backend.as_slice();
+        if b.is_empty() || b.iter().filter(|a| a.is_ipv4()).count() > 1 || b.iter().filter(|a| a.is_ipv6()).count() > 1
         {
-            return err("sni.default".into(), format!("no [[sni.route]] is named `{d}`"));
+            return err(key("backend"), "one address, or one per address family".into());
+        }
+        for a in b {
+            if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
+                return err(key("backend"), format!("{a}: needs a unicast address and a port"));
+            }
+            if let Some(rule) = steer_backends.get(&(Protocol::Tcp, *a)) {
+                return err(key("backend"), format!("{a} is also the backend of steering rule `{rule}`"));
+            }
+        }
+    }
+    if let Some(d) = default
+        && !routes.iter().any(|r| r.name == d)
+    {
+        return err(format!("{section}.default"), format!("no [[{section}.route]] is named `{d}`"));
+    }
+    Ok(())
+}
+
+impl Http {
+    /// The backends of the routes that connect transparently.
+    pub fn transparent_backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.routes.iter().filter(|r| r.transparent).flat_map(|r| r.backend.as_slice().iter().copied())
+    }
+
+    fn validate<'a>(
+        &'a self,
+        steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
+        names: &mut HashSet<&'a str>,
+    ) -> Result<(), Invalid> {
+        if self.listen.is_empty() {
+            return Err(("http.listen".into(), "needs at least one address".into()));
+        }
+        if !(1024..=65536).contains(&self.max_head_bytes) {
+            return Err(("http.max_head_bytes".into(), "must be 1024 to 65536".into()));
+        }
+        if !(self.head_timeout_secs > 0.0 && self.head_timeout_secs <= 86_400.0) {
+            return Err(("http.head_timeout_secs".into(), "must be more than 0 and at most 86400 seconds".into()));
+        }
+        let routes: Vec<RouteView> = self
+            .routes
+            .iter()
+            .map(|r| RouteView {
+                name: &r.name,
+                patterns: &r.host_names,
+                patterns_key: "host_names",
+                backend: &r.backend,
+                container: r.container.as_deref(),
+                container_port: r.container_port,
+            })
+            .collect();
+        check_routes("http", &routes, self.default.as_deref(), steer_backends, names)
+    }
+}
+
+impl Acme {
+    /// `stack`: with `[stack]`, the names default to the TURN name.
+    fn validate(&self, stack: bool) -> Result<(), Invalid> {
+        use crate::sni::names::Pattern;
+        let err = |k: &str, m: String| Err((format!("acme.{k}"), m));
+        if !self.email.contains('@') || self.email.chars().any(|c| c.is_whitespace() || c == ',') {
+            return err("email", format!("`{}` is not an e-mail address", self.email));
+        }
+        if !self.directory.starts_with("https://") || self.directory.len() <= "https://".len() {
+            return err("directory", format!("`{}`: the ACME directory's https:// URL", self.directory));
+        }
+        if self.names.is_empty() && !stack {
+            return err(
+                "names",
+                "no name to obtain a certificate for (with [stack], the TURN name is the default)".into(),
+            );
+        }
+        let mut seen = HashSet::new();
+        for (i, n) in self.names.iter().enumerate() {
+            match Pattern::parse(n) {
+                Ok(Pattern::Exact(name)) => {
+                    if !seen.insert(name) {
+                        return err(&format!("names[{i}]"), format!("`{n}` is listed twice"));
+                    }
+                }
+                Ok(_) => return err(&format!("names[{i}]"), format!("`{n}`: HTTP-01 cannot validate a wildcard")),
+                Err(e) => return err(&format!("names[{i}]"), format!("`{n}`: {e}")),
+            }
+        }
+        if !self.state_dir.is_absolute() {
+            return err("state_dir", "must be an absolute path".into());
+        }
+        if !(1..=60).contains(&self.renew_before_days) {
+            return err("renew_before_days", "must be 1 to 60 (certificates last 90 days or less)".into());
         }
         Ok(())
     }

@@ -30,8 +30,9 @@ pub fn sync_maps(
     let existing = existing_slots(maps);
     let (slots, fresh) = rules::assign_slots(&existing, config.steer.iter().map(|r| r.name.as_str()));
     zero_rule_stats(maps, &fresh)?;
+    let marked = config.splitter().map(|s| (s.reply_mark, config.transparent_backends().collect()));
     let Desired { rules, replies, host_addrs } =
-        rules::desired(&config.steer, config.sni.as_ref(), host_addrs, uplink_ifindex, &slots, resolved);
+        rules::desired(&config.steer, marked, host_addrs, uplink_ifindex, &slots, resolved);
     sync_hash("rules", &mut maps.rules, rules)?;
     sync_hash("replies", &mut maps.replies, replies)?;
     sync_hash("host_addrs", &mut maps.host_addrs, host_addrs)?;

@@ -19,9 +19,10 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub use self::maps_sync::sync_maps;
-use self::{backends::Backends, sni::SniRunning};
+use self::{backends::Backends, sni::SplitterRunning};
 use crate::{
-    config::{Config, Sni},
+    acme::{AcmeRunning, challenges::Challenges},
+    config::Config,
     datapath::{Attach, Datapath},
     docker::{self, DockerWatch},
     error::{Error, Result},
@@ -92,7 +93,9 @@ struct Agent {
     tc_done: HashSet<u32>,
     listeners: Arc<Listeners>,
     shared: Arc<Shared>,
-    sni: Option<SniRunning>,
+    splitter: Option<SplitterRunning>,
+    challenges: Challenges,
+    acme: Option<AcmeRunning>,
     metrics: Option<MetricsServer>,
     refusals_logged: (Instant, u64),
 }
@@ -132,7 +135,9 @@ impl Agent {
             tc_done: HashSet::new(),
             listeners,
             shared,
-            sni: None,
+            splitter: None,
+            challenges: Challenges::default(),
+            acme: None,
             metrics: None,
             refusals_logged: (Instant::now(), 0),
         };
@@ -149,28 +154,55 @@ impl Agent {
             agent.metrics = Some(MetricsServer::start(m.listen, agent.shared.clone()).await?);
             info!(listen = %m.listen, "metrics: serving /metrics");
         }
-        if let Some(sni) = agent.live.sni.clone() {
-            agent.sni = Some(SniRunning::start(&agent.h, &sni, &agent.listeners, agent.shared.sni.clone()).await?);
+        if let Some(sni) = agent.live.splitter() {
+            let (h, http, stats) = (&agent.h, agent.live.http.as_ref(), agent.shared.sni.clone());
+            agent.splitter =
+                Some(SplitterRunning::start(h, &sni, http, &agent.listeners, stats, agent.challenges.clone()).await?);
         }
-        let listening: Vec<_> = agent.config.sni.iter().flat_map(|s| s.listen.iter().copied()).collect();
+        let listening: Vec<_> = agent
+            .config
+            .sni
+            .iter()
+            .flat_map(|s| s.listen.iter().copied())
+            .chain(agent.config.http.iter().flat_map(|h| h.listen.iter().copied()))
+            .collect();
         for addr in agent.listeners.unused(&listening) {
-            warn!(%addr, "the service manager passed a socket no [sni] listen address uses; it stays idle");
+            warn!(%addr, "the service manager passed a socket no [sni] or [http] listen address uses; it stays idle");
         }
+        agent.follow_acme();
         agent.flush_sni()?;
         info!(
             rules = agent.config.steer.len(),
             sni_routes = agent.config.sni.as_ref().map_or(0, |s| s.routes.len()),
+            http_routes = agent.config.http.as_ref().map_or(0, |h| h.routes.len()),
             adopted = agent.dp.adopted,
             "ready"
         );
         Ok(agent)
     }
 
+    /// Starts, restarts (settings changed) or stops the certificate manager to match the
+    /// configuration; the splitter answering its challenges is running by then.
+    fn follow_acme(&mut self) {
+        match &self.config.acme {
+            Some(acme) if self.acme.as_ref().is_some_and(|a| a.runs(acme, self.config.stack.as_ref())) => {}
+            Some(acme) => {
+                self.acme = Some(AcmeRunning::start(acme.clone(), self.config.stack.clone(), self.challenges.clone()));
+            }
+            None => {
+                if self.acme.take().is_some() {
+                    info!("acme: stopped managing certificates");
+                }
+            }
+        }
+    }
+
     fn summary(&self) -> String {
         format!(
-            "steering {} rule(s); sni: {}",
+            "steering {} rule(s); sni: {}; http: {}",
             self.config.steer.len(),
-            self.config.sni.as_ref().map_or("off".into(), |s| format!("{} route(s)", s.routes.len()))
+            self.config.sni.as_ref().map_or("off".into(), |s| format!("{} route(s)", s.routes.len())),
+            self.config.http.as_ref().map_or("off".into(), |h| format!("{} route(s)", h.routes.len()))
         )
     }
 
@@ -226,13 +258,11 @@ impl Agent {
         sync_maps(&mut self.dp.maps, &self.live, &self.host_addrs, self.uplink.index, &self.backends.resolved)
     }
 
-    /// Attaches `reply_out` where replies arrive: the steering backends' bridges and the SNI
-    /// backends' interfaces.
+    /// Attaches `reply_out` where replies arrive: the steering backends' bridges and the
+    /// splitters' backends' interfaces.
     async fn attach_tc(&mut self) -> Result<()> {
         let mut gateways: Vec<Link> = self.backends.resolved.values().map(|r| r.gateway.clone()).collect();
-        if let Some(sni) = &self.live.sni {
-            gateways.extend(sni_gateways(&self.h, sni).await);
-        }
+        gateways.extend(splitter_gateways(&self.h, &self.live).await);
         for g in gateways {
             if self.tc_done.insert(g.index) {
                 match self.dp.ensure_tc(&g)? {
@@ -245,7 +275,9 @@ impl Agent {
     }
 
     fn flush_sni(&mut self) -> Result<()> {
-        let names: Vec<String> = self.config.sni.iter().flat_map(|s| s.routes.iter().map(|r| r.name.clone())).collect();
+        let sni = self.config.sni.iter().flat_map(|s| s.routes.iter().map(|r| r.name.clone()));
+        let http = self.config.http.iter().flat_map(|h| h.routes.iter().map(|r| r.name.clone()));
+        let names: Vec<String> = sni.chain(http).collect();
         self.shared.sni.flush(&mut self.dp.maps.sni, &names)
     }
 
@@ -328,13 +360,15 @@ impl Agent {
 
     async fn apply_live(&mut self, new: Config, live: Config) -> Result<()> {
         // Listeners first: a port that cannot be bound refuses the whole reload.
-        match (&mut self.sni, &live.sni) {
-            (Some(running), Some(sni)) => running.update(&self.h, sni, &self.listeners).await?,
+        match (&mut self.splitter, live.splitter()) {
+            (Some(running), Some(sni)) => running.update(&self.h, &sni, live.http.as_ref(), &self.listeners).await?,
             (None, Some(sni)) => {
-                self.sni = Some(SniRunning::start(&self.h, sni, &self.listeners, self.shared.sni.clone()).await?);
+                let (http, stats, challenges) = (live.http.as_ref(), self.shared.sni.clone(), self.challenges.clone());
+                self.splitter =
+                    Some(SplitterRunning::start(&self.h, &sni, http, &self.listeners, stats, challenges).await?);
             }
             (Some(_), None) => {
-                if let Some(running) = self.sni.take() {
+                if let Some(running) = self.splitter.take() {
                     running.stop(&self.h).await?;
                 }
             }
@@ -350,6 +384,7 @@ impl Agent {
         self.backends.refresh(&self.h, &self.live).await;
         self.sync()?;
         self.attach_tc().await?;
+        self.follow_acme();
         let metrics_now = self.config.metrics.as_ref().map(|m| m.listen);
         if metrics_now != metrics_was {
             if let Some(m) = self.metrics.take() {
@@ -369,8 +404,8 @@ impl Agent {
         self.live = live_config(&self.config, self.docker.as_ref());
         self.backends.refresh(&self.h, &self.live).await;
         self.sync()?;
-        if let (Some(running), Some(sni)) = (&mut self.sni, &self.live.sni) {
-            running.update(&self.h, sni, &self.listeners).await?;
+        if let (Some(running), Some(sni)) = (&mut self.splitter, self.live.splitter()) {
+            running.update(&self.h, &sni, self.live.http.as_ref(), &self.listeners).await?;
         }
         self.attach_tc().await
     }
@@ -380,7 +415,7 @@ impl Agent {
         if let Some(m) = self.metrics.take() {
             m.stop().await;
         }
-        let stopped = match self.sni.take() {
+        let stopped = match self.splitter.take() {
             Some(s) => s.stop(&self.h).await,
             None => Ok(()),
         };
@@ -428,18 +463,18 @@ async fn host_addresses(h: &Handle, config: &Config, uplink: &Link) -> Result<Ve
     Ok(addrs)
 }
 
-/// The interfaces the SNI routes' transparent backends are reached through (their replies
+/// The interfaces the splitters' transparent backends are reached through (their replies
 /// arrive there and must be marked by `reply_out`); loopback backends need none.
-async fn sni_gateways(h: &Handle, sni: &Sni) -> Vec<Link> {
+async fn splitter_gateways(h: &Handle, live: &Config) -> Vec<Link> {
     let mut out: Vec<Link> = Vec::new();
-    for b in sni.transparent_backends().filter(|b| !b.ip().is_loopback()) {
+    for b in live.transparent_backends().filter(|b| !b.ip().is_loopback() && !b.ip().is_unspecified()) {
         match netlink::route_oif(h, b.ip()).await {
             Ok(oif) => match netlink::link_by_index(h, oif).await {
                 Ok(link) if link.index != 1 && !out.iter().any(|l| l.index == link.index) => out.push(link),
                 Ok(_) => {}
-                Err(e) => warn!(backend = %b, error = %e.report(), "sni: cannot find the backend's interface"),
+                Err(e) => warn!(backend = %b, error = %e.report(), "splitter: cannot find the backend's interface"),
             },
-            Err(e) => warn!(backend = %b, error = %e.report(), "sni: no route to the backend"),
+            Err(e) => warn!(backend = %b, error = %e.report(), "splitter: no route to the backend"),
         }
     }
     out

@@ -1,7 +1,8 @@
-//! The accept loop and one task per connection: limits, the ClientHello under a deadline,
-//! the route, a transparent connection to the backend, the hello replayed, then the relay.
-//! Every refusal is counted by reason (see `status`, metrics) and logged at debug level with
-//! the route, the client and the detail; the run loop logs a summary once a minute.
+//! The accept loop and one task per connection, for both splitters: limits, the first bytes
+//! under a deadline (a TLS ClientHello on 443, an HTTP request head on 80), the route, a
+//! transparent connection to the backend, those bytes replayed, then the relay. Every refusal
+//! is counted by reason (see `status`, metrics) and logged at debug level with the route, the
+//! client and the detail; the run loop logs a summary once a minute.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -21,11 +22,34 @@ use tracing::{debug, info, warn};
 use super::{
     hello::{Hello, HelloError, Progress, examine},
     relay::relay,
-    router::{ALERT_UNRECOGNIZED_NAME, Decision, Router},
+    router::{ALERT_UNRECOGNIZED_NAME, Decision, Route as Target, Router},
     stats::{Refusal, RouteStats, Stats},
     transparent,
 };
-use crate::config::Sni;
+use crate::{
+    acme::challenges::Challenges,
+    config::{Http, Sni},
+    http::{
+        head::{self, HeadError},
+        router::{self as http_router, response},
+    },
+};
+
+/// Which splitter a listener feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Front {
+    /// TLS, routed by SNI (443).
+    Tls,
+    /// HTTP/1.x, routed by `Host` (80).
+    Http,
+}
+
+/// The `[http]` routing of one configuration.
+struct HttpTable {
+    settings: Http,
+    router: http_router::Router,
+    stats: Vec<Arc<RouteStats>>,
+}
 
 /// One configuration's routing: settings, compiled routes and each route's counters.
 struct Table {
@@ -38,6 +62,8 @@ struct Table {
 /// accounting and the tasks of the connections being relayed.
 pub struct Proxy {
     table: RwLock<Arc<Table>>,
+    http: RwLock<Option<Arc<HttpTable>>>,
+    challenges: Challenges,
     /// Counters (shared with the metrics endpoint).
     pub stats: Arc<Stats>,
     open: Mutex<(usize, HashMap<IpAddr, usize>)>,
@@ -95,11 +121,57 @@ impl Table {
     }
 }
 
+impl HttpTable {
+    fn new(settings: Option<Http>, stats: &Stats) -> Option<Arc<Self>> {
+        let settings = settings?;
+        let router = http_router::Router::new(&settings);
+        let stats = router.routes.iter().map(|r| stats.route(&r.target.name)).collect();
+        Some(Arc::new(HttpTable { settings, router, stats }))
+    }
+}
+
+/// Reads from `s` into `buf` until `examine` has a verdict, at most `max + 1` bytes, before
+/// `deadline`. `Err(None)`: the deadline passed; `Err(Some(..))`: the client closed or failed.
+async fn read_until<T, E>(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    deadline: tokio::time::Instant,
+    examine: impl Fn(&[u8]) -> Result<Option<T>, E>,
+) -> Result<Result<T, E>, Option<String>> {
+    loop {
+        match examine(buf) {
+            Ok(Some(v)) => return Ok(Ok(v)),
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+        // Read straight into the tail of `buf`, never more than one byte past the limit.
+        let start = buf.len();
+        let want = (max + 1).saturating_sub(start).min(16 * 1024);
+        buf.resize(start + want, 0);
+        let read = tokio::time::timeout_at(deadline, s.read(&mut buf[start..])).await;
+        let n = match &read {
+            Ok(Ok(n)) => *n,
+            _ => 0,
+        };
+        buf.truncate(start + n);
+        match read {
+            Err(_) => return Err(None),
+            Ok(Ok(0)) => return Err(Some(format!("after {} bytes", buf.len()))),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(Some(e.to_string())),
+        }
+    }
+}
+
 impl Proxy {
-    /// A splitter for a validated `[sni]` section, counting into `stats`.
-    pub fn new(settings: Sni, stats: Arc<Stats>) -> Arc<Self> {
+    /// A splitter for a validated `[sni]` section (its settings also govern `[http]`'s
+    /// connections), counting into `stats`; `challenges` are the agent's own ACME tokens.
+    pub fn new(settings: Sni, http: Option<Http>, stats: Arc<Stats>, challenges: Challenges) -> Arc<Self> {
         Arc::new(Proxy {
             table: RwLock::new(Table::new(settings, &stats)),
+            http: RwLock::new(HttpTable::new(http, &stats)),
+            challenges,
             stats,
             open: Mutex::new((0, HashMap::new())),
             fallback_logged: Mutex::default(),
@@ -114,9 +186,10 @@ impl Proxy {
 
     /// Swaps in a new `[sni]` section: new connections are routed by it, connections already
     /// relayed keep going; counters of routes that keep their name continue.
-    pub fn update(&self, settings: Sni) {
+    pub fn update(&self, settings: Sni, http: Option<Http>) {
         let table = Table::new(settings, &self.stats);
         *self.table.write().expect("table lock") = table;
+        *self.http.write().expect("table lock") = HttpTable::new(http, &self.stats);
     }
 
     /// Connections open now (reading a hello or relaying).
@@ -125,7 +198,12 @@ impl Proxy {
     }
 
     /// Accepts on `listener` until `stop` is cancelled; each connection runs in its own task.
-    pub fn spawn_listener(self: &Arc<Self>, listener: TcpListener, stop: CancellationToken) -> JoinHandle<()> {
+    pub fn spawn_listener(
+        self: &Arc<Self>,
+        listener: TcpListener,
+        front: Front,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             loop {
@@ -136,13 +214,13 @@ impl Proxy {
                             let cut = me.cut.clone();
                             me.connections.spawn(async move {
                                 tokio::select! {
-                                    () = conn.handle(s, peer) => {}
+                                    () = conn.handle(s, peer, front) => {}
                                     () = cut.cancelled() => {}
                                 }
                             });
                         }
                         Err(e) => {
-                            warn!(error = %e, "sni: accept failed");
+                            warn!(error = %e, ?front, "splitter: accept failed");
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     },
@@ -189,47 +267,47 @@ impl Proxy {
     async fn read_hello(settings: &Sni, s: &mut TcpStream) -> Result<(Vec<u8>, Hello), (Refusal, String)> {
         let deadline = tokio::time::Instant::now() + secs(settings.hello_timeout_secs);
         let mut buf = Vec::with_capacity(2048);
-        loop {
-            match examine(&buf, settings.max_hello_bytes) {
-                Ok(Progress::Done(h)) => return Ok((buf, h)),
-                Ok(Progress::NeedMore) => {}
-                Err(e @ HelloError::TooLarge { .. }) => return Err((Refusal::HelloTooLarge, e.to_string())),
-                Err(e @ HelloError::Malformed(_)) => return Err((Refusal::MalformedHello, e.to_string())),
+        let verdict = read_until(s, &mut buf, settings.max_hello_bytes, deadline, |b| {
+            match examine(b, settings.max_hello_bytes)? {
+                Progress::Done(h) => Ok(Some(h)),
+                Progress::NeedMore => Ok(None),
             }
-            // Read straight into the tail of `buf`, never more than one byte past the limit.
-            let start = buf.len();
-            let want = (settings.max_hello_bytes + 1).saturating_sub(start).min(16 * 1024);
-            buf.resize(start + want, 0);
-            let read = tokio::time::timeout_at(deadline, s.read(&mut buf[start..])).await;
-            let n = match &read {
-                Ok(Ok(n)) => *n,
-                _ => 0,
-            };
-            buf.truncate(start + n);
-            match read {
-                Err(_) => {
-                    return Err((
-                        Refusal::HelloTimeout,
-                        format!("{} bytes in {}s", buf.len(), settings.hello_timeout_secs),
-                    ));
-                }
-                Ok(Ok(0)) => return Err((Refusal::ClosedEarly, format!("after {} bytes", buf.len()))),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err((Refusal::ClosedEarly, e.to_string())),
+        })
+        .await;
+        match verdict {
+            Ok(Ok(h)) => Ok((buf, h)),
+            Ok(Err(e @ HelloError::TooLarge { .. })) => Err((Refusal::HelloTooLarge, e.to_string())),
+            Ok(Err(e @ HelloError::Malformed(_))) => Err((Refusal::MalformedHello, e.to_string())),
+            Err(None) => {
+                Err((Refusal::HelloTimeout, format!("{} bytes in {}s", buf.len(), settings.hello_timeout_secs)))
             }
+            Err(Some(detail)) => Err((Refusal::ClosedEarly, detail)),
         }
     }
 
-    async fn handle(self: Arc<Self>, mut client: TcpStream, peer: SocketAddr) {
+    async fn handle(self: Arc<Self>, client: TcpStream, peer: SocketAddr, front: Front) {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
-        // The table at accept time routes this connection, whatever a reload does meanwhile.
+        // The tables at accept time route this connection, whatever a reload does meanwhile.
         let table = self.table();
-        let settings = &table.settings;
-        let _slot = match self.take_slot(settings, peer) {
+        let _slot = match self.take_slot(&table.settings, peer) {
             Ok(s) => s,
             Err(reason) => return self.refuse(reason, None, peer, &"limit reached"),
         };
         let _ = client.set_nodelay(true);
+        match front {
+            Front::Tls => self.handle_tls(table, client, peer).await,
+            Front::Http => {
+                let http = self.http.read().expect("table lock").clone();
+                match http {
+                    Some(http) => self.handle_http(table, http, client, peer).await,
+                    None => self.refuse(Refusal::NoHostRoute, None, peer, &"[http] removed"),
+                }
+            }
+        }
+    }
+
+    async fn handle_tls(&self, table: Arc<Table>, mut client: TcpStream, peer: SocketAddr) {
+        let settings = &table.settings;
         let started = Instant::now();
         let (hello_bytes, hello) = match Self::read_hello(settings, &mut client).await {
             Ok(x) => x,
@@ -249,12 +327,90 @@ impl Proxy {
             Decision::Close => return self.refuse(Refusal::NoRoute, None, peer, &"not TLS"),
         };
         let route = &table.router.routes[idx];
+        self.forward(settings, route, &table.stats[idx], client, peer, &hello_bytes).await;
+    }
+
+    /// Reads the request head; returns the bytes read (the head and whatever followed it).
+    async fn read_head(http: &Http, s: &mut TcpStream) -> Result<(Vec<u8>, head::Head), (Refusal, String)> {
+        let deadline = tokio::time::Instant::now() + secs(http.head_timeout_secs);
+        let mut buf = Vec::with_capacity(1024);
+        let verdict =
+            read_until(s, &mut buf, http.max_head_bytes, deadline, |b| match head::examine(b, http.max_head_bytes)? {
+                head::Progress::Done(h) => Ok(Some(h)),
+                head::Progress::NeedMore => Ok(None),
+            })
+            .await;
+        match verdict {
+            Ok(Ok(h)) => Ok((buf, h)),
+            Ok(Err(e @ HeadError::TooLarge { .. })) => Err((Refusal::HeadTooLarge, e.to_string())),
+            Ok(Err(e)) => Err((Refusal::BadRequest, e.to_string())),
+            Err(None) => Err((Refusal::HeadTimeout, format!("{} bytes in {}s", buf.len(), http.head_timeout_secs))),
+            Err(Some(detail)) => Err((Refusal::ClosedEarly, detail)),
+        }
+    }
+
+    /// Writes a response the splitter gives itself, then closes.
+    async fn answer(client: &mut TcpStream, bytes: &[u8]) {
+        let _ = client.write_all(bytes).await;
+        let _ = client.shutdown().await;
+    }
+
+    async fn handle_http(&self, table: Arc<Table>, http: Arc<HttpTable>, mut client: TcpStream, peer: SocketAddr) {
+        let (bytes, head) = match Self::read_head(&http.settings, &mut client).await {
+            Ok(x) => x,
+            Err((reason, detail)) => {
+                let reply = match reason {
+                    Refusal::HeadTooLarge => Some(response(431, "Request Header Fields Too Large", None, "")),
+                    Refusal::BadRequest => Some(response(400, "Bad Request", None, &format!("{detail}\n"))),
+                    _ => None,
+                };
+                if let Some(r) = reply {
+                    Self::answer(&mut client, &r).await;
+                }
+                return self.refuse(reason, None, peer, &detail);
+            }
+        };
+        let idx = match http.router.decide(&head, &self.challenges) {
+            http_router::Decision::Route(i) => i,
+            http_router::Decision::Redirect(i, location) => {
+                debug!(route = %http.router.routes[i].target.name, client = %peer, %location, "http: redirected");
+                return Self::answer(&mut client, &response(308, "Permanent Redirect", Some(&location), "")).await;
+            }
+            http_router::Decision::Challenge(Some(key_authorization)) => {
+                info!(client = %peer, host = ?head.host.as_ref().map(ToString::to_string), "acme: answered an HTTP-01 challenge");
+                return Self::answer(&mut client, &response(200, "OK", None, &key_authorization)).await;
+            }
+            http_router::Decision::Challenge(None) => {
+                return Self::answer(&mut client, &response(404, "Not Found", None, "unknown challenge\n")).await;
+            }
+            http_router::Decision::NoRoute => {
+                let host = head.host.as_ref().map_or("(none)".into(), ToString::to_string);
+                Self::answer(&mut client, &response(421, "Misdirected Request", None, "no site here by that name\n"))
+                    .await;
+                return self.refuse(Refusal::NoHostRoute, None, peer, &host);
+            }
+        };
+        let route = &http.router.routes[idx].target;
+        self.forward(&table.settings, route, &http.stats[idx], client, peer, &bytes).await;
+    }
+
+    /// Connects to `route`'s backend (from the client's address where it can), replays the
+    /// bytes already read and relays until the connection ends.
+    async fn forward(
+        &self,
+        settings: &Sni,
+        route: &Target,
+        stats: &RouteStats,
+        client: TcpStream,
+        peer: SocketAddr,
+        first: &[u8],
+    ) {
         let Some((backend, transparent)) = route.backend_for(peer) else {
             return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &"backend container not running");
         };
         if route.transparent && !transparent && self.fallback_logged.lock().expect("lock").insert(route.name.clone()) {
             info!(route = %route.name, client_family = if peer.is_ipv4() { "ipv4" } else { "ipv6" }, backend = %backend,
-                "sni: no backend of the client's family; connecting non-transparently (logged once per route)");
+                "splitter: no backend of the client's family; connecting non-transparently (logged once per route)");
         }
         let from = transparent.then_some(peer);
         let connect = transparent::connect(backend, from, settings.socket_mark);
@@ -265,17 +421,16 @@ impl Proxy {
             }
             Ok(Ok(s)) => s,
         };
-        if let Err(e) = upstream.write_all(&hello_bytes).await {
+        if let Err(e) = upstream.write_all(first).await {
             return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &format!("{backend}: {e}"));
         }
-        let stats = &table.stats[idx];
         stats.connections.fetch_add(1, Ordering::Relaxed);
-        stats.bytes_up.fetch_add(hello_bytes.len() as u64, Ordering::Relaxed);
+        stats.bytes_up.fetch_add(first.len() as u64, Ordering::Relaxed);
         let _open = OpenGuard::new(stats);
-        debug!(route = %route.name, client = %peer, backend = %backend, hello_ms = started.elapsed().as_millis() as u64, "sni: relaying");
+        debug!(route = %route.name, client = %peer, backend = %backend, "splitter: relaying");
         let r = relay(client, upstream, secs(settings.idle_timeout_secs), settings.relay).await;
         stats.bytes_up.fetch_add(r.up, Ordering::Relaxed);
         stats.bytes_down.fetch_add(r.down, Ordering::Relaxed);
-        debug!(route = %route.name, client = %peer, up = r.up, down = r.down, idle = r.idle, error = ?r.error, "sni: closed");
+        debug!(route = %route.name, client = %peer, up = r.up, down = r.down, idle = r.idle, error = ?r.error, "splitter: closed");
     }
 }

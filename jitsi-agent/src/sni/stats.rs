@@ -40,10 +40,18 @@ pub enum Refusal {
     ConnectTimeout,
     /// The backend refused or was unreachable.
     ConnectFailed,
+    /// Port 80: a malformed request head or a bad `Host` (answered `400`).
+    BadRequest,
+    /// Port 80: a request head over `max_head_bytes` (answered `431`).
+    HeadTooLarge,
+    /// Port 80: the head did not arrive within `head_timeout_secs`.
+    HeadTimeout,
+    /// Port 80: no route for the host and no default (answered `421`).
+    NoHostRoute,
 }
 
-/// Every refusal, in `sni_counters` slot order (slot = index + 1).
-pub const REFUSALS: [Refusal; 9] = [
+/// Every refusal, in `sni_counters` slot order (slot = index + 1; at most `SNI_COUNTERS` - 1).
+pub const REFUSALS: [Refusal; 13] = [
     Refusal::OverLimit,
     Refusal::OverClientLimit,
     Refusal::HelloTimeout,
@@ -53,7 +61,13 @@ pub const REFUSALS: [Refusal; 9] = [
     Refusal::NoRoute,
     Refusal::ConnectTimeout,
     Refusal::ConnectFailed,
+    Refusal::BadRequest,
+    Refusal::HeadTooLarge,
+    Refusal::HeadTimeout,
+    Refusal::NoHostRoute,
 ];
+
+const _: () = assert!(REFUSALS.len() < jitsi_common::SNI_COUNTERS as usize, "sni_counters has no slot left");
 
 impl Refusal {
     /// The name used in logs, `status` and metrics.
@@ -68,6 +82,10 @@ impl Refusal {
             Refusal::NoRoute => "no_route",
             Refusal::ConnectTimeout => "connect_timeout",
             Refusal::ConnectFailed => "connect_failed",
+            Refusal::BadRequest => "http_bad_request",
+            Refusal::HeadTooLarge => "http_head_too_large",
+            Refusal::HeadTimeout => "http_head_timeout",
+            Refusal::NoHostRoute => "http_no_route",
         }
     }
 

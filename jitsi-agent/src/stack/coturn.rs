@@ -33,8 +33,10 @@ pub const DENIED_PEERS: [&str; 22] = [
     "fe80::-febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
 ];
 
-/// Where the certificate for the TURN name is read inside the container (the agent's ACME
-/// client writes it there, #7; until then, put one there yourself).
+/// Where the certificate for the TURN name is read inside the container: the agent's ACME
+/// client writes it to `<directory>/coturn/certs/turn.crt` on the host (mounted there) and
+/// sends coturn SIGUSR2 to re-read it. Without `[acme]` (no `letsencrypt_email`), put one there
+/// yourself.
 pub const CERT: &str = "/etc/coturn/certs/turn.crt";
 /// The key beside it.
 pub const KEY: &str = "/etc/coturn/certs/turn.key";

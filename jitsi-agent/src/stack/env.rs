@@ -29,8 +29,9 @@ pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets) -> String {
     var("ENABLE_LETSENCRYPT", if le.is_some() { "1" } else { "0" });
     var("LETSENCRYPT_DOMAIN", &stack.meet_domain);
     var("LETSENCRYPT_EMAIL", le.unwrap_or(""));
-    // The agent steers port 80 straight to the web container for the ACME challenge; a
-    // redirect there would break renewal, so the container does not redirect.
+    // The agent's Host splitter answers port 80 with 308 to https:// itself, except for the
+    // ACME challenge path, which it relays to this container's acme.sh: the container must not
+    // redirect that path, so it does not redirect at all.
     var("ENABLE_HTTP_REDIRECT", "0");
     var("ENABLE_XMPP_WEBSOCKET", "1");
     var("ENABLE_IPV6", "0");

@@ -1,9 +1,10 @@
 //! With `[stack]`, the rules that wire it need not be written out: the videobridge's and
-//! coturn's UDP ports, port 80 to the web container when Let's Encrypt is on, and the SNI routes
-//! for the meet and TURN names. Rules and routes the file defines itself (by name, or for the
-//! same protocol and port) win.
+//! coturn's UDP ports, the SNI routes for the meet and TURN names, port 80's Host route for the
+//! meet name, and (with `letsencrypt_email`, or an `[acme]` section without names) the TURN
+//! name's certificate. Rules and routes the file defines itself (by name, or for the same
+//! protocol and port, or the same name) win.
 
-use crate::config::{Config, OneOrMany, Protocol, Sni, SniRoute, SteerRule};
+use crate::config::{Acme, Config, Http, HttpRoute, OneOrMany, Protocol, Sni, SniRoute, SteerRule};
 
 fn steer(name: &str, protocol: Protocol, port: u16, container: &str, container_port: u16) -> SteerRule {
     SteerRule {
@@ -30,19 +31,15 @@ fn route(name: &str, server_name: &str, container: &str, port: u16) -> SniRoute 
 /// `config` plus the rules `[stack]` implies (unchanged without `[stack]`).
 pub fn add_implied(mut config: Config) -> Config {
     let Some(stack) = config.stack.clone() else { return config };
-    let mut implied =
+    let implied =
         vec![steer("jvb", Protocol::Udp, 10000, "jvb", 10000), steer("turn", Protocol::Udp, 3478, "coturn", 3478)];
-    if stack.letsencrypt_email.is_some() {
-        // HTTP-01 for the meet name: answered by the web container's acme.sh on 8000.
-        implied.push(steer("web-http", Protocol::Tcp, 80, "web", 8000));
-    }
     for r in implied {
         let taken = config.steer.iter().any(|s| s.name == r.name || (s.protocol == r.protocol && s.port == r.port));
         if !taken {
             config.steer.push(r);
         }
     }
-    let sni = config.sni.get_or_insert_with(|| toml::from_str::<Sni>("").expect("an empty [sni] is all defaults"));
+    let sni = config.sni.get_or_insert_with(Sni::default);
     for r in [route("web", &stack.meet_domain, "web", 8443), route("turn", &stack.turn_domain, "coturn", 5349)] {
         let taken = sni
             .routes
@@ -54,6 +51,43 @@ pub fn add_implied(mut config: Config) -> Config {
     }
     if sni.default.is_none() && sni.routes.iter().any(|r| r.name == "web") {
         sni.default = Some("web".into());
+    }
+    // Port 80 through the Host splitter: the meet name to the web container's plain HTTP,
+    // where its acme.sh answers the meet name's challenges; every other request to https://.
+    // (Unless the file steers tcp/80 in the kernel itself.)
+    let steers_80 = config.steer.iter().any(|s| s.protocol == Protocol::Tcp && s.port == 80);
+    if !steers_80 {
+        let http = config.http.get_or_insert_with(Http::default);
+        let meet = &stack.meet_domain;
+        let taken = http
+            .routes
+            .iter()
+            .any(|r| r.name == "web-http" || r.host_names.iter().any(|n| n.eq_ignore_ascii_case(meet)));
+        if !taken {
+            http.routes.push(HttpRoute {
+                name: "web-http".into(),
+                host_names: vec![meet.clone()],
+                backend: OneOrMany::default(),
+                container: Some("web".into()),
+                container_port: Some(8000),
+                transparent: true,
+                redirect_https: true,
+            });
+        }
+    }
+    // The TURN name's certificate, obtained by the agent and installed where coturn reads it.
+    if config.acme.is_none()
+        && let Some(email) = &stack.letsencrypt_email
+    {
+        config.acme = Some(Acme::with_email(email));
+    }
+    if let Some(acme) = &mut config.acme {
+        if acme.names.is_empty() {
+            acme.names.push(stack.turn_domain.clone());
+        }
+        if acme.reload_container.is_none() && acme.names.iter().any(|n| n.eq_ignore_ascii_case(&stack.turn_domain)) {
+            acme.reload_container = Some("coturn".into());
+        }
     }
     config
 }

@@ -200,12 +200,21 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
         c.steer.iter().map(|r| (r.name.as_str(), r.port, r.container.as_deref(), r.container_port)).collect();
     assert_eq!(
         steer,
-        [
-            ("jvb", 10000, Some("jvb"), Some(10000)),
-            ("turn", 3478, Some("coturn"), Some(3478)),
-            ("web-http", 80, Some("web"), Some(8000))
-        ]
+        [("jvb", 10000, Some("jvb"), Some(10000)), ("turn", 3478, Some("coturn"), Some(3478))],
+        "port 80 is not kernel-steered: it goes through the Host splitter"
     );
+    let http = c.http.as_ref().unwrap();
+    assert_eq!(http.listen, crate::config::Http::default().listen);
+    let r = &http.routes[0];
+    assert_eq!(
+        (r.name.as_str(), r.host_names.as_slice(), r.container.as_deref(), r.container_port, r.redirect_https),
+        ("web-http", &["meet.example.org".to_string()][..], Some("web"), Some(8000), true)
+    );
+    let acme = c.acme.as_ref().unwrap();
+    assert_eq!(acme.email, "ops@example.org");
+    assert_eq!(acme.names, ["turn.example.org"]);
+    assert_eq!(acme.directory, crate::config::LETS_ENCRYPT);
+    assert_eq!(acme.reload_container.as_deref(), Some("coturn"));
     let sni = c.sni.unwrap();
     assert_eq!(sni.default.as_deref(), Some("web"));
     let routes: Vec<(&str, &str, Option<&str>, Option<u16>)> = sni
@@ -225,4 +234,19 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
                [stack]\nmeet_domain = \"meet.example.org\"\nturn_domain = \"turn.example.org\"\npublic_addresses = [\"198.51.100.7\"]\n";
     let c = Config::parse(own, Path::new("t.toml")).unwrap();
     assert_eq!(c.steer.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["media", "turn"]);
+    assert!(c.acme.is_none(), "no e-mail, no [acme]: no certificate is ordered");
+    // An [acme] of the file's own without names gets the TURN name; a kernel rule for tcp/80
+    // keeps port 80 out of the Host splitter.
+    let own = format!(
+        "{own}[acme]\nemail = \"ops@example.org\"\ndirectory = \"https://ca.example.org/dir\"\n\
+         [[steer]]\nname = \"www\"\nprotocol = \"tcp\"\nport = 80\nbackend = \"10.0.0.9:80\"\n"
+    );
+    let e = Config::parse(&own, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("`acme`: HTTP-01 challenges are answered on port 80"), "{e}");
+    let c = Config::parse(&own.replace("port = 80\n", "port = 8080\n"), Path::new("t.toml")).unwrap();
+    let acme = c.acme.unwrap();
+    assert_eq!(
+        (acme.names.as_slice(), acme.directory.as_str()),
+        (&["turn.example.org".to_string()][..], "https://ca.example.org/dir")
+    );
 }

@@ -36,6 +36,9 @@ pub struct Status {
     pub sni: SniStatus,
     /// Pass/drop counters by reason, in reason order.
     pub reasons: Vec<ReasonStatus>,
+    /// The certificates of `[acme]` (with `--config`): expiry from the files, the last error
+    /// from what the agent recorded.
+    pub certificates: Vec<crate::acme::CertState>,
 }
 
 /// Counters read from the maps, without attachments or rates.
@@ -159,6 +162,7 @@ pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
         rules: first.rules,
         sni: first.sni,
         reasons: first.reasons,
+        certificates: Vec::new(),
     };
     if interval.is_zero() {
         return Ok(st);

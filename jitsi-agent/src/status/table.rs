@@ -63,11 +63,7 @@ impl std::fmt::Display for Status {
             writeln!(f)?;
         }
         if !self.sni.routes.is_empty() || self.sni.accepted > 0 {
-            write!(
-                f,
-                "\n{:<16} {:>12} {:>8} {:>14} {:>14}",
-                "SNI ROUTE", "CONNECTIONS", "OPEN", "BYTES UP", "BYTES DOWN"
-            )?;
+            write!(f, "\n{:<16} {:>12} {:>8} {:>14} {:>14}", "ROUTE", "CONNECTIONS", "OPEN", "BYTES UP", "BYTES DOWN")?;
             writeln!(f, "{}", if rates { format!(" {:>8}", "CONN/S") } else { String::new() })?;
             for r in &self.sni.routes {
                 write!(
@@ -91,10 +87,41 @@ impl std::fmt::Display for Status {
                 if refused.is_empty() { "none".into() } else { refused.join(" ") }
             )?;
         }
+        if !self.certificates.is_empty() {
+            writeln!(f, "\n{:<28} {:<22} {:>9}  LAST ERROR", "CERTIFICATE", "EXPIRES (UTC)", "DAYS LEFT")?;
+            let now =
+                std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+            for c in &self.certificates {
+                let (expires, left) = match c.expires {
+                    Some(e) => (utc(e), format!("{:.1}", (e - now) as f64 / 86_400.0)),
+                    None => ("missing".into(), "-".into()),
+                };
+                writeln!(f, "{:<28} {expires:<22} {left:>9}  {}", c.name, c.last_error.as_deref().unwrap_or("-"))?;
+            }
+        }
         writeln!(f, "\n{:<28} {:<6} {:>12} {:>14}", "REASON", "ACTION", "PACKETS", "BYTES")?;
         for r in self.reasons.iter().filter(|r| r.packets > 0) {
             writeln!(f, "{:<28} {:<6} {:>12} {:>14}", r.reason, r.action, r.packets, r.bytes)?;
         }
         Ok(())
+    }
+}
+
+/// `YYYY-MM-DD HH:MM` (UTC) of Unix seconds.
+fn utc(secs: i64) -> String {
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]");
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| format!("@{secs}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00");
+        assert_eq!(super::utc(951_782_400), "2000-02-29 00:00");
+        assert_eq!(super::utc(1_795_564_800 + 3_660), "2026-11-25 01:01");
     }
 }

@@ -1,0 +1,182 @@
+//! The certificate files of each managed name: where they are, when they expire, and
+//! installing a new pair atomically (key 0600, chain 0644, owned like their directory, so the
+//! container that reads them can).
+
+use std::{
+    io::Write as _,
+    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::AcmeError;
+use crate::config::{Acme, Stack};
+
+/// Where one name's certificate lives.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertFiles {
+    /// The name (the certificate's only subject alternative name).
+    pub name: String,
+    /// The full chain, PEM.
+    pub chain: PathBuf,
+    /// The private key, PEM (mode 0600).
+    pub key: PathBuf,
+}
+
+/// The files of every name in `acme`: the stack's TURN name goes to coturn's certificate paths
+/// (`<directory>/coturn/certs/turn.crt`, `turn.key`, mounted at `/etc/coturn/certs`), every
+/// other name to `<state_dir>/certs/<name>/fullchain.pem` and `privkey.pem`.
+pub fn files(acme: &Acme, stack: Option<&Stack>) -> Vec<CertFiles> {
+    acme.names
+        .iter()
+        .map(|name| match stack {
+            Some(s) if s.turn_domain.eq_ignore_ascii_case(name) => {
+                let dir = s.directory.join("coturn/certs");
+                CertFiles { name: name.clone(), chain: dir.join("turn.crt"), key: dir.join("turn.key") }
+            }
+            _ => {
+                let dir = acme.state_dir.join("certs").join(name.to_ascii_lowercase());
+                CertFiles { name: name.clone(), chain: dir.join("fullchain.pem"), key: dir.join("privkey.pem") }
+            }
+        })
+        .collect()
+}
+
+/// The first certificate of a PEM chain: its expiry (Unix seconds) and DNS names.
+pub fn leaf(pem_text: &[u8]) -> Result<(i64, Vec<String>), String> {
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text).map_err(|e| format!("no PEM certificate: {e}"))?;
+    let cert = pem.parse_x509().map_err(|e| format!("not an X.509 certificate: {e}"))?;
+    let names = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((cert.validity().not_after.timestamp(), names))
+}
+
+/// When the certificate at `path` expires (Unix seconds); `None` if there is no file.
+pub fn expiry(path: &Path) -> Result<Option<i64>, AcmeError> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(AcmeError::io(format!("reading {}", path.display()), e)),
+    };
+    let (not_after, _) =
+        leaf(&text).map_err(|detail| AcmeError::BadCertificate { what: path.display().to_string(), detail })?;
+    Ok(Some(not_after))
+}
+
+/// Writes `text` to `path` through a temporary file in the same directory, with `mode` and
+/// the owner of the directory, then renames it into place (readers see the old or the new
+/// file, never half of one).
+fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), AcmeError> {
+    let dir = path.parent().expect("an absolute file path");
+    let err = |what: &str| {
+        let what = format!("{what} {}", path.display());
+        move |e| AcmeError::io(what, e)
+    };
+    let owner = std::fs::metadata(dir).map_err(err("reading the directory of"))?;
+    let tmp = dir.join(format!(".{}.tmp", path.file_name().expect("a file name").to_string_lossy()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err("creating a temporary file for"))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(err("setting the mode of"))?;
+    std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid())).map_err(err("setting the owner of"))?;
+    f.write_all(text.as_bytes()).map_err(err("writing"))?;
+    f.sync_all().map_err(err("syncing"))?;
+    std::fs::rename(&tmp, path).map_err(err("renaming into place"))?;
+    Ok(())
+}
+
+/// Checks that `chain` is a certificate for `files.name`, then installs it and `key`: the key
+/// first (0600), then the chain (0644). Returns the new expiry.
+pub fn install(files: &CertFiles, chain: &str, key: &str) -> Result<i64, AcmeError> {
+    let (not_after, names) = leaf(chain.as_bytes())
+        .map_err(|detail| AcmeError::BadCertificate { what: format!("certificate for {}", files.name), detail })?;
+    if !names.contains(&files.name.to_ascii_lowercase()) {
+        return Err(AcmeError::BadCertificate {
+            what: format!("certificate for {}", files.name),
+            detail: format!("issued for {names:?}"),
+        });
+    }
+    if !key.contains("PRIVATE KEY-----") {
+        return Err(AcmeError::BadCertificate { what: format!("key for {}", files.name), detail: "not PEM".into() });
+    }
+    let dir = files.chain.parent().expect("an absolute file path");
+    std::fs::create_dir_all(dir).map_err(|e| AcmeError::io(format!("creating {}", dir.display()), e))?;
+    write_atomic(&files.key, key, 0o600)?;
+    write_atomic(&files.chain, chain, 0o644)?;
+    Ok(not_after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn self_signed(name: &str) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn install_writes_both_with_their_modes_and_reads_back_the_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CertFiles {
+            name: "turn.example.org".into(),
+            chain: dir.path().join("c/turn.crt"),
+            key: dir.path().join("c/turn.key"),
+        };
+        assert_eq!(expiry(&files.chain).unwrap(), None, "no file yet");
+        let (chain, key) = self_signed("turn.example.org");
+        let not_after = install(&files, &chain, &key).unwrap();
+        assert_eq!(expiry(&files.chain).unwrap(), Some(not_after));
+        assert_eq!(std::fs::read_to_string(&files.key).unwrap(), key);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!((mode(&files.key), mode(&files.chain)), (0o600, 0o644));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("c")).unwrap().collect();
+        assert_eq!(leftovers.len(), 2, "no temporary file left");
+    }
+
+    #[test]
+    fn a_certificate_for_another_name_or_garbage_is_not_installed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CertFiles {
+            name: "turn.example.org".into(),
+            chain: dir.path().join("a.crt"),
+            key: dir.path().join("a.key"),
+        };
+        let (chain, key) = self_signed("other.example.org");
+        let e = install(&files, &chain, &key).unwrap_err().to_string();
+        assert!(e.contains("issued for [\"other.example.org\"]"), "{e}");
+        assert!(install(&files, "junk", &key).is_err());
+        assert!(!files.key.exists() && !files.chain.exists(), "nothing written");
+    }
+
+    #[test]
+    fn stack_turn_name_goes_to_coturns_paths() {
+        let text = "[uplink]\ninterface=\"eth0\"\n[stack]\nmeet_domain=\"meet.example.org\"\n\
+            turn_domain=\"turn.example.org\"\npublic_addresses=[\"198.51.100.7\"]\ndirectory=\"/srv/j\"\n\
+            [acme]\nemail=\"ops@example.org\"\nnames=[\"turn.example.org\",\"www.example.org\"]\n";
+        let config = crate::config::Config::parse(text, "t.toml".as_ref()).unwrap();
+        let f = files(config.acme.as_ref().unwrap(), config.stack.as_ref());
+        assert_eq!(f[0].chain, Path::new("/srv/j/coturn/certs/turn.crt"));
+        assert_eq!(f[0].key, Path::new("/srv/j/coturn/certs/turn.key"));
+        assert_eq!(f[1].chain, Path::new("/var/lib/jitsi-agent/acme/certs/www.example.org/fullchain.pem"));
+    }
+}
