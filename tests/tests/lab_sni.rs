@@ -162,7 +162,7 @@ fn sni_routes_by_server_name_with_the_client_address_ipv4_and_ipv6() {
     assert!(seen.1.windows(17).any(|w| w == b"meet.example.test"), "the backend received s_client's hello");
 
     let log = l.agent.as_ref().unwrap().log();
-    assert!(log.contains("sni: listening"), "{log}");
+    assert!(log.contains("splitter: listening"), "{log}");
     drop(l.agent.take().map(|a| a.stop().unwrap()));
     let routing = l.lab.host.ip(&["rule", "show"]).unwrap();
     assert!(!routing.contains("0x4a17"), "policy rule removed on exit:\n{routing}");
@@ -363,7 +363,7 @@ fn port_443_taken_is_a_clear_error_and_leaves_no_routing() {
     };
     assert!(
         err.contains("error: ")
-            && err.contains("sni: listening on 0.0.0.0:443")
+            && err.contains("splitter: listening on 0.0.0.0:443")
             && err.contains("Address already in use"),
         "{err}"
     );

@@ -14,8 +14,19 @@ use crate::{
 /// namespace has no rules, `systemd-analyze` to verify the shipped units, `docker-compose` to
 /// check the generated stack, and `docker.io` for the engine the stack test starts in its own
 /// namespace.
-const LAB_PACKAGES: &[&str] =
-    &["iproute2", "ethtool", "bpftool", "nftables", "iptables", "systemd", "docker-compose", "docker.io"];
+const LAB_PACKAGES: &[&str] = &[
+    "iproute2",
+    "ethtool",
+    "bpftool",
+    "nftables",
+    "iptables",
+    "systemd",
+    "docker-compose",
+    "docker.io",
+    "pebble",
+    "openssl",
+    "curl",
+];
 
 fn cargo(args: &[&str]) -> Command {
     let mut cmd = Command::new("cargo");

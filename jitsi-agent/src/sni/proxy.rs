@@ -349,10 +349,23 @@ impl Proxy {
         }
     }
 
-    /// Writes a response the splitter gives itself, then closes.
+    /// Writes a response the splitter gives itself, then closes gracefully: the write side
+    /// first, then what the client still sends is read and dropped (up to 64 KiB, for up to a
+    /// second) so that closing with unread bytes does not reset the connection and destroy the
+    /// response before the client has read it.
     async fn answer(client: &mut TcpStream, bytes: &[u8]) {
-        let _ = client.write_all(bytes).await;
-        let _ = client.shutdown().await;
+        if client.write_all(bytes).await.is_err() || client.shutdown().await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 8192];
+        let mut left: usize = 64 * 1024;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while left > 0 {
+            match tokio::time::timeout_at(deadline, client.read(&mut sink)).await {
+                Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
+        }
     }
 
     async fn handle_http(&self, table: Arc<Table>, http: Arc<HttpTable>, mut client: TcpStream, peer: SocketAddr) {
