@@ -13,4 +13,5 @@ pub mod docker;
 pub mod lab;
 pub mod netns;
 pub mod packet;
+pub mod pebble;
 pub mod servers;

@@ -1,10 +1,12 @@
 //! The provisioned stack under a real Docker engine: `stack init` and `stack up` with stand-in
 //! images, the agent resolving the containers by name (the rules `[stack]` implies), lab
-//! traffic to 10000/udp, 3478/udp and 443 with the client's address preserved, a restarted
-//! and a stopped container followed, and `stack down` leaving nothing.
+//! traffic to 10000/udp, 3478/udp, 443 and 80 with the client's address preserved, the TURN
+//! name's certificate obtained from Pebble and coturn told to reload it, a restarted and a
+//! stopped container followed, and `stack down` leaving nothing.
 
 use std::{
     net::SocketAddr,
+    os::unix::fs::MetadataExt,
     process::Command,
     time::{Duration, Instant},
 };
@@ -14,6 +16,7 @@ use jitsi_tests::{
     clients::{recorded_hello, tcp_echo, udp_round_trip, udp_socket},
     docker::DockerEngine,
     lab::{CLIENT_V4, HOST_V4, Lab},
+    pebble::Pebble,
 };
 
 /// `jitsi-agent <args>` in the host namespace against the test's engine.
@@ -31,12 +34,15 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
     let engine = DockerEngine::start(&lab.host, lab.work_dir()).unwrap();
     engine.build_standins(&standin_bin(), "standin", "test", &["web", "prosody", "jicofo", "jvb", "coturn"]).unwrap();
     let stack_dir = lab.work_dir().join("stack");
+    // The TURN name's certificate comes from Pebble (an [acme] without names: the TURN name).
+    let pebble = Pebble::start(&lab.inet, lab.work_dir(), HOST_V4).unwrap();
     let config = lab
         .write_config(&format!(
             "[stack]\nmeet_domain = \"meet.example.test\"\nturn_domain = \"turn.example.test\"\n\
              public_addresses = [\"{HOST_V4}\"]\ndirectory = \"{}\"\nimage_repo = \"standin\"\nimage_tag = \"test\"\n\
-             coturn_image = \"standin/coturn:test\"\nsubnet = \"172.18.0.0/24\"\n",
-            stack_dir.display()
+             coturn_image = \"standin/coturn:test\"\nsubnet = \"172.18.0.0/24\"\n{}",
+            stack_dir.display(),
+            pebble.acme_section(&[], &lab.work_dir().join("acme"))
         ))
         .unwrap();
     let c = config.display().to_string();
@@ -71,6 +77,34 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
         let greeting = tcp_echo(&lab.inet, host(443), recorded_hello(file)).unwrap().greeting;
         assert!(greeting.starts_with(&format!("seen {CLIENT_V4}:")), "{what} over 443: {greeting}");
     }
+
+    // Port 80 through the Host splitter: the meet name is redirected to https://, except its
+    // ACME path, which reaches the web container (its acme.sh) with the client's address.
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: meet.example.test\r\n\r\n").into_bytes();
+    let redirect = tcp_echo(&lab.inet, host(80), get("/room")).unwrap();
+    assert_eq!(redirect.greeting, "HTTP/1.1 308 Permanent Redirect");
+    assert!(String::from_utf8_lossy(&redirect.echoed).starts_with("Location: https://meet.example.test/room\r\n"));
+    let acme = tcp_echo(&lab.inet, host(80), get("/.well-known/acme-challenge/abc")).unwrap();
+    assert!(acme.greeting.starts_with(&format!("seen {CLIENT_V4}:")), "web:8000 over 80: {}", acme.greeting);
+
+    // The TURN name's certificate: issued over HTTP-01 through port 80, written where coturn
+    // reads it (owned by coturn's uid, key 0600), and coturn told to reload it.
+    let certs = stack_dir.join("coturn/certs");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !certs.join("turn.crt").exists() {
+        assert!(Instant::now() < deadline, "no certificate:\n{}\n{}", agent.log(), pebble.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let meta = |f: &str| std::fs::metadata(certs.join(f)).unwrap();
+    assert_eq!((meta("turn.key").mode() & 0o777, meta("turn.key").uid()), (0o600, 65534));
+    assert_eq!((meta("turn.crt").mode() & 0o777, meta("turn.crt").uid()), (0o644, 65534));
+    let coturn = engine.docker(&["ps", "-q", "--filter", "label=com.docker.compose.service=coturn"]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !engine.docker(&["logs", coturn.trim()]).unwrap().contains("SIGUSR2: reloading the TLS certificate") {
+        assert!(Instant::now() < deadline, "coturn never got SIGUSR2:\n{}", agent.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.log().contains("acme: sent SIGUSR2 to reload the certificate"), "{}", agent.log());
 
     // `docker restart jvb`: followed, media flows again.
     let jvb = engine.docker(&["ps", "-q", "--filter", "label=com.docker.compose.service=jvb"]).unwrap();

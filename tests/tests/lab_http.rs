@@ -10,7 +10,6 @@ use std::{
     net::{IpAddr, SocketAddr},
     os::unix::fs::PermissionsExt,
     path::Path,
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
@@ -18,7 +17,7 @@ use jitsi_tests::{
     agent::{AgentProcess, command_in},
     clients::tcp_echo,
     lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Lab},
-    netns::NetNs,
+    pebble::{Pebble, spawn_in},
     servers::{self, Server},
 };
 
@@ -209,23 +208,6 @@ fn redirects_bad_requests_and_unknown_hosts_are_answered_by_the_splitter() {
     l.wait_refused("http_head_too_large", 1);
 }
 
-/// A child process killed on drop.
-struct Running(Child, &'static str);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_in(ns: &NetNs, program: &str, args: &[&str], env: &[(&str, &str)], log: &Path, what: &'static str) -> Running {
-    let mut cmd = command_in(ns, Path::new(program)).unwrap();
-    let out = std::fs::File::create(log).unwrap();
-    cmd.args(args).envs(env.iter().copied()).stdout(out.try_clone().unwrap()).stderr(out).stdin(Stdio::null());
-    Running(cmd.spawn().unwrap_or_else(|e| panic!("{program}: {e}")), what)
-}
-
 fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
     let end = Instant::now() + deadline;
     while !done() {
@@ -234,86 +216,18 @@ fn wait_for(what: &str, deadline: Duration, mut done: impl FnMut() -> bool) {
     }
 }
 
-/// A CA of the test's own and a certificate from it for Pebble's HTTPS at 203.0.113.2 (the
-/// agent is told to trust that CA with `ca_root`).
-fn pebble_tls(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(DnType::CommonName, "jitsi-agent lab CA");
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let mut leaf = CertificateParams::new(vec!["pebble".to_string()]).unwrap();
-    leaf.subject_alt_names.push(SanType::IpAddress("203.0.113.2".parse().unwrap()));
-    let cert = leaf.signed_by(&key, &Issuer::new(ca, ca_key)).unwrap();
-    std::fs::write(dir.join("lab-ca.pem"), ca_cert.pem()).unwrap();
-    std::fs::write(dir.join("pebble.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("pebble.key"), key.serialize_pem()).unwrap();
-}
-
 #[test]
 fn acme_round_trip_against_pebble_issues_the_turn_certificate_over_port_80() {
     let lab = Lab::new(&["jvb", "turn"]).expect("lab");
     let dir = lab.work_dir().to_path_buf();
-    pebble_tls(&dir);
-    let pebble_config = serde_json::json!({"pebble": {
-        "listenAddress": "203.0.113.2:14000",
-        "managementListenAddress": "203.0.113.2:15000",
-        "certificate": dir.join("pebble.pem"),
-        "privateKey": dir.join("pebble.key"),
-        "httpPort": 80,
-        "tlsPort": 443,
-        "ocspResponderURL": "",
-        "externalAccountBindingRequired": false
-    }});
-    std::fs::write(dir.join("pebble.json"), pebble_config.to_string()).unwrap();
-    // Pebble and its DNS on the "internet"; every name resolves to the lab host's public
-    // address, so Pebble validates HTTP-01 by connecting to 203.0.113.1:80 through the uplink.
-    let _dns = spawn_in(
-        &lab.inet,
-        "/usr/bin/pebble-challtestsrv",
-        &[
-            "-defaultIPv4",
-            "203.0.113.1",
-            "-defaultIPv6",
-            "",
-            "-dns01",
-            "203.0.113.2:8053",
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-            "-management",
-            "203.0.113.2:8055",
-        ],
-        &[],
-        &dir.join("challtestsrv.log"),
-        "pebble-challtestsrv",
-    );
-    let config_arg = dir.join("pebble.json");
-    let _pebble = spawn_in(
-        &lab.inet,
-        "/usr/bin/pebble",
-        &["-config", config_arg.to_str().unwrap(), "-dnsserver", "203.0.113.2:8053"],
-        &[("PEBBLE_VA_NOSLEEP", "1"), ("PEBBLE_WFE_NONCEREJECT", "0")],
-        &dir.join("pebble.log"),
-        "pebble",
-    );
-    let pebble_log = || std::fs::read_to_string(dir.join("pebble.log")).unwrap_or_default();
-    wait_for("pebble to listen", Duration::from_secs(10), || pebble_log().contains("Listening on"));
+    let pebble = Pebble::start(&lab.inet, &dir, HOST_V4).unwrap();
     // coturn's stand-in must not exist yet: the certificate is what the test waits for.
     let state = dir.join("acme");
     let config = lab
         .write_config(&format!(
             "{STEER}\n[sni]\n[[sni.route]]\nname = \"turn\"\nserver_names = [\"turn.example.test\"]\nbackend = \"192.0.2.11:5349\"\n\
-             [http]\n\
-             [acme]\nemail = \"ops@example.test\"\ndirectory = \"https://203.0.113.2:14000/dir\"\n\
-             names = [\"turn.example.test\"]\nstate_dir = \"{}\"\nca_root = \"{}\"\n",
-            state.display(),
-            dir.join("lab-ca.pem").display()
+             [http]\n{}",
+            pebble.acme_section(&["turn.example.test"], &state)
         ))
         .unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
@@ -325,24 +239,16 @@ fn acme_round_trip_against_pebble_issues_the_turn_certificate_over_port_80() {
     let log = agent.log();
     assert!(log.contains("acme: answered an HTTP-01 challenge"), "the challenge came through port 80:\n{log}");
     assert!(log.contains("acme: certificate installed"), "{log}");
-    assert!(pebble_log().contains("turn.example.test"), "{}", pebble_log());
+    assert!(pebble.log().contains("turn.example.test"), "{}", pebble.log());
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&key), 0o600, "the key is private");
     assert_eq!(mode(&chain), 0o644);
     assert_eq!(mode(&state.join("account.json")), 0o600, "the account key is private");
 
-    // Pebble's root (a new one each run), from its management interface.
-    let root = lab
-        .inet
-        .exec(
-            "curl",
-            &["-sS", "--cacert", dir.join("lab-ca.pem").to_str().unwrap(), "https://203.0.113.2:15000/roots/0"],
-        )
-        .unwrap();
-    std::fs::write(dir.join("pebble-root.pem"), &root).unwrap();
+    let root = pebble.root().unwrap();
     let verified = std::process::Command::new("openssl")
         .args(["verify", "-CAfile"])
-        .arg(dir.join("pebble-root.pem"))
+        .arg(&root)
         .arg("-untrusted")
         .arg(&chain)
         .arg(&chain)
@@ -370,8 +276,8 @@ fn acme_round_trip_against_pebble_issues_the_turn_certificate_over_port_80() {
         ],
         &[],
         &dir.join("s_server.log"),
-        "openssl s_server",
-    );
+    )
+    .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let out = lab
         .inet
@@ -379,7 +285,7 @@ fn acme_round_trip_against_pebble_issues_the_turn_certificate_over_port_80() {
             "sh",
             &["-c", &format!(
                 "echo Q | timeout 10 openssl s_client -connect 203.0.113.1:443 -servername turn.example.test -CAfile {} -verify_return_error -verify_hostname turn.example.test",
-                dir.join("pebble-root.pem").display()
+                root.display()
             )],
         )
         .unwrap();

@@ -335,5 +335,5 @@ fn metrics_and_status_show_rules_sni_routes_and_attachments() {
     let mut cmd = command_in(&lab.host, &agent_bin()).unwrap();
     let out = cmd.args(["status", "--interval", "0.2", "--pin-dir"]).arg(&lab.pin_dir).output().unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
-    assert!(table.contains("PPS IN") && table.contains("SNI ROUTE") && table.contains("steer_in (XDP)"), "{table}");
+    assert!(table.contains("PPS IN") && table.contains("\nROUTE ") && table.contains("steer_in (XDP)"), "{table}");
 }

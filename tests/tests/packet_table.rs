@@ -107,7 +107,8 @@ fn setup() -> Env {
         resolved("192.0.2.12", WEB_MAC, 9),
         resolved("2001:db8:b::12", WEB_MAC, 9),
     ]);
-    let d = rules::desired(&config.steer, config.sni.as_ref(), &config.uplink.addresses, 1, &slots, &resolved);
+    let marked = config.splitter().map(|s| (s.reply_mark, config.transparent_backends().collect()));
+    let d = rules::desired(&config.steer, marked, &config.uplink.addresses, 1, &slots, &resolved);
     for (k, v) in d.rules {
         maps.rules.insert(k, v, 0).unwrap();
     }

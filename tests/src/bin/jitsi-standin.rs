@@ -43,8 +43,24 @@ fn tcp_greet_echo(port: u16) {
     });
 }
 
+/// coturn re-reads its TLS certificate on SIGUSR2: the stand-in says it got one (in
+/// `docker logs`), which is what the test checks after the agent renewed the certificate.
+extern "C" fn on_sigusr2(_: libc::c_int) {
+    const MSG: &[u8] = b"jitsi-standin coturn: SIGUSR2: reloading the TLS certificate\n";
+    // SAFETY: write(2) is async-signal-safe; MSG is a static buffer.
+    unsafe {
+        libc::write(1, MSG.as_ptr().cast(), MSG.len());
+    }
+}
+
 fn main() {
     let role = std::env::args().nth(1).unwrap_or_default();
+    if role == "coturn" {
+        // SAFETY: installs a handler that only calls an async-signal-safe function.
+        unsafe {
+            libc::signal(libc::SIGUSR2, on_sigusr2 as *const () as libc::sighandler_t);
+        }
+    }
     match role.as_str() {
         "web" => {
             tcp_greet_echo(8000);
