@@ -65,15 +65,20 @@ pub fn leaf(pem_text: &[u8]) -> Result<(i64, Vec<String>), String> {
     Ok((cert.validity().not_after.timestamp(), names))
 }
 
-/// When the certificate at `path` expires (Unix seconds); `None` if there is no file.
-pub fn expiry(path: &Path) -> Result<Option<i64>, AcmeError> {
+/// When the installed certificate of `files` expires (Unix seconds); `None` if there is no
+/// file; an error if it cannot be read or is not a certificate for `files.name`.
+pub fn expiry(files: &CertFiles) -> Result<Option<i64>, AcmeError> {
+    let path = &files.chain;
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(AcmeError::io(format!("reading {}", path.display()), e)),
     };
-    let (not_after, _) =
-        leaf(&text).map_err(|detail| AcmeError::BadCertificate { what: path.display().to_string(), detail })?;
+    let bad = |detail| AcmeError::BadCertificate { what: path.display().to_string(), detail };
+    let (not_after, names) = leaf(&text).map_err(bad)?;
+    if !names.contains(&files.name.to_ascii_lowercase()) {
+        return Err(bad(format!("issued for {names:?}, not {}", files.name)));
+    }
     Ok(Some(not_after))
 }
 
@@ -142,10 +147,14 @@ mod tests {
             chain: dir.path().join("c/turn.crt"),
             key: dir.path().join("c/turn.key"),
         };
-        assert_eq!(expiry(&files.chain).unwrap(), None, "no file yet");
+        assert_eq!(expiry(&files).unwrap(), None, "no file yet");
         let (chain, key) = self_signed("turn.example.org");
         let not_after = install(&files, &chain, &key).unwrap();
-        assert_eq!(expiry(&files.chain).unwrap(), Some(not_after));
+        assert_eq!(expiry(&files).unwrap(), Some(not_after));
+        // A certificate for another name in its place (put there by hand) is not taken for it.
+        let (other, _) = self_signed("other.example.org");
+        std::fs::write(&files.chain, other).unwrap();
+        assert!(expiry(&files).unwrap_err().to_string().contains("not turn.example.org"));
         assert_eq!(std::fs::read_to_string(&files.key).unwrap(), key);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!((mode(&files.key), mode(&files.chain)), (0o600, 0o644));

@@ -68,7 +68,7 @@ pub fn read_states(acme: &Acme, stack: Option<&Stack>) -> Vec<CertState> {
             let mut s = recorded.iter().find(|r| r.name == f.name).cloned().unwrap_or_default();
             s.name = f.name.clone();
             s.chain = f.chain.display().to_string();
-            s.expires = match cert::expiry(&f.chain) {
+            s.expires = match cert::expiry(&f) {
                 Ok(e) => e,
                 Err(e) => {
                     s.last_error.get_or_insert_with(|| e.to_string());
@@ -141,7 +141,7 @@ async fn manage(acme: Acme, files: Vec<CertFiles>, challenges: Challenges) {
             if now() < plan.due {
                 continue;
             }
-            let expires = cert::expiry(&f.chain).unwrap_or_else(|e| {
+            let expires = cert::expiry(f).unwrap_or_else(|e| {
                 warn!(name = %f.name, error = %e, "acme: the installed certificate cannot be read; replacing it");
                 None
             });

@@ -1,4 +1,4 @@
-//! Ports: the SNI and metrics listeners must be free (or already the agent's, or held by
+//! Ports: the SNI, HTTP and metrics listeners must be free (or already the agent's, or held by
 //! systemd for it); steered ports must not also be published by Docker (a DNAT rule or a
 //! docker-proxy listener) — XDP takes those packets first, so the publishing is dead at best
 //! and, on the SNI port, diverts connections away from the agent.
@@ -110,12 +110,15 @@ pub(super) fn ports(config: &Config) -> Vec<Check> {
     let dnat_on = |proto: Protocol, port: u16| -> Vec<String> {
         nat.iter().flatten().filter(|(p, n, _)| *p == proto && *n == port).map(|(_, _, c)| c.clone()).collect()
     };
-    let mut listen: BTreeSet<u16> = BTreeSet::new();
+    let mut listen: BTreeSet<(u16, &str)> = BTreeSet::new();
     for a in config.sni.iter().flat_map(|s| s.listen.iter()) {
-        listen.insert(a.port());
+        listen.insert((a.port(), "sni"));
     }
-    for port in listen {
-        let what = format!("port tcp/{port} (sni)");
+    for a in config.http.iter().flat_map(|h| h.listen.iter()) {
+        listen.insert((a.port(), "http"));
+    }
+    for (port, splitter) in listen {
+        let what = format!("port tcp/{port} ({splitter})");
         let h = holders(Protocol::Tcp, port);
         let agent_or_systemd = h.iter().all(|(pid, c)| c == "jitsi-agent" || *pid == 1);
         out.push(if h.is_empty() {
@@ -126,7 +129,7 @@ pub(super) fn ports(config: &Config) -> Vec<Check> {
             Check::fail(
                 what.clone(),
                 format!("taken by {}", names(&h)),
-                "stop or move that service (HAProxy/nginx on 443 is what the splitter replaces)",
+                "stop or move that service (HAProxy on 443 and nginx on 80 are what the splitters replace)",
             )
         });
         let chains = dnat_on(Protocol::Tcp, port);

@@ -71,9 +71,16 @@ fn the_shipped_example_parses() {
     let c = Config::load(&path).unwrap();
     assert_eq!(c.uplink.interface, "eth0");
     let names: Vec<_> = c.steer.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["jvb", "turn", "web"]);
+    assert_eq!(names, ["jvb", "turn"]);
     let sni = c.sni.expect("the example has an [sni] section");
     assert_eq!(sni.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web", "turn"]);
+    let http = c.http.expect("the example has an [http] section");
+    assert_eq!(
+        http.routes.iter().map(|r| (r.name.as_str(), r.redirect_https)).collect::<Vec<_>>(),
+        [("web-http", true)]
+    );
+    let acme = c.acme.expect("the example has an [acme] section");
+    assert_eq!((acme.names.as_slice(), acme.directory.as_str()), (&["turn.example.org".to_string()][..], LETS_ENCRYPT));
 }
 
 #[test]
@@ -151,4 +158,27 @@ fn locates_keys_in_the_file() {
     // A key that is absent (a default) points at its enclosing table.
     assert_eq!(locate::key(text, "uplink.nothing"), text.find("[uplink]"));
     assert_eq!(locate::key(text, "pin_dir"), None);
+}
+
+#[test]
+fn http_section_checks() {
+    let base = "[uplink]\ninterface = \"eth0\"\n";
+    let route = "[[http.route]]\nname = \"w\"\nhost_names = [\"www.example.org\"]\nbackend = \"10.0.0.9:80\"\n";
+    let e = err(&format!("{base}[sni]\nlisten = [\"0.0.0.0:80\"]\n[http]\n{route}"));
+    assert!(e.contains("`http.listen[0]`: 0.0.0.0:80 is also an [sni] listen address"), "{e}");
+    let e = err(&format!("{base}[http]\ndefault = \"nope\"\n{route}"));
+    assert!(e.contains("`http.default`: no [[http.route]] is named `nope`"), "{e}");
+    let e = err(&format!("{base}[http]\nmax_head_bytes = 100\n{route}"));
+    assert!(e.contains("`http.max_head_bytes`: must be 1024 to 65536"), "{e}");
+    let e = err(&format!("{base}[http]\n[acme]\nemail = \"nobody\"\nnames = [\"a.example.org\"]\n"));
+    assert!(e.contains("`acme.email`: `nobody` is not an e-mail address"), "{e}");
+    let e = err(&format!(
+        "{base}[http]\n[acme]\nemail = \"a@b.org\"\ndirectory = \"http://ca/dir\"\nnames = [\"a.example.org\"]\n"
+    ));
+    assert!(e.contains("`acme.directory`"), "{e}");
+    // [http] alone runs the splitter with [sni]'s defaults and nothing on 443.
+    let c = parse(&format!("{base}[http]\n{route}")).unwrap();
+    let s = c.splitter().unwrap();
+    assert!(s.listen.is_empty() && s.routes.is_empty());
+    assert_eq!(c.transparent_backends().collect::<Vec<_>>(), ["10.0.0.9:80".parse().unwrap()]);
 }

@@ -65,6 +65,22 @@ backend = "192.0.2.11:5349"
 listen = "127.0.0.1:9477"
 "#;
 
+/// The Host splitter on 80: the meet name redirected to https:// (its ACME path relayed to
+/// web's plain HTTP port), another site on the host routed to it too.
+const DEMO_HTTP: &str = r#"
+[http]
+listen = ["0.0.0.0:80", "[::]:80"]
+[[http.route]]
+name = "web-http"
+host_names = ["meet.example.test"]
+backend = ["192.0.2.12:8000", "[2001:db8:b::12]:8000"]
+redirect_https = true
+[[http.route]]
+name = "www"
+host_names = ["www.example.test"]
+backend = ["192.0.2.12:8000", "[2001:db8:b::12]:8000"]
+"#;
+
 /// Added by the demo's reload: a second web port, steered in the kernel.
 const DEMO_RELOAD_RULE: &str = r#"
 [[steer]]
@@ -146,7 +162,9 @@ fn demo(agent: PathBuf) -> Result<()> {
     ];
 
     section("agent configuration");
-    let config = lab.write_config(&format!("{LAB_RULES}{DEMO_SNI}"))?;
+    // The lab's UDP rules; port 80 goes through the Host splitter instead of the kernel rule.
+    let udp_rules = &LAB_RULES[..LAB_RULES.find("[[steer]]\nname = \"web\"").expect("the lab's web rule")];
+    let config = lab.write_config(&format!("{udp_rules}{DEMO_SNI}{DEMO_HTTP}"))?;
     print!("{}", std::fs::read_to_string(&config)?);
 
     section("jitsi-agent check (preflight)");
@@ -176,10 +194,24 @@ fn demo(agent: PathBuf) -> Result<()> {
             }
         }
     }
+    // The Host splitter: the stand-in greets with the address it saw and echoes the request.
     for host in [IpAddr::from(HOST_V4), HOST_V6.into()] {
         let to = SocketAddr::new(host, 80);
-        let x = tcp_echo(&lab.inet, to, vec![b'x'; 100_000])?;
-        println!("tcp  -> {to:<24} greeting {:?}, {} bytes echoed", x.greeting, x.echoed.len());
+        for (host_header, path) in [
+            ("www.example.test", "/"),
+            ("meet.example.test", "/room"),
+            ("meet.example.test", "/.well-known/acme-challenge/token"),
+        ] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {host_header}\r\n\r\n");
+            let x = tcp_echo(&lab.inet, to, request.into_bytes())?;
+            let answer = if x.greeting.starts_with("HTTP/") {
+                let location = String::from_utf8_lossy(&x.echoed).lines().next().unwrap_or_default().to_string();
+                format!("answered by the agent: {:?} {location}", x.greeting)
+            } else {
+                format!("backend greeting {:?}", x.greeting)
+            };
+            println!("http -> {to:<24} Host {host_header:<18} {path:<34} {answer}");
+        }
     }
 
     // The SNI splitter: ClientHellos recorded from Chromium and curl, through 443.
