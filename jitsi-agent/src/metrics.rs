@@ -41,6 +41,8 @@ pub struct Shared {
     pub reloads_ok: AtomicU64,
     /// Configuration reloads refused (invalid file, or a change that needs a restart).
     pub reloads_failed: AtomicU64,
+    /// The `[acme]` certificates as the certificate manager last saw them.
+    pub certificates: Arc<std::sync::Mutex<Vec<crate::acme::CertState>>>,
 }
 
 /// The running endpoint.
@@ -261,6 +263,21 @@ impl Collector for AgentCollector {
             "Connections open on the SNI splitter (reading a hello or relayed)",
             Gauge,
             ConstGauge::new(s.sni.open.load(Ordering::Relaxed) as i64),
+        )?;
+        let certs = s.certificates.lock().expect("certificates lock").clone();
+        family(
+            &mut enc,
+            "jitsi_agent_certificate_expiry_timestamp_seconds",
+            "When each [acme] certificate expires (Unix time); absent while there is none",
+            Gauge,
+            certs.iter().filter_map(|c| c.expires.map(|e| (vec![("name", c.name.clone())], ConstGauge::new(e)))),
+        )?;
+        family(
+            &mut enc,
+            "jitsi_agent_certificate_renewal_failing",
+            "1 while the last attempt to obtain an [acme] certificate failed",
+            Gauge,
+            certs.iter().map(|c| (vec![("name", c.name.clone())], ConstGauge::new(i64::from(c.last_error.is_some())))),
         )?;
         family(
             &mut enc,

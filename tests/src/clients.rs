@@ -90,3 +90,14 @@ pub fn recorded_hello(name: &str) -> Vec<u8> {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello").join(name);
     std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
+
+/// `GET /metrics` from inside `ns`; asserts a 200 and returns the whole response.
+pub fn scrape_metrics(ns: &NetNs, addr: &str) -> String {
+    let addr: SocketAddr = addr.parse().expect("ADDRESS:PORT");
+    let mut s = ns.enter(move || TcpStream::connect(addr)).expect("entering the namespace").expect("connecting");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").expect("sending");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("reading");
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}

@@ -8,6 +8,7 @@
 //! removed on drop; nothing in the root namespace is changed.
 
 pub mod agent;
+pub mod bench;
 pub mod clients;
 pub mod docker;
 pub mod lab;

@@ -79,6 +79,21 @@ impl NetNs {
         .map_err(|_| anyhow::anyhow!("thread in namespace panicked"))?
     }
 
+    /// Runs `f` on a new thread inside the namespace and returns at once; joining gives its
+    /// result (a panic if the thread could not enter the namespace).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<std::thread::JoinHandle<T>> {
+        let file = self.file()?;
+        Ok(std::thread::spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            let entered = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } == 0;
+            assert!(entered, "setns: {}", std::io::Error::last_os_error());
+            f()
+        }))
+    }
+
     /// The namespace file, for `setns`.
     pub fn file(&self) -> Result<File> {
         File::open(format!("/run/netns/{}", self.name)).with_context(|| format!("opening netns {}", self.name))
@@ -98,4 +113,35 @@ pub fn run(cmd: &mut Command) -> Result<String> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A child process killed on drop.
+pub struct Running(std::process::Child);
+
+impl Running {
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program args` in `ns` with its output in `log`; killed when dropped.
+pub fn spawn_in(
+    ns: &NetNs,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> Result<Running> {
+    let mut cmd = crate::agent::command_in(ns, std::path::Path::new(program))?;
+    let out = std::fs::File::create(log)?;
+    cmd.args(args).envs(env.iter().copied()).stdout(out.try_clone()?).stderr(out).stdin(std::process::Stdio::null());
+    Ok(Running(cmd.spawn().with_context(|| format!("starting {program}"))?))
 }

@@ -7,34 +7,15 @@
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    process::{Child, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
-use crate::{agent::command_in, netns::NetNs};
+use crate::netns::{NetNs, Running, spawn_in};
 
 /// Where Pebble listens (the lab's "internet" address).
 pub const PEBBLE_ADDR: &str = "203.0.113.2";
-
-/// A child process killed on drop.
-pub struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `program args` in `ns` with its output in `log`; killed when dropped.
-pub fn spawn_in(ns: &NetNs, program: &str, args: &[&str], env: &[(&str, &str)], log: &Path) -> Result<Running> {
-    let mut cmd = command_in(ns, Path::new(program))?;
-    let out = std::fs::File::create(log)?;
-    cmd.args(args).envs(env.iter().copied()).stdout(out.try_clone()?).stderr(out).stdin(Stdio::null());
-    Ok(Running(cmd.spawn().with_context(|| format!("starting {program}"))?))
-}
 
 /// A running Pebble and its DNS.
 pub struct Pebble {

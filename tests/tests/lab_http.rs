@@ -15,9 +15,10 @@ use std::{
 
 use jitsi_tests::{
     agent::{AgentProcess, command_in},
-    clients::tcp_echo,
+    clients::{scrape_metrics, tcp_echo},
     lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, Lab},
-    pebble::{Pebble, spawn_in},
+    netns::spawn_in,
+    pebble::Pebble,
     servers::{self, Server},
 };
 
@@ -226,7 +227,7 @@ fn acme_round_trip_against_pebble_issues_the_turn_certificate_over_port_80() {
     let config = lab
         .write_config(&format!(
             "{STEER}\n[sni]\n[[sni.route]]\nname = \"turn\"\nserver_names = [\"turn.example.test\"]\nbackend = \"192.0.2.11:5349\"\n\
-             [http]\n{}",
+             [http]\n[metrics]\nlisten = \"127.0.0.1:9477\"\n{}",
             pebble.acme_section(&["turn.example.test"], &state)
         ))
         .unwrap();
@@ -302,6 +303,15 @@ fn acme_round_trip_against_pebble_issues_the_turn_certificate_over_port_80() {
     let status = jitsi_tests::netns::run(&mut cmd).unwrap();
     let line = status.lines().find(|l| l.starts_with("turn.example.test")).unwrap_or_else(|| panic!("{status}"));
     assert!(line.contains(" 20") && !line.contains("missing"), "an expiry date: {line}");
+    // Metrics: the expiry as a timestamp, and no failure.
+    let m = scrape_metrics(&lab.host, "127.0.0.1:9477");
+    let expiry = m
+        .lines()
+        .find_map(|l| l.strip_prefix("jitsi_agent_certificate_expiry_timestamp_seconds{name=\"turn.example.test\"} "))
+        .unwrap_or_else(|| panic!("{m}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    assert!(expiry.parse::<i64>().unwrap() > now + 86_400, "expires in the future: {expiry}");
+    assert!(m.contains("jitsi_agent_certificate_renewal_failing{name=\"turn.example.test\"} 0"), "{m}");
     // A restart finds the certificate valid and orders nothing.
     drop(agent.stop().unwrap());
     let before = std::fs::read(&chain).unwrap();
@@ -309,4 +319,48 @@ fn acme_round_trip_against_pebble_issues_the_turn_certificate_over_port_80() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(std::fs::read(&chain).unwrap(), before, "a valid certificate is kept");
     assert!(!agent.log().contains("acme: obtaining"), "{}", agent.log());
+}
+
+#[test]
+fn a_failed_renewal_keeps_the_old_certificate_and_says_so() {
+    let lab = Lab::new(&["jvb"]).expect("lab");
+    let dir = lab.work_dir().to_path_buf();
+    let state = dir.join("acme");
+    let certs = state.join("certs/turn.example.test");
+    std::fs::create_dir_all(&certs).unwrap();
+    let (chain, key) = (certs.join("fullchain.pem"), certs.join("privkey.pem"));
+    // A certificate that expires in 10 days: due for renewal (30 days before expiry).
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "10"])
+        .args(["-subj", "/CN=turn.example.test", "-addext", "subjectAltName=DNS:turn.example.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&chain)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let before = (std::fs::read(&chain).unwrap(), std::fs::read(&key).unwrap());
+    // No ACME server answers at the directory's address.
+    let config = lab
+        .write_config(&format!(
+            "{STEER}[http]\n[acme]\nemail = \"ops@example.test\"\ndirectory = \"https://203.0.113.2:14000/dir\"\n\
+             names = [\"turn.example.test\"]\nstate_dir = \"{}\"\n",
+            state.display()
+        ))
+        .unwrap();
+    let mut agent = AgentProcess::start(&lab.host, &config).unwrap();
+    agent.wait_for_log("acme: could not obtain a certificate; the old one stays", Duration::from_secs(20)).unwrap();
+    assert!(agent.log().contains("retry_in_secs=300"), "first retry after 5 minutes:\n{}", agent.log());
+    assert_eq!((std::fs::read(&chain).unwrap(), std::fs::read(&key).unwrap()), before, "the old files stay");
+    let mut cmd = command_in(&lab.host, &jitsi_tests::agent::agent_bin()).unwrap();
+    cmd.args(["status", "--interval", "0", "--json", "--config"]).arg(&config);
+    let status: serde_json::Value = serde_json::from_str(&jitsi_tests::netns::run(&mut cmd).unwrap()).unwrap();
+    let c = &status["certificates"][0];
+    assert_eq!(c["name"], "turn.example.test");
+    let days_left = (c["expires"].as_i64().unwrap()
+        - std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64)
+        / 86_400;
+    assert!((9..=10).contains(&days_left), "the old certificate's expiry: {c}");
+    assert!(c["last_error"].as_str().is_some_and(|e| e.contains("ACME")), "the error is shown: {c}");
+    drop(agent.stop().unwrap());
 }

@@ -12,7 +12,7 @@ use std::{
 
 use jitsi_tests::{
     agent::{AgentProcess, agent_bin, command_in},
-    clients::{recorded_hello, udp_round_trip, udp_socket, udp_stream},
+    clients::{recorded_hello, scrape_metrics, udp_round_trip, udp_socket, udp_stream},
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, UPLINK},
     netns::NetNs,
     servers,
@@ -269,17 +269,6 @@ fn check_passes_a_good_setup_and_names_each_problem_of_a_broken_one() {
     assert!(out.contains("FAIL uplink nope0: no such interface -> fix: set [uplink] interface"), "{out}");
 }
 
-/// `GET /metrics` from inside `ns`.
-fn scrape(ns: &NetNs, addr: &str) -> String {
-    let addr: SocketAddr = addr.parse().unwrap();
-    let mut s = ns.enter(move || TcpStream::connect(addr)).unwrap().unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    out
-}
-
 #[test]
 fn metrics_and_status_show_rules_sni_routes_and_attachments() {
     let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
@@ -296,7 +285,7 @@ fn metrics_and_status_show_rules_sni_routes_and_attachments() {
     for _ in 0..3 {
         drop(sni_exchange(&lab.inet, &recorded_hello("chromium-meet.bin")).unwrap());
     }
-    let m = scrape(&lab.host, "127.0.0.1:9477");
+    let m = scrape_metrics(&lab.host, "127.0.0.1:9477");
     for want in [
         "jitsi_agent_rule_packets_total{rule=\"jvb\",direction=\"in\"} 7",
         "jitsi_agent_rule_packets_total{rule=\"jvb\",direction=\"out\"} 7",

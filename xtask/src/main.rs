@@ -4,6 +4,7 @@
 //! iproute2, bpftool, ...) is installed here, so the README's two commands are all a newcomer runs.
 
 mod bench;
+mod bench_suite;
 mod build;
 mod prereq;
 mod run;
@@ -38,13 +39,17 @@ enum Command {
     },
     /// Benchmarks. `sni-relay`: the SNI splitter's relay, copy against splice.
     Bench {
-        /// What to measure.
-        #[arg(value_parser = ["sni-relay"])]
+        /// What to measure: every suite (`all`), or one of them; `sni-relay` compares the
+        /// splitter's `copy` and `splice` relays.
+        #[arg(default_value = "all", value_parser = ["all", "udp", "sni", "prog", "control", "sni-relay"])]
         what: String,
-        /// Rounds per contender.
-        #[arg(long, default_value_t = 5)]
+        /// Rounds (each runs every contender once, back to back).
+        #[arg(long, default_value_t = 3)]
         rounds: u32,
-        /// MiB echoed per round.
+        /// Seconds per timed UDP run (the splitter's connection runs take twice as long).
+        #[arg(long, default_value_t = 1.5)]
+        secs: f64,
+        /// MiB echoed per round (`sni-relay` only).
         #[arg(long, default_value_t = 256)]
         mib: u32,
     },
@@ -64,7 +69,10 @@ fn main() -> Result<()> {
         Command::Build => build::agent().map(drop),
         Command::Test { no_lint, filter, fuzz_seconds } => run::test(!no_lint, filter.as_deref(), fuzz_seconds),
         Command::Fuzz { seconds } => run::fuzz(seconds),
-        Command::Bench { what: _, rounds, mib } => bench::sni_relay(rounds, mib),
+        Command::Bench { what, rounds, secs, mib } => match what.as_str() {
+            "sni-relay" => bench::sni_relay(rounds, mib),
+            _ => bench_suite::run(&what, rounds, secs),
+        },
         Command::Demo => run::demo(),
     }
 }

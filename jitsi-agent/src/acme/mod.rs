@@ -87,14 +87,15 @@ pub struct AcmeRunning {
 }
 
 impl AcmeRunning {
-    /// Starts managing `acme`'s names (the Host splitter must answer `challenges` on 80).
-    pub fn start(acme: Acme, stack: Option<Stack>, challenges: Challenges) -> Self {
+    /// Starts managing `acme`'s names (the Host splitter must answer `challenges` on 80);
+    /// `published` gets the names' states after every round (for the metrics).
+    pub fn start(acme: Acme, stack: Option<Stack>, challenges: Challenges, published: Published) -> Self {
         let settings = Self::key(&acme, stack.as_ref());
         let names = acme.names.iter().filter_map(|n| ServerName::parse(n.as_bytes()).ok()).collect();
         challenges.set_names(names);
         let files = cert::files(&acme, stack.as_ref());
         info!(names = ?acme.names, directory = %acme.directory, "acme: managing certificates");
-        let task = tokio::spawn(manage(acme, files, challenges));
+        let task = tokio::spawn(manage(acme, files, challenges, published));
         AcmeRunning { settings, task }
     }
 
@@ -120,7 +121,10 @@ struct Schedule {
     failures: u32,
 }
 
-async fn manage(acme: Acme, files: Vec<CertFiles>, challenges: Challenges) {
+/// Where the certificate manager publishes the names' states.
+pub type Published = std::sync::Arc<std::sync::Mutex<Vec<CertState>>>;
+
+async fn manage(acme: Acme, files: Vec<CertFiles>, challenges: Challenges, published: Published) {
     let mut account = None;
     let mut states: BTreeMap<String, CertState> = files
         .iter()
@@ -178,6 +182,7 @@ async fn manage(acme: Acme, files: Vec<CertFiles>, challenges: Challenges) {
             state.next_check = Some(plan.due);
         }
         record(&acme, &states);
+        *published.lock().expect("certificates lock") = states.values().cloned().collect();
         let next = schedule.values().map(|s| s.due).min().unwrap_or(now() + CHECK.as_secs() as i64);
         let wait = (next - now()).clamp(1, 3600) as u64;
         tokio::time::sleep(Duration::from_secs(wait)).await;

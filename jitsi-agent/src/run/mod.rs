@@ -117,6 +117,7 @@ impl Agent {
             sni: stats,
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
+            certificates: Default::default(),
         });
         let docker = start_docker(&config).await?;
         let live = live_config(&config, docker.as_ref());
@@ -187,10 +188,12 @@ impl Agent {
         match &self.config.acme {
             Some(acme) if self.acme.as_ref().is_some_and(|a| a.runs(acme, self.config.stack.as_ref())) => {}
             Some(acme) => {
-                self.acme = Some(AcmeRunning::start(acme.clone(), self.config.stack.clone(), self.challenges.clone()));
+                let (stack, challenges) = (self.config.stack.clone(), self.challenges.clone());
+                self.acme = Some(AcmeRunning::start(acme.clone(), stack, challenges, self.shared.certificates.clone()));
             }
             None => {
                 if self.acme.take().is_some() {
+                    self.shared.certificates.lock().expect("certificates lock").clear();
                     info!("acme: stopped managing certificates");
                 }
             }

@@ -33,6 +33,22 @@ enum Cmd {
         #[arg(long)]
         agent: PathBuf,
     },
+    /// One round of a benchmark suite (`udp`, `sni`, `prog`, `control`): one JSON line per
+    /// measurement on stdout (`cargo xtask bench` runs the rounds and aggregates them).
+    Bench {
+        /// The jitsi-agent binary.
+        #[arg(long)]
+        agent: PathBuf,
+        /// The suite.
+        #[arg(long, value_parser = ["udp", "sni", "prog", "control"])]
+        suite: String,
+        /// Seconds per timed run.
+        #[arg(long, default_value_t = 1.5)]
+        secs: f64,
+        /// MiB per bulk run (split among the streams).
+        #[arg(long, default_value_t = 512)]
+        mib: u64,
+    },
     /// Measure the SNI splitter's relay: echo `mib` MiB both ways through 443 and print one
     /// JSON line with the wall time and the agent's CPU time.
     RelayBench {
@@ -98,6 +114,12 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo { agent } => demo(agent),
         Cmd::RelayBench { agent, mode, mib } => relay_bench(agent, &mode, mib),
+        Cmd::Bench { agent, suite, secs, mib } => match suite.as_str() {
+            "udp" => jitsi_tests::bench::udp::round(&agent, secs),
+            "sni" => jitsi_tests::bench::sni::round(&agent, secs * 2.0, mib),
+            "prog" => jitsi_tests::bench::prog::round(&agent),
+            _ => jitsi_tests::bench::control::round(&agent),
+        },
     }
 }
 

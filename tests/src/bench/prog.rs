@@ -1,0 +1,69 @@
+//! The steering program's own cost per packet, without any network around it: BPF_PROG_TEST_RUN
+//! of the pinned `steer_in` (its maps filled by a running agent) repeated a million times on
+//! one frame, next to an empty XDP program (`bench_pass`) on the same frame. The kernel reports
+//! the average time per run.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya_obj::programs::XdpAttachType;
+use serde_json::json;
+
+use super::emit;
+use crate::{agent::AgentProcess, lab::Lab, packet::Pkt};
+
+const REPEAT: u32 = 1_000_000;
+
+/// (what, frame): a frame to the steered port, and one to a port without a rule.
+fn frames() -> Vec<(&'static str, Vec<u8>)> {
+    let payload = [0x5au8; 100];
+    vec![
+        ("steered udp/10000, 100-byte payload", Pkt::udp("203.0.113.2", 40000, "203.0.113.1", 10000, &payload).build()),
+        ("unsteered udp/12345 (passed)", Pkt::udp("203.0.113.2", 40000, "203.0.113.1", 12345, &payload).build()),
+    ]
+}
+
+/// (average ns per run, return value) of `prog` on `frame`.
+fn run(prog: &Xdp, frame: &[u8]) -> Result<(f64, u32)> {
+    let mut out = vec![0u8; frame.len() + 256];
+    let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: REPEAT, ..Default::default() };
+    let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    Ok((r.duration.as_nanos() as f64, r.return_value))
+}
+
+/// One round: the agent fills the maps, then both programs run on both frames.
+pub fn round(agent: &std::path::Path) -> Result<()> {
+    let lab = Lab::new(&["jvb"]).context("building the lab")?;
+    let config = lab.write_config(
+        "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"192.0.2.10:10000\"\n",
+    )?;
+    // SAFETY: set before any thread of this process reads it.
+    unsafe { std::env::set_var("JITSI_AGENT_BIN", agent) };
+    let running = AgentProcess::start(&lab.host, &config)?;
+    let pin: PathBuf = lab.pin_dir.join("prog_steer_in");
+    let results = lab.host.enter(move || -> Result<Vec<(String, String, f64, u32)>> {
+        let steer = Xdp::from_pin(&pin, XdpAttachType::Interface).context("opening the pinned steer_in")?;
+        let mut bpf = aya::Ebpf::load(jitsi_agent::ebpf_object::bytes()?)?;
+        let pass: &mut Xdp = bpf.program_mut("bench_pass").context("no bench_pass")?.try_into()?;
+        pass.load()?;
+        let mut out = Vec::new();
+        for (what, frame) in frames() {
+            let (ns, rv) = run(&steer, &frame)?;
+            out.push(("steer_in".to_string(), what.to_string(), ns, rv));
+            let (ns, rv) = run(pass, &frame)?;
+            out.push(("empty XDP program".to_string(), what.to_string(), ns, rv));
+        }
+        Ok(out)
+    })??;
+    drop(running.stop()?);
+    for (program, frame, ns, rv) in results {
+        emit(
+            "prog",
+            &program,
+            json!({"frame": frame, "repeat": REPEAT}),
+            json!({"ns_per_packet": ns, "return_value": rv}),
+        );
+    }
+    Ok(())
+}

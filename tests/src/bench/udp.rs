@@ -1,0 +1,211 @@
+//! UDP steering, 10000/udp -> the videobridge's address: the agent's XDP/TC datapath against
+//! what Docker installs (iptables DNAT + conntrack + MASQUERADE with forwarding on, and the
+//! userland `docker-proxy`), with XDP_DROP on the uplink as the ceiling (what the sender can
+//! push). Each contender gets a fresh lab.
+
+use std::{net::SocketAddr, path::Path, sync::mpsc, time::Duration};
+
+use anyhow::{Context, Result};
+use serde_json::json;
+
+use super::{
+    emit,
+    load::{Receiver, UdpLoad, udp_rtt, udp_run},
+    percentile,
+};
+use crate::{
+    agent::AgentProcess,
+    lab::{HOST_V4, Lab},
+    netns::{Running, spawn_in},
+    servers,
+};
+
+/// The contenders, in the order they run.
+pub const CONTENDERS: [&str; 4] = ["agent", "iptables-dnat", "docker-proxy", "xdp-drop"];
+/// Offered rates of the loss runs (packets/s).
+pub const RATES: [u64; 4] = [50_000, 100_000, 200_000, 400_000];
+/// Payload sizes.
+pub const SIZES: [usize; 2] = [100, 1200];
+
+const BACKEND: &str = "192.0.2.10:10000";
+
+/// The rules Docker 20.10 writes for `-p 10000:10000/udp` on a bridge network (names as in
+/// `iptables-save` on a Docker host; the bridge is the lab's `br0`, the subnet 192.0.2.0/24).
+const DOCKER_RULES: &str = "*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s 192.0.2.0/24 ! -o br0 -j MASQUERADE
+-A POSTROUTING -s 192.0.2.10/32 -d 192.0.2.10/32 -p udp -m udp --dport 10000 -j MASQUERADE
+-A DOCKER -i br0 -j RETURN
+-A DOCKER ! -i br0 -p udp -m udp --dport 10000 -j DNAT --to-destination 192.0.2.10:10000
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o br0 -j DOCKER
+-A FORWARD -i br0 ! -o br0 -j ACCEPT
+-A FORWARD -i br0 -o br0 -j ACCEPT
+-A DOCKER -d 192.0.2.10/32 ! -i br0 -o br0 -p udp -m udp --dport 10000 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i br0 ! -o br0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o br0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+";
+
+/// What keeps a contender in place while it is measured.
+enum Setup {
+    Agent(AgentProcess),
+    Process(Running),
+    /// The thread in the host namespace holding `bench_drop` attached; dropping the sender
+    /// detaches it there.
+    XdpDrop(mpsc::Sender<()>, std::thread::JoinHandle<()>),
+    Rules,
+}
+
+fn setup(contender: &str, lab: &Lab, agent: &Path) -> Result<Setup> {
+    Ok(match contender {
+        "agent" => {
+            let config = lab.write_config(&format!(
+                "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"{BACKEND}\"\n"
+            ))?;
+            // SAFETY: set before any thread of this process reads it (the lab helpers do).
+            unsafe { std::env::set_var("JITSI_AGENT_BIN", agent) };
+            Setup::Agent(AgentProcess::start(&lab.host, &config)?)
+        }
+        "iptables-dnat" => {
+            lab.host.sysctl("net.ipv4.ip_forward", "1")?;
+            let rules = lab.work_dir().join("docker-rules");
+            std::fs::write(&rules, DOCKER_RULES)?;
+            lab.host.exec("iptables-restore", &[&rules.to_string_lossy()])?;
+            Setup::Rules
+        }
+        "docker-proxy" => Setup::Process(spawn_in(
+            &lab.host,
+            "/usr/sbin/docker-proxy",
+            &[
+                "-proto",
+                "udp",
+                "-host-ip",
+                "203.0.113.1",
+                "-host-port",
+                "10000",
+                "-container-ip",
+                "192.0.2.10",
+                "-container-port",
+                "10000",
+            ],
+            &[],
+            &lab.work_dir().join("docker-proxy.log"),
+        )?),
+        "xdp-drop" => {
+            let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+            let (stop_tx, stop_rx) = mpsc::channel::<()>();
+            let thread = lab.host.spawn(move || {
+                let attached = (|| -> Result<aya::Ebpf> {
+                    let mut bpf = aya::Ebpf::load(jitsi_agent::ebpf_object::bytes()?)?;
+                    let prog: &mut aya::programs::Xdp =
+                        bpf.program_mut("bench_drop").context("no bench_drop in the object")?.try_into()?;
+                    prog.load()?;
+                    prog.attach(crate::lab::UPLINK, aya::programs::XdpMode::Driver)?;
+                    Ok(bpf)
+                })();
+                match attached {
+                    Ok(bpf) => {
+                        let _ = ready_tx.send(Ok(()));
+                        let _ = stop_rx.recv();
+                        drop(bpf);
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("{e:#}")));
+                    }
+                }
+            })?;
+            ready_rx.recv().context("the XDP thread ended")?.map_err(anyhow::Error::msg)?;
+            Setup::XdpDrop(stop_tx, thread)
+        }
+        other => anyhow::bail!("unknown UDP contender {other}"),
+    })
+}
+
+fn teardown(s: Setup) -> Result<()> {
+    match s {
+        Setup::Agent(a) => drop(a.stop()?),
+        Setup::Process(p) => drop(p),
+        Setup::XdpDrop(stop, thread) => {
+            drop(stop);
+            let _ = thread.join();
+        }
+        Setup::Rules => {}
+    }
+    Ok(())
+}
+
+fn one(contender: &str, lab: &Lab, load: UdpLoad) -> Result<()> {
+    let to = SocketAddr::new(HOST_V4.into(), 10000);
+    let jvb = lab.backend("jvb");
+    let receiver = if contender == "xdp-drop" { None } else { Some(Receiver::start(&jvb.ns, BACKEND.parse()?)?) };
+    let r = udp_run(&lab.inet, to, load, receiver)?;
+    let counted = if contender == "xdp-drop" { r.sent } else { r.delivered };
+    emit(
+        "udp",
+        contender,
+        json!({"size": load.size, "flows": load.flows, "rate": load.rate, "secs": load.secs}),
+        json!({
+            "sent": r.sent,
+            "delivered": r.delivered,
+            "sent_pps": r.sent as f64 / r.secs,
+            "delivered_pps": r.delivered as f64 / r.secs,
+            "loss_pct": if contender == "xdp-drop" || r.sent == 0 { 0.0 } else { 100.0 * (1.0 - r.delivered as f64 / r.sent as f64) },
+            "busy_cpu_s": r.busy_cpu,
+            "cpu_ns_per_packet": if counted == 0 { 0.0 } else { r.busy_cpu * 1e9 / counted as f64 },
+        }),
+    );
+    Ok(())
+}
+
+/// One round of every contender.
+pub fn round(agent: &Path, secs: f64) -> Result<()> {
+    for contender in CONTENDERS {
+        let lab = Lab::new(&["jvb"]).context("building the lab")?;
+        let s = setup(contender, &lab, agent).with_context(|| format!("setting up {contender}"))?;
+        std::thread::sleep(Duration::from_millis(200));
+        for size in SIZES {
+            for flows in [1, 1000] {
+                one(contender, &lab, UdpLoad { size, flows, rate: 0, secs })?;
+            }
+            for rate in RATES {
+                one(contender, &lab, UdpLoad { size, flows: 1000, rate, secs })?;
+            }
+        }
+        if contender != "xdp-drop" {
+            let jvb = lab.backend("jvb");
+            let echo = servers::udp(&jvb.ns, BACKEND.parse()?)?;
+            let mut rtt = udp_rtt(&lab.inet, SocketAddr::new(HOST_V4.into(), 10000), 2000, 4000)?;
+            drop(echo);
+            let answered = rtt.len();
+            emit(
+                "udp-rtt",
+                contender,
+                json!({"size": 100, "rate": 2000, "count": 4000}),
+                json!({"answered": answered, "p50_us": percentile(&mut rtt, 50.0), "p99_us": percentile(&mut rtt, 99.0)}),
+            );
+        }
+        teardown(s)?;
+    }
+    Ok(())
+}
