@@ -168,7 +168,7 @@ impl AgentProcess {
             if let Some(status) = self.child.try_wait()? {
                 bail!("jitsi-agent exited ({status}) before `{needle}`:\n{}", self.log());
             }
-            std::thread::sleep(Duration::from_millis(5));
+            std::thread::sleep(Duration::from_millis(1));
         }
         bail!("jitsi-agent did not log `{needle}` within {timeout:?}:\n{}", self.log())
     }

@@ -326,8 +326,9 @@ impl Proxy {
             }
             Decision::Close => return self.refuse(Refusal::NoRoute, None, peer, &"not TLS"),
         };
+        drop(hello);
         let route = &table.router.routes[idx];
-        self.forward(settings, route, &table.stats[idx], client, peer, &hello_bytes).await;
+        self.forward(settings, route, &table.stats[idx], client, peer, hello_bytes).await;
     }
 
     /// Reads the request head; returns the bytes read (the head and whatever followed it).
@@ -403,12 +404,14 @@ impl Proxy {
                 return self.refuse(Refusal::NoHostRoute, None, peer, &host);
             }
         };
+        drop(head);
         let route = &http.router.routes[idx].target;
-        self.forward(&table.settings, route, &http.stats[idx], client, peer, &bytes).await;
+        self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes).await;
     }
 
     /// Connects to `route`'s backend (from the client's address where it can), replays the
-    /// bytes already read and relays until the connection ends.
+    /// bytes already read (then frees them: a long-lived connection keeps no copy) and relays
+    /// until the connection ends.
     async fn forward(
         &self,
         settings: &Sni,
@@ -416,7 +419,7 @@ impl Proxy {
         stats: &RouteStats,
         client: TcpStream,
         peer: SocketAddr,
-        first: &[u8],
+        first: Vec<u8>,
     ) {
         let Some((backend, transparent)) = route.backend_for(peer) else {
             return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &"backend container not running");
@@ -434,11 +437,12 @@ impl Proxy {
             }
             Ok(Ok(s)) => s,
         };
-        if let Err(e) = upstream.write_all(first).await {
+        if let Err(e) = upstream.write_all(&first).await {
             return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &format!("{backend}: {e}"));
         }
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.bytes_up.fetch_add(first.len() as u64, Ordering::Relaxed);
+        drop(first);
         let _open = OpenGuard::new(stats);
         debug!(route = %route.name, client = %peer, backend = %backend, "splitter: relaying");
         let r = relay(client, upstream, secs(settings.idle_timeout_secs), settings.relay).await;

@@ -58,12 +58,18 @@ impl Activity {
     }
 }
 
-/// Copies `src` to `dst` until EOF (then shuts `dst` down for writing).
+/// Copies `src` to `dst` until EOF (then shuts `dst` down for writing). The buffer is
+/// allocated when the first bytes arrive (an idle connection holds none) and never zeroed:
+/// reads go into its spare capacity.
 async fn copy(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64, activity: &Activity) -> std::io::Result<()> {
-    let mut buf = vec![0u8; BUF];
+    let mut buf: Vec<u8> = Vec::new();
     loop {
         src.readable().await?;
-        let n = match src.try_read(&mut buf) {
+        if buf.capacity() == 0 {
+            buf.reserve_exact(BUF);
+        }
+        buf.clear();
+        let n = match src.try_read_buf(&mut buf) {
             Ok(0) => return shutdown_write(dst),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -87,8 +93,10 @@ fn shutdown_write(s: &TcpStream) -> std::io::Result<()> {
     socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
 }
 
-/// Splices `src` to `dst` through a pipe until EOF (then shuts `dst` down for writing).
+/// Splices `src` to `dst` through a pipe until EOF (then shuts `dst` down for writing). The
+/// pipe is created when the first bytes arrive: an idle connection holds none.
 async fn splice(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64, activity: &Activity) -> std::io::Result<()> {
+    src.readable().await?;
     let pipe = Pipe::new()?;
     loop {
         let n = loop {

@@ -211,7 +211,11 @@ pub fn udp_rtt(ns: &NetNs, to: SocketAddr, rate: u64, count: u64) -> Result<Vec<
         let mut buf = [0u8; 2048];
         let mut got = 0;
         while got < count {
-            let Ok(n) = reader.recv(&mut buf) else { break };
+            let n = match reader.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+                Err(_) => break,
+            };
             if n < 16 {
                 continue;
             }
@@ -230,7 +234,8 @@ pub fn udp_rtt(ns: &NetNs, to: SocketAddr, rate: u64, count: u64) -> Result<Vec<
         let mut msg = vec![0u8; 100];
         msg[84..92].copy_from_slice(&i.to_be_bytes());
         msg[92..100].copy_from_slice(&(clock.elapsed().as_nanos() as u64).to_be_bytes());
-        sock.send(&msg)?;
+        // A refused datagram (ICMP port unreachable) is a lost one, not an error.
+        let _ = sock.send(&msg);
     }
     let _ = rx.join();
     let v = rtts.lock().expect("lock").clone();
@@ -266,6 +271,9 @@ impl TcpBackend {
     pub fn start(ns: &NetNs, addr: SocketAddr, hello_len: usize) -> Result<Self> {
         let listener = ns.enter(move || TcpListener::bind(addr))?.with_context(|| format!("binding {addr}"))?;
         set_timeout(listener.as_raw_fd(), libc::SO_RCVTIMEO, Duration::from_millis(100));
+        // A long accept queue (std listens with 128): thousands of connections arrive at once.
+        // SAFETY: listen() again on a listening socket only changes its backlog.
+        unsafe { libc::listen(listener.as_raw_fd(), 4096) };
         let listener = Arc::new(listener);
         let mut me = TcpBackend {
             mode: Arc::new(AtomicU8::new(Mode::Reply as u8)),

@@ -75,23 +75,31 @@ pub fn pids_named(name: &str) -> Vec<u32> {
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
-        let first = cmd.split(|b| *b == 0).next().unwrap_or_default();
-        if Path::new(&*String::from_utf8_lossy(first)).file_name().is_some_and(|f| f.to_string_lossy() == name) {
+        // nginx rewrites its command line to `nginx: worker process`: the first word, sans `:`.
+        let first = String::from_utf8_lossy(cmd.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+        let word = first.split(' ').next().unwrap_or_default().trim_end_matches(':');
+        if Path::new(word).file_name().is_some_and(|f| f.to_string_lossy() == name) {
             out.push(pid);
         }
     }
     out
 }
 
-/// Raises this process's open-file limit (children inherit it): 10,000 idle connections
-/// need 20,000+ descriptors on each side.
-pub fn raise_nofile() -> Result<()> {
-    let lim = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+/// Raises this process's open-file limit to its hard limit (children inherit it) and returns
+/// it: 10,000 idle proxied connections need over 20,000 descriptors in the proxy. (Raising the
+/// hard limit itself needs CAP_SYS_RESOURCE, which root may not have in a container.)
+pub fn raise_nofile() -> Result<u64> {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid rlimit struct to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("reading RLIMIT_NOFILE");
+    }
+    lim.rlim_cur = lim.rlim_max;
     // SAFETY: a valid rlimit struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("raising RLIMIT_NOFILE (needs root)");
+        return Err(std::io::Error::last_os_error()).context("raising RLIMIT_NOFILE");
     }
-    Ok(())
+    Ok(lim.rlim_max)
 }
 
 /// Waits until `done` or the deadline; false if it passed.

@@ -14,6 +14,7 @@ use super::emit;
 use crate::{agent::AgentProcess, lab::Lab, packet::Pkt};
 
 const REPEAT: u32 = 1_000_000;
+const XDP_REDIRECT: u32 = 4;
 
 /// (what, frame): a frame to the steered port, and one to a port without a rule.
 fn frames() -> Vec<(&'static str, Vec<u8>)> {
@@ -24,10 +25,20 @@ fn frames() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
-/// (average ns per run, return value) of `prog` on `frame`.
-fn run(prog: &Xdp, frame: &[u8]) -> Result<(f64, u32)> {
+/// (average ns per run, return value) of `prog` on `frame`, as if received on interface
+/// `ifindex` (the uplink: `steer_in` only steers what arrives there).
+fn run(prog: &Xdp, frame: &[u8], ifindex: u32) -> Result<(f64, u32)> {
     let mut out = vec![0u8; frame.len() + 256];
-    let opts = TestRunOptions { data_in: Some(frame), data_out: Some(&mut out), repeat: REPEAT, ..Default::default() };
+    // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+    let md: [u32; 6] = [0, frame.len() as u32, 0, ifindex, 0, 0];
+    let ctx: Vec<u8> = md.iter().flat_map(|v| v.to_ne_bytes()).collect();
+    let opts = TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat: REPEAT,
+        ..Default::default()
+    };
     let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
     Ok((r.duration.as_nanos() as f64, r.return_value))
 }
@@ -35,9 +46,17 @@ fn run(prog: &Xdp, frame: &[u8]) -> Result<(f64, u32)> {
 /// One round: the agent fills the maps, then both programs run on both frames.
 pub fn round(agent: &std::path::Path) -> Result<()> {
     let lab = Lab::new(&["jvb"]).context("building the lab")?;
+    // A repeated run works on the same buffer, rewritten by the run before: the backend's
+    // address is made a host address too, so every repetition is steered again (the full path:
+    // parse, lookups, return path, rewrite, checksums, redirect) instead of passing as not local.
     let config = lab.write_config(
         "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"192.0.2.10:10000\"\n",
     )?;
+    let text = std::fs::read_to_string(&config)?.replace(
+        "[uplink]\ninterface = \"up0\"\n",
+        "[uplink]\ninterface = \"up0\"\naddresses = [\"203.0.113.1\", \"192.0.2.10\"]\n",
+    );
+    std::fs::write(&config, text)?;
     // SAFETY: set before any thread of this process reads it.
     unsafe { std::env::set_var("JITSI_AGENT_BIN", agent) };
     let running = AgentProcess::start(&lab.host, &config)?;
@@ -47,15 +66,26 @@ pub fn round(agent: &std::path::Path) -> Result<()> {
         let mut bpf = aya::Ebpf::load(jitsi_agent::ebpf_object::bytes()?)?;
         let pass: &mut Xdp = bpf.program_mut("bench_pass").context("no bench_pass")?.try_into()?;
         pass.load()?;
+        let name = std::ffi::CString::new(crate::lab::UPLINK).expect("no NUL");
+        // SAFETY: a valid C string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        anyhow::ensure!(ifindex != 0, "no uplink in the host namespace");
         let mut out = Vec::new();
         for (what, frame) in frames() {
-            let (ns, rv) = run(&steer, &frame)?;
+            let (ns, rv) = run(&steer, &frame, ifindex)?;
             out.push(("steer_in".to_string(), what.to_string(), ns, rv));
-            let (ns, rv) = run(pass, &frame)?;
+            let (ns, rv) = run(pass, &frame, ifindex)?;
             out.push(("empty XDP program".to_string(), what.to_string(), ns, rv));
         }
         Ok(out)
     })??;
+    // Every repetition of the steered frame was steered: its rule counted them all.
+    let steered = results.iter().find(|r| r.0 == "steer_in" && r.1.starts_with("steered")).map(|r| r.3);
+    let st = lab.status()?;
+    let counted = st["rules"][0]["packets_in"].as_u64().unwrap_or(0);
+    if steered != Some(XDP_REDIRECT) || counted < u64::from(REPEAT) {
+        anyhow::bail!("steer_in did not steer every repetition (returned {steered:?}, counted {counted}): {st}");
+    }
     drop(running.stop()?);
     for (program, frame, ns, rv) in results {
         emit(

@@ -67,6 +67,10 @@ COMMIT
 COMMIT
 ";
 
+/// docker-proxy as dockerd starts it for `-p 10000:10000/udp` (userland proxy on).
+const DOCKER_PROXY: &str = "exec /usr/sbin/docker-proxy -proto udp -host-ip 203.0.113.1 -host-port 10000 \
+    -container-ip 192.0.2.10 -container-port 10000 3>/dev/null";
+
 /// What keeps a contender in place while it is measured.
 enum Setup {
     Agent(AgentProcess),
@@ -94,21 +98,12 @@ fn setup(contender: &str, lab: &Lab, agent: &Path) -> Result<Setup> {
             lab.host.exec("iptables-restore", &[&rules.to_string_lossy()])?;
             Setup::Rules
         }
+        // docker-proxy reports its start on descriptor 3 (a pipe from dockerd) and closes it:
+        // without one, it would close its own socket instead.
         "docker-proxy" => Setup::Process(spawn_in(
             &lab.host,
-            "/usr/sbin/docker-proxy",
-            &[
-                "-proto",
-                "udp",
-                "-host-ip",
-                "203.0.113.1",
-                "-host-port",
-                "10000",
-                "-container-ip",
-                "192.0.2.10",
-                "-container-port",
-                "10000",
-            ],
+            "/bin/sh",
+            &["-c", DOCKER_PROXY],
             &[],
             &lab.work_dir().join("docker-proxy.log"),
         )?),
@@ -161,6 +156,10 @@ fn one(contender: &str, lab: &Lab, load: UdpLoad) -> Result<()> {
     let receiver = if contender == "xdp-drop" { None } else { Some(Receiver::start(&jvb.ns, BACKEND.parse()?)?) };
     let r = udp_run(&lab.inet, to, load, receiver)?;
     let counted = if contender == "xdp-drop" { r.sent } else { r.delivered };
+    if counted == 0 {
+        let log = std::fs::read_to_string(lab.work_dir().join(format!("{contender}.log"))).unwrap_or_default();
+        anyhow::bail!("{contender}: nothing arrived ({} sent); its log: {log}", r.sent);
+    }
     emit(
         "udp",
         contender,
@@ -179,8 +178,8 @@ fn one(contender: &str, lab: &Lab, load: UdpLoad) -> Result<()> {
 }
 
 /// One round of every contender.
-pub fn round(agent: &Path, secs: f64) -> Result<()> {
-    for contender in CONTENDERS {
+pub fn round(agent: &Path, secs: f64, only: Option<&str>) -> Result<()> {
+    for contender in CONTENDERS.into_iter().filter(|c| only.is_none_or(|o| o == *c)) {
         let lab = Lab::new(&["jvb"]).context("building the lab")?;
         let s = setup(contender, &lab, agent).with_context(|| format!("setting up {contender}"))?;
         std::thread::sleep(Duration::from_millis(200));

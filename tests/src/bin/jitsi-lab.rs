@@ -48,6 +48,9 @@ enum Cmd {
         /// MiB per bulk run (split among the streams).
         #[arg(long, default_value_t = 512)]
         mib: u64,
+        /// Run only this contender (default: all).
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Measure the SNI splitter's relay: echo `mib` MiB both ways through 443 and print one
     /// JSON line with the wall time and the agent's CPU time.
@@ -114,9 +117,9 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo { agent } => demo(agent),
         Cmd::RelayBench { agent, mode, mib } => relay_bench(agent, &mode, mib),
-        Cmd::Bench { agent, suite, secs, mib } => match suite.as_str() {
-            "udp" => jitsi_tests::bench::udp::round(&agent, secs),
-            "sni" => jitsi_tests::bench::sni::round(&agent, secs * 2.0, mib),
+        Cmd::Bench { agent, suite, secs, mib, only } => match suite.as_str() {
+            "udp" => jitsi_tests::bench::udp::round(&agent, secs, only.as_deref()),
+            "sni" => jitsi_tests::bench::sni::round(&agent, secs * 2.0, mib, only.as_deref()),
             "prog" => jitsi_tests::bench::prog::round(&agent),
             _ => jitsi_tests::bench::control::round(&agent),
         },
