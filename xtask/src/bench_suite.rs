@@ -131,11 +131,21 @@ pub fn run(what: &str, rounds: u32, secs: f64) -> Result<()> {
     let doc = json!({"date": date, "machine": machine(), "rounds": rounds, "secs_per_run": secs, "results": results});
     let json_path = dir.join(format!("{date}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
+    eprintln!("xtask: wrote {}", json_path.display());
+    render(&json_path)
+}
+
+/// Writes the tables (`<date>.md` beside the JSON, and stdout) and the plots
+/// (`bench/udp.png`, `bench/sni.png`) of a results file.
+pub fn render(json_path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(json_path).with_context(|| format!("reading {}", json_path.display()))?;
+    let doc: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not a results file", json_path.display()))?;
     let md = tables(&doc);
-    std::fs::write(dir.join(format!("{date}.md")), &md)?;
+    std::fs::write(json_path.with_extension("md"), &md)?;
     println!("{md}");
     plots(&doc, &build::workspace_root().join("bench"))?;
-    eprintln!("xtask: wrote {} and the plots under bench/", json_path.display());
+    eprintln!("xtask: wrote {} and bench/udp.png, bench/sni.png", json_path.with_extension("md").display());
     Ok(())
 }
 
@@ -259,13 +269,14 @@ fn tables(doc: &Value) -> String {
         );
     }
     let sni = ["agent", "haproxy", "nginx", "direct"];
+    let idle = v.find("sni-idle", "agent", |_| true).map_or(0, |r| r["params"]["connections"].as_u64().unwrap_or(0));
     let _ = writeln!(
         s,
         "\n**TLS splitter on 443 -> backend, transparent** (recorded Chromium ClientHello, 2,021 B with its X25519MLKEM768 key share; direct = no proxy, routed):\n"
     );
     let _ = writeln!(
         s,
-        "| contender | new conn/s (hello, 1 KiB reply, close; 16 clients) | TTFB p50 µs | TTFB p99 µs | 1 stream MiB/s | 16 streams MiB/s | proxy CPU s/GiB (16 streams) | RSS per idle connection, bytes (10,000) |"
+        "| contender | new conn/s (hello, 1 KiB reply, close; 16 clients) | TTFB p50 µs | TTFB p99 µs | 1 stream MiB/s | 16 streams MiB/s | proxy CPU s/GiB (16 streams) | RSS per idle connection, bytes ({idle} held) |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for c in sni {
@@ -302,42 +313,49 @@ fn gnuplot(dir: &Path, name: &str, data: &str, script: &str) -> Result<PathBuf> 
     std::fs::write(&dat, data)?;
     let png = dir.join(format!("{name}.png"));
     let full = format!(
-        "set terminal pngcairo size 900,520 font 'DejaVu Sans,10'\nset output '{}'\n{}",
+        "set terminal png size 900,520\nset output '{}'\n{}",
         png.display(),
         script.replace("DATA", &dat.display().to_string())
     );
-    let status = Command::new("gnuplot").arg("-e").arg(&full).status().context("running gnuplot")?;
+    let gp = dir.join(format!("{name}.gp"));
+    std::fs::write(&gp, full)?;
+    let status = Command::new("gnuplot").arg(&gp).status().context("running gnuplot")?;
     if !status.success() {
         bail!("gnuplot failed on {name}");
     }
     std::fs::remove_file(&dat)?;
+    std::fs::remove_file(&gp)?;
     Ok(png)
 }
 
 fn plots(doc: &Value, dir: &Path) -> Result<()> {
     let v = View(doc);
-    // Delivered vs offered rate, 100-byte packets, 1000 flows, plus saturation at the right.
-    let mut data = String::from("rate");
+    // Delivered against what the sender managed to send: the fixed rates, then saturation
+    // (where each contender's own cost limits the sender too); 100-byte packets, 1000 flows.
     let contenders = ["agent", "iptables-dnat", "docker-proxy"];
+    let mut data = String::new();
     for c in contenders {
-        let _ = write!(data, " {c}");
-    }
-    data.push('\n');
-    for rate in [50_000u64, 100_000, 200_000, 400_000] {
-        let _ = write!(data, "{}", rate / 1000);
-        for c in contenders {
-            let r = v.find("udp", c, |p| p["rate"] == rate && p["size"] == 100);
-            let _ = write!(data, " {:.1}", r.map_or(f64::NAN, |r| med(r, "delivered_pps") / 1000.0));
+        let _ = writeln!(data, "# {c}");
+        let mut points: Vec<(f64, f64)> = v
+            .rows("udp")
+            .into_iter()
+            .filter(|r| r["contender"] == c && r["params"]["size"] == 100 && r["params"]["flows"] == 1000)
+            .map(|r| (med(r, "sent_pps") / 1000.0, med(r, "delivered_pps") / 1000.0))
+            .collect();
+        points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        for (x, y) in points {
+            let _ = writeln!(data, "{x:.1} {y:.1}");
         }
-        data.push('\n');
+        data.push_str("\n\n");
     }
     gnuplot(
         dir,
         "udp",
         &data,
-        "set title 'UDP 10000 -> backend: delivered vs offered (100 B, 1000 flows, median)'\n\
-         set xlabel 'offered, kpps'\nset ylabel 'delivered, kpps'\nset key top left\nset grid\n\
-         plot x title 'offered' dt 2 lc 'gray', for [i=2:4] 'DATA' using 1:i with linespoints lw 2 title columnheader(i)",
+        "set title 'UDP 10000 -> backend: delivered vs sent (100 B, 1000 flows, median; last point: saturation)'\n\
+         set xlabel 'sent, kpps'\nset ylabel 'delivered, kpps'\nset key top left\nset grid\nset xrange [0:*]\nset yrange [0:*]\n\
+         names = 'agent iptables-dnat docker-proxy'\n\
+         plot x title 'all delivered' dt 2 lc 'gray', for [i=0:2] 'DATA' index i using 1:2 with linespoints lw 2 pt 7 title word(names, i+1)",
     )?;
     // The splitters: new connections per second and TTFB p99.
     let mut data = String::from("contender conn_per_s ttfb_p99_ms\n");
@@ -356,7 +374,7 @@ fn plots(doc: &Value, dir: &Path) -> Result<()> {
         &data,
         "set title 'TLS splitter: new connections/s (bars) and TTFB p99 (points), median'\n\
          set style data histogram\nset style fill solid 0.7\nset boxwidth 0.6\nset grid y\n\
-         set ylabel 'connections/s'\nset y2label 'TTFB p99, ms'\nset y2tics\nset ytics nomirror\nset yrange [0:*]\nset y2range [0:*]\n\
+         set key top left\nset ylabel 'connections/s'\nset y2label 'TTFB p99, ms'\nset y2tics\nset ytics nomirror\nset yrange [0:*]\nset y2range [0:*]\n\
          plot 'DATA' using 2:xtic(1) title 'conn/s', '' using 0:3 axes x1y2 with points pt 7 ps 2 title 'TTFB p99'",
     )?;
     Ok(())

@@ -52,6 +52,9 @@ enum Command {
         /// MiB echoed per round (`sni-relay` only).
         #[arg(long, default_value_t = 256)]
         mib: u32,
+        /// Measure nothing: render the tables and plots of this results file again.
+        #[arg(long)]
+        from: Option<std::path::PathBuf>,
     },
     /// Fuzz the SNI splitter's ClientHello reader (cargo fuzz) for a bounded time.
     Fuzz {
@@ -69,9 +72,10 @@ fn main() -> Result<()> {
         Command::Build => build::agent().map(drop),
         Command::Test { no_lint, filter, fuzz_seconds } => run::test(!no_lint, filter.as_deref(), fuzz_seconds),
         Command::Fuzz { seconds } => run::fuzz(seconds),
-        Command::Bench { what, rounds, secs, mib } => match what.as_str() {
-            "sni-relay" => bench::sni_relay(rounds, mib),
-            _ => bench_suite::run(&what, rounds, secs),
+        Command::Bench { what, rounds, secs, mib, from } => match (what.as_str(), from) {
+            (_, Some(results)) => bench_suite::render(&results),
+            ("sni-relay", None) => bench::sni_relay(rounds, mib),
+            (_, None) => bench_suite::run(&what, rounds, secs),
         },
         Command::Demo => run::demo(),
     }
