@@ -46,9 +46,17 @@ const BUF: usize = 64 * 1024;
 struct Activity {
     clock: Instant,
     last_ms: AtomicU64,
+    /// Directions that reached EOF.
+    ended: AtomicU64,
 }
 
 impl Activity {
+    /// Called by a direction at EOF: true for the first one, which must pass the half-close
+    /// on; the second needs no `shutdown` (both sockets are closed right after, with a FIN).
+    fn first_to_end(&self) -> bool {
+        self.ended.fetch_add(1, Ordering::Relaxed) == 0
+    }
+
     fn touch(&self) {
         self.last_ms.store(self.clock.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
@@ -70,7 +78,7 @@ async fn copy(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64, activity: &Ac
         }
         buf.clear();
         let n = match src.try_read_buf(&mut buf) {
-            Ok(0) => return shutdown_write(dst),
+            Ok(0) => return end(dst, activity),
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
             Err(e) => return Err(e),
@@ -89,8 +97,10 @@ async fn copy(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64, activity: &Ac
     }
 }
 
-fn shutdown_write(s: &TcpStream) -> std::io::Result<()> {
-    socket2::SockRef::from(s).shutdown(std::net::Shutdown::Write)
+/// EOF from the other side: passed on as a half-close, unless the other direction has ended
+/// already.
+fn end(dst: &TcpStream, activity: &Activity) -> std::io::Result<()> {
+    if activity.first_to_end() { socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write) } else { Ok(()) }
 }
 
 /// Splices `src` to `dst` through a pipe until EOF (then shuts `dst` down for writing). The
@@ -108,7 +118,7 @@ async fn splice(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64, activity: &
             }
         };
         if n == 0 {
-            return shutdown_write(dst);
+            return end(dst, activity);
         }
         let mut left = n;
         while left > 0 {
@@ -126,7 +136,7 @@ async fn splice(src: &TcpStream, dst: &TcpStream, bytes: &AtomicU64, activity: &
 
 /// Relays until both directions are done, an error occurs, or `idle` passes without traffic.
 pub async fn relay(client: TcpStream, backend: TcpStream, idle: Duration, mode: Mode) -> Relayed {
-    let activity = Activity { clock: Instant::now(), last_ms: AtomicU64::new(0) };
+    let activity = Activity { clock: Instant::now(), last_ms: AtomicU64::new(0), ended: AtomicU64::new(0) };
     let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
     let (up, down) = match mode {
         Mode::Copy => (

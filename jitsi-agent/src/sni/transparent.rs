@@ -26,8 +26,7 @@ fn set_transparent(sock: &Socket, v6: bool) -> io::Result<()> {
 /// Connects to `backend`; with `from = Some(client)`, from the client's address (its port if
 /// free, else an ephemeral one).
 pub async fn connect(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Result<TcpStream> {
-    let sock = Socket::new(Domain::for_address(backend), Type::STREAM.cloexec(), Some(Protocol::TCP))?;
-    sock.set_nonblocking(true)?;
+    let sock = Socket::new(Domain::for_address(backend), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     sock.set_tcp_nodelay(true)?;
     if mark != 0 {
         sock.set_mark(mark)?;
