@@ -7,10 +7,7 @@ use super::head::{Head, Host};
 use crate::{
     acme::challenges::Challenges,
     config::Http,
-    sni::{
-        names::{NameTable, Pattern},
-        router::Route as Target,
-    },
+    sni::{names::NameTable, router::Route as Target},
 };
 
 /// The path prefix of ACME HTTP-01 challenges (RFC 8555, 8.3).
@@ -51,13 +48,11 @@ pub struct Router {
 impl Router {
     /// Compiles a validated `[http]` section.
     pub fn new(http: &Http) -> Self {
-        let mut table = NameTable::default();
-        let mut routes = Vec::new();
-        for (i, r) in http.routes.iter().enumerate() {
-            for n in &r.host_names {
-                table.insert(Pattern::parse(n).expect("validated"), i);
-            }
-            routes.push(Route {
+        let table = NameTable::compile(http.routes.iter().map(|r| r.host_names.as_slice()));
+        let routes: Vec<Route> = http
+            .routes
+            .iter()
+            .map(|r| Route {
                 target: Target {
                     name: r.name.clone(),
                     v4: r.backend.v4(),
@@ -65,8 +60,8 @@ impl Router {
                     transparent: r.transparent,
                 },
                 redirect_https: r.redirect_https,
-            });
-        }
+            })
+            .collect();
         let default = http.default.as_ref().and_then(|d| routes.iter().position(|r| &r.target.name == d));
         Router { table, routes, default }
     }

@@ -91,6 +91,17 @@ pub struct NameTable {
 }
 
 impl NameTable {
+    /// The table of validated routes' patterns: route `i` gets every pattern of `routes[i]`.
+    pub fn compile<'a>(routes: impl Iterator<Item = &'a [String]>) -> Self {
+        let mut table = NameTable::default();
+        for (i, patterns) in routes.enumerate() {
+            for p in patterns {
+                table.insert(Pattern::parse(p).expect("validated"), i);
+            }
+        }
+        table
+    }
+
     /// Adds `pattern` for route `route`; returns the route that already had it, if any.
     pub fn insert(&mut self, pattern: Pattern, route: usize) -> Option<usize> {
         match pattern {

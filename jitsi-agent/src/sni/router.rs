@@ -3,10 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::{
-    hello::Hello,
-    names::{NameTable, Pattern},
-};
+use super::{hello::Hello, names::NameTable};
 use crate::config::Sni;
 
 /// One `[[sni.route]]`, ready to use.
@@ -58,20 +55,12 @@ pub struct Router {
 impl Router {
     /// Compiles a validated `[sni]` section.
     pub fn new(sni: &Sni) -> Self {
-        let mut table = NameTable::default();
-        let mut routes = Vec::new();
-        for (i, r) in sni.routes.iter().enumerate() {
-            for n in &r.server_names {
-                let p = Pattern::parse(n).expect("validated");
-                table.insert(p, i);
-            }
-            routes.push(Route {
-                name: r.name.clone(),
-                v4: r.backend.v4(),
-                v6: r.backend.v6(),
-                transparent: r.transparent,
-            });
-        }
+        let table = NameTable::compile(sni.routes.iter().map(|r| r.server_names.as_slice()));
+        let routes: Vec<Route> = sni
+            .routes
+            .iter()
+            .map(|r| Route { name: r.name.clone(), v4: r.backend.v4(), v6: r.backend.v6(), transparent: r.transparent })
+            .collect();
         let default = sni.default.as_ref().and_then(|d| routes.iter().position(|r| &r.name == d));
         Router { table, routes, default }
     }
