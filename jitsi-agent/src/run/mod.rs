@@ -194,6 +194,8 @@ impl Agent {
             None => {
                 if self.acme.take().is_some() {
                     self.shared.certificates.lock().expect("certificates lock").clear();
+                    // Their challenge paths are routed like any other request again.
+                    self.challenges.set_names(Vec::new());
                     info!("acme: stopped managing certificates");
                 }
             }
