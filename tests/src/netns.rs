@@ -126,7 +126,18 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// SIGTERM, then SIGKILL if it has not exited within 3 s: a graceful stop lets a master
+    /// process (nginx) stop its workers, which a SIGKILL would leave running.
     fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
