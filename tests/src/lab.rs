@@ -215,6 +215,16 @@ impl Lab {
             .unwrap_or_else(|| panic!("no refusal reason {reason} in {st}"))
     }
 
+    /// The refusal count for `reason` once it reaches `n`, or after 3 s (the splitter's
+    /// counters reach the pins every second): the caller asserts it.
+    pub fn refused_after_wait(&self, reason: &str, n: u64) -> u64 {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+        while self.sni_refused(reason) < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        self.sni_refused(reason)
+    }
+
     /// Writes an agent configuration for this lab: `rules` are TOML `[[steer]]` blocks.
     pub fn write_config(&self, rules: &str) -> Result<PathBuf> {
         let path = self.work.dir.join("agent.toml");

@@ -84,11 +84,7 @@ impl HttpLab {
 
     /// Waits (counters reach the pins every second) for a refusal count, and asserts it.
     fn wait_refused(&self, reason: &str, n: u64) {
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while self.lab.sni_refused(reason) < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        assert_eq!(self.lab.sni_refused(reason), n, "{reason} in status --json\n{}", self.agent.log());
+        assert_eq!(self.lab.refused_after_wait(reason, n), n, "{reason} in status --json\n{}", self.agent.log());
     }
 }
 

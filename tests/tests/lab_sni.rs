@@ -83,11 +83,7 @@ fn sni_lab(sni: &str) -> SniLab {
 /// Waits (up to 3 s: counters reach the pins every second) until `status --json` counts
 /// exactly `n` refusals for `reason`, and asserts it.
 fn wait_refused(l: &SniLab, reason: &str, n: u64) {
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while l.lab.sni_refused(reason) < n && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(l.lab.sni_refused(reason), n, "{reason} refusals in status --json");
+    assert_eq!(l.lab.refused_after_wait(reason, n), n, "{reason} refusals in status --json");
 }
 
 impl SniLab {

@@ -19,9 +19,7 @@ const RULE: &str = "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\
 const NEW_RULE: &str = "[[steer]]\nname = \"jvb2\"\nprotocol = \"udp\"\nport = 10001\nbackend = \"192.0.2.10:10001\"\n";
 
 /// One round.
-pub fn round(agent: &std::path::Path) -> Result<()> {
-    // SAFETY: set before any thread of this process reads it.
-    unsafe { std::env::set_var("JITSI_AGENT_BIN", agent) };
+pub fn round() -> Result<()> {
     let lab = Lab::new(&["jvb"]).context("building the lab")?;
     let jvb = lab.backend("jvb");
     let _echo = servers::udp(&jvb.ns, "192.0.2.10:10001".parse()?)?;

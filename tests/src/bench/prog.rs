@@ -44,7 +44,7 @@ fn run(prog: &Xdp, frame: &[u8], ifindex: u32) -> Result<(f64, u32)> {
 }
 
 /// One round: the agent fills the maps, then both programs run on both frames.
-pub fn round(agent: &std::path::Path) -> Result<()> {
+pub fn round() -> Result<()> {
     let lab = Lab::new(&["jvb"]).context("building the lab")?;
     // A repeated run works on the same buffer, rewritten by the run before: the backend's
     // address is made a host address too, so every repetition is steered again (the full path:
@@ -57,8 +57,6 @@ pub fn round(agent: &std::path::Path) -> Result<()> {
         "[uplink]\ninterface = \"up0\"\naddresses = [\"203.0.113.1\", \"192.0.2.10\"]\n",
     );
     std::fs::write(&config, text)?;
-    // SAFETY: set before any thread of this process reads it.
-    unsafe { std::env::set_var("JITSI_AGENT_BIN", agent) };
     let running = AgentProcess::start(&lab.host, &config)?;
     let pin: PathBuf = lab.pin_dir.join("prog_steer_in");
     let results = lab.host.enter(move || -> Result<Vec<(String, String, f64, u32)>> {

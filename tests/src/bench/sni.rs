@@ -118,7 +118,7 @@ fn reply_path(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-fn setup(contender: &str, lab: &Lab, agent: &Path) -> Result<Setup> {
+fn setup(contender: &str, lab: &Lab) -> Result<Setup> {
     let dir = lab.work_dir();
     Ok(match contender {
         "agent" => {
@@ -126,8 +126,6 @@ fn setup(contender: &str, lab: &Lab, agent: &Path) -> Result<Setup> {
                 "[sni]\nlisten = [\"203.0.113.1:443\"]\nmax_connections = 40000\nmax_connections_per_client = 40000\n\
                  [[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"{BACKEND}\"\n"
             ))?;
-            // SAFETY: set before any thread of this process reads it.
-            unsafe { std::env::set_var("JITSI_AGENT_BIN", agent) };
             Setup::Agent(AgentProcess::start(&lab.host, &config)?)
         }
         "haproxy" => {
@@ -188,7 +186,8 @@ fn rss(pids: &[u32]) -> u64 {
 
 /// One round of every contender: new connections/s with time to first byte, bulk streams
 /// with CPU per GiB, and memory per idle connection.
-pub fn round(agent: &Path, secs: f64, bulk_mib: u64, only: Option<&str>) -> Result<()> {
+/// The agent is the one `JITSI_AGENT_BIN` names (`jitsi-lab bench` sets it).
+pub fn round(secs: f64, bulk_mib: u64, only: Option<&str>) -> Result<()> {
     let idle = idle_count(super::raise_nofile()?);
     let hello = recorded_hello("chromium-meet.bin");
     for contender in CONTENDERS.into_iter().filter(|c| only.is_none_or(|o| o == *c)) {
@@ -197,7 +196,7 @@ pub fn round(agent: &Path, secs: f64, bulk_mib: u64, only: Option<&str>) -> Resu
         lab.inet.sysctl("net.ipv4.tcp_tw_reuse", "1")?;
         let web = lab.backend("web");
         let backend = TcpBackend::start(&web.ns, BACKEND.parse()?, hello.len())?;
-        let s = setup(contender, &lab, agent).with_context(|| format!("setting up {contender}"))?;
+        let s = setup(contender, &lab).with_context(|| format!("setting up {contender}"))?;
         let to = target(contender);
         // Ready when a connection gets its reply.
         let ready =

@@ -3,7 +3,7 @@
 //! userland `docker-proxy`), with XDP_DROP on the uplink as the ceiling (what the sender can
 //! push). Each contender gets a fresh lab.
 
-use std::{net::SocketAddr, path::Path, sync::mpsc, time::Duration};
+use std::{net::SocketAddr, sync::mpsc, time::Duration};
 
 use anyhow::{Context, Result};
 use serde_json::json;
@@ -81,14 +81,12 @@ enum Setup {
     Rules,
 }
 
-fn setup(contender: &str, lab: &Lab, agent: &Path) -> Result<Setup> {
+fn setup(contender: &str, lab: &Lab) -> Result<Setup> {
     Ok(match contender {
         "agent" => {
             let config = lab.write_config(&format!(
                 "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"{BACKEND}\"\n"
             ))?;
-            // SAFETY: set before any thread of this process reads it (the lab helpers do).
-            unsafe { std::env::set_var("JITSI_AGENT_BIN", agent) };
             Setup::Agent(AgentProcess::start(&lab.host, &config)?)
         }
         "iptables-dnat" => {
@@ -178,10 +176,11 @@ fn one(contender: &str, lab: &Lab, load: UdpLoad) -> Result<()> {
 }
 
 /// One round of every contender.
-pub fn round(agent: &Path, secs: f64, only: Option<&str>) -> Result<()> {
+/// The agent is the one `JITSI_AGENT_BIN` names (`jitsi-lab bench` sets it).
+pub fn round(secs: f64, only: Option<&str>) -> Result<()> {
     for contender in CONTENDERS.into_iter().filter(|c| only.is_none_or(|o| o == *c)) {
         let lab = Lab::new(&["jvb"]).context("building the lab")?;
-        let s = setup(contender, &lab, agent).with_context(|| format!("setting up {contender}"))?;
+        let s = setup(contender, &lab).with_context(|| format!("setting up {contender}"))?;
         std::thread::sleep(Duration::from_millis(200));
         for size in SIZES {
             for flows in [1, 1000] {

@@ -117,12 +117,16 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo { agent } => demo(agent),
         Cmd::RelayBench { agent, mode, mib } => relay_bench(agent, &mode, mib),
-        Cmd::Bench { agent, suite, secs, mib, only } => match suite.as_str() {
-            "udp" => jitsi_tests::bench::udp::round(&agent, secs, only.as_deref()),
-            "sni" => jitsi_tests::bench::sni::round(&agent, secs * 2.0, mib, only.as_deref()),
-            "prog" => jitsi_tests::bench::prog::round(&agent),
-            _ => jitsi_tests::bench::control::round(&agent),
-        },
+        Cmd::Bench { agent, suite, secs, mib, only } => {
+            // SAFETY: single-threaded at this point; the lab helpers read this variable.
+            unsafe { std::env::set_var("JITSI_AGENT_BIN", &agent) };
+            match suite.as_str() {
+                "udp" => jitsi_tests::bench::udp::round(secs, only.as_deref()),
+                "sni" => jitsi_tests::bench::sni::round(secs * 2.0, mib, only.as_deref()),
+                "prog" => jitsi_tests::bench::prog::round(),
+                _ => jitsi_tests::bench::control::round(),
+            }
+        }
     }
 }
 
