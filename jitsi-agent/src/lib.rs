@@ -18,6 +18,7 @@ pub mod policy_routing;
 pub mod resolve;
 pub mod rules;
 pub mod run;
+pub mod safe_fs;
 pub mod sni;
 pub mod stack;
 pub mod status;

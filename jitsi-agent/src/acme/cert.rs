@@ -3,8 +3,7 @@
 //! container that reads them can).
 
 use std::{
-    io::Write as _,
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::MetadataExt,
     path::{Path, PathBuf},
 };
 
@@ -43,6 +42,37 @@ pub fn files(acme: &Acme, stack: Option<&Stack>) -> Vec<CertFiles> {
         .collect()
 }
 
+/// The organisation `stack init` puts in the subject of the self-signed certificate it leaves
+/// for coturn until the real one is obtained (coturn needs one at its first start).
+pub const PLACEHOLDER_ORG: &str = "jitsi-agent placeholder until ACME replaces it";
+
+/// The largest certificate chain read back (a chain of a few certificates is a few KB).
+const MAX_CHAIN: u64 = 256 * 1024;
+
+/// A self-signed certificate and key for `name` marked as the placeholder (valid for a year):
+/// what coturn serves until the agent installs the real one.
+pub fn placeholder(name: &str) -> Result<(String, String), AcmeError> {
+    let bad =
+        |e: rcgen::Error| AcmeError::BadCertificate { what: format!("placeholder for {name}"), detail: e.to_string() };
+    let key = rcgen::KeyPair::generate().map_err(bad)?;
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(bad)?;
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, PLACEHOLDER_ORG);
+    params.distinguished_name.push(rcgen::DnType::CommonName, name);
+    params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(365);
+    let cert = params.self_signed(&key).map_err(bad)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Whether the first certificate of `pem_text` is `stack init`'s placeholder.
+pub fn is_placeholder(pem_text: &[u8]) -> bool {
+    x509_parser::pem::parse_x509_pem(pem_text).ok().and_then(|(_, pem)| {
+        let cert = pem.parse_x509().ok()?;
+        let org = cert.subject().iter_organization().next()?.as_str().ok()?.to_string();
+        Some(org == PLACEHOLDER_ORG)
+    }) == Some(true)
+}
+
 /// The first certificate of a PEM chain: its expiry (Unix seconds) and DNS names.
 pub fn leaf(pem_text: &[u8]) -> Result<(i64, Vec<String>), String> {
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text).map_err(|e| format!("no PEM certificate: {e}"))?;
@@ -66,14 +96,18 @@ pub fn leaf(pem_text: &[u8]) -> Result<(i64, Vec<String>), String> {
 }
 
 /// When the installed certificate of `files` expires (Unix seconds); `None` if there is no
-/// file; an error if it cannot be read or is not a certificate for `files.name`.
+/// file or only `stack init`'s placeholder; an error if it cannot be read (a symlink, not a
+/// regular file, too large) or is not a certificate for `files.name`.
 pub fn expiry(files: &CertFiles) -> Result<Option<i64>, AcmeError> {
     let path = &files.chain;
-    let text = match std::fs::read(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+    let text = match crate::safe_fs::read_capped(path, MAX_CHAIN) {
+        Ok(Some(t)) => t,
+        Ok(None) => return Ok(None),
         Err(e) => return Err(AcmeError::io(format!("reading {}", path.display()), e)),
     };
+    if is_placeholder(&text) {
+        return Ok(None);
+    }
     let bad = |detail| AcmeError::BadCertificate { what: path.display().to_string(), detail };
     let (not_after, names) = leaf(&text).map_err(bad)?;
     if !names.contains(&files.name.to_ascii_lowercase()) {
@@ -82,34 +116,22 @@ pub fn expiry(files: &CertFiles) -> Result<Option<i64>, AcmeError> {
     Ok(Some(not_after))
 }
 
-/// Writes `text` to `path` through a temporary file in the same directory, with `mode` and
-/// the owner of the directory, then renames it into place (readers see the old or the new
-/// file, never half of one).
+/// Writes `text` as `path` (see `safe_fs::write_replace`: no symlink followed, created with
+/// its final mode, renamed into place), owned like its directory.
 fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), AcmeError> {
     let dir = path.parent().expect("an absolute file path");
-    let err = |what: &str| {
-        let what = format!("{what} {}", path.display());
-        move |e| AcmeError::io(what, e)
-    };
-    let owner = std::fs::metadata(dir).map_err(err("reading the directory of"))?;
-    let tmp = dir.join(format!(".{}.tmp", path.file_name().expect("a file name").to_string_lossy()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(err("creating a temporary file for"))?;
-    f.set_permissions(std::fs::Permissions::from_mode(mode)).map_err(err("setting the mode of"))?;
-    std::os::unix::fs::fchown(&f, Some(owner.uid()), Some(owner.gid())).map_err(err("setting the owner of"))?;
-    f.write_all(text.as_bytes()).map_err(err("writing"))?;
-    f.sync_all().map_err(err("syncing"))?;
-    std::fs::rename(&tmp, path).map_err(err("renaming into place"))?;
-    Ok(())
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let owner = crate::safe_fs::open_dir(dir)
+        .and_then(|d| d.metadata())
+        .map_err(|e| AcmeError::io(format!("opening the directory of {}", path.display()), e))?;
+    crate::safe_fs::write_replace(dir, &name, text.as_bytes(), mode, Some((owner.uid(), owner.gid())))
+        .map_err(|e| AcmeError::io(format!("writing {}", path.display()), e))
 }
 
 /// Checks that `chain` is a certificate for `files.name`, then installs it and `key`: the key
-/// first (0600), then the chain (0644). Returns the new expiry.
+/// first (0600, or 0640 when the directory belongs to a group other than root's: coturn's
+/// `certs/` is root:65534 so that coturn reads the key by group and cannot write there), then
+/// the chain (0644). Both are owned like the directory. Returns the new expiry.
 pub fn install(files: &CertFiles, chain: &str, key: &str) -> Result<i64, AcmeError> {
     let (not_after, names) = leaf(chain.as_bytes())
         .map_err(|detail| AcmeError::BadCertificate { what: format!("certificate for {}", files.name), detail })?;
@@ -124,7 +146,11 @@ pub fn install(files: &CertFiles, chain: &str, key: &str) -> Result<i64, AcmeErr
     }
     let dir = files.chain.parent().expect("an absolute file path");
     std::fs::create_dir_all(dir).map_err(|e| AcmeError::io(format!("creating {}", dir.display()), e))?;
-    write_atomic(&files.key, key, 0o600)?;
+    let group = crate::safe_fs::open_dir(dir)
+        .and_then(|d| d.metadata())
+        .map_err(|e| AcmeError::io(format!("opening {}", dir.display()), e))?
+        .gid();
+    write_atomic(&files.key, key, if group == 0 { 0o600 } else { 0o640 })?;
     write_atomic(&files.chain, chain, 0o644)?;
     Ok(not_after)
 }
@@ -157,9 +183,30 @@ mod tests {
         assert!(expiry(&files).unwrap_err().to_string().contains("not turn.example.org"));
         assert_eq!(std::fs::read_to_string(&files.key).unwrap(), key);
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        assert_eq!((mode(&files.key), mode(&files.chain)), (0o600, 0o644));
+        let group = std::fs::metadata(dir.path().join("c")).unwrap().gid();
+        assert_eq!((mode(&files.key), mode(&files.chain)), (if group == 0 { 0o600 } else { 0o640 }, 0o644));
+        use std::os::unix::fs::PermissionsExt as _;
         let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("c")).unwrap().collect();
         assert_eq!(leftovers.len(), 2, "no temporary file left");
+    }
+
+    #[test]
+    fn the_placeholder_counts_as_no_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = CertFiles {
+            name: "turn.example.org".into(),
+            chain: dir.path().join("turn.crt"),
+            key: dir.path().join("turn.key"),
+        };
+        let (chain, key) = placeholder("turn.example.org").unwrap();
+        assert!(is_placeholder(chain.as_bytes()));
+        std::fs::write(&files.chain, &chain).unwrap();
+        std::fs::write(&files.key, &key).unwrap();
+        assert_eq!(expiry(&files).unwrap(), None, "due for replacement at once");
+        let (real, _) = self_signed("turn.example.org");
+        assert!(!is_placeholder(real.as_bytes()));
+        std::fs::write(&files.chain, &real).unwrap();
+        assert!(expiry(&files).unwrap().is_some());
     }
 
     #[test]

@@ -145,7 +145,10 @@ async fn manage(acme: Acme, files: Vec<CertFiles>, challenges: Challenges, publi
             if now() < plan.due {
                 continue;
             }
-            let expires = cert::expiry(f).unwrap_or_else(|e| {
+            // File reads and writes stay off the async workers.
+            let file = f.clone();
+            let read = tokio::task::spawn_blocking(move || cert::expiry(&file)).await;
+            let expires = read.expect("the expiry reader does not panic").unwrap_or_else(|e| {
                 warn!(name = %f.name, error = %e, "acme: the installed certificate cannot be read; replacing it");
                 None
             });
@@ -200,7 +203,10 @@ async fn renew(
     }
     let account = account.as_ref().expect("set above");
     let (chain, key) = client::obtain(account, &files.name, challenges).await?;
-    cert::install(files, &chain, &key)
+    let files = files.clone();
+    tokio::task::spawn_blocking(move || cert::install(&files, &chain, &key))
+        .await
+        .expect("the certificate writer does not panic")
 }
 
 /// Sends SIGUSR2 to the reload container, if one is configured.
