@@ -35,10 +35,18 @@ enum StackCommand {
         force: bool,
     },
     /// `docker compose up -d` on the project (v2, else `docker-compose`), then `show`.
+    ///
+    /// With `letsencrypt_email`, refuses while nothing answers port 80 for the meet name (start
+    /// the agent first): the web container asks Let's Encrypt for its certificate when it has
+    /// none or it is due, exits when that fails and is restarted, using up the CA's
+    /// failed-validation limit in a loop.
     Up {
         /// Configuration file with a `[stack]` section.
         #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
         config: PathBuf,
+        /// Start even though nothing answers port 80 for the meet name.
+        #[arg(long)]
+        skip_port_80_check: bool,
     },
     /// `docker compose down` on the project (containers and network removed; the config
     /// directories and secrets stay), then `show`.
@@ -179,10 +187,27 @@ fn real_main(listeners: Arc<Listeners>) -> Result<()> {
             }
         }
         Command::Stack(StackCommand::Init { config, force }) => {
-            print!("{}", jitsi_agent::stack::init::init(&stack_of(&config)?, force)?);
+            let stack = stack_of(&config)?;
+            let full = Config::load(&config)?;
+            let (lan, note) = runtime()?.block_on(jitsi_agent::stack::preflight::uplink_addresses(&full));
+            let mut report = jitsi_agent::stack::init::init(&stack, &lan, force)?;
+            report.notes.extend(note);
+            print!("{report}");
         }
-        Command::Stack(StackCommand::Up { config }) => {
-            compose_cli::compose(&stack_of(&config)?, &["up", "-d", "--remove-orphans"])?;
+        Command::Stack(StackCommand::Up { config, skip_port_80_check }) => {
+            let stack = stack_of(&config)?;
+            if !skip_port_80_check
+                && let Some(why) = jitsi_agent::stack::preflight::port_80_refusal(&Config::load(&config)?)
+            {
+                anyhow::bail!(
+                    "not starting the stack: {why}. With letsencrypt_email the web container asks Let's Encrypt \
+                     for {}'s certificate over port 80 when it starts without one (or with one due), exits when \
+                     that fails and is restarted: each try counts against the CA's failed-validation limit. Start the agent first (`systemctl start jitsi-agent`), then run \
+                     `stack up` again (or pass --skip-port-80-check if port 80 is served another way)",
+                    stack.meet_domain
+                );
+            }
+            compose_cli::compose(&stack, &["up", "-d", "--remove-orphans"])?;
             print!("{}", compose_cli::table(&runtime()?.block_on(compose_cli::show())?));
         }
         Command::Stack(StackCommand::Down { config }) => {

@@ -9,6 +9,7 @@ mod build;
 mod prereq;
 mod run;
 mod toolchain;
+mod upstream;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -64,6 +65,16 @@ enum Command {
     },
     /// Build everything, create the lab, run the agent in it and show what the backends saw.
     Demo,
+    /// Extract the facts the generated stack must match from a docker-jitsi-meet snapshot at
+    /// a tag into `jitsi-agent/data/docker-jitsi-meet.json`.
+    UpstreamFacts {
+        /// A git directory of github:jitsi/docker-jitsi-meet (a bare clone or a snapshot).
+        #[arg(long)]
+        git_dir: std::path::PathBuf,
+        /// The tag (the stack's `image_tag`).
+        #[arg(long)]
+        tag: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -78,5 +89,6 @@ fn main() -> Result<()> {
             (_, None) => bench_suite::run(&what, rounds, secs),
         },
         Command::Demo => run::demo(),
+        Command::UpstreamFacts { git_dir, tag } => upstream::facts(&git_dir, &tag),
     }
 }

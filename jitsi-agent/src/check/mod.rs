@@ -4,6 +4,7 @@
 mod docker;
 mod network;
 mod ports;
+mod stack;
 mod system;
 
 use std::{fmt, path::Path};
@@ -102,5 +103,9 @@ pub async fn check(path: &Path) -> Report {
     r.checks.extend(network::uplink(&config).await);
     r.checks.extend(ports::ports(&config));
     r.checks.extend(docker::docker(&config).await);
+    if let Some(s) = &config.stack {
+        r.checks.extend(stack::files(s));
+        r.checks.extend(stack::health().await);
+    }
     r
 }

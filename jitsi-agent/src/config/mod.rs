@@ -74,6 +74,53 @@ pub struct Stack {
     /// Time zone of the containers.
     #[serde(default = "default_tz")]
     pub timezone: String,
+    /// coturn's relay ports (`min-port`/`max-port`); coturn's own default range.
+    #[serde(default)]
+    pub relay_ports: PortRange,
+}
+
+/// An inclusive range of ports, written `"49152-65535"` (or one port, `"20000"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PortRange {
+    /// First port.
+    pub min: u16,
+    /// Last port (>= `min`).
+    pub max: u16,
+}
+
+impl Default for PortRange {
+    /// coturn's default relay range (`min-port=49152`, `max-port=65535`:
+    /// `examples/etc/turnserver.conf` at coturn 4.17.0).
+    fn default() -> Self {
+        PortRange { min: 49152, max: 65535 }
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        let port = |p: &str| -> std::result::Result<u16, String> {
+            match p.trim().parse::<u16>() {
+                Ok(0) | Err(_) => Err(format!("`{p}` is not a port (1-65535)")),
+                Ok(n) => Ok(n),
+            }
+        };
+        let (min, max) = match s.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(&s)?, port(&s)?),
+        };
+        if min > max {
+            return Err(format!("`{s}`: the first port is above the last"));
+        }
+        Ok(PortRange { min, max })
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
 }
 
 fn default_stack_dir() -> PathBuf {
@@ -86,7 +133,9 @@ fn default_image_tag() -> String {
     "stable-11146-2".into()
 }
 fn default_coturn_image() -> String {
-    "coturn/coturn:4.17".into()
+    // coturn's own image at its release tag `docker/4.17.0-r0` (coturn/coturn,
+    // `docker/coturn/debian/Dockerfile`): a full version and revision, not a moving `4.17`.
+    "coturn/coturn:4.17.0-r0".into()
 }
 fn default_stack_subnet() -> String {
     "172.18.0.0/24".into()

@@ -70,6 +70,9 @@ pub struct Shown {
     pub state: String,
     /// Docker's status line (uptime, health).
     pub status: String,
+    /// The healthcheck's verdict (`healthy`, `unhealthy`, `starting`), when the container has
+    /// one (the images' own `healthcheck.sh`).
+    pub health: Option<String>,
     /// Addresses on its networks.
     pub addresses: Vec<String>,
 }
@@ -89,6 +92,7 @@ pub async fn show() -> Result<Vec<Shown>> {
             service: c.labels.as_ref().and_then(|l| l.get("com.docker.compose.service").cloned()).unwrap_or_default(),
             name: c.names.iter().flatten().next().map(|n| n.trim_start_matches('/').to_string()).unwrap_or_default(),
             state: c.state.map(|s| s.to_string()).unwrap_or_default(),
+            health: c.status.as_deref().and_then(health_of),
             status: c.status.unwrap_or_default(),
             addresses: c
                 .network_settings
@@ -102,6 +106,16 @@ pub async fn show() -> Result<Vec<Shown>> {
         .collect();
     out.sort_by(|a, b| a.service.cmp(&b.service));
     Ok(out)
+}
+
+/// The health in Docker's status line: `Up 3 minutes (healthy)`, `(health: starting)`.
+fn health_of(status: &str) -> Option<String> {
+    let inner = status.rsplit_once('(')?.1.strip_suffix(')')?;
+    match inner {
+        "healthy" | "unhealthy" => Some(inner.to_string()),
+        "health: starting" => Some("starting".into()),
+        _ => None,
+    }
 }
 
 /// The `show` table.

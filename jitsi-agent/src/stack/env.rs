@@ -1,7 +1,7 @@
 //! The project's `.env`, with docker-jitsi-meet's variable names (mode 0600: it holds the
 //! secrets).
 
-use std::fmt::Write as _;
+use std::{fmt::Write as _, net::IpAddr};
 
 use super::{
     layout::Layout,
@@ -9,9 +9,24 @@ use super::{
 };
 use crate::config::Stack;
 
-/// The `.env` text.
-pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets) -> String {
-    let public: Vec<String> = stack.public_addresses.iter().map(ToString::to_string).collect();
+/// The addresses the videobridge advertises: the public IPv4 addresses, then the uplink's own
+/// (`lan`), as upstream's example lists a LAN address beside the public one (`env.example` at
+/// `stable-11146-2`: `JVB_ADVERTISE_IPS=192.168.1.1,1.2.3.4,...`), so that participants on the
+/// host's own network need no NAT loopback on the router. IPv6 is left out: the stack's network
+/// is IPv4 only and jvb maps its (IPv4) local address to each entry.
+pub fn advertised(stack: &Stack, lan: &[IpAddr]) -> Vec<IpAddr> {
+    let mut out: Vec<IpAddr> = Vec::new();
+    for a in stack.public_addresses.iter().chain(lan).filter(|a| a.is_ipv4()) {
+        if !out.contains(a) {
+            out.push(*a);
+        }
+    }
+    out
+}
+
+/// The `.env` text; `lan` is the uplink's own addresses.
+pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets, lan: &[IpAddr]) -> String {
+    let advertised: Vec<String> = advertised(stack, lan).iter().map(ToString::to_string).collect();
     let le = stack.letsencrypt_email.as_deref();
     let mut s = String::new();
     let mut var = |k: &str, v: &str| {
@@ -25,10 +40,24 @@ pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets) -> String {
     var("COTURN_IMAGE", &stack.coturn_image);
     var("PUBLIC_URL", &format!("https://{}", stack.meet_domain));
     // Behind NAT the bridge must announce the router's public address, not its Docker one.
-    var("JVB_ADVERTISE_IPS", &public.join(","));
+    var("JVB_ADVERTISE_IPS", &advertised.join(","));
+    // The addresses are known: no STUN lookup at start (jvb/rootfs/defaults/jvb.conf at
+    // stable-11146-2 otherwise asks meet-jit-si-turnrelay.jitsi.net:443).
+    var("JVB_DISABLE_STUN", "1");
+    // TURN relays reach the bridge only on its private address (coturn allows that one peer):
+    // keep it advertised (jvb/rootfs/defaults/jvb.conf at stable-11146-2, default true).
+    var("JVB_ADVERTISE_PRIVATE_CANDIDATES", "1");
+    // Prosody's BOSH and websocket arrive through web's nginx: trust it for X-Forwarded-For
+    // so prosody logs the client's address (prosody/rootfs/defaults/prosody.cfg.lua at
+    // stable-11146-2: default "127.0.0.1,::1").
+    var("PROSODY_TRUSTED_PROXIES", &format!("127.0.0.1,::1,{}", layout.addr("web")));
     var("ENABLE_LETSENCRYPT", if le.is_some() { "1" } else { "0" });
     var("LETSENCRYPT_DOMAIN", &stack.meet_domain);
     var("LETSENCRYPT_EMAIL", le.unwrap_or(""));
+    // acme.sh 3.0.7 (web/Dockerfile) defaults to ZeroSSL; the web container's init passes
+    // `--server $LETSENCRYPT_ACME_SERVER` (web/rootfs/etc/s6-overlay/scripts/config).
+    var("LETSENCRYPT_ACME_SERVER", "letsencrypt");
+    var("LETSENCRYPT_USE_STAGING", "0");
     // The agent's Host splitter answers port 80 with 308 to https:// itself, except for the
     // ACME challenge path, which it relays to this container's acme.sh: the container must not
     // redirect that path, so it does not redirect at all.

@@ -60,6 +60,11 @@ impl Layout {
         u32::from(ip) & mask == u32::from(self.network)
     }
 
+    /// The last address of the subnet.
+    pub fn host_last(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) | (u32::MAX >> self.prefix))
+    }
+
     /// The bridge's own address (the gateway Docker gives the network).
     pub fn gateway(&self) -> Ipv4Addr {
         self.host(1)

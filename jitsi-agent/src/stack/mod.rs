@@ -9,7 +9,10 @@ pub mod env;
 pub mod implied;
 pub mod init;
 pub mod layout;
+pub mod preflight;
 pub mod secrets;
 
+#[cfg(test)]
+mod conformance;
 #[cfg(test)]
 mod tests;

@@ -8,9 +8,20 @@ use std::{
 };
 
 use super::{
-    init::{Action, init},
+    init::{Action, Owners, init_with},
     secrets::{PASSWORDS, TURN_SECRET},
 };
+
+/// `init` as far as this process can: owners set when root (as `stack init` requires), left
+/// when a developer runs the unit tests without root.
+fn init(stack: &crate::config::Stack, force: bool) -> crate::error::Result<super::init::Report> {
+    init_with(stack, &[], force, owners())
+}
+
+fn owners() -> Owners {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 { Owners::Set } else { Owners::Leave }
+}
 use crate::config::Config;
 
 fn stack_config(dir: &Path, extra: &str) -> crate::config::Stack {
@@ -106,7 +117,12 @@ fn env_and_coturn_carry_what_the_images_expect() {
         "realm=meet.example.org",
         "listening-port=3478",
         "tls-listening-port=5349",
-        "external-ip=198.51.100.7/172.18.0.11",
+        "external-ip=198.51.100.7",
+        "denied-peer-ip=172.18.0.0-172.18.0.255",
+        "min-port=49152",
+        "max-port=65535",
+        "log-file=stdout",
+        "cert=/etc/coturn/certs/turn.crt",
         "no-multicast-peers",
         "denied-peer-ip=10.0.0.0-10.255.255.255",
         "denied-peer-ip=172.16.0.0-172.31.255.255",
@@ -118,8 +134,9 @@ fn env_and_coturn_carry_what_the_images_expect() {
         assert!(lines.contains(&want), "turnserver.conf lacks `{want}`");
     }
     assert_eq!(lines.iter().filter(|l| l.starts_with("allowed-peer-ip")).count(), 1, "only the bridge");
+    assert!(!lines.contains(&"syslog"), "no syslog in coturn's image");
     assert_eq!(mode(&dir.path().join(".env")), 0o600);
-    assert_eq!(mode(&dir.path().join("coturn/turnserver.conf")), 0o600);
+    assert_eq!(mode(&dir.path().join("coturn/turnserver.conf")), 0o640);
     assert_eq!(mode(&dir.path().join("docker-compose.yml")), 0o644);
     for d in super::compose::CONFIG_DIRS {
         let p = dir.path().join("config").join(d);
@@ -129,6 +146,94 @@ fn env_and_coturn_carry_what_the_images_expect() {
             assert_eq!(std::fs::metadata(&p).unwrap().uid(), 1000, "{d} owned by uid 1000");
         }
     }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let owner = |p: &str| {
+            let m = std::fs::metadata(dir.path().join(p)).unwrap();
+            (m.uid(), m.gid(), m.permissions().mode() & 0o777)
+        };
+        // Only the leaves are handed to uid 1000; coturn reads its files by group and can
+        // write nowhere in its directory.
+        assert_eq!(owner("."), (0, 0, 0o700), "only root enters the project");
+        assert_eq!(owner("config"), (0, 0, 0o755));
+        assert_eq!(owner("config/storage"), (0, 0, 0o755));
+        assert_eq!(owner("coturn"), (0, 65534, 0o750));
+        assert_eq!(owner("coturn/certs"), (0, 65534, 0o750));
+        assert_eq!(owner("coturn/turnserver.conf"), (0, 65534, 0o640));
+        assert_eq!(owner("coturn/certs/turn.key"), (0, 65534, 0o640));
+        assert_eq!(owner("coturn/certs/turn.crt"), (0, 65534, 0o644));
+        assert_eq!(owner(".env"), (0, 0, 0o600));
+    }
+    // coturn gets a certificate for its first start: the placeholder, which the ACME client
+    // counts as none (so it orders the real one at once).
+    let chain = std::fs::read(dir.path().join("coturn/certs/turn.crt")).unwrap();
+    assert!(crate::acme::cert::is_placeholder(&chain));
+    assert_eq!(crate::acme::cert::leaf(&chain).unwrap().1, ["turn.example.org"]);
+    for (k, v) in [
+        ("JVB_DISABLE_STUN", "1"),
+        ("PROSODY_TRUSTED_PROXIES", "127.0.0.1,::1,172.18.0.12"),
+        ("LETSENCRYPT_ACME_SERVER", "letsencrypt"),
+    ] {
+        assert_eq!(env.get(k).map(String::as_str), Some(v), "{k}");
+    }
+}
+
+#[test]
+fn jvb_advertises_the_lan_addresses_and_ipv6_is_left_out_with_a_note() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_config(dir.path(), "").clone();
+    let stack = crate::config::Stack {
+        public_addresses: vec!["198.51.100.7".parse().unwrap(), "2001:db8::7".parse().unwrap()],
+        ..stack
+    };
+    let lan = ["192.168.1.20".parse().unwrap(), "198.51.100.7".parse().unwrap(), "fd00::20".parse().unwrap()];
+    let report = init_with(&stack, &lan, false, owners()).unwrap();
+    let env = env_map(&std::fs::read_to_string(dir.path().join(".env")).unwrap());
+    assert_eq!(env["JVB_ADVERTISE_IPS"], "198.51.100.7,192.168.1.20", "public first, LAN next, once each, no v6");
+    let turn = std::fs::read_to_string(dir.path().join("coturn/turnserver.conf")).unwrap();
+    let external: Vec<&str> = turn.lines().filter(|l| l.starts_with("external-ip")).collect();
+    assert_eq!(external, ["external-ip=198.51.100.7"], "no bare v6 external-ip");
+    let said = report.to_string();
+    assert!(said.contains("note: IPv6 public address(es) 2001:db8::7 not advertised"), "{said}");
+}
+
+#[test]
+fn init_refuses_without_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("skipping: running as root (the refusal is for other users)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let e = super::init::init(&stack_config(dir.path(), ""), &[], false).unwrap_err().to_string();
+    assert!(e.contains("needs root") && e.contains("65534"), "{e}");
+    assert!(!dir.path().join("coturn/turnserver.conf").exists(), "nothing written");
+}
+
+#[test]
+fn init_does_not_follow_symlinks_planted_in_the_project() {
+    let dir = tempfile::tempdir().unwrap();
+    let stack = stack_config(dir.path(), "");
+    init(&stack, false).unwrap();
+    // A container's user replaces a directory it could once write to with a link to /etc.
+    let target = tempfile::tempdir().unwrap();
+    let storage = dir.path().join("config/storage");
+    std::fs::remove_dir_all(&storage).unwrap();
+    std::os::unix::fs::symlink(target.path(), &storage).unwrap();
+    let e = init(&stack, false).unwrap_err();
+    let e = format!("{e}: {}", std::error::Error::source(&e).map(ToString::to_string).unwrap_or_default());
+    assert!(e.contains("config/storage") && e.contains("symlink"), "{e}");
+    assert_eq!(std::fs::read_dir(target.path()).unwrap().count(), 0, "nothing created through the link");
+    // A symlink in place of a generated file is replaced, its target untouched.
+    std::fs::remove_file(&storage).unwrap();
+    let victim = target.path().join("victim");
+    std::fs::write(&victim, "keep").unwrap();
+    let conf = dir.path().join("coturn/turnserver.conf");
+    std::fs::remove_file(&conf).unwrap();
+    std::os::unix::fs::symlink(&victim, &conf).unwrap();
+    init(&stack, false).unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "keep");
+    assert!(!std::fs::symlink_metadata(&conf).unwrap().file_type().is_symlink());
 }
 
 #[test]
