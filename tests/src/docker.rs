@@ -8,6 +8,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use std::os::unix::fs::PermissionsExt as _;
+
 use anyhow::{Context, Result, bail};
 
 use crate::{agent::command_in, netns::NetNs};
@@ -66,32 +68,104 @@ impl DockerEngine {
     }
 
     /// Builds `FROM scratch` images `<repo>/<role>:<tag>` running `standin <role>`, from the
-    /// stand-in binary and the shared libraries it loads.
+    /// stand-in binary and the shared libraries it loads, with the real images' user, volumes
+    /// and healthcheck script (see `jitsi-standin`'s doc for the upstream files each mirrors).
+    /// The stand-in is made setuid root in the image, as s6-overlay's `s6-overlay-suexec` is.
     pub fn build_standins(&self, standin: &Path, repo: &str, tag: &str, roles: &[&str]) -> Result<()> {
-        let ctx = self.root.join("standin-context");
-        let _ = std::fs::remove_dir_all(&ctx);
-        let rootfs = ctx.join("rootfs");
-        std::fs::create_dir_all(&rootfs)?;
-        std::fs::copy(standin, rootfs.join("standin"))?;
-        let ldd = crate::netns::run(Command::new("ldd").arg(standin))?;
-        for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
-            let dest = rootfs.join(lib.trim_start_matches('/'));
-            std::fs::create_dir_all(dest.parent().expect("a file path"))?;
-            std::fs::copy(lib, &dest).with_context(|| format!("copying {lib}"))?;
-        }
         for role in roles {
-            let dockerfile = ctx.join(format!("Dockerfile.{role}"));
-            std::fs::write(
-                &dockerfile,
-                format!("FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/standin\", \"{role}\"]\n"),
-            )?;
-            let tag = format!("{repo}/{role}:{tag}");
-            let df = dockerfile.display().to_string();
-            self.docker(&["build", "-q", "-t", &tag, "-f", &df, &ctx.display().to_string()])
-                .with_context(|| format!("building {tag}"))?;
+            let ctx = self.root.join(format!("standin-{role}"));
+            let rootfs = ctx.join("rootfs");
+            let _ = std::fs::remove_dir_all(&ctx);
+            copy_with_libs(standin, &rootfs, Path::new("/standin"))?;
+            // base/Dockerfile: `adduser ... s6` (uid/gid 1000), `USER s6`; prosody/Dockerfile:
+            // `usermod -a -G prosody,sasl s6`.
+            write(&rootfs.join("etc/passwd"), "root:x:0:0::/root:/bin/false\ns6:x:1000:1000::/home/s6:/bin/false\n")?;
+            write(&rootfs.join("etc/group"), "root:x:0:\ns6:x:1000:\nprosody:x:101:s6\nsasl:x:45:s6\n")?;
+            let mut extra = String::new();
+            match *role {
+                // web/Dockerfile: `mkdir -p /storage && chown s6:s6 /storage`.
+                "web" => {
+                    std::fs::create_dir_all(ctx.join("owned/storage"))?;
+                    extra.push_str("VOLUME [\"/config\", \"/usr/share/jitsi-meet/transcripts\"]\n");
+                }
+                // prosody/Dockerfile: `chown s6:s6 /var/lib/prosody`.
+                "prosody" => {
+                    std::fs::create_dir_all(ctx.join("owned/var/lib/prosody"))?;
+                    extra.push_str("VOLUME [\"/config\", \"/prosody-plugins-custom\"]\n");
+                }
+                _ => extra.push_str("VOLUME /config\n"),
+            }
+            std::fs::create_dir_all(ctx.join("owned"))?;
+            if matches!(*role, "prosody" | "jicofo" | "jvb") {
+                // */rootfs/usr/local/bin/healthcheck.sh
+                let hc = rootfs.join("usr/local/bin/healthcheck.sh");
+                std::fs::create_dir_all(hc.parent().expect("a parent"))?;
+                std::fs::copy(standin, &hc)?;
+                std::fs::set_permissions(&hc, std::fs::Permissions::from_mode(0o755))?;
+            }
+            let dockerfile = format!(
+                "FROM scratch\nCOPY rootfs/ /\nCOPY --chown=1000:1000 owned/ /\n\
+                 RUN [\"/standin\", \"image-setup\"]\nENV STANDIN_ROLE={role} S6_READ_ONLY_ROOT=1\n{extra}\
+                 USER s6\nENTRYPOINT [\"/standin\", \"{role}\"]\n"
+            );
+            self.build_image(&ctx, &dockerfile, &format!("{repo}/{role}:{tag}"))?;
         }
         Ok(())
     }
+
+    /// Builds `<name>` from Debian's `coturn` package (its `turnserver` and the libraries it
+    /// loads), laid out as coturn's own image is (`docker/coturn/debian/Dockerfile` at
+    /// `docker/4.17.0-r0`): `USER nobody:nogroup`, `/var/lib/coturn` owned by it, and
+    /// `turnserver` taking the command's options.
+    pub fn build_coturn(&self, name: &str) -> Result<()> {
+        let turnserver = Path::new("/usr/bin/turnserver");
+        if !turnserver.exists() {
+            bail!("Debian's coturn is not installed (cargo xtask test installs it)");
+        }
+        let ctx = self.root.join("coturn-image");
+        let rootfs = ctx.join("rootfs");
+        let _ = std::fs::remove_dir_all(&ctx);
+        copy_with_libs(turnserver, &rootfs, turnserver)?;
+        write(
+            &rootfs.join("etc/passwd"),
+            "root:x:0:0::/root:/bin/false\nnobody:x:65534:65534::/nonexistent:/bin/false\n",
+        )?;
+        write(&rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n")?;
+        std::fs::create_dir_all(rootfs.join("var/lib/coturn"))?;
+        std::fs::create_dir_all(rootfs.join("tmp"))?;
+        let dockerfile = "FROM scratch\nCOPY rootfs/ /\nCOPY --chown=65534:65534 rootfs/var/lib/coturn /var/lib/coturn\n\
+                          USER nobody:nogroup\nVOLUME [\"/var/lib/coturn\"]\nENTRYPOINT [\"/usr/bin/turnserver\"]\n\
+                          CMD [\"--log-file=stdout\"]\n";
+        self.build_image(&ctx, dockerfile, name)
+    }
+
+    fn build_image(&self, ctx: &Path, dockerfile: &str, name: &str) -> Result<()> {
+        let path = ctx.join("Dockerfile");
+        std::fs::write(&path, dockerfile)?;
+        self.docker(&["build", "-q", "-t", name, "-f", &path.display().to_string(), &ctx.display().to_string()])
+            .with_context(|| format!("building {name}"))?;
+        Ok(())
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    std::fs::create_dir_all(path.parent().expect("a file path"))?;
+    Ok(std::fs::write(path, text)?)
+}
+
+/// Copies `binary` to `rootfs/<at>` and every shared library `ldd` lists to the same path
+/// under `rootfs`.
+fn copy_with_libs(binary: &Path, rootfs: &Path, at: &Path) -> Result<()> {
+    let dest = rootfs.join(at.strip_prefix("/").unwrap_or(at));
+    std::fs::create_dir_all(dest.parent().expect("a file path"))?;
+    std::fs::copy(binary, &dest).with_context(|| format!("copying {}", binary.display()))?;
+    let ldd = crate::netns::run(Command::new("ldd").arg(binary))?;
+    for lib in ldd.split_whitespace().filter(|w| w.starts_with('/')) {
+        let dest = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().expect("a file path"))?;
+        std::fs::copy(lib, &dest).with_context(|| format!("copying {lib}"))?;
+    }
+    Ok(())
 }
 
 impl Drop for DockerEngine {

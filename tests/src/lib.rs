@@ -16,3 +16,4 @@ pub mod netns;
 pub mod packet;
 pub mod pebble;
 pub mod servers;
+pub mod turn;

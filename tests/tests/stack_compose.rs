@@ -46,7 +46,7 @@ fn docker_compose_accepts_the_generated_project() {
         "ipv4_address: 172.18.0.12",
         "subnet: 172.18.0.0/24",
         "image: ghcr.io/jitsi/web:stable-11146-2",
-        "image: coturn/coturn:4.17",
+        "image: coturn/coturn:4.17.0-r0",
         "JVB_ADVERTISE_IPS: 198.51.100.7",
         "TURNS_PORT: '443'",
     ] {

@@ -79,6 +79,38 @@ fn cargo_bin_dir() -> PathBuf {
         .join("bin")
 }
 
+/// The Python packages of the browser test's WebRTC videobridge stand-in
+/// (`tests/webrtc/jvb_standin.py` patches aioice 0.13's candidate gathering: keep them pinned).
+const WEBRTC_PACKAGES: &[&str] = &["aiortc==1.16.0", "aioice==0.13.0", "aiohttp==3.14.5"];
+
+/// A venv under `target/` with Debian's Python and the WebRTC stand-in's packages from PyPI,
+/// made once (kept while the pins are unchanged); returns its `python`.
+pub fn webrtc_venv() -> Result<PathBuf> {
+    let dir = crate::build::workspace_root().join("target/webrtc-venv");
+    let python = dir.join("bin/python");
+    let stamp = dir.join("jitsi-packages.txt");
+    let want = WEBRTC_PACKAGES.join("\n");
+    if python.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == want) {
+        return Ok(python);
+    }
+    eprintln!("xtask: making the WebRTC stand-in's venv ({})", WEBRTC_PACKAGES.join(" "));
+    let _ = std::fs::remove_dir_all(&dir);
+    let ok = Command::new("/usr/bin/python3").arg("-m").arg("venv").arg(&dir).status().context("python3 -m venv")?;
+    if !ok.success() {
+        bail!("`/usr/bin/python3 -m venv {}` failed (apt-get install python3-venv)", dir.display());
+    }
+    let ok = Command::new(&python)
+        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check"])
+        .args(WEBRTC_PACKAGES)
+        .status()
+        .context("pip install")?;
+    if !ok.success() {
+        bail!("pip could not install {}", WEBRTC_PACKAGES.join(" "));
+    }
+    std::fs::write(&stamp, want)?;
+    Ok(python)
+}
+
 /// Makes sure `cargo fuzz` is available, installing cargo-fuzz from crates.io when missing.
 pub fn cargo_fuzz() -> Result<()> {
     let works = || {

@@ -12,8 +12,10 @@ use crate::{
 /// Debian packages the lab and the tests use: `ip` (iproute2) to build namespaces, `ethtool`
 /// for veth offloads, `bpftool` to check pinned maps, nftables/iptables to prove the host
 /// namespace has no rules, `systemd-analyze` to verify the shipped units, `docker-compose` to
-/// check the generated stack, and `docker.io` for the engine the stack test starts in its own
-/// namespace.
+/// check the generated stack, `docker.io` for the engine the stack test starts in its own
+/// namespace, `coturn` (Debian's) for the real coturn image that test builds, and `chromium`,
+/// `libnss3-tools` (its certificate database) and `python3-venv` (the WebRTC stand-in's
+/// aiortc) for its browser sessions.
 const LAB_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -26,6 +28,10 @@ const LAB_PACKAGES: &[&str] = &[
     "pebble",
     "openssl",
     "curl",
+    "coturn",
+    "chromium",
+    "libnss3-tools",
+    "python3-venv",
 ];
 
 fn cargo(args: &[&str]) -> Command {
@@ -92,12 +98,13 @@ pub fn test(lint: bool, filter: Option<&str>, fuzz_seconds: u32) -> Result<()> {
     }
     let agent = build::agent()?;
     let obj = build::ebpf_object_path();
+    let python = prereq::webrtc_venv()?;
     eprintln!("xtask: running unit and integration tests");
     let mut cmd = cargo(&["test", "--release", "--workspace", "--exclude", "jitsi-ebpf"]);
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
-    cmd.env("JITSI_AGENT_BIN", &agent).env("JITSI_EBPF_OBJECT", &obj);
+    cmd.env("JITSI_AGENT_BIN", &agent).env("JITSI_EBPF_OBJECT", &obj).env("JITSI_WEBRTC_PYTHON", &python);
     run(&mut cmd)?;
     if fuzz_seconds > 0 && filter.is_none() {
         fuzz(fuzz_seconds)?;
