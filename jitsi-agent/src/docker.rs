@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, OneOrMany},
     error::{Error, Result},
-    stack::layout::Layout,
+    stack::{compose_cli::PROJECT, layout::Layout},
 };
 
 /// Where a running container can be reached.
@@ -64,6 +64,11 @@ pub async fn connect() -> Result<Docker> {
 /// Looks every name up among the running containers: a Compose service of that name (label
 /// `com.docker.compose.service`), else a container of that name. The address is the one in
 /// `subnet` when given (the stack's network), else on the first network by name.
+///
+/// With `subnet` (a `[stack]`), a container counts only if it has an address on the stack's
+/// network, and a Compose service only if it belongs to the stack's project (label
+/// `com.docker.compose.project`): another project's `web` or `coturn` on the same engine is
+/// never steered to nor signalled.
 pub async fn resolve(docker: &Docker, names: &[String], subnet: Option<Layout>) -> Result<Containers> {
     let running = docker
         .list_containers(Some(ListContainersOptions { all: false, ..Default::default() }))
@@ -74,9 +79,11 @@ pub async fn resolve(docker: &Docker, names: &[String], subnet: Option<Layout>) 
         let mut matches: Vec<_> = running
             .iter()
             .filter(|c| {
-                let service = c.labels.as_ref().and_then(|l| l.get("com.docker.compose.service"));
+                let label = |k: &str| c.labels.as_ref().and_then(|l| l.get(k));
+                let ours = subnet.is_none() || label("com.docker.compose.project").is_some_and(|p| p == PROJECT);
+                let service = label("com.docker.compose.service").is_some_and(|s| s == name) && ours;
                 let named = c.names.iter().flatten().any(|n| n.trim_start_matches('/') == name);
-                service.is_some_and(|s| s == name) || named
+                (service || named) && subnet.is_none_or(|l| on_subnet(c, l))
             })
             .collect();
         matches.sort_by_key(|c| c.names.clone());
@@ -99,11 +106,21 @@ pub async fn resolve(docker: &Docker, names: &[String], subnet: Option<Layout>) 
     Ok(out)
 }
 
+/// Whether container `c` has an address in `l`.
+fn on_subnet(c: &bollard::models::ContainerSummary, l: Layout) -> bool {
+    c.network_settings
+        .iter()
+        .flat_map(|n| n.networks.iter().flatten())
+        .filter_map(|(_, e)| e.ip_address.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()))
+        .any(|ip| l.contains(ip))
+}
+
 /// Sends `signal` (`SIGUSR2`...) to the running container `name` (Compose service or
-/// container name). Returns the container's short id, or `None` if it is not running.
-pub async fn signal(name: &str, signal: &str) -> Result<Option<String>> {
+/// container name; with `subnet`, the stack's own, as [`resolve`] finds it). Returns the
+/// container's short id, or `None` if it is not running.
+pub async fn signal(name: &str, signal: &str, subnet: Option<Layout>) -> Result<Option<String>> {
     let docker = connect().await?;
-    let found = resolve(&docker, &[name.to_owned()], None).await?;
+    let found = resolve(&docker, &[name.to_owned()], subnet).await?;
     let Some(Some(c)) = found.get(name) else { return Ok(None) };
     let options = bollard::query_parameters::KillContainerOptionsBuilder::new().signal(signal).build();
     docker.kill_container(&c.id, Some(options)).await.map_err(docker_err("signalling a container"))?;

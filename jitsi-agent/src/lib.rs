@@ -16,6 +16,7 @@ pub mod netlink;
 pub mod peer_napi;
 pub mod policy_routing;
 pub mod resolve;
+pub mod rlimit;
 pub mod rules;
 pub mod run;
 pub mod safe_fs;

@@ -152,6 +152,13 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn real_main(listeners: Arc<Listeners>) -> Result<()> {
     match Cli::parse().command {
         Command::Run { config } => {
+            match jitsi_agent::rlimit::raise_nofile() {
+                Ok((before, after)) if before < after => {
+                    tracing::info!(before, after, "raised the open-file limit to the hard limit");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+            }
             runtime()?
                 .block_on(async {
                     let (tx, rx) = tokio::sync::mpsc::channel(8);

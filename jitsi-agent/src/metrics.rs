@@ -13,7 +13,7 @@ use std::{
 
 use http_body_util::Full;
 use hyper::{Method, Request, Response, StatusCode, body::Bytes, server::conn::http1, service::service_fn};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
@@ -53,12 +53,26 @@ pub struct MetricsServer {
     task: JoinHandle<()>,
 }
 
+/// Connections served at once; more are closed at accept (a scraper needs one).
+pub const MAX_CONNECTIONS: usize = 16;
+/// Time a client has to send its request head (hyper applies none without a timer).
+pub const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Longest a connection may stay open, whatever it does.
+pub const CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl MetricsServer {
-    /// Binds `listen` and serves `/metrics` until stopped.
+    /// Binds `listen` and serves `/metrics` until stopped: at most `MAX_CONNECTIONS` at once,
+    /// each closed if its request head is not complete within `HEAD_TIMEOUT` and after
+    /// `CONNECTION_LIFETIME` in any case.
     pub async fn start(listen: SocketAddr, shared: Arc<Shared>) -> Result<Self> {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .map_err(|e| Error::io(format!("metrics: listening on {listen} (set [metrics] listen)"), e))?;
+        let listen = listener.local_addr().map_err(|e| Error::io("metrics: the bound address", e))?;
+        if !listen.ip().is_loopback() {
+            warn!(%listen, "metrics: listening beyond this host; keep it on loopback or a management network");
+        }
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut registry = Registry::default();
         registry.register_collector(Box::new(AgentCollector(shared.clone())));
         registry.register(
@@ -73,12 +87,23 @@ impl MetricsServer {
             loop {
                 tokio::select! {
                     r = listener.accept() => match r {
-                        Ok((stream, _)) => {
+                        Ok((stream, peer)) => {
+                            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                                debug!(%peer, "metrics: connection limit reached; closed");
+                                continue;
+                            };
                             let registry = registry.clone();
                             tokio::spawn(async move {
+                                let _slot = slot;
                                 let service = service_fn(move |req| answer(req, registry.clone()));
-                                if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
-                                    debug!(error = %e, "metrics: connection failed");
+                                let conn = http1::Builder::new()
+                                    .timer(TokioTimer::new())
+                                    .header_read_timeout(HEAD_TIMEOUT)
+                                    .serve_connection(TokioIo::new(stream), service);
+                                match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
+                                    Ok(Err(e)) => debug!(error = %e, "metrics: connection failed"),
+                                    Err(_) => debug!(%peer, "metrics: connection open too long; closed"),
+                                    Ok(Ok(())) => {}
                                 }
                             });
                         }
@@ -250,6 +275,13 @@ impl Collector for AgentCollector {
             Counter,
             counter(s.sni.accepted.load(Ordering::Relaxed)),
         )?;
+        single(
+            &mut enc,
+            "jitsi_agent_sni_accept_errors",
+            "Failed accepts on the splitters' listeners (out of descriptors...); logged once per burst",
+            Counter,
+            counter(s.sni.accept_errors.load(Ordering::Relaxed)),
+        )?;
         family(
             &mut enc,
             "jitsi_agent_sni_refused_connections",
@@ -288,5 +320,49 @@ impl Collector for AgentCollector {
                 .map(|(r, v)| (vec![("result", r.to_string())], counter(v.load(Ordering::Relaxed)))),
         )?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            pin_dir: "/nonexistent".into(),
+            sni: Arc::new(Stats::default()),
+            reloads_ok: Default::default(),
+            reloads_failed: Default::default(),
+            certificates: Default::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_silent_client_is_dropped_and_the_connections_are_capped() {
+        let server = MetricsServer::start("127.0.0.1:0".parse().unwrap(), shared()).await.unwrap();
+        let addr = server.listen;
+        // A client that never sends its head is closed after HEAD_TIMEOUT.
+        let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t = Instant::now();
+        let mut buf = [0u8; 256];
+        let n = tokio::time::timeout(HEAD_TIMEOUT * 3, silent.read(&mut buf)).await.expect("closed by the server");
+        assert!(n.map_or(true, |n| n == 0 || buf.starts_with(b"HTTP/1.1 408")), "{:?}", &buf[..]);
+        assert!(t.elapsed() >= HEAD_TIMEOUT - Duration::from_millis(100), "{:?}", t.elapsed());
+        // Connections over the cap are closed at once, without an answer.
+        let mut held = Vec::new();
+        for _ in 0..MAX_CONNECTIONS {
+            held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = extra.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
+        let n = tokio::time::timeout(Duration::from_secs(2), extra.read(&mut buf)).await.expect("closed at once");
+        assert!(n.map_or(true, |n| n == 0), "no answer over the cap");
+        drop(held);
+        server.stop().await;
     }
 }

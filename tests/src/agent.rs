@@ -67,6 +67,24 @@ impl AgentProcess {
         Self::launch(cmd, config)
     }
 
+    /// [`AgentProcess::start`] with the open-file limit set to `soft` and `hard` (as a shell or
+    /// another service manager may leave it).
+    pub fn start_with_nofile(ns: &NetNs, config: &Path, soft: u64, hard: u64) -> Result<Self> {
+        let mut cmd = command_in(ns, &agent_bin())?;
+        cmd.args(["run", "--config"]).arg(config);
+        // SAFETY: setrlimit is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit { rlim_cur: soft, rlim_max: hard };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::launch(cmd, config)
+    }
+
     /// Spawns `cmd` with the agent's log next to `config`, and waits for "ready".
     fn launch(mut cmd: Command, config: &Path) -> Result<Self> {
         let log = config.with_file_name(format!("{}.log", crate::netns::unique_name("agent")));

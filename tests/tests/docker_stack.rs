@@ -179,6 +179,26 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
     // placeholder, and the agent's certificate replaces it below (SIGUSR2), with no manual step.
     let up = agent_cli(&lab, &engine, &["stack", "up", "--skip-port-80-check", "--config", &c]);
     assert!(up.contains("SERVICE") && up.contains("jitsi_jvb_1"), "{up}");
+    // Another Compose project's `coturn` on the stack's network, first by name: never steered
+    // to nor signalled (the TURN checks below fail if it is).
+    let net = "jitsi_meet.jitsi";
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "aaa_coturn_1",
+            "--network",
+            net,
+            "--label",
+            "com.docker.compose.project=other",
+            "--label",
+            "com.docker.compose.service=coturn",
+            "-e",
+            "JICOFO_AUTH_PASSWORD=x",
+            "standin/jicofo:test",
+        ])
+        .unwrap();
     let mut agent = AgentProcess::start_with_env(&lab.host, &config, &[("DOCKER_HOST", &engine.host)]).unwrap();
     // With the agent serving port 80, `stack up` passes its check (the README's order).
     agent.wait_for_log("ready rules=", Duration::from_secs(10)).unwrap();
@@ -382,6 +402,7 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
     let show = agent_cli(&lab, &engine, &["stack", "show"]);
     assert!(show.contains("jvb") && show.contains("running"), "{show}");
     agent.stop().unwrap();
+    engine.docker(&["rm", "-f", "aaa_coturn_1"]).unwrap();
     let down = agent_cli(&lab, &engine, &["stack", "down", "--config", &c]);
     assert!(down.contains("no container of project `jitsi`"), "{down}");
     assert_eq!(engine.docker(&["ps", "-aq"]).unwrap().trim(), "", "no container left");

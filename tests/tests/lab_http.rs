@@ -106,7 +106,14 @@ fn requests_reach_the_backend_their_host_routes_to_with_the_client_address() {
             );
             let (greeting, echoed, local) = l.exchange(host, &request);
             assert_eq!(greeting, format!("seen {}", SocketAddr::new(client, local.port())), "{host_header} via {host}");
-            assert_eq!(String::from_utf8_lossy(&echoed), request, "the backend got every byte, in order");
+            if route == "meet" {
+                // A redirect route relays the validation request alone: a kept-alive connection
+                // must not reach the rest of the site over plain HTTP.
+                let first = format!("GET {path} HTTP/1.1\r\nHost: {host_header}\r\nUser-Agent: lab\r\n\r\n");
+                assert_eq!(String::from_utf8_lossy(&echoed), first, "only the challenge request reached the backend");
+            } else {
+                assert_eq!(String::from_utf8_lossy(&echoed), request, "the backend got every byte, in order");
+            }
             assert_eq!(l.count(route), before + 1, "{host_header}{path} reached `{route}`");
         }
     }

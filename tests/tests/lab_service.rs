@@ -326,3 +326,51 @@ fn metrics_and_status_show_rules_sni_routes_and_attachments() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("PPS IN") && table.contains("\nROUTE ") && table.contains("steer_in (XDP)"), "{table}");
 }
+
+/// The soft limit of open files of process `pid`.
+fn nofile_soft(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_open_file_limit_is_raised_and_accept_failures_are_counted_and_logged_once() {
+    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
+    let web = lab.backend("web");
+    let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    let config = lab.write_config(&format!("{LAB_RULES}{SNI_WEB}\n[metrics]\nlisten = \"127.0.0.1:9478\"\n")).unwrap();
+    // A soft limit far below the hard one (a shell's 1024 against systemd's 512k): raised.
+    let agent = AgentProcess::start_with_nofile(&lab.host, &config, 256, 4096).unwrap();
+    assert_eq!(nofile_soft(agent.pid()), 4096, "{}", agent.log());
+    assert!(agent.log().contains("raised the open-file limit to the hard limit"), "{}", agent.log());
+    drop(agent);
+
+    // A hard limit of 128: holding more connections than that runs the listener out of
+    // descriptors; every failed accept is counted, one line is logged for the burst, and the
+    // splitter serves again once they are closed.
+    let agent = AgentProcess::start_with_nofile(&lab.host, &config, 128, 128).unwrap();
+    let to = SocketAddr::new(HOST_V4.into(), 443);
+    let mut held = Vec::new();
+    for _ in 0..160 {
+        if let Ok(Ok(s)) = lab.inet.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(1))) {
+            held.push(s);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    // (The metrics endpoint needs a descriptor too: scraped once the burst is over.)
+    let m = scrape_metrics(&lab.host, "127.0.0.1:9478");
+    let errors: u64 = m
+        .lines()
+        .find_map(|l| l.strip_prefix("jitsi_agent_sni_accept_errors_total "))
+        .unwrap_or_else(|| panic!("no accept error counter in:\n{m}"))
+        .parse()
+        .unwrap();
+    assert!(errors > 1, "accept failures counted: {errors}");
+    let logged = agent.log().matches("splitter: accept failed").count();
+    assert_eq!(logged, 1, "one line for the burst:\n{}", agent.log());
+    let greeting = sni_exchange(&lab.inet, &recorded_hello("chromium-meet.bin"));
+    assert!(greeting.is_ok(), "served again after the burst: {greeting:?}\n{}", agent.log());
+}

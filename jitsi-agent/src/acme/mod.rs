@@ -95,7 +95,8 @@ impl AcmeRunning {
         challenges.set_names(names);
         let files = cert::files(&acme, stack.as_ref());
         info!(names = ?acme.names, directory = %acme.directory, "acme: managing certificates");
-        let task = tokio::spawn(manage(acme, files, challenges, published));
+        let scope = stack.as_ref().map(crate::stack::layout::Layout::of);
+        let task = tokio::spawn(manage(acme, files, challenges, published, scope));
         AcmeRunning { settings, task }
     }
 
@@ -124,7 +125,13 @@ struct Schedule {
 /// Where the certificate manager publishes the names' states.
 pub type Published = std::sync::Arc<std::sync::Mutex<Vec<CertState>>>;
 
-async fn manage(acme: Acme, files: Vec<CertFiles>, challenges: Challenges, published: Published) {
+async fn manage(
+    acme: Acme,
+    files: Vec<CertFiles>,
+    challenges: Challenges,
+    published: Published,
+    scope: Option<crate::stack::layout::Layout>,
+) {
     let mut account = None;
     let mut states: BTreeMap<String, CertState> = files
         .iter()
@@ -167,7 +174,7 @@ async fn manage(acme: Acme, files: Vec<CertFiles>, challenges: Challenges, publi
                     plan.failures = 0;
                     state.expires = Some(exp);
                     state.renewed = Some(now());
-                    state.last_error = reload(&acme).await.err().map(|e| e.to_string());
+                    state.last_error = reload(&acme, scope).await.err().map(|e| e.to_string());
                     plan.due = (exp - renew_before).min(now() + CHECK.as_secs() as i64);
                 }
                 Err(e) => {
@@ -209,11 +216,12 @@ async fn renew(
         .expect("the certificate writer does not panic")
 }
 
-/// Sends SIGUSR2 to the reload container, if one is configured.
-async fn reload(acme: &Acme) -> Result<(), AcmeError> {
+/// Sends SIGUSR2 to the reload container, if one is configured (with `[stack]`, only to the
+/// stack's own: see `docker::resolve`).
+async fn reload(acme: &Acme, scope: Option<crate::stack::layout::Layout>) -> Result<(), AcmeError> {
     let Some(container) = &acme.reload_container else { return Ok(()) };
     let err = |detail: String| AcmeError::Reload { container: container.clone(), detail };
-    match crate::docker::signal(container, "SIGUSR2").await {
+    match crate::docker::signal(container, "SIGUSR2", scope).await {
         Ok(Some(id)) => {
             info!(%container, %id, "acme: sent SIGUSR2 to reload the certificate");
             Ok(())

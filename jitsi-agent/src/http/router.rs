@@ -27,6 +27,9 @@ pub struct Route {
 pub enum Decision {
     /// Relay the connection to this route.
     Route(usize),
+    /// Relay this one request (an ACME challenge on a redirecting route) to the route, then
+    /// close: nothing else on the connection reaches the backend, whose own redirect is off.
+    ChallengeOnly(usize),
     /// `308` to this URL (the route's index for the counters).
     Redirect(usize, String),
     /// A challenge of a name the agent manages: `200` with this key authorization, or `404`
@@ -82,12 +85,20 @@ impl Router {
             return Decision::NoRoute;
         };
         match &head.host {
-            Some(host) if self.routes[i].redirect_https && !path.starts_with(ACME_PREFIX) => {
-                Decision::Redirect(i, format!("https://{host}{path}"))
-            }
+            Some(_) if self.routes[i].redirect_https && is_challenge(head) => Decision::ChallengeOnly(i),
+            Some(host) if self.routes[i].redirect_https => Decision::Redirect(i, format!("https://{host}{path}")),
             _ => Decision::Route(i),
         }
     }
+}
+
+/// An HTTP-01 validation request: `GET` (or `HEAD`) of the challenge path with one token of
+/// the base64url alphabet (RFC 8555, 8.1 and 8.3) and nothing after it.
+fn is_challenge(head: &Head) -> bool {
+    let Some(token) = head.path().strip_prefix(ACME_PREFIX) else { return false };
+    matches!(head.method.as_str(), "GET" | "HEAD")
+        && (1..=256).contains(&token.len())
+        && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A complete response that closes the connection.
@@ -135,7 +146,21 @@ mod tests {
             r.decide(&get("MEET.example.org:80", "/room?x=1"), &none),
             Decision::Redirect(0, "https://meet.example.org/room?x=1".into())
         );
-        assert_eq!(r.decide(&get("meet.example.org", "/.well-known/acme-challenge/tok"), &none), Decision::Route(0));
+        assert_eq!(
+            r.decide(&get("meet.example.org", "/.well-known/acme-challenge/Tok-1_x"), &none),
+            Decision::ChallengeOnly(0)
+        );
+        // Not a validation request: redirected like any other path.
+        for (method, path) in [
+            ("POST", "/.well-known/acme-challenge/tok"),
+            ("GET", "/.well-known/acme-challenge/"),
+            ("GET", "/.well-known/acme-challenge/tok/../../admin"),
+            ("GET", "/.well-known/acme-challenge/tok?x=1"),
+            ("GET", "/.well-known/acme-challenge/t%2fk"),
+        ] {
+            let h = head(&format!("{method} {path} HTTP/1.1\r\nHost: meet.example.org\r\n\r\n"));
+            assert!(matches!(r.decide(&h, &none), Decision::Redirect(0, _)), "{method} {path}");
+        }
         assert_eq!(r.decide(&get("other.example.com", "/"), &none), Decision::NoRoute);
         assert_eq!(r.decide(&get("192.0.2.1", "/"), &none), Decision::NoRoute);
         assert_eq!(r.decide(&head("GET / HTTP/1.0\r\n\r\n"), &none), Decision::NoRoute);
@@ -154,7 +179,7 @@ mod tests {
         let path = "/.well-known/acme-challenge/tok1";
         assert_eq!(r.decide(&get("turn.example.org", path), &c), Decision::Challenge(Some("tok1.thumb".into())));
         assert_eq!(r.decide(&get("turn.example.org", "/.well-known/acme-challenge/x"), &c), Decision::Challenge(None));
-        assert_eq!(r.decide(&get("meet.example.org", path), &c), Decision::Route(0), "not a managed name");
+        assert_eq!(r.decide(&get("meet.example.org", path), &c), Decision::ChallengeOnly(0), "not a managed name");
         c.remove("tok1");
         assert_eq!(r.decide(&get("turn.example.org", path), &c), Decision::Challenge(None));
     }

@@ -198,6 +198,8 @@ impl Proxy {
     }
 
     /// Accepts on `listener` until `stop` is cancelled; each connection runs in its own task.
+    /// A failed accept is counted, and logged unless another failed within
+    /// `ACCEPT_ERROR_BURST`.
     pub fn spawn_listener(
         self: &Arc<Self>,
         listener: TcpListener,
@@ -206,6 +208,8 @@ impl Proxy {
     ) -> JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
+            // One warning per burst of failed accepts (EMFILE repeats every 50 ms), all counted.
+            let mut last_error: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
                     r = listener.accept() => match r {
@@ -220,7 +224,12 @@ impl Proxy {
                             });
                         }
                         Err(e) => {
-                            warn!(error = %e, ?front, "splitter: accept failed");
+                            me.stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                            let now = tokio::time::Instant::now();
+                            if last_error.is_none_or(|t| now - t > ACCEPT_ERROR_BURST) {
+                                warn!(error = %e, ?front, "splitter: accept failed (repeats are counted in jitsi_agent_sni_accept_errors_total, not logged)");
+                            }
+                            last_error = Some(now);
                             tokio::time::sleep(Duration::from_millis(50)).await;
                         }
                     },
@@ -328,7 +337,7 @@ impl Proxy {
         };
         drop(hello);
         let route = &table.router.routes[idx];
-        self.forward(settings, route, &table.stats[idx], client, peer, hello_bytes).await;
+        self.forward(settings, route, &table.stats[idx], client, peer, hello_bytes, true).await;
     }
 
     /// Reads the request head; returns the bytes read (the head and whatever followed it).
@@ -384,8 +393,9 @@ impl Proxy {
                 return self.refuse(reason, None, peer, &detail);
             }
         };
-        let idx = match http.router.decide(&head, &self.challenges) {
-            http_router::Decision::Route(i) => i,
+        let (idx, whole) = match http.router.decide(&head, &self.challenges) {
+            http_router::Decision::Route(i) => (i, true),
+            http_router::Decision::ChallengeOnly(i) => (i, false),
             http_router::Decision::Redirect(i, location) => {
                 debug!(route = %http.router.routes[i].target.name, client = %peer, %location, "http: redirected");
                 return Self::answer(&mut client, &response(308, "Permanent Redirect", Some(&location), "")).await;
@@ -404,14 +414,23 @@ impl Proxy {
                 return self.refuse(Refusal::NoHostRoute, None, peer, &host);
             }
         };
-        drop(head);
         let route = &http.router.routes[idx].target;
-        self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes).await;
+        if whole {
+            drop(head);
+            self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes, true).await;
+        } else {
+            // Only the validation request: its head (a GET has no body), then the answer.
+            let mut bytes = bytes;
+            bytes.truncate(head.len);
+            self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes, false).await;
+        }
     }
 
     /// Connects to `route`'s backend (from the client's address where it can), replays the
     /// bytes already read (then frees them: a long-lived connection keeps no copy) and relays
-    /// until the connection ends.
+    /// until the connection ends; or, not `whole`, sends only those bytes, closes the way to
+    /// the backend and passes its answer back.
+    #[expect(clippy::too_many_arguments, reason = "one call per front; the relay mode is the only difference")]
     async fn forward(
         &self,
         settings: &Sni,
@@ -420,6 +439,7 @@ impl Proxy {
         client: TcpStream,
         peer: SocketAddr,
         first: Vec<u8>,
+        whole: bool,
     ) {
         let Some((backend, transparent)) = route.backend_for(peer) else {
             return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &"backend container not running");
@@ -444,10 +464,36 @@ impl Proxy {
         stats.bytes_up.fetch_add(first.len() as u64, Ordering::Relaxed);
         drop(first);
         let _open = OpenGuard::new(stats);
+        if !whole {
+            let down = answer_only(client, upstream, secs(settings.idle_timeout_secs)).await;
+            stats.bytes_down.fetch_add(down, Ordering::Relaxed);
+            debug!(route = %route.name, client = %peer, down, "http: relayed one ACME challenge request");
+            return;
+        }
         debug!(route = %route.name, client = %peer, backend = %backend, "splitter: relaying");
         let r = relay(client, upstream, secs(settings.idle_timeout_secs), settings.relay).await;
         stats.bytes_up.fetch_add(r.up, Ordering::Relaxed);
         stats.bytes_down.fetch_add(r.down, Ordering::Relaxed);
         debug!(route = %route.name, client = %peer, up = r.up, down = r.down, idle = r.idle, error = ?r.error, "splitter: closed");
     }
+}
+
+/// Failed accepts closer together than this are one burst (one log line).
+const ACCEPT_ERROR_BURST: Duration = Duration::from_secs(10);
+
+/// After the one request was sent: half-closes the way to the backend and copies its answer to
+/// the client (within `idle` per read), then closes. Returns the bytes passed back.
+async fn answer_only(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -> u64 {
+    use tokio::io::AsyncReadExt as _;
+    let _ = upstream.shutdown().await;
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut down = 0u64;
+    while let Ok(Ok(n)) = tokio::time::timeout(idle, upstream.read(&mut buf)).await {
+        if n == 0 || client.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+        down += n as u64;
+    }
+    let _ = client.shutdown().await;
+    down
 }

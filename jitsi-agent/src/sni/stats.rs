@@ -138,6 +138,8 @@ pub struct Stats {
     pub accepted: AtomicU64,
     /// Connections open now, reading a hello or relayed.
     pub open: AtomicU64,
+    /// Failed accepts (out of descriptors or memory...).
+    pub accept_errors: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
     routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
     /// Time from accept to a complete ClientHello, in seconds.
@@ -149,6 +151,7 @@ impl Default for Stats {
         Stats {
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
+            accept_errors: AtomicU64::new(0),
             refused: Default::default(),
             routes: Mutex::default(),
             // 100 µs .. ~6.5 s.
