@@ -191,7 +191,9 @@ impl Service {
     }
 }
 
-/// The services, with the volumes of upstream's `docker-compose.yml` at `stable-11146-2`.
+/// The services, with the volumes, `expose:` ports, prosody's alias and `depends_on` of
+/// upstream's `docker-compose.yml` at `stable-11146-2` (jvb's 10000/udp and 8080 are its
+/// published ports there, exposed here on the stack's network only).
 fn services() -> Vec<Service> {
     let web = Service {
         depends_on: &["jvb"],

@@ -7,7 +7,9 @@ use super::{layout::Layout, secrets::Secrets, secrets::TURN_SECRET};
 use crate::config::Stack;
 
 /// Ranges relayed media must never reach (private, loopback, link-local, documentation,
-/// benchmarking, reserved, NAT64, 6to4, ULA...).
+/// benchmarking, reserved, NAT64, 6to4, ULA...): the IANA special-purpose address registries
+/// (RFC 6890), not an upstream value; coturn's example config leaves `denied-peer-ip` to the
+/// operator (`examples/etc/turnserver.conf` at 4.17.0).
 pub const DENIED_PEERS: [&str; 22] = [
     "0.0.0.0-0.255.255.255",
     "10.0.0.0-10.255.255.255",

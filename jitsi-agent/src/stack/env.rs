@@ -57,11 +57,20 @@ pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets, lan: &[IpAddr
     // acme.sh 3.0.7 (web/Dockerfile) defaults to ZeroSSL; the web container's init passes
     // `--server $LETSENCRYPT_ACME_SERVER` (web/rootfs/etc/s6-overlay/scripts/config).
     var("LETSENCRYPT_ACME_SERVER", "letsencrypt");
+    // `--staging` only when 1 (same script).
     var("LETSENCRYPT_USE_STAGING", "0");
     // The agent's Host splitter answers port 80 with 308 to https:// itself, except for the
     // ACME challenge path, which it relays to this container's acme.sh: the container must not
-    // redirect that path, so it does not redirect at all.
+    // redirect that path, so it does not redirect at all (web/rootfs/defaults/default at
+    // stable-11146-2: the redirect block only `if .Env.ENABLE_HTTP_REDIRECT`).
     var("ENABLE_HTTP_REDIRECT", "0");
+    // Upstream's defaults, written out so the file says what runs (stable-11146-2):
+    // web/rootfs/defaults/meet.conf (ENABLE_XMPP_WEBSOCKET "1", XMPP_BOSH_URL_BASE
+    // "http://xmpp.meet.jitsi:5280"), prosody/rootfs/defaults/prosody.cfg.lua (XMPP_DOMAIN
+    // "meet.jitsi", XMPP_MUC_DOMAIN "muc.meet.jitsi"), prosody/rootfs/defaults/conf.d/
+    // jitsi-meet.cfg.lua (XMPP_AUTH_DOMAIN "auth.meet.jitsi", XMPP_INTERNAL_MUC_DOMAIN
+    // "internal-muc.meet.jitsi"), docker-compose.yml (prosody's alias
+    // `${XMPP_SERVER:-xmpp.meet.jitsi}`). ENABLE_IPV6=0: the stack's network is IPv4 only.
     var("ENABLE_XMPP_WEBSOCKET", "1");
     var("ENABLE_IPV6", "0");
     var("XMPP_DOMAIN", "meet.jitsi");
@@ -72,7 +81,10 @@ pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets, lan: &[IpAddr
     var("XMPP_BOSH_URL_BASE", "http://xmpp.meet.jitsi:5280");
     // TURN: UDP on 3478 (steered by the agent's XDP program), TLS on 443 under its own name
     // (split off by the agent's SNI router to coturn's 5349). Prosody hands out both with
-    // short-lived credentials derived from TURN_CREDENTIALS.
+    // short-lived credentials derived from TURN_CREDENTIALS. Names and meaning:
+    // prosody/rootfs/defaults/prosody.cfg.lua at stable-11146-2 (TURN_PORT and TURNS_PORT
+    // default to 443, TURN_TRANSPORT to tcp: set here; external_service_secret =
+    // TURN_CREDENTIALS).
     var("TURN_HOST", &stack.turn_domain);
     var("TURN_PORT", "3478");
     var("TURN_TRANSPORT", "udp");

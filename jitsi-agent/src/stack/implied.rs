@@ -31,6 +31,11 @@ fn route(name: &str, server_name: &str, container: &str, port: u16) -> SniRoute 
 /// `config` plus the rules `[stack]` implies (unchanged without `[stack]`).
 pub fn add_implied(mut config: Config) -> Config {
     let Some(stack) = config.stack.clone() else { return config };
+    // The containers' ports: jvb's media port (JVB_PORT, default 10000: jvb/rootfs/defaults/
+    // jvb.conf at docker-jitsi-meet stable-11146-2), web's 8000 and 8443 (web/Dockerfile
+    // `EXPOSE 8000 8443`), coturn's 3478 and 5349 (the listening ports `stack init` writes,
+    // coturn's defaults: `EXPOSE 3478 3478/udp 5349 5349/udp` in docker/coturn/debian/Dockerfile
+    // at docker/4.17.0-r0).
     let implied =
         vec![steer("jvb", Protocol::Udp, 10000, "jvb", 10000), steer("turn", Protocol::Udp, 3478, "coturn", 3478)];
     for r in implied {

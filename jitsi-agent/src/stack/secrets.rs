@@ -3,7 +3,8 @@
 
 use std::collections::BTreeMap;
 
-/// Upstream's passwords (`openssl rand -hex 16`: 128 bits each).
+/// Upstream's passwords (`openssl rand -hex 16`: 128 bits each): the six `gen-passwords.sh`
+/// makes at docker-jitsi-meet `stable-11146-2`.
 pub const PASSWORDS: [&str; 6] = [
     "JICOFO_AUTH_PASSWORD",
     "JVB_AUTH_PASSWORD",
