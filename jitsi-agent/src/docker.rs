@@ -83,20 +83,13 @@ pub async fn resolve(docker: &Docker, names: &[String], subnet: Option<Layout>) 
                 let ours = subnet.is_none() || label("com.docker.compose.project").is_some_and(|p| p == PROJECT);
                 let service = label("com.docker.compose.service").is_some_and(|s| s == name) && ours;
                 let named = c.names.iter().flatten().any(|n| n.trim_start_matches('/') == name);
-                (service || named) && subnet.is_none_or(|l| on_subnet(c, l))
+                (service || named) && (subnet.is_none() || v4_in(c, subnet).is_some())
             })
             .collect();
         matches.sort_by_key(|c| c.names.clone());
         let found = matches.first().map(|c| {
-            let nets: BTreeMap<&String, &bollard::models::EndpointSettings> =
-                c.network_settings.iter().flat_map(|n| n.networks.iter().flatten()).collect();
-            let in_subnet = |ip: &Ipv4Addr| subnet.is_none_or(|l| l.contains(*ip));
-            let v4 = nets
-                .values()
-                .filter_map(|e| e.ip_address.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()))
-                .find(in_subnet);
-            let v6 = nets.values().find_map(|e| e.global_ipv6_address.as_deref().and_then(|a| a.parse().ok()));
-            ContainerAddrs { id: c.id.clone().unwrap_or_default().chars().take(12).collect(), v4, v6 }
+            let v6 = networks(c).values().find_map(|e| e.global_ipv6_address.as_deref().and_then(|a| a.parse().ok()));
+            ContainerAddrs { id: c.id.clone().unwrap_or_default().chars().take(12).collect(), v4: v4_in(c, subnet), v6 }
         });
         if matches.len() > 1 {
             warn!(container = %name, count = matches.len(), "several running containers match; using the first by name");
@@ -106,13 +99,17 @@ pub async fn resolve(docker: &Docker, names: &[String], subnet: Option<Layout>) 
     Ok(out)
 }
 
-/// Whether container `c` has an address in `l`.
-fn on_subnet(c: &bollard::models::ContainerSummary, l: Layout) -> bool {
-    c.network_settings
-        .iter()
-        .flat_map(|n| n.networks.iter().flatten())
-        .filter_map(|(_, e)| e.ip_address.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()))
-        .any(|ip| l.contains(ip))
+/// Container `c`'s networks, by name.
+fn networks(c: &bollard::models::ContainerSummary) -> BTreeMap<&String, &bollard::models::EndpointSettings> {
+    c.network_settings.iter().flat_map(|n| n.networks.iter().flatten()).collect()
+}
+
+/// Container `c`'s IPv4 address in `subnet` (without one: on its first network by name).
+fn v4_in(c: &bollard::models::ContainerSummary, subnet: Option<Layout>) -> Option<Ipv4Addr> {
+    networks(c)
+        .values()
+        .filter_map(|e| e.ip_address.as_deref().and_then(|a| a.parse::<Ipv4Addr>().ok()))
+        .find(|ip| subnet.is_none_or(|l| l.contains(*ip)))
 }
 
 /// Sends `signal` (`SIGUSR2`...) to the running container `name` (Compose service or

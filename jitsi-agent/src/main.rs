@@ -194,18 +194,15 @@ fn real_main(listeners: Arc<Listeners>) -> Result<()> {
             }
         }
         Command::Stack(StackCommand::Init { config, force }) => {
-            let stack = stack_of(&config)?;
-            let full = Config::load(&config)?;
+            let (full, stack) = stack_of(&config)?;
             let (lan, note) = runtime()?.block_on(jitsi_agent::stack::preflight::uplink_addresses(&full));
             let mut report = jitsi_agent::stack::init::init(&stack, &lan, force)?;
             report.notes.extend(note);
             print!("{report}");
         }
         Command::Stack(StackCommand::Up { config, skip_port_80_check }) => {
-            let stack = stack_of(&config)?;
-            if !skip_port_80_check
-                && let Some(why) = jitsi_agent::stack::preflight::port_80_refusal(&Config::load(&config)?)
-            {
+            let (full, stack) = stack_of(&config)?;
+            if !skip_port_80_check && let Some(why) = jitsi_agent::stack::preflight::port_80_refusal(&full) {
                 anyhow::bail!(
                     "not starting the stack: {why}. With letsencrypt_email the web container asks Let's Encrypt \
                      for {}'s certificate over port 80 when it starts without one (or with one due), exits when \
@@ -218,7 +215,7 @@ fn real_main(listeners: Arc<Listeners>) -> Result<()> {
             print!("{}", compose_cli::table(&runtime()?.block_on(compose_cli::show())?));
         }
         Command::Stack(StackCommand::Down { config }) => {
-            compose_cli::compose(&stack_of(&config)?, &["down", "--remove-orphans"])?;
+            compose_cli::compose(&stack_of(&config)?.1, &["down", "--remove-orphans"])?;
             print!("{}", compose_cli::table(&runtime()?.block_on(compose_cli::show())?));
         }
         Command::Stack(StackCommand::Show { json }) => {
@@ -240,11 +237,14 @@ fn real_main(listeners: Arc<Listeners>) -> Result<()> {
     Ok(())
 }
 
-/// The `[stack]` section of the file at `path`.
-fn stack_of(path: &std::path::Path) -> Result<jitsi_agent::config::Stack> {
-    Config::load(path)?
+/// The file at `path` and its `[stack]` section.
+fn stack_of(path: &std::path::Path) -> Result<(Config, jitsi_agent::config::Stack)> {
+    let config = Config::load(path)?;
+    let stack = config
         .stack
-        .with_context(|| format!("{}: no [stack] section (see the README's deployment walkthrough)", path.display()))
+        .clone()
+        .with_context(|| format!("{}: no [stack] section (see the README's deployment walkthrough)", path.display()))?;
+    Ok((config, stack))
 }
 
 /// SIGHUP reloads; SIGTERM and SIGINT stop (a second one is left to the default handler's

@@ -142,11 +142,17 @@ fn sni_exchange(inet: &NetNs, hello: &[u8]) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
-#[test]
-fn restart_under_tcp_connect_load_refuses_nothing_and_open_connections_finish() {
+/// The lab with the web backend's TLS port served (the server stops when dropped).
+fn lab_with_web() -> (Lab, servers::Server) {
     let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
     let web = lab.backend("web");
-    let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    let server = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    (lab, server)
+}
+
+#[test]
+fn restart_under_tcp_connect_load_refuses_nothing_and_open_connections_finish() {
+    let (lab, _web) = lab_with_web();
     let config = lab.write_config(&format!("{LAB_RULES}{SNI_WEB}")).unwrap();
     // The listening socket systemd's jitsi-agent.socket would hold.
     let held = lab.host.enter(|| TcpListener::bind("0.0.0.0:443")).unwrap().unwrap();
@@ -336,9 +342,7 @@ fn nofile_soft(pid: u32) -> u64 {
 
 #[test]
 fn the_open_file_limit_is_raised_and_accept_failures_are_counted_and_logged_once() {
-    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
-    let web = lab.backend("web");
-    let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    let (lab, _web) = lab_with_web();
     let config = lab.write_config(&format!("{LAB_RULES}{SNI_WEB}\n[metrics]\nlisten = \"127.0.0.1:9478\"\n")).unwrap();
     // A soft limit far below the hard one (a shell's 1024 against systemd's 512k): raised.
     let agent = AgentProcess::start_with_nofile(&lab.host, &config, 256, 4096).unwrap();

@@ -116,15 +116,12 @@ pub fn expiry(files: &CertFiles) -> Result<Option<i64>, AcmeError> {
     Ok(Some(not_after))
 }
 
-/// Writes `text` as `path` (see `safe_fs::write_replace`: no symlink followed, created with
-/// its final mode, renamed into place), owned like its directory.
-fn write_atomic(path: &Path, text: &str, mode: u32) -> Result<(), AcmeError> {
+/// Writes `text` as `path` with `mode` and `owner` (see `safe_fs::write_replace`: no symlink
+/// followed, created with its final mode and owner, renamed into place).
+fn write_atomic(path: &Path, text: &str, mode: u32, owner: (u32, u32)) -> Result<(), AcmeError> {
     let dir = path.parent().expect("an absolute file path");
     let name = path.file_name().expect("a file name").to_string_lossy();
-    let owner = crate::safe_fs::open_dir(dir)
-        .and_then(|d| d.metadata())
-        .map_err(|e| AcmeError::io(format!("opening the directory of {}", path.display()), e))?;
-    crate::safe_fs::write_replace(dir, &name, text.as_bytes(), mode, Some((owner.uid(), owner.gid())))
+    crate::safe_fs::write_replace(dir, &name, text.as_bytes(), mode, Some(owner))
         .map_err(|e| AcmeError::io(format!("writing {}", path.display()), e))
 }
 
@@ -146,18 +143,28 @@ pub fn install(files: &CertFiles, chain: &str, key: &str) -> Result<i64, AcmeErr
     }
     let dir = files.chain.parent().expect("an absolute file path");
     std::fs::create_dir_all(dir).map_err(|e| AcmeError::io(format!("creating {}", dir.display()), e))?;
-    let group = crate::safe_fs::open_dir(dir)
+    // Both files are owned like their directory (`files` puts them in the same one).
+    let d = crate::safe_fs::open_dir(dir)
         .and_then(|d| d.metadata())
-        .map_err(|e| AcmeError::io(format!("opening {}", dir.display()), e))?
-        .gid();
-    write_atomic(&files.key, key, if group == 0 { 0o600 } else { 0o640 })?;
-    write_atomic(&files.chain, chain, 0o644)?;
+        .map_err(|e| AcmeError::io(format!("opening {}", dir.display()), e))?;
+    let owner = (d.uid(), d.gid());
+    write_atomic(&files.key, key, if owner.1 == 0 { 0o600 } else { 0o640 }, owner)?;
+    write_atomic(&files.chain, chain, 0o644, owner)?;
     Ok(not_after)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The files of `turn.example.org` under `dir`, named `<stem>.crt` and `<stem>.key`.
+    fn turn_files(dir: &Path, stem: &str) -> CertFiles {
+        CertFiles {
+            name: "turn.example.org".into(),
+            chain: dir.join(format!("{stem}.crt")),
+            key: dir.join(format!("{stem}.key")),
+        }
+    }
 
     fn self_signed(name: &str) -> (String, String) {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -168,11 +175,7 @@ mod tests {
     #[test]
     fn install_writes_both_with_their_modes_and_reads_back_the_expiry() {
         let dir = tempfile::tempdir().unwrap();
-        let files = CertFiles {
-            name: "turn.example.org".into(),
-            chain: dir.path().join("c/turn.crt"),
-            key: dir.path().join("c/turn.key"),
-        };
+        let files = turn_files(&dir.path().join("c"), "turn");
         assert_eq!(expiry(&files).unwrap(), None, "no file yet");
         let (chain, key) = self_signed("turn.example.org");
         let not_after = install(&files, &chain, &key).unwrap();
@@ -193,11 +196,7 @@ mod tests {
     #[test]
     fn the_placeholder_counts_as_no_certificate() {
         let dir = tempfile::tempdir().unwrap();
-        let files = CertFiles {
-            name: "turn.example.org".into(),
-            chain: dir.path().join("turn.crt"),
-            key: dir.path().join("turn.key"),
-        };
+        let files = turn_files(dir.path(), "turn");
         let (chain, key) = placeholder("turn.example.org").unwrap();
         assert!(is_placeholder(chain.as_bytes()));
         std::fs::write(&files.chain, &chain).unwrap();
@@ -212,11 +211,7 @@ mod tests {
     #[test]
     fn a_certificate_for_another_name_or_garbage_is_not_installed() {
         let dir = tempfile::tempdir().unwrap();
-        let files = CertFiles {
-            name: "turn.example.org".into(),
-            chain: dir.path().join("a.crt"),
-            key: dir.path().join("a.key"),
-        };
+        let files = turn_files(dir.path(), "a");
         let (chain, key) = self_signed("other.example.org");
         let e = install(&files, &chain, &key).unwrap_err().to_string();
         assert!(e.contains("issued for [\"other.example.org\"]"), "{e}");

@@ -414,16 +414,14 @@ impl Proxy {
                 return self.refuse(Refusal::NoHostRoute, None, peer, &host);
             }
         };
-        let route = &http.router.routes[idx].target;
-        if whole {
-            drop(head);
-            self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes, true).await;
-        } else {
+        let mut bytes = bytes;
+        if !whole {
             // Only the validation request: its head (a GET has no body), then the answer.
-            let mut bytes = bytes;
             bytes.truncate(head.len);
-            self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes, false).await;
         }
+        drop(head);
+        let route = &http.router.routes[idx].target;
+        self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes, whole).await;
     }
 
     /// Connects to `route`'s backend (from the client's address where it can), replays the
