@@ -1,7 +1,8 @@
 //! Loading, pinning, attaching and adopting the eBPF datapath.
 //!
 //! Pin layout under the pin directory (see the README):
-//! - maps: `rules`, `host_addrs`, `replies`, `return_paths`, `rule_stats`, `reason_stats`, and
+//! - maps: `rules`, `host_addrs`, `replies`, `return_paths`, `fallback_paths`,
+//!   `source_prefixes`, `rule_stats`, `reason_stats`, and
 //!   the SNI splitter's counters `sni_routes`, `sni_counters` (written by the agent)
 //! - programs: `prog_steer_in` (XDP), `prog_reply_out` (TC)
 //! - links: `link_xdp_<ifname>`, `link_tc_<ifname>`
@@ -17,7 +18,7 @@ use std::{
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray},
+    maps::{Array, HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
         LinkOrder, SchedClassifier, Xdp, XdpMode,
         links::FdLink,
@@ -25,7 +26,9 @@ use aya::{
     },
 };
 use aya_obj::programs::XdpAttachType;
-use jitsi_common::{ClientKey, HostAddrKey, ReasonStats, Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats};
+use jitsi_common::{
+    ClientKey, HostAddrKey, ReasonStats, Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats, SourcePrefix,
+};
 use tracing::info;
 
 use crate::{
@@ -36,8 +39,18 @@ use crate::{
 };
 
 /// Names of the maps, as pinned.
-pub const MAP_NAMES: [&str; 8] =
-    ["rules", "host_addrs", "replies", "return_paths", "rule_stats", "reason_stats", "sni_routes", "sni_counters"];
+pub const MAP_NAMES: [&str; 10] = [
+    "rules",
+    "host_addrs",
+    "replies",
+    "return_paths",
+    "fallback_paths",
+    "source_prefixes",
+    "rule_stats",
+    "reason_stats",
+    "sni_routes",
+    "sni_counters",
+];
 const PROG_STEER_IN: &str = "steer_in";
 const PROG_REPLY_OUT: &str = "reply_out";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -52,6 +65,10 @@ pub struct Maps {
     pub replies: HashMap<MapData, ReplyKey, Reply>,
     /// `return_paths` (LRU).
     pub return_paths: HashMap<MapData, ClientKey, ReturnPath>,
+    /// `fallback_paths` (`FALLBACK_V4`, `FALLBACK_V6`).
+    pub fallback_paths: Array<MapData, ReturnPath>,
+    /// `source_prefixes` (LPM trie).
+    pub source_prefixes: LpmTrie<MapData, SourcePrefix, u32>,
     /// `rule_stats`.
     pub rule_stats: PerCpuArray<MapData, RuleStats>,
     /// `reason_stats`.
@@ -93,6 +110,8 @@ impl Maps {
             host_addrs: HashMap::try_from(get("host_addrs")?).map_err(map_err("host_addrs"))?,
             replies: HashMap::try_from(get("replies")?).map_err(map_err("replies"))?,
             return_paths: HashMap::try_from(get("return_paths")?).map_err(map_err("return_paths"))?,
+            fallback_paths: Array::try_from(get("fallback_paths")?).map_err(map_err("fallback_paths"))?,
+            source_prefixes: LpmTrie::try_from(get("source_prefixes")?).map_err(map_err("source_prefixes"))?,
             rule_stats: PerCpuArray::try_from(get("rule_stats")?).map_err(map_err("rule_stats"))?,
             reason_stats: PerCpuArray::try_from(get("reason_stats")?).map_err(map_err("reason_stats"))?,
             sni: SniMaps {

@@ -21,6 +21,7 @@ pub mod rules;
 pub mod run;
 pub mod safe_fs;
 pub mod sni;
+pub mod sources;
 pub mod stack;
 pub mod status;
 pub mod teardown;

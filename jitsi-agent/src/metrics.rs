@@ -282,6 +282,20 @@ impl Collector for AgentCollector {
             Counter,
             counter(s.sni.accept_errors.load(Ordering::Relaxed)),
         )?;
+        single(
+            &mut enc,
+            "jitsi_agent_sni_ephemeral_port_retries",
+            "Transparent connections that used an ephemeral port because the client's was taken (TIME_WAIT)",
+            Counter,
+            counter(s.sni.ephemeral_port_retries.load(Ordering::Relaxed)),
+        )?;
+        single(
+            &mut enc,
+            "jitsi_agent_sni_hairpin_connections",
+            "Connections from a backends' subnet, relayed from the host's address instead of the client's",
+            Counter,
+            counter(s.sni.hairpin_connections.load(Ordering::Relaxed)),
+        )?;
         family(
             &mut enc,
             "jitsi_agent_sni_refused_connections",

@@ -9,7 +9,7 @@ use netlink_packet_route::{
     address::{AddressAttribute, AddressScope},
     link::{InfoKind, LinkAttribute, LinkInfo, LinkMessage, LinkXdp, XdpAttached},
     neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
-    route::RouteAttribute,
+    route::{RouteAddress, RouteAttribute, RouteHeader},
 };
 use rtnetlink::{Handle, RouteMessageBuilder};
 
@@ -92,8 +92,9 @@ pub async fn link_by_index(h: &Handle, index: u32) -> Result<Link> {
     msg.map(link_from).ok_or_else(|| Error::NoSuchInterface(format!("#{index}")))
 }
 
-/// Global-scope addresses of interface `index` (link-local and host-scope ones excluded).
-pub async fn global_addresses(h: &Handle, index: u32) -> Result<Vec<IpAddr>> {
+/// Global-scope addresses of interface `index` with their prefix lengths (link-local and
+/// host-scope ones excluded).
+async fn addresses_with_prefix(h: &Handle, index: u32) -> Result<Vec<(IpAddr, u8)>> {
     let msgs: Vec<_> = h
         .address()
         .get()
@@ -107,13 +108,74 @@ pub async fn global_addresses(h: &Handle, index: u32) -> Result<Vec<IpAddr>> {
         if m.header.index != index || m.header.scope != AddressScope::Universe {
             continue;
         }
-        for a in m.attributes {
+        for a in &m.attributes {
             if let AddressAttribute::Address(ip) = a {
-                out.push(ip);
+                out.push((*ip, m.header.prefix_len));
             }
         }
     }
     Ok(out)
+}
+
+/// Global-scope addresses of interface `index` (link-local and host-scope ones excluded).
+pub async fn global_addresses(h: &Handle, index: u32) -> Result<Vec<IpAddr>> {
+    Ok(addresses_with_prefix(h, index).await?.into_iter().map(|(ip, _)| ip).collect())
+}
+
+/// Global-scope subnets of interface `index`: each address with its prefix length, the
+/// address's host bits cleared.
+pub async fn subnets(h: &Handle, index: u32) -> Result<Vec<(IpAddr, u8)>> {
+    let mut out: Vec<_> =
+        addresses_with_prefix(h, index).await?.into_iter().map(|(ip, len)| (network(ip, len), len)).collect();
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// `ip` with all but its first `len` bits cleared.
+pub fn network(ip: IpAddr, len: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len.min(32))).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(a) & mask))
+        }
+        IpAddr::V6(a) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len.min(128))).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(a) & mask))
+        }
+    }
+}
+
+/// The gateway of the main table's default route through interface `index` for one family
+/// (`None` without such a route).
+pub async fn default_gateway(h: &Handle, index: u32, v6: bool) -> Result<Option<IpAddr>> {
+    let msg = if v6 {
+        RouteMessageBuilder::<Ipv6Addr>::new().build()
+    } else {
+        RouteMessageBuilder::<Ipv4Addr>::new().build()
+    };
+    let routes: Vec<_> = h.route().get(msg).execute().try_collect().await.map_err(nl("listing routes"))?;
+    for r in routes {
+        let main = r.header.table == RouteHeader::RT_TABLE_MAIN
+            || r.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Table(t) if *t == u32::from(RouteHeader::RT_TABLE_MAIN)));
+        if r.header.destination_prefix_length != 0 || !main {
+            continue;
+        }
+        let oif = r.attributes.iter().find_map(|a| if let RouteAttribute::Oif(i) = a { Some(*i) } else { None });
+        let gateway = r.attributes.iter().find_map(|a| match a {
+            RouteAttribute::Gateway(RouteAddress::Inet(g)) => Some(IpAddr::V4(*g)),
+            RouteAttribute::Gateway(RouteAddress::Inet6(g)) => Some(IpAddr::V6(*g)),
+            _ => None,
+        });
+        if oif == Some(index)
+            && let Some(g) = gateway
+        {
+            return Ok(Some(g));
+        }
+    }
+    Ok(None)
 }
 
 /// The output interface of the route the kernel picks for `dst`.

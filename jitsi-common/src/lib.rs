@@ -114,20 +114,27 @@ pub struct Reply {
     pub mark: u32,
 }
 
-/// Key of the `return_paths` LRU map: a client address seen on the uplink.
+/// Key of the `return_paths` LRU map: a client's flow seen on the uplink (its address, port and
+/// protocol). Keyed by flow, not by address, so that a spoofer must know a live flow's port to
+/// even name its entry; and an entry, once learned, is never overwritten by a later packet.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ClientKey {
     /// The client's address.
     pub addr: [u8; 16],
+    /// The client's port, host byte order.
+    pub port: u16,
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub protocol: u8,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
-    /// Zero.
-    pub _pad: [u8; 3],
 }
 
 /// Value of the `return_paths` map, learned by the XDP program from a client's steered packet:
-/// how replies to that client leave (interface, MACs) and from which host address.
+/// how replies to that client leave (interface, MACs) and from which host address. Only flows
+/// whose path differs from the family's fallback path are learned (see [`FALLBACK_V4`]); the
+/// fallback path itself is a `return_paths`-shaped value in the `fallback_paths` array, and
+/// one with `ifindex == 0` is unset.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ReturnPath {
@@ -140,6 +147,30 @@ pub struct ReturnPath {
     /// Destination MAC of the client's frame (the uplink's own MAC).
     pub host_mac: [u8; 6],
 }
+
+/// Index of the IPv4 entry of `fallback_paths`: the path of a client that came through the
+/// uplink's default gateway (its MAC, the uplink, the first host address of the family), set by
+/// the agent. Replies to a flow without a learned path take it.
+pub const FALLBACK_V4: u32 = 0;
+/// See [`FALLBACK_V4`].
+pub const FALLBACK_V6: u32 = 1;
+
+/// Capacity of `source_prefixes`, the LPM trie the agent fills with what it knows about source
+/// addresses seen on the uplink.
+pub const MAX_SOURCE_PREFIXES: u32 = 256;
+
+/// `source_prefixes` value: a source that never arrives on the uplink legitimately (a martian,
+/// a host address, a backends' subnet). Packets from it to a steered port are dropped
+/// (`in_spoofed_source`).
+pub const SOURCE_SPOOFED: u32 = 1;
+/// `source_prefixes` value: a subnet the uplink is on. A client there is reached at its own
+/// MAC; any other client only through the default gateway (the fallback path), whatever MAC
+/// its packets came from.
+pub const SOURCE_ON_LINK: u32 = 2;
+
+/// Data of a `source_prefixes` LPM-trie key: the address as 16 bytes, IPv4 written
+/// IPv4-mapped (`::ffff:a.b.c.d`, prefix length + 96), so that one trie holds both families.
+pub type SourcePrefix = [u8; 16];
 
 /// Per-rule counters (`rule_stats`, per CPU, indexed by [`Rule::slot`]).
 #[repr(C)]
@@ -221,6 +252,7 @@ const _: () = {
     assert!(core::mem::size_of::<ReplyKey>() == 20);
     assert!(core::mem::size_of::<Reply>() == 12);
     assert!(core::mem::size_of::<ClientKey>() == 20);
+    assert!(core::mem::size_of::<ClientKey>() == 16 + 2 + 1 + 1);
     assert!(core::mem::size_of::<ReturnPath>() == 32);
     assert!(core::mem::size_of::<RuleStats>() == 32);
 };

@@ -37,16 +37,20 @@ pub enum Reason {
     OutFragment = 14,
     /// Bridge side: not from a rule's backend address and port: passed.
     OutNotBackend = 15,
-    /// Bridge side: from a backend, but no client path learned for the destination (the client
-    /// was not steered by the agent, e.g. a LAN client talking to the backend directly): passed.
+    /// Bridge side: from a backend, but no path learned for the destination flow and no
+    /// fallback path for its family (no default gateway on the uplink): passed.
     OutUnknownClient = 16,
     /// Bridge side: from an SNI route's backend: marked for local delivery to the agent's
     /// transparent connection, passed.
     OutSniReply = 17,
+    /// A packet to a steered port from a source that cannot arrive on the uplink: a martian
+    /// (0/8, 127/8, multicast, class E, `::`, `::1`, `ff00::/8`, IPv4-mapped), a host address
+    /// or a backends' subnet (`source_prefixes`): dropped, never learned, never steered.
+    InSpoofedSource = 18,
 }
 
 /// Number of [`Reason`]s (size of `reason_stats`).
-pub const REASON_COUNT: u32 = 18;
+pub const REASON_COUNT: u32 = 19;
 
 impl Reason {
     /// All reasons, in index order.
@@ -69,6 +73,7 @@ impl Reason {
         Reason::OutNotBackend,
         Reason::OutUnknownClient,
         Reason::OutSniReply,
+        Reason::InSpoofedSource,
     ];
 
     /// Stable snake-case name used by `status` and the README.
@@ -92,12 +97,13 @@ impl Reason {
             Reason::OutNotBackend => "out_not_backend",
             Reason::OutUnknownClient => "out_unknown_client",
             Reason::OutSniReply => "out_sni_reply",
+            Reason::InSpoofedSource => "in_spoofed_source",
         }
     }
 
     /// Whether the packet was dropped (otherwise it was passed to the stack untouched).
     pub const fn is_drop(self) -> bool {
-        matches!(self, Reason::InBackendDown)
+        matches!(self, Reason::InBackendDown | Reason::InSpoofedSource)
     }
 }
 

@@ -2,12 +2,13 @@
 //! (see the README's map reference); the key and value types live in `jitsi-common`.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use jitsi_common::{
-    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES, REASON_COUNT, ReasonStats,
-    Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats, SniRouteKey, SniRouteStats,
+    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES, MAX_SOURCE_PREFIXES,
+    REASON_COUNT, ReasonStats, Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats, SniRouteKey, SniRouteStats,
+    SourcePrefix,
 };
 
 /// (protocol, family, public port) -> backend.
@@ -25,6 +26,16 @@ pub static REPLIES: HashMap<ReplyKey, Reply, { MAX_RULES as usize * 2 }> = HashM
 /// Client address -> how to send replies back to it (learned on the uplink).
 #[btf_map(name = "return_paths")]
 pub static RETURN_PATHS: LruHashMap<ClientKey, ReturnPath, { MAX_RETURN_PATHS as usize }> = LruHashMap::new();
+
+/// Per family (`FALLBACK_V4`, `FALLBACK_V6`): the path through the uplink's default gateway,
+/// set by the agent; `ifindex == 0` while unknown.
+#[btf_map(name = "fallback_paths")]
+pub static FALLBACK_PATHS: Array<ReturnPath, 2> = Array::new();
+
+/// What the agent knows about source prefixes (`SOURCE_SPOOFED`, `SOURCE_ON_LINK`); IPv4
+/// IPv4-mapped.
+#[btf_map(name = "source_prefixes")]
+pub static SOURCE_PREFIXES: LpmTrie<SourcePrefix, u32, { MAX_SOURCE_PREFIXES as usize }> = LpmTrie::new();
 
 /// Per-rule counters, indexed by `Rule::slot`.
 #[btf_map(name = "rule_stats")]

@@ -1,7 +1,8 @@
 //! `reply_out` (TC ingress on the backends' bridge): a packet from a rule's backend
 //! `ip:port` to a client the uplink has seen leaves with the host address the client used and
 //! the rule's public port, with the MACs of the client's own path, redirected out of the
-//! uplink. No FIB lookup and no forwarding are involved, so the reply path works with
+//! uplink (a flow the uplink has not seen, e.g. the videobridge's own connectivity checks,
+//! leaves through the default gateway from the first host address). No FIB lookup and no forwarding are involved, so the reply path works with
 //! `ip_forward=0` and no iptables rules (the kernel's `bpf_fib_lookup` refuses to resolve
 //! when forwarding is disabled on the device). Checksums are updated with the kernel's
 //! helpers, which also handle `CHECKSUM_PARTIAL` packets from veth TX offload.
@@ -13,11 +14,12 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use jitsi_common::{
-    ClientKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, REPLY_MARK_LOCAL, Reason, Reply, ReplyKey, ReturnPath,
+    ClientKey, FALLBACK_V4, FALLBACK_V6, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, REPLY_MARK_LOCAL, Reason, Reply,
+    ReplyKey, ReturnPath,
 };
 
 use crate::{
-    maps::{REPLIES, RETURN_PATHS, count_reason, count_rule_out},
+    maps::{FALLBACK_PATHS, REPLIES, RETURN_PATHS, count_reason, count_rule_out},
     packet::*,
 };
 
@@ -42,16 +44,17 @@ fn try_reply_out(ctx: &TcContext) -> Result<i32, Reason> {
     }
 }
 
-/// The rule and the learned client path for a packet from `src:sport` to `dst`. A packet from
-/// an SNI backend is marked for local delivery instead (`Err(OutSniReply)`: passed).
+/// The rule and the client path for a packet from `src:sport` to `dst:dport`: the flow's
+/// learned path, else the family's fallback path (through the default gateway, from the first
+/// host address). A packet from an SNI backend is marked for local delivery instead
+/// (`Err(OutSniReply)`: passed).
 #[inline(always)]
 fn lookup(
     ctx: &TcContext,
-    src: [u8; 16],
-    sport: u16,
+    (src, sport): ([u8; 16], u16),
     protocol: u8,
     family: u8,
-    dst: [u8; 16],
+    (dst, dport): ([u8; 16], u16),
 ) -> Result<(Reply, ReturnPath), Reason> {
     let reply = REPLIES.get_ptr(ReplyKey { addr: src, port: sport, protocol, family }).ok_or(Reason::OutNotBackend)?;
     // SAFETY: valid map value pointer.
@@ -60,9 +63,15 @@ fn lookup(
         ctx.set_mark(reply_val.mark);
         return Err(Reason::OutSniReply);
     }
-    let path = RETURN_PATHS.get_ptr(ClientKey { addr: dst, family, _pad: [0; 3] }).ok_or(Reason::OutUnknownClient)?;
-    // SAFETY: valid map value pointer, copied out.
-    Ok((reply_val, unsafe { *path }))
+    if let Some(path) = RETURN_PATHS.get_ptr(ClientKey { addr: dst, port: dport, protocol, family }) {
+        // SAFETY: valid map value pointer, copied out.
+        return Ok((reply_val, unsafe { *path }));
+    }
+    let index = if family == FAMILY_V4 { FALLBACK_V4 } else { FALLBACK_V6 };
+    match FALLBACK_PATHS.get(index) {
+        Some(path) if path.ifindex != 0 => Ok((reply_val, *path)),
+        _ => Err(Reason::OutUnknownClient),
+    }
 }
 
 /// Flags for `bpf_l4_csum_replace`: UDP keeps a zero ("no") checksum and never produces one.
@@ -112,7 +121,8 @@ fn reply_v4(ctx: &TcContext) -> Result<i32, Reason> {
     let dst: [u8; 4] = ctx.load(ETH_HLEN + 16).map_err(|_| Reason::OutTruncated)?;
     let l4_off = ETH_HLEN + ihl;
     let sport = u16::from_be(ctx.load::<u16>(l4_off).map_err(|_| Reason::OutTruncated)?);
-    let (reply, path) = lookup(ctx, addr16_v4(src), sport, protocol, FAMILY_V4, addr16_v4(dst))?;
+    let dport = u16::from_be(ctx.load::<u16>(l4_off + 2).map_err(|_| Reason::OutTruncated)?);
+    let (reply, path) = lookup(ctx, (addr16_v4(src), sport), protocol, FAMILY_V4, (addr16_v4(dst), dport))?;
 
     let new_src = addr4(&path.host_addr);
     let old = u64::from(u32::from_ne_bytes(src));
@@ -143,7 +153,8 @@ fn reply_v6(ctx: &TcContext) -> Result<i32, Reason> {
     let dst: [u8; 16] = ctx.load(ETH_HLEN + 24).map_err(|_| Reason::OutTruncated)?;
     let l4_off = ETH_HLEN + IPV6_HLEN;
     let sport = u16::from_be(ctx.load::<u16>(l4_off).map_err(|_| Reason::OutTruncated)?);
-    let (reply, path) = lookup(ctx, src, sport, next, FAMILY_V6, dst)?;
+    let dport = u16::from_be(ctx.load::<u16>(l4_off + 2).map_err(|_| Reason::OutTruncated)?);
+    let (reply, path) = lookup(ctx, (src, sport), next, FAMILY_V6, (dst, dport))?;
 
     let mut new_src = path.host_addr;
     // SAFETY: both buffers are 16-byte stack arrays, a multiple of 4 as the helper requires.

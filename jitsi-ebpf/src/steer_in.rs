@@ -1,45 +1,92 @@
 //! `steer_in` (XDP, uplink): a TCP/UDP packet for a host address and a steered port gets its
 //! destination rewritten to the rule's backend (address, port, MACs, IPv4 header and L4
 //! checksums) and is redirected into the backend's bridge port, bypassing the host stack.
-//! Everything else passes untouched, counted by reason.
+//! Everything else passes untouched, counted by reason. A packet for a steered port from a
+//! source that cannot arrive on the uplink (martian, host address, backends' subnet) is
+//! dropped. Every byte counter counts the frame as received, not what its headers claim.
 
-use aya_ebpf::{bindings::xdp_action, helpers::bpf_redirect, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, xdp_action},
+    helpers::bpf_redirect,
+    macros::xdp,
+    maps::lpm_trie::Key,
+    programs::XdpContext,
+};
 use jitsi_common::{
-    ClientKey, FAMILY_V4, FAMILY_V6, HostAddrKey, PROTO_TCP, PROTO_UDP, RULE_HAS_BACKEND, RULE_RESOLVED, Reason,
-    ReturnPath, Rule, RuleKey,
+    ClientKey, FALLBACK_V4, FALLBACK_V6, FAMILY_V4, FAMILY_V6, HostAddrKey, PROTO_TCP, PROTO_UDP, RULE_HAS_BACKEND,
+    RULE_RESOLVED, Reason, ReturnPath, Rule, RuleKey, SOURCE_ON_LINK, SOURCE_SPOOFED,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
     csum,
-    maps::{HOST_ADDRS, RETURN_PATHS, RULES, count_reason, count_rule_in},
+    maps::{FALLBACK_PATHS, HOST_ADDRS, RETURN_PATHS, RULES, SOURCE_PREFIXES, count_reason, count_rule_in},
     packet::*,
 };
 
-/// Not steered: why, and the frame length where it is known.
-type Miss = (Reason, u64);
+/// Not steered: why.
+type Miss = Reason;
 
 #[xdp]
 pub fn steer_in(ctx: XdpContext) -> u32 {
-    match try_steer_in(&ctx) {
+    let frame = (ctx.data_end() - ctx.data()) as u64;
+    match try_steer_in(&ctx, frame) {
         Ok(action) => action,
-        Err((reason, bytes)) => {
-            count_reason(reason, bytes);
+        Err(reason) => {
+            count_reason(reason, frame);
             if reason.is_drop() { xdp_action::XDP_DROP } else { xdp_action::XDP_PASS }
         }
     }
 }
 
 #[inline(always)]
-fn try_steer_in(ctx: &XdpContext) -> Result<u32, Miss> {
-    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or((Reason::InTruncated, 0))?;
+fn try_steer_in(ctx: &XdpContext, frame: u64) -> Result<u32, Miss> {
+    let eth: *mut EthHdr = ptr_at(ctx, 0).ok_or(Reason::InTruncated)?;
     // SAFETY: bounds checked by ptr_at.
     match u16::from_be(unsafe { (*eth).ether_type }) {
-        ETH_P_IP => steer_v4(ctx, eth),
-        ETH_P_IPV6 => steer_v6(ctx, eth),
-        ETH_P_8021Q | ETH_P_8021AD => Err((Reason::InVlan, 0)),
-        _ => Err((Reason::InNotIp, 0)),
+        ETH_P_IP => steer_v4(ctx, eth, frame),
+        ETH_P_IPV6 => steer_v6(ctx, eth, frame),
+        ETH_P_8021Q | ETH_P_8021AD => Err(Reason::InVlan),
+        _ => Err(Reason::InNotIp),
     }
+}
+
+/// What `source_prefixes` says about `src` (IPv4 given IPv4-mapped): `SOURCE_SPOOFED` is a
+/// miss; otherwise whether the source is on the uplink's own subnet.
+#[inline(always)]
+fn source_on_link(src: [u8; 16]) -> Result<bool, Miss> {
+    match SOURCE_PREFIXES.get(&Key::new(128, src)) {
+        Some(&SOURCE_SPOOFED) => Err(Reason::InSpoofedSource),
+        Some(&SOURCE_ON_LINK) => Ok(true),
+        _ => Ok(false),
+    }
+}
+
+/// `::ffff:0:0/96`: an IPv4-mapped IPv6 source never comes off the wire (RFC 4291 2.5.5.2).
+/// Checked here because `source_prefixes` holds IPv4 prefixes in that form.
+#[inline(always)]
+fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 10 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    a[10] == 0xff && a[11] == 0xff
+}
+
+/// `a` IPv4-mapped (`::ffff:a.b.c.d`), as `source_prefixes` holds IPv4.
+#[inline(always)]
+fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[10] = 0xff;
+    out[11] = 0xff;
+    out[12] = a[0];
+    out[13] = a[1];
+    out[14] = a[2];
+    out[15] = a[3];
+    out
 }
 
 #[inline(always)]
@@ -49,26 +96,32 @@ fn is_local(addr: [u8; 16], family: u8) -> bool {
 
 /// The rule for (protocol, family, port) if it can steer; otherwise why not.
 #[inline(always)]
-fn rule_for(protocol: u8, family: u8, port: u16, bytes: u64) -> Result<Rule, Miss> {
-    let ptr = RULES.get_ptr(RuleKey { port, protocol, family }).ok_or((Reason::InNoRule, bytes))?;
+fn rule_for(protocol: u8, family: u8, port: u16) -> Result<Rule, Miss> {
+    let ptr = RULES.get_ptr(RuleKey { port, protocol, family }).ok_or(Reason::InNoRule)?;
     // SAFETY: a valid map value pointer; copied out before any map update.
     let rule = unsafe { *ptr };
     if rule.flags & RULE_HAS_BACKEND == 0 {
-        return Err((Reason::InNoBackendForFamily, bytes));
+        return Err(Reason::InNoBackendForFamily);
     }
     if rule.flags & RULE_RESOLVED == 0 {
-        return Err((Reason::InBackendDown, bytes));
+        return Err(Reason::InBackendDown);
     }
     Ok(rule)
 }
 
-/// Records how to reach `client` (the frame's sender) for the TC reply path, writing the
-/// LRU entry only when it changed so a steady flow costs one lookup per packet.
+/// Records how to reach the flow `key` (the frame's sender) for the TC reply path, once: an
+/// entry is never overwritten (a spoofed packet cannot redirect a live flow's replies), and a
+/// flow whose path is the family's fallback path is not written at all (a flood through the
+/// gateway cannot flush the table). A client off the uplink's subnet is only ever reached
+/// through the gateway, whatever MAC its frame came from; only the host address it used is
+/// its own.
 #[inline(always)]
-fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, client: [u8; 16], family: u8, host_addr: [u8; 16]) {
-    let key = ClientKey { addr: client, family, _pad: [0; 3] };
+fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, key: ClientKey, on_link: bool, host_addr: [u8; 16]) {
+    if RETURN_PATHS.get_ptr(key).is_some() {
+        return;
+    }
     // SAFETY: eth was bounds checked by the caller.
-    let path = unsafe {
+    let mut path = unsafe {
         ReturnPath {
             host_addr,
             ifindex: ctx.ingress_ifindex() as u32,
@@ -76,13 +129,18 @@ fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, client: [u8; 16], fam
             host_mac: (*eth).dst_addr,
         }
     };
-    if let Some(old) = RETURN_PATHS.get_ptr(key) {
-        // SAFETY: valid map value pointer.
-        if same_path(unsafe { &*old }, &path) {
+    let index = if key.family == FAMILY_V4 { FALLBACK_V4 } else { FALLBACK_V6 };
+    if let Some(fallback) = FALLBACK_PATHS.get(index)
+        && fallback.ifindex != 0
+    {
+        if !on_link {
+            path = ReturnPath { host_addr, ..*fallback };
+        }
+        if same_path(fallback, &path) {
             return;
         }
     }
-    let _ = RETURN_PATHS.insert(key, path, 0);
+    let _ = RETURN_PATHS.insert(key, path, u64::from(BPF_NOEXIST));
 }
 
 #[inline(always)]
@@ -116,8 +174,8 @@ fn rewrite_l4<const N: usize>(
     new_addr: &[u8; N],
     new_port: u16,
 ) -> Result<(), Miss> {
-    let port: *mut [u8; 2] = ptr_at(ctx, l4_off + 2).ok_or((Reason::InTruncated, 0))?;
-    let check: *mut [u8; 2] = ptr_at(ctx, l4_off + l4_check_off(protocol)).ok_or((Reason::InTruncated, 0))?;
+    let port: *mut [u8; 2] = ptr_at(ctx, l4_off + 2).ok_or(Reason::InTruncated)?;
+    let check: *mut [u8; 2] = ptr_at(ctx, l4_off + l4_check_off(protocol)).ok_or(Reason::InTruncated)?;
     // SAFETY: both bounds checked above.
     unsafe {
         let old_port = *port;
@@ -148,44 +206,41 @@ fn set_macs(eth: *mut EthHdr, rule: &Rule) {
 }
 
 #[inline(always)]
-fn steer_v4(ctx: &XdpContext, eth: *mut EthHdr) -> Result<u32, Miss> {
-    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or((Reason::InTruncated, 0))?;
+fn steer_v4(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss> {
+    let ip: *mut Ipv4Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::InTruncated)?;
     // SAFETY: the fixed 20-byte header is bounds checked; options are checked below.
-    let (vihl, bytes, frags, protocol, src, dst) = unsafe {
-        (
-            (*ip).vihl,
-            u64::from(u16::from_be_bytes((*ip).tot_len)) + ETH_HLEN as u64,
-            u16::from_be_bytes((*ip).frags),
-            (*ip).proto,
-            (*ip).src_addr,
-            (*ip).dst_addr,
-        )
-    };
+    let (vihl, frags, protocol, src, dst) =
+        unsafe { ((*ip).vihl, u16::from_be_bytes((*ip).frags), (*ip).proto, (*ip).src_addr, (*ip).dst_addr) };
     let ihl = usize::from(vihl & 0x0f) * 4;
     if vihl >> 4 != 4 || ihl < 20 {
-        return Err((Reason::InMalformed, bytes));
+        return Err(Reason::InMalformed);
     }
     if !is_local(addr16_v4(dst), FAMILY_V4) {
-        return Err((Reason::InNotLocal, bytes));
+        return Err(Reason::InNotLocal);
     }
     if frags & (IP_MF | IP_OFFSET) != 0 {
-        return Err((Reason::InFragment, bytes));
+        return Err(Reason::InFragment);
     }
     if protocol != PROTO_UDP && protocol != PROTO_TCP {
-        return Err((Reason::InOtherProtocol, bytes));
+        return Err(Reason::InOtherProtocol);
     }
     // IHL > 5: the L4 header starts after the options; it must be wholly present.
     let l4_off = ETH_HLEN + ihl;
-    let dport: *const [u8; 2] = ptr_at(ctx, l4_off + 2).ok_or((Reason::InTruncated, bytes))?;
+    let ports: *const [u8; 4] = ptr_at(ctx, l4_off).ok_or(Reason::InTruncated)?;
     if ptr_at::<u8>(ctx, l4_off + l4_min_len(protocol) - 1).is_none() {
-        return Err((Reason::InTruncated, bytes));
+        return Err(Reason::InTruncated);
     }
     // SAFETY: bounds checked above.
-    let port = u16::from_be_bytes(unsafe { *dport });
-    let rule = rule_for(protocol, FAMILY_V4, port, bytes)?;
+    let (sport, port) = unsafe {
+        let p = *ports;
+        (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
+    };
+    let rule = rule_for(protocol, FAMILY_V4, port)?;
+    let on_link = source_on_link(mapped_v4(src))?;
     let new_dst = addr4(&rule.backend_addr);
 
-    learn_return_path(ctx, eth, addr16_v4(src), FAMILY_V4, addr16_v4(dst));
+    let key = ClientKey { addr: addr16_v4(src), port: sport, protocol, family: FAMILY_V4 };
+    learn_return_path(ctx, eth, key, on_link, addr16_v4(dst));
     rewrite_l4(ctx, l4_off, protocol, &dst, &new_dst, rule.backend_port)?;
     // SAFETY: the IPv4 header is bounds checked above.
     unsafe {
@@ -194,7 +249,7 @@ fn steer_v4(ctx: &XdpContext, eth: *mut EthHdr) -> Result<u32, Miss> {
         (*ip).dst_addr = new_dst;
     }
     set_macs(eth, &rule);
-    count_rule_in(rule.slot, bytes);
+    count_rule_in(rule.slot, frame);
     // SAFETY: plain helper call.
     Ok(unsafe { bpf_redirect(rule.ifindex, 0) } as u32)
 }
@@ -206,53 +261,53 @@ fn is_ipv6_ext_header(next: u8) -> bool {
 }
 
 #[inline(always)]
-fn steer_v6(ctx: &XdpContext, eth: *mut EthHdr) -> Result<u32, Miss> {
-    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or((Reason::InTruncated, 0))?;
+fn steer_v6(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss> {
+    let ip: *mut Ipv6Hdr = ptr_at(ctx, ETH_HLEN).ok_or(Reason::InTruncated)?;
     // SAFETY: bounds checked by ptr_at.
-    let (version, bytes, next, src, dst) = unsafe {
-        (
-            (*ip).vcf[0] >> 4,
-            u64::from(u16::from_be_bytes((*ip).payload_len)) + (ETH_HLEN + IPV6_HLEN) as u64,
-            (*ip).next_hdr,
-            (*ip).src_addr,
-            (*ip).dst_addr,
-        )
-    };
+    let (version, next, src, dst) = unsafe { ((*ip).vcf[0] >> 4, (*ip).next_hdr, (*ip).src_addr, (*ip).dst_addr) };
     if version != 6 {
-        return Err((Reason::InMalformed, bytes));
+        return Err(Reason::InMalformed);
     }
     if !is_local(dst, FAMILY_V6) {
-        return Err((Reason::InNotLocal, bytes));
+        return Err(Reason::InNotLocal);
     }
     if is_ipv6_ext_header(next) {
-        return Err((Reason::InIpv6ExtHeader, bytes));
+        return Err(Reason::InIpv6ExtHeader);
     }
     if next != PROTO_UDP && next != PROTO_TCP {
-        return Err((Reason::InOtherProtocol, bytes));
+        return Err(Reason::InOtherProtocol);
     }
     let l4_off = ETH_HLEN + IPV6_HLEN;
-    let dport: *const [u8; 2] = ptr_at(ctx, l4_off + 2).ok_or((Reason::InTruncated, bytes))?;
+    let ports: *const [u8; 4] = ptr_at(ctx, l4_off).ok_or(Reason::InTruncated)?;
     if ptr_at::<u8>(ctx, l4_off + l4_min_len(next) - 1).is_none() {
-        return Err((Reason::InTruncated, bytes));
+        return Err(Reason::InTruncated);
     }
     if next == PROTO_UDP {
-        let check: *const [u8; 2] = ptr_at(ctx, l4_off + UDP_CHECK_OFF).ok_or((Reason::InTruncated, bytes))?;
+        let check: *const [u8; 2] = ptr_at(ctx, l4_off + UDP_CHECK_OFF).ok_or(Reason::InTruncated)?;
         // SAFETY: bounds checked above.
         if unsafe { *check } == [0, 0] {
-            return Err((Reason::InUdp6ZeroChecksum, bytes));
+            return Err(Reason::InUdp6ZeroChecksum);
         }
     }
     // SAFETY: bounds checked above.
-    let port = u16::from_be_bytes(unsafe { *dport });
-    let rule = rule_for(next, FAMILY_V6, port, bytes)?;
+    let (sport, port) = unsafe {
+        let p = *ports;
+        (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
+    };
+    let rule = rule_for(next, FAMILY_V6, port)?;
+    if is_v4_mapped(&src) {
+        return Err(Reason::InSpoofedSource);
+    }
+    let on_link = source_on_link(src)?;
     let new_dst = rule.backend_addr;
 
-    learn_return_path(ctx, eth, src, FAMILY_V6, dst);
+    let key = ClientKey { addr: src, port: sport, protocol: next, family: FAMILY_V6 };
+    learn_return_path(ctx, eth, key, on_link, dst);
     rewrite_l4(ctx, l4_off, next, &dst, &new_dst, rule.backend_port)?;
     // SAFETY: bounds checked above.
     unsafe { (*ip).dst_addr = new_dst };
     set_macs(eth, &rule);
-    count_rule_in(rule.slot, bytes);
+    count_rule_in(rule.slot, frame);
     // SAFETY: plain helper call.
     Ok(unsafe { bpf_redirect(rule.ifindex, 0) } as u32)
 }

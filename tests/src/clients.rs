@@ -101,3 +101,18 @@ pub fn scrape_metrics(ns: &NetNs, addr: &str) -> String {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out
 }
+
+/// A TCP connection from `from` (an address of `ns`; port 0 for any) to `to`, with
+/// `SO_REUSEADDR` so that a port just used can be used again, and a 5 s read timeout.
+pub fn tcp_connect_from(ns: &NetNs, from: SocketAddr, to: SocketAddr) -> Result<TcpStream> {
+    let s = ns.enter(move || -> std::io::Result<TcpStream> {
+        let sock = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
+        sock.set_reuse_address(true)?;
+        sock.bind(&from.into())?;
+        sock.connect_timeout(&to.into(), Duration::from_secs(3))?;
+        Ok(sock.into())
+    })?;
+    let s = s.with_context(|| format!("connecting from {from} to {to}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    Ok(s)
+}

@@ -200,3 +200,84 @@ fn restart_loses_no_packet_and_counters_continue() {
     let st = status(&lab);
     assert_eq!(rule(&st, "jvb")["packets_in"].as_u64().unwrap(), sent + 1);
 }
+
+/// A UDP socket in `ns` bound to `ip` (any port), with a 2 s receive timeout.
+fn udp_from(ns: &NetNs, ip: IpAddr) -> UdpSocket {
+    let s = ns.enter(move || UdpSocket::bind(SocketAddr::new(ip, 0))).unwrap().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s
+}
+
+fn learned_flows(lab: &Lab) -> Vec<(jitsi_common::ClientKey, jitsi_common::ReturnPath)> {
+    let maps = jitsi_agent::datapath::Maps::open_pinned(&lab.pin_dir).unwrap();
+    maps.return_paths.iter().map(Result::unwrap).collect()
+}
+
+#[test]
+fn spoofed_packets_cannot_redirect_replies_and_unseen_clients_go_through_the_gateway() {
+    let lab = lab();
+    // The host has a second address and a default route through a gateway in the "internet"
+    // namespace (203.0.113.254, a macvlan with a MAC of its own); a client there sends from
+    // 198.51.100.2, an address behind that gateway, another from 203.0.113.2, on the uplink's
+    // subnet (its own MAC).
+    lab.host.ip(&["addr", "add", "203.0.113.3/24", "dev", "up0"]).unwrap();
+    lab.inet.ip(&["link", "add", "gw0", "link", "eth0", "type", "macvlan", "mode", "bridge"]).unwrap();
+    lab.inet.ip(&["addr", "add", "203.0.113.254/32", "dev", "gw0"]).unwrap();
+    lab.inet.ip(&["link", "set", "gw0", "up"]).unwrap();
+    // Only gw0 answers ARP for the gateway's address (not eth0 as well, with its own MAC).
+    lab.inet.sysctl("net.ipv4.conf.all.arp_ignore", "1").unwrap();
+    lab.host.ip(&["route", "add", "default", "via", "203.0.113.254"]).unwrap();
+    lab.inet.ip(&["addr", "add", "198.51.100.2/32", "dev", "eth0"]).unwrap();
+    lab.inet.ip(&["addr", "add", "192.0.2.77/32", "dev", "eth0"]).unwrap();
+    let jvb = lab.backend("jvb");
+    let echo = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let config = lab.write_config(LAB_RULES).unwrap();
+    let agent = AgentProcess::start(&lab.host, &config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !agent.log().contains("fallback return path") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(agent.log().contains("fallback return path"), "{}", agent.log());
+    let client: IpAddr = "198.51.100.2".parse().unwrap();
+    let first: SocketAddr = "203.0.113.1:10000".parse().unwrap();
+    let second: SocketAddr = "203.0.113.3:10000".parse().unwrap();
+
+    // A client behind the gateway, on the first address: answered, and nothing learned.
+    let a = udp_from(&lab.inet, client);
+    udp_exchange(&a, first, client, 3);
+    assert!(learned_flows(&lab).is_empty(), "the fallback path needs no entry: {:?}", learned_flows(&lab));
+
+    // A client on the uplink's subnet, on the second address: its flow is learned with its
+    // own MAC and that address; a packet of the same flow to the first address (what a
+    // spoofer would send) does not move it: replies keep coming from the address the client
+    // talks to.
+    let lan: IpAddr = CLIENT_V4.into();
+    let b = udp_from(&lab.inet, lan);
+    udp_exchange(&b, second, lan, 1);
+    b.send_to(b"spoofed", first).unwrap();
+    let mut buf = [0u8; 256];
+    let (_, from) = b.recv_from(&mut buf).expect("the backend's answer to the spoofed packet");
+    assert_eq!(from, second, "the flow's replies still leave from the address it uses");
+    let flows = learned_flows(&lab);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0].1.host_addr[..4], [203, 0, 113, 3], "the learned path did not move");
+    udp_exchange(&b, second, lan, 3);
+    let flows = learned_flows(&lab);
+    assert_eq!(flows.len(), 1, "{flows:?}");
+    assert_eq!(flows[0].1.host_addr[..4], [203, 0, 113, 3]);
+
+    // A source on the backends' subnet never reaches a backend from the uplink.
+    let before = echo.count();
+    let spoof = udp_from(&lab.inet, "192.0.2.77".parse().unwrap());
+    for _ in 0..5 {
+        spoof.send_to(b"from inside", first).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(echo.count(), before, "a packet claiming a backend's subnet was steered");
+    let st = status(&lab);
+    let dropped =
+        st["reasons"].as_array().unwrap().iter().find(|r| r["reason"] == "in_spoofed_source").unwrap()["packets"]
+            .as_u64();
+    assert_eq!(dropped, Some(5), "{st}");
+    agent.stop().unwrap();
+}

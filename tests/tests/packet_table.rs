@@ -12,9 +12,9 @@ use jitsi_agent::{
     datapath::{Maps, load_unattached},
     netlink::Link,
     resolve::Resolved,
-    rules,
+    rules, sources,
 };
-use jitsi_common::{ClientKey, FAMILY_V4, FAMILY_V6, Reason, ReturnPath};
+use jitsi_common::{ClientKey, FALLBACK_V4, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason, ReturnPath};
 use jitsi_tests::packet::{CLIENT_MAC, Pkt, UPLINK_MAC};
 
 const XDP_DROP: u32 = 1;
@@ -118,7 +118,7 @@ fn setup() -> Env {
     for (k, v) in d.host_addrs {
         maps.host_addrs.insert(k, v, 0).unwrap();
     }
-    // The clients the TC rows reply to, as the XDP program learns them (ifindex 1: BPF_PROG_TEST_RUN
+    // The flows the TC rows reply to, as the XDP program learns them (ifindex 1: BPF_PROG_TEST_RUN
     // runs XDP on the loopback device).
     for (client, host, family) in
         [("203.0.113.2", "203.0.113.1", FAMILY_V4), ("2001:db8:c::2", "2001:db8:c::1", FAMILY_V6)]
@@ -126,7 +126,19 @@ fn setup() -> Env {
         let (addr, _) = rules::addr16(client.parse().unwrap());
         let (host_addr, _) = rules::addr16(host.parse().unwrap());
         let path = ReturnPath { host_addr, ifindex: 1, client_mac: CLIENT_MAC, host_mac: UPLINK_MAC };
-        maps.return_paths.insert(ClientKey { addr, family, _pad: [0; 3] }, path, 0).unwrap();
+        for (port, protocol) in [(40000, PROTO_UDP), (40001, PROTO_TCP)] {
+            maps.return_paths.insert(ClientKey { addr, port, protocol, family }, path, 0).unwrap();
+        }
+    }
+    // The uplink's subnets are on-link; martians, the host's addresses and the bridge's subnets
+    // are spoofed sources.
+    let prefixes = sources::source_prefixes(
+        &[("203.0.113.0".parse().unwrap(), 24), ("2001:db8:c::".parse().unwrap(), 64)],
+        &config.uplink.addresses,
+        &[("192.0.2.0".parse().unwrap(), 24), ("2001:db8:b::".parse().unwrap(), 64)],
+    );
+    for (p, kind) in prefixes {
+        maps.source_prefixes.insert(&sources::trie_key(p), kind, 0).unwrap();
     }
     Env { bpf, maps, slots }
 }
@@ -360,6 +372,33 @@ fn rows() -> Vec<Row> {
     );
     row("rule whose backend is down: dropped", Xdp, udp_in(5000).build(), XDP_DROP, None, R(InBackendDown));
 
+    // --- steer_in: sources that cannot arrive on the uplink, dropped before any rewrite ---
+    let spoofed = |src: &str| Pkt::udp(src, 40000, "203.0.113.1", 10000, b"spoof").build();
+    let spoofed6 = |src: &str| Pkt::udp(src, 40000, "2001:db8:c::1", 10000, b"spoof").build();
+    for (name, frame) in [
+        ("v4 from loopback", spoofed("127.0.0.1")),
+        ("v4 from 0.0.0.0/8", spoofed("0.1.2.3")),
+        ("v4 from multicast", spoofed("224.0.0.5")),
+        ("v4 from the limited broadcast", spoofed("255.255.255.255")),
+        ("v4 from the host's own address", spoofed("203.0.113.1")),
+        ("v4 from the backends' subnet", spoofed("192.0.2.50")),
+        ("v6 from ::1", spoofed6("::1")),
+        ("v6 from multicast", spoofed6("ff02::1")),
+        ("v6 IPv4-mapped source", spoofed6("::ffff:198.51.100.1")),
+        ("v6 from the host's own address", spoofed6("2001:db8:c::1")),
+        ("v6 from the backends' subnet", spoofed6("2001:db8:b::50")),
+    ] {
+        row(name, Xdp, frame, XDP_DROP, None, R(InSpoofedSource));
+    }
+    row(
+        "v4 from loopback to an unsteered port: left to the host's own filters",
+        Xdp,
+        Pkt::udp("127.0.0.1", 40000, "203.0.113.1", 9999, b"x").build(),
+        XDP_PASS,
+        None,
+        R(InNoRule),
+    );
+
     // --- reply_out: replies leave with the host's address and public port ---
     let from_jvb = Pkt::udp("192.0.2.10", 10000, client, 40000, b"reply").macs(BRIDGE_MAC, JVB_MAC);
     let to_client = |p: Pkt, src: &str, port| p.from(src, port).macs(CLIENT_MAC, UPLINK_MAC).build();
@@ -534,11 +573,94 @@ fn steer_in_learns_the_return_path() {
     let opts = TestRunOptions { data_in: Some(&input), data_out: Some(&mut out), ..Default::default() };
     assert_eq!(xdp.test_run(opts).unwrap().return_value, XDP_REDIRECT);
     let (addr, family) = rules::addr16("198.51.100.50".parse().unwrap());
-    let path = maps.return_paths.get(&ClientKey { addr, family, _pad: [0; 3] }, 0).expect("learned");
+    let path = maps.return_paths.get(&ClientKey { addr, port: 1234, protocol: PROTO_UDP, family }, 0).expect("learned");
     assert_eq!(path.client_mac, [2, 9, 9, 9, 9, 9]);
     assert_eq!(path.host_mac, UPLINK_MAC);
     assert_eq!(path.host_addr[..4], [203, 0, 113, 1]);
     assert_eq!(path.ifindex, 1, "BPF_PROG_TEST_RUN runs XDP on the loopback device");
+}
+
+/// Runs `prog` once on `input`: the verdict and the frame that came out.
+fn run_once(xdp: &Xdp, tc: &SchedClassifier, prog: Prog, input: &[u8]) -> (u32, Vec<u8>) {
+    let row = Row {
+        name: "",
+        prog,
+        input: input.to_vec(),
+        verdict: 0,
+        output: None,
+        counts: Counts::Reason(Reason::InNotIp),
+    };
+    run_row(xdp, tc, &row)
+}
+
+fn learned(maps: &Maps, client: &str, port: u16) -> Option<ReturnPath> {
+    let (addr, family) = rules::addr16(client.parse().unwrap());
+    maps.return_paths.get(&ClientKey { addr, port, protocol: PROTO_UDP, family }, 0).ok()
+}
+
+#[test]
+fn a_learned_path_is_never_overwritten_by_a_later_packet() {
+    let Env { mut bpf, maps, .. } = setup();
+    let (xdp, tc) = programs(&mut bpf);
+    let first = Pkt::udp("198.51.100.51", 1234, "203.0.113.1", 10000, b"x").macs(UPLINK_MAC, [2, 9, 9, 9, 9, 1]);
+    assert_eq!(run_once(xdp, tc, Prog::Xdp, &first.build()).0, XDP_REDIRECT);
+    // The same flow claimed from another MAC (an attacker on the segment): steered, but the
+    // path replies take stays the one learned first.
+    let spoofed = first.clone().macs(UPLINK_MAC, [2, 6, 6, 6, 6, 6]);
+    assert_eq!(run_once(xdp, tc, Prog::Xdp, &spoofed.build()).0, XDP_REDIRECT);
+    assert_eq!(learned(&maps, "198.51.100.51", 1234).expect("learned").client_mac, [2, 9, 9, 9, 9, 1]);
+    // Another flow of the same address is a flow of its own.
+    let other = Pkt::udp("198.51.100.51", 1235, "203.0.113.1", 10000, b"x").macs(UPLINK_MAC, [2, 6, 6, 6, 6, 6]);
+    assert_eq!(run_once(xdp, tc, Prog::Xdp, &other.build()).0, XDP_REDIRECT);
+    assert_eq!(learned(&maps, "198.51.100.51", 1235).expect("learned").client_mac, [2, 6, 6, 6, 6, 6]);
+}
+
+#[test]
+fn behind_the_gateway_nothing_is_learned_and_replies_take_the_fallback_path() {
+    let Env { mut bpf, mut maps, .. } = setup();
+    const GATEWAY_MAC: [u8; 6] = [2, 0x6a, 0, 0, 0, 1];
+    let (host_addr, _) = rules::addr16("203.0.113.1".parse().unwrap());
+    let fallback = ReturnPath { host_addr, ifindex: 1, client_mac: GATEWAY_MAC, host_mac: UPLINK_MAC };
+    maps.fallback_paths.set(FALLBACK_V4, fallback, 0).unwrap();
+    let (xdp, tc) = programs(&mut bpf);
+    // Off-link clients: through the gateway, and one whose frame claims another MAC (an
+    // attacker on the segment spoofing an internet address): neither is learned.
+    for (client, mac) in [("198.51.100.60", GATEWAY_MAC), ("198.51.100.61", [2, 6, 6, 6, 6, 6])] {
+        let input = Pkt::udp(client, 1000, "203.0.113.1", 10000, b"x").macs(UPLINK_MAC, mac).build();
+        assert_eq!(run_once(xdp, tc, Prog::Xdp, &input).0, XDP_REDIRECT);
+        assert_eq!(learned(&maps, client, 1000), None, "{client}: the fallback path needs no entry");
+        // The reply leaves through the gateway from the host address.
+        let reply = Pkt::udp("192.0.2.10", 10000, client, 1000, b"reply").macs(BRIDGE_MAC, JVB_MAC);
+        let expected = reply.clone().from("203.0.113.1", 10000).macs(GATEWAY_MAC, UPLINK_MAC).build();
+        let (verdict, out) = run_once(xdp, tc, Prog::Tc, &reply.build());
+        assert_eq!(verdict, TC_ACT_REDIRECT, "{client}");
+        assert_eq!(hex(&out), hex(&expected), "{client}: reply through the gateway");
+    }
+    // A client on the uplink's own subnet is reached at its own MAC: learned.
+    let lan = Pkt::udp("203.0.113.77", 1000, "203.0.113.1", 10000, b"x").macs(UPLINK_MAC, [2, 7, 7, 7, 7, 7]);
+    assert_eq!(run_once(xdp, tc, Prog::Xdp, &lan.build()).0, XDP_REDIRECT);
+    assert_eq!(learned(&maps, "203.0.113.77", 1000).expect("on-link client learned").client_mac, [2, 7, 7, 7, 7, 7]);
+}
+
+#[test]
+fn byte_counters_count_the_frame_not_its_length_fields() {
+    let Env { mut bpf, maps, slots } = setup();
+    let (xdp, tc) = programs(&mut bpf);
+    let bytes_in = |slot| -> u64 { maps.rule_stats.get(&slot, 0).unwrap().iter().map(|s| s.bytes_in).sum() };
+    let reason_bytes =
+        |r: Reason| -> u64 { maps.reason_stats.get(&(r as u32), 0).unwrap().iter().map(|s| s.bytes).sum() };
+    // A short frame with Ethernet padding after the IP packet: the frame is 60 bytes.
+    let mut padded = Pkt::udp("203.0.113.2", 40000, "203.0.113.1", 10000, b"a").build();
+    padded.resize(60, 0);
+    let before = bytes_in(slots["jvb"]);
+    assert_eq!(run_once(xdp, tc, Prog::Xdp, &padded).0, XDP_REDIRECT);
+    assert_eq!(bytes_in(slots["jvb"]) - before, 60);
+    // A packet whose IPv4 length field claims 1500 bytes, on an unsteered port.
+    let mut lying = Pkt::udp("203.0.113.2", 40000, "203.0.113.1", 9999, b"a").build();
+    lying[16..18].copy_from_slice(&1500u16.to_be_bytes());
+    let before = reason_bytes(Reason::InNoRule);
+    assert_eq!(run_once(xdp, tc, Prog::Xdp, &lying).0, XDP_PASS);
+    assert_eq!(reason_bytes(Reason::InNoRule) - before, lying.len() as u64);
 }
 
 /// `skb->mark` after `reply_out` ran on `input` (offset 8 of `struct __sk_buff`).

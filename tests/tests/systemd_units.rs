@@ -28,8 +28,20 @@ fn units_verify_cleanly() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && stderr.trim().is_empty(), "systemd-analyze verify:\n{stderr}");
     let service = std::fs::read_to_string(src.join("jitsi-agent.service")).unwrap();
-    for line in ["Type=notify", "Restart=on-failure", "ProtectSystem=strict", "LimitNOFILE=", "CapabilityBoundingSet="]
-    {
+    for line in [
+        "Type=notify",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "LimitNOFILE=",
+        "CapabilityBoundingSet=",
+        "WatchdogSec=",
+        "SystemCallFilter=@system-service",
+        "ProtectKernelTunables=yes",
+        "RestrictNamespaces=net",
+        "UMask=0077",
+        "MemoryMax=",
+        "TasksMax=",
+    ] {
         assert!(service.lines().any(|l| l.starts_with(line)), "{line} in jitsi-agent.service");
     }
 }

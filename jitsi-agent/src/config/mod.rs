@@ -323,12 +323,19 @@ pub struct Sni {
     /// before closing them (a restart under socket activation queues new connections meanwhile).
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_secs: f64,
-    /// Open connections at most, overall.
+    /// Relayed connections at most, per front (443 and 80 each).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
-    /// Open connections at most per client address.
+    /// Open connections at most per client: an IPv4 address or an IPv6 /64.
     #[serde(default = "default_max_per_client")]
     pub max_connections_per_client: usize,
+    /// Open connections at most per IPv6 /48 (one site's many /64s).
+    #[serde(default = "default_max_per_ipv6_48")]
+    pub max_connections_per_ipv6_48: usize,
+    /// Connections still sending their hello or request head, per front; when full, the
+    /// oldest of them is closed to make room for a new one.
+    #[serde(default = "default_max_pending")]
+    pub max_pending_connections: usize,
     /// Mark the TC program sets on replies from SNI backends; a policy rule sends packets
     /// with it to `route_table` (local delivery to the transparent socket).
     #[serde(default = "default_reply_mark")]
@@ -374,6 +381,12 @@ fn default_max_connections() -> usize {
 }
 fn default_max_per_client() -> usize {
     256
+}
+fn default_max_per_ipv6_48() -> usize {
+    1024
+}
+fn default_max_pending() -> usize {
+    1024
 }
 fn default_reply_mark() -> u32 {
     0x4a17

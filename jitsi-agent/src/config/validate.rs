@@ -203,7 +203,14 @@ impl Sni {
                 return err(format!("sni.{k}"), "must be more than 0 and at most 86400 seconds".into());
             }
         }
-        if self.max_connections == 0 || self.max_connections_per_client == 0 {
+        if [
+            self.max_connections,
+            self.max_connections_per_client,
+            self.max_connections_per_ipv6_48,
+            self.max_pending_connections,
+        ]
+        .contains(&0)
+        {
             return err("sni.max_connections".into(), "limits must be at least 1".into());
         }
         if self.reply_mark == 0 || self.reply_mark == self.socket_mark {

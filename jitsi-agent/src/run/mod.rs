@@ -5,6 +5,7 @@
 mod backends;
 mod maps_sync;
 mod sni;
+mod surroundings;
 
 use std::{
     collections::HashSet,
@@ -19,7 +20,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub use self::maps_sync::sync_maps;
-use self::{backends::Backends, sni::SplitterRunning};
+use self::{backends::Backends, sni::SplitterRunning, surroundings::Surroundings};
 use crate::{
     acme::{AcmeRunning, challenges::Challenges},
     config::Config,
@@ -91,6 +92,8 @@ struct Agent {
     dp: Datapath,
     backends: Backends,
     tc_done: HashSet<u32>,
+    /// What `source_prefixes` and `fallback_paths` say now.
+    surroundings: Surroundings,
     listeners: Arc<Listeners>,
     shared: Arc<Shared>,
     splitter: Option<SplitterRunning>,
@@ -134,6 +137,7 @@ impl Agent {
             dp,
             backends: Backends::default(),
             tc_done: HashSet::new(),
+            surroundings: Surroundings::default(),
             listeners,
             shared,
             splitter: None,
@@ -144,6 +148,8 @@ impl Agent {
         };
         agent.backends.refresh(&agent.h, &agent.live).await;
         agent.sync()?;
+        let gateways = agent.gateways().await;
+        agent.observe_surroundings(&gateways).await;
         match agent.dp.ensure_xdp(&agent.uplink)? {
             Attach::Attached(mode) => info!(interface = %agent.uplink.name, mode, "attached steer_in (XDP)"),
             Attach::Adopted => {
@@ -157,8 +163,10 @@ impl Agent {
         }
         if let Some(sni) = agent.live.splitter() {
             let (h, http, stats) = (&agent.h, agent.live.http.as_ref(), agent.shared.sni.clone());
-            agent.splitter =
-                Some(SplitterRunning::start(h, &sni, http, &agent.listeners, stats, agent.challenges.clone()).await?);
+            let running =
+                SplitterRunning::start(h, &sni, http, &agent.listeners, stats, agent.challenges.clone()).await?;
+            running.set_backend_nets(agent.surroundings.backend_nets.clone());
+            agent.splitter = Some(running);
         }
         let listening: Vec<_> = agent
             .config
@@ -215,6 +223,8 @@ impl Agent {
     async fn serve(&mut self, mut control: mpsc::Receiver<Control>) -> Result<()> {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Under `WatchdogSec=` the service manager restarts an agent whose loop stops turning.
+        let watchdog = sd_notify::watchdog_enabled().is_some();
         loop {
             tokio::select! {
                 c = control.recv() => match c {
@@ -225,7 +235,12 @@ impl Agent {
                     Some(Control::Stop) | None => return Ok(()),
                 },
                 () = docker_changed(&mut self.docker) => self.follow_containers().await?,
-                _ = tick.tick() => self.tick().await?,
+                _ = tick.tick() => {
+                    self.tick().await?;
+                    if watchdog {
+                        notify(&[sd_notify::NotifyState::Watchdog]);
+                    }
+                }
             }
         }
     }
@@ -254,6 +269,8 @@ impl Agent {
             self.sync()?;
         }
         self.attach_tc().await?;
+        let gateways = self.gateways().await;
+        self.observe_surroundings(&gateways).await;
         self.flush_sni()?;
         self.summarise_refusals();
         Ok(())
@@ -263,12 +280,43 @@ impl Agent {
         sync_maps(&mut self.dp.maps, &self.live, &self.host_addrs, self.uplink.index, &self.backends.resolved)
     }
 
+    /// Where the backends live: the steering backends' bridges and the splitters' backends'
+    /// interfaces.
+    async fn gateways(&self) -> Vec<Link> {
+        let mut gateways: Vec<Link> = self.backends.resolved.values().map(|r| r.gateway.clone()).collect();
+        for g in splitter_gateways(&self.h, &self.live).await {
+            if !gateways.iter().any(|l| l.index == g.index) {
+                gateways.push(g);
+            }
+        }
+        gateways
+    }
+
+    /// Re-reads the uplink's surroundings and writes what changed; a failure keeps what the
+    /// maps say and is retried at the next tick.
+    async fn observe_surroundings(&mut self, gateways: &[Link]) {
+        let now = match surroundings::observe(&self.h, &self.uplink, &self.host_addrs, gateways).await {
+            Ok(now) => now,
+            Err(e) => return warn!(error = %e.report(), "cannot read the uplink's gateway and subnets; retrying"),
+        };
+        if now == self.surroundings {
+            return;
+        }
+        match surroundings::write(&mut self.dp.maps, &self.surroundings, &now) {
+            Ok(()) => {
+                if let Some(running) = &self.splitter {
+                    running.set_backend_nets(now.backend_nets.clone());
+                }
+                self.surroundings = now;
+            }
+            Err(e) => warn!(error = %e.report(), "cannot write the source prefixes or fallback paths; retrying"),
+        }
+    }
+
     /// Attaches `reply_out` where replies arrive: the steering backends' bridges and the
     /// splitters' backends' interfaces.
     async fn attach_tc(&mut self) -> Result<()> {
-        let mut gateways: Vec<Link> = self.backends.resolved.values().map(|r| r.gateway.clone()).collect();
-        gateways.extend(splitter_gateways(&self.h, &self.live).await);
-        for g in gateways {
+        for g in self.gateways().await {
             if self.tc_done.insert(g.index) {
                 match self.dp.ensure_tc(&g)? {
                     Attach::Attached(mode) => info!(interface = %g.name, mode, "attached reply_out (TC ingress)"),
@@ -369,8 +417,9 @@ impl Agent {
             (Some(running), Some(sni)) => running.update(&self.h, &sni, live.http.as_ref(), &self.listeners).await?,
             (None, Some(sni)) => {
                 let (http, stats, challenges) = (live.http.as_ref(), self.shared.sni.clone(), self.challenges.clone());
-                self.splitter =
-                    Some(SplitterRunning::start(&self.h, &sni, http, &self.listeners, stats, challenges).await?);
+                let running = SplitterRunning::start(&self.h, &sni, http, &self.listeners, stats, challenges).await?;
+                running.set_backend_nets(self.surroundings.backend_nets.clone());
+                self.splitter = Some(running);
             }
             (Some(_), None) => {
                 if let Some(running) = self.splitter.take() {

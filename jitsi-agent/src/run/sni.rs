@@ -101,6 +101,11 @@ impl SplitterRunning {
         }
     }
 
+    /// The subnets the backends live on: clients from there are connected non-transparently.
+    pub(super) fn set_backend_nets(&self, nets: Vec<(std::net::IpAddr, u8)>) {
+        self.proxy.set_backend_nets(nets);
+    }
+
     /// Applies a changed `[sni]` section: new listeners are opened before anything else changes
     /// (a failure leaves the running splitter as it was), then the policy routing is replaced if
     /// its settings changed, the routing table swapped, and listeners no longer configured closed.

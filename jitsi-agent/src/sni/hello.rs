@@ -108,6 +108,42 @@ pub fn examine(buf: &[u8], max: usize) -> Result<Progress, HelloError> {
     }
 }
 
+/// How many bytes [`examine`] needs before its verdict can change from `NeedMore`: at most
+/// `buf.len()` once the records present hold the whole first handshake message (or are
+/// malformed, or not TLS), else the end of the first record or record header still missing.
+/// Walking the record headers costs a few comparisons per record, so a hello trickled in many
+/// reads is parsed once it is complete, not once per read.
+pub fn bytes_needed(buf: &[u8]) -> usize {
+    if buf.first().is_some_and(|&b| b != CONTENT_HANDSHAKE) {
+        return 1;
+    }
+    let mut off = 0;
+    // The first four handshake bytes (type and length), how many of them are here, and how
+    // many handshake bytes the complete records hold.
+    let mut head = [0u8; 4];
+    let mut filled = 0;
+    let mut handshake = 0;
+    loop {
+        let Some(header) = buf.get(off..off + RECORD_HEADER) else { return off + RECORD_HEADER };
+        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+        if header[0] != CONTENT_HANDSHAKE || header[1] != 3 || len == 0 || len > MAX_RECORD {
+            return off + RECORD_HEADER; // malformed: examine says so now
+        }
+        let Some(body) = buf.get(off + RECORD_HEADER..off + RECORD_HEADER + len) else {
+            return off + RECORD_HEADER + len;
+        };
+        for &b in body.iter().take(4 - filled) {
+            head[filled] = b;
+            filled += 1;
+        }
+        handshake += len;
+        off += RECORD_HEADER + len;
+        if filled == 4 && handshake >= 4 + hs_body_len(&head) {
+            return off;
+        }
+    }
+}
+
 /// Not decided within the bytes seen: more can only help while fewer than `max` were read.
 fn need_more(buf: &[u8], max: usize) -> Result<Progress, HelloError> {
     if buf.len() >= max { Err(HelloError::TooLarge { max }) } else { Ok(Progress::NeedMore) }

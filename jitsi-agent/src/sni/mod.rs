@@ -3,6 +3,7 @@
 //! address), then relays bytes both ways.
 
 pub mod hello;
+pub mod limits;
 pub mod names;
 pub mod proxy;
 pub mod relay;

@@ -5,9 +5,12 @@
 //! client and the detail; the run loop logs a summary once a minute.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     net::{IpAddr, SocketAddr},
-    sync::{Arc, Mutex, RwLock, atomic::Ordering},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -20,7 +23,8 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use super::{
-    hello::{Hello, HelloError, Progress, examine},
+    hello::{Hello, HelloError, Progress, bytes_needed, examine},
+    limits::{Admission, Caps, Limits},
     relay::relay,
     router::{ALERT_UNRECOGNIZED_NAME, Decision, Route as Target, Router},
     stats::{Refusal, RouteStats, Stats},
@@ -66,51 +70,63 @@ pub struct Proxy {
     challenges: Challenges,
     /// Counters (shared with the metrics endpoint).
     pub stats: Arc<Stats>,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    limits: Limits,
+    /// The subnets the backends live on (see `set_backend_nets`).
+    backend_nets: RwLock<Arc<Vec<(IpAddr, u8)>>>,
     fallback_logged: Mutex<HashSet<String>>,
     connections: TaskTracker,
     /// Cancelled when the drain deadline passes: connections still open are closed.
     cut: CancellationToken,
 }
 
-/// Counts a relayed connection as open while it lives (also when the drain deadline cuts it).
-struct OpenGuard<'a>(&'a RouteStats);
+/// Counts a connection as open while it lives (also when the drain deadline cuts it).
+struct OpenGuard<'a>(&'a AtomicU64);
 
 impl<'a> OpenGuard<'a> {
-    fn new(stats: &'a RouteStats) -> Self {
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        OpenGuard(stats)
+    fn new(open: &'a AtomicU64) -> Self {
+        open.fetch_add(1, Ordering::Relaxed);
+        OpenGuard(open)
     }
 }
 
 impl Drop for OpenGuard<'_> {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Removes a connection from the open counts when it ends.
-struct Slot<'a> {
-    proxy: &'a Proxy,
-    client: IpAddr,
-}
-
-impl Drop for Slot<'_> {
-    fn drop(&mut self) {
-        let mut open = self.proxy.open.lock().expect("open lock");
-        open.0 -= 1;
-        self.proxy.stats.open.fetch_sub(1, Ordering::Relaxed);
-        if let Some(n) = open.1.get_mut(&self.client) {
-            *n -= 1;
-            if *n == 0 {
-                open.1.remove(&self.client);
-            }
-        }
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 fn secs(s: f64) -> Duration {
     Duration::from_secs_f64(s)
+}
+
+fn caps(settings: &Sni) -> Caps {
+    Caps {
+        per_client: settings.max_connections_per_client,
+        per_v6_48: settings.max_connections_per_ipv6_48,
+        pending: settings.max_pending_connections,
+        relayed: settings.max_connections,
+    }
+}
+
+/// Whether `ip` is in one of `nets`.
+fn in_nets(nets: &[(IpAddr, u8)], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|&(net, len)| net.is_ipv4() == ip.is_ipv4() && crate::netlink::network(ip, len) == net)
+}
+
+/// Reads at most this many times for one hello or request head: real clients send it in one
+/// to a few segments; a client trickling it in more is refused, so it costs a bounded number
+/// of wake-ups and parses.
+const MAX_READS: usize = 64;
+
+/// Why reading a hello or head stopped without a verdict.
+enum ReadFailure {
+    /// The deadline passed.
+    Timeout,
+    /// The client closed or failed.
+    Closed(String),
+    /// More than [`MAX_READS`] reads.
+    Trickled,
 }
 
 impl Table {
@@ -130,38 +146,36 @@ impl HttpTable {
     }
 }
 
-/// Reads from `s` into `buf` until `examine` has a verdict, at most `max + 1` bytes, before
-/// `deadline`. `Err(None)`: the deadline passed; `Err(Some(..))`: the client closed or failed.
+/// Reads from `s` into `buf` until `examine` has a verdict, at most [`MAX_READS`] times and
+/// about `max + 1` bytes, before `deadline`. `examine` runs only once `needed` bytes are there
+/// (or `max`): the bytes are read into the buffer's spare room, never zero-filled first.
 async fn read_until<T, E>(
     s: &mut TcpStream,
     buf: &mut Vec<u8>,
     max: usize,
     deadline: tokio::time::Instant,
+    needed: impl Fn(&[u8]) -> usize,
     examine: impl Fn(&[u8]) -> Result<Option<T>, E>,
-) -> Result<Result<T, E>, Option<String>> {
-    loop {
-        match examine(buf) {
-            Ok(Some(v)) => return Ok(Ok(v)),
-            Ok(None) => {}
-            Err(e) => return Ok(Err(e)),
-        }
-        // Read straight into the tail of `buf`, never more than one byte past the limit.
-        let start = buf.len();
-        let want = (max + 1).saturating_sub(start).min(16 * 1024);
-        buf.resize(start + want, 0);
-        let read = tokio::time::timeout_at(deadline, s.read(&mut buf[start..])).await;
-        let n = match &read {
-            Ok(Ok(n)) => *n,
-            _ => 0,
-        };
-        buf.truncate(start + n);
+) -> Result<Result<T, E>, ReadFailure> {
+    for _ in 0..MAX_READS {
+        let want = (max + 1).saturating_sub(buf.len()).min(16 * 1024);
+        buf.reserve(want);
+        let read = tokio::time::timeout_at(deadline, s.read_buf(buf)).await;
         match read {
-            Err(_) => return Err(None),
-            Ok(Ok(0)) => return Err(Some(format!("after {} bytes", buf.len()))),
+            Err(_) => return Err(ReadFailure::Timeout),
+            Ok(Ok(0)) => return Err(ReadFailure::Closed(format!("after {} bytes", buf.len()))),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => return Err(Some(e.to_string())),
+            Ok(Err(e)) => return Err(ReadFailure::Closed(e.to_string())),
+        }
+        if buf.len() >= needed(buf).min(max) {
+            match examine(buf) {
+                Ok(Some(v)) => return Ok(Ok(v)),
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e)),
+            }
         }
     }
+    Err(ReadFailure::Trickled)
 }
 
 impl Proxy {
@@ -173,7 +187,8 @@ impl Proxy {
             http: RwLock::new(HttpTable::new(http, &stats)),
             challenges,
             stats,
-            open: Mutex::new((0, HashMap::new())),
+            limits: Limits::default(),
+            backend_nets: RwLock::default(),
             fallback_logged: Mutex::default(),
             connections: TaskTracker::new(),
             cut: CancellationToken::new(),
@@ -194,7 +209,14 @@ impl Proxy {
 
     /// Connections open now (reading a hello or relaying).
     pub fn open_connections(&self) -> usize {
-        self.open.lock().expect("open lock").0
+        self.limits.open()
+    }
+
+    /// The subnets the backends live on: a client there (a container reaching the host's
+    /// public name) is connected from the host's address, since the backend would answer its
+    /// own address directly, past the agent.
+    pub fn set_backend_nets(&self, nets: Vec<(IpAddr, u8)>) {
+        *self.backend_nets.write().expect("nets lock") = Arc::new(nets);
     }
 
     /// Accepts on `listener` until `stop` is cancelled; each connection runs in its own task.
@@ -257,26 +279,11 @@ impl Proxy {
         debug!(reason = reason.name(), route = route.unwrap_or("-"), client = %client, detail = %detail, "sni: connection refused");
     }
 
-    fn take_slot(&self, settings: &Sni, client: SocketAddr) -> Result<Slot<'_>, Refusal> {
-        let mut open = self.open.lock().expect("open lock");
-        if open.0 >= settings.max_connections {
-            return Err(Refusal::OverLimit);
-        }
-        let n = open.1.entry(client.ip()).or_default();
-        if *n >= settings.max_connections_per_client {
-            return Err(Refusal::OverClientLimit);
-        }
-        *n += 1;
-        open.0 += 1;
-        self.stats.open.fetch_add(1, Ordering::Relaxed);
-        Ok(Slot { proxy: self, client: client.ip() })
-    }
-
     /// Reads until the hello is complete; returns the bytes read and the verdict.
     async fn read_hello(settings: &Sni, s: &mut TcpStream) -> Result<(Vec<u8>, Hello), (Refusal, String)> {
         let deadline = tokio::time::Instant::now() + secs(settings.hello_timeout_secs);
         let mut buf = Vec::with_capacity(2048);
-        let verdict = read_until(s, &mut buf, settings.max_hello_bytes, deadline, |b| {
+        let verdict = read_until(s, &mut buf, settings.max_hello_bytes, deadline, bytes_needed, |b| {
             match examine(b, settings.max_hello_bytes)? {
                 Progress::Done(h) => Ok(Some(h)),
                 Progress::NeedMore => Ok(None),
@@ -287,10 +294,14 @@ impl Proxy {
             Ok(Ok(h)) => Ok((buf, h)),
             Ok(Err(e @ HelloError::TooLarge { .. })) => Err((Refusal::HelloTooLarge, e.to_string())),
             Ok(Err(e @ HelloError::Malformed(_))) => Err((Refusal::MalformedHello, e.to_string())),
-            Err(None) => {
+            Err(ReadFailure::Timeout) => {
                 Err((Refusal::HelloTimeout, format!("{} bytes in {}s", buf.len(), settings.hello_timeout_secs)))
             }
-            Err(Some(detail)) => Err((Refusal::ClosedEarly, detail)),
+            Err(ReadFailure::Closed(detail)) => Err((Refusal::ClosedEarly, detail)),
+            Err(ReadFailure::Trickled) => Err((
+                Refusal::MalformedHello,
+                format!("ClientHello incomplete after {MAX_READS} reads ({} bytes)", buf.len()),
+            )),
         }
     }
 
@@ -298,24 +309,41 @@ impl Proxy {
         self.stats.accepted.fetch_add(1, Ordering::Relaxed);
         // The tables at accept time route this connection, whatever a reload does meanwhile.
         let table = self.table();
-        let _slot = match self.take_slot(&table.settings, peer) {
-            Ok(s) => s,
+        let (mut admission, evicted) = match self.limits.admit(&caps(&table.settings), front, peer.ip()) {
+            Ok(a) => a,
             Err(reason) => return self.refuse(reason, None, peer, &"limit reached"),
         };
+        for _ in 0..evicted {
+            self.refuse(Refusal::EvictedPending, None, peer, &"the oldest pending connection was closed for this one");
+        }
+        let _open = OpenGuard::new(&self.stats.open);
         let _ = client.set_nodelay(true);
-        match front {
-            Front::Tls => self.handle_tls(table, client, peer).await,
-            Front::Http => {
-                let http = self.http.read().expect("table lock").clone();
-                match http {
-                    Some(http) => self.handle_http(table, http, client, peer).await,
-                    None => self.refuse(Refusal::NoHostRoute, None, peer, &"[http] removed"),
+        let evicted = admission.evicted.clone();
+        let serve = async {
+            match front {
+                Front::Tls => self.handle_tls(table, &mut admission, client, peer).await,
+                Front::Http => {
+                    let http = self.http.read().expect("table lock").clone();
+                    match http {
+                        Some(http) => self.handle_http(table, http, &mut admission, client, peer).await,
+                        None => self.refuse(Refusal::NoHostRoute, None, peer, &"[http] removed"),
+                    }
                 }
             }
+        };
+        tokio::select! {
+            () = serve => {}
+            () = evicted.cancelled() => {}
         }
     }
 
-    async fn handle_tls(&self, table: Arc<Table>, mut client: TcpStream, peer: SocketAddr) {
+    async fn handle_tls(
+        &self,
+        table: Arc<Table>,
+        admission: &mut Admission<'_>,
+        mut client: TcpStream,
+        peer: SocketAddr,
+    ) {
         let settings = &table.settings;
         let started = Instant::now();
         let (hello_bytes, hello) = match Self::read_hello(settings, &mut client).await {
@@ -337,6 +365,9 @@ impl Proxy {
         };
         drop(hello);
         let route = &table.router.routes[idx];
+        if let Err(reason) = admission.relay(&caps(settings)) {
+            return self.refuse(reason, Some(&route.name), peer, &"limit reached");
+        }
         self.forward(settings, route, &table.stats[idx], client, peer, hello_bytes, true).await;
     }
 
@@ -344,18 +375,24 @@ impl Proxy {
     async fn read_head(http: &Http, s: &mut TcpStream) -> Result<(Vec<u8>, head::Head), (Refusal, String)> {
         let deadline = tokio::time::Instant::now() + secs(http.head_timeout_secs);
         let mut buf = Vec::with_capacity(1024);
-        let verdict =
-            read_until(s, &mut buf, http.max_head_bytes, deadline, |b| match head::examine(b, http.max_head_bytes)? {
+        let verdict = read_until(s, &mut buf, http.max_head_bytes, deadline, <[u8]>::len, |b| {
+            match head::examine(b, http.max_head_bytes)? {
                 head::Progress::Done(h) => Ok(Some(h)),
                 head::Progress::NeedMore => Ok(None),
-            })
-            .await;
+            }
+        })
+        .await;
         match verdict {
             Ok(Ok(h)) => Ok((buf, h)),
             Ok(Err(e @ HeadError::TooLarge { .. })) => Err((Refusal::HeadTooLarge, e.to_string())),
             Ok(Err(e)) => Err((Refusal::BadRequest, e.to_string())),
-            Err(None) => Err((Refusal::HeadTimeout, format!("{} bytes in {}s", buf.len(), http.head_timeout_secs))),
-            Err(Some(detail)) => Err((Refusal::ClosedEarly, detail)),
+            Err(ReadFailure::Timeout) => {
+                Err((Refusal::HeadTimeout, format!("{} bytes in {}s", buf.len(), http.head_timeout_secs)))
+            }
+            Err(ReadFailure::Closed(detail)) => Err((Refusal::ClosedEarly, detail)),
+            Err(ReadFailure::Trickled) => {
+                Err((Refusal::BadRequest, format!("request head incomplete after {MAX_READS} reads")))
+            }
         }
     }
 
@@ -378,7 +415,14 @@ impl Proxy {
         }
     }
 
-    async fn handle_http(&self, table: Arc<Table>, http: Arc<HttpTable>, mut client: TcpStream, peer: SocketAddr) {
+    async fn handle_http(
+        &self,
+        table: Arc<Table>,
+        http: Arc<HttpTable>,
+        admission: &mut Admission<'_>,
+        mut client: TcpStream,
+        peer: SocketAddr,
+    ) {
         let (bytes, head) = match Self::read_head(&http.settings, &mut client).await {
             Ok(x) => x,
             Err((reason, detail)) => {
@@ -415,12 +459,18 @@ impl Proxy {
             }
         };
         let mut bytes = bytes;
-        if !whole {
-            // Only the validation request: its head (a GET has no body), then the answer.
+        let route = &http.router.routes[idx].target;
+        if whole {
+            if let Err(reason) = admission.relay(&caps(&table.settings)) {
+                return self.refuse(reason, Some(&route.name), peer, &"limit reached");
+            }
+        } else {
+            // Only the validation request: its head (a GET has no body), then the answer. It
+            // takes no place in the pools, so a full pool never blocks a certificate.
             bytes.truncate(head.len);
+            admission.unpool();
         }
         drop(head);
-        let route = &http.router.routes[idx].target;
         self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes, whole).await;
     }
 
@@ -446,14 +496,25 @@ impl Proxy {
             info!(route = %route.name, client_family = if peer.is_ipv4() { "ipv4" } else { "ipv6" }, backend = %backend,
                 "splitter: no backend of the client's family; connecting non-transparently (logged once per route)");
         }
-        let from = transparent.then_some(peer);
+        let hairpin = transparent && in_nets(&self.backend_nets.read().expect("nets lock"), peer.ip());
+        if hairpin {
+            self.stats.hairpin_connections.fetch_add(1, Ordering::Relaxed);
+            debug!(route = %route.name, client = %peer, "splitter: client on a backends' subnet; connecting from the host");
+        }
+        let from = (transparent && !hairpin).then_some(peer);
         let connect = transparent::connect(backend, from, settings.socket_mark);
         let mut upstream = match tokio::time::timeout(secs(settings.connect_timeout_secs), connect).await {
             Err(_) => return self.refuse(Refusal::ConnectTimeout, Some(&route.name), peer, &backend),
             Ok(Err(e)) => {
                 return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &format!("{backend}: {e}"));
             }
-            Ok(Ok(s)) => s,
+            Ok(Ok((s, ephemeral))) => {
+                if ephemeral {
+                    self.stats.ephemeral_port_retries.fetch_add(1, Ordering::Relaxed);
+                    debug!(route = %route.name, client = %peer, "splitter: the client's port was taken towards the backend; used an ephemeral one");
+                }
+                s
+            }
         };
         if let Err(e) = upstream.write_all(&first).await {
             return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &format!("{backend}: {e}"));
@@ -461,7 +522,7 @@ impl Proxy {
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.bytes_up.fetch_add(first.len() as u64, Ordering::Relaxed);
         drop(first);
-        let _open = OpenGuard::new(stats);
+        let _open = OpenGuard::new(&stats.open);
         if !whole {
             let down = answer_only(client, upstream, secs(settings.idle_timeout_secs)).await;
             stats.bytes_down.fetch_add(down, Ordering::Relaxed);

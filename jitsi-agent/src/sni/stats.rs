@@ -24,8 +24,13 @@ use crate::{
 pub enum Refusal {
     /// Over `max_connections`.
     OverLimit,
-    /// Over `max_connections_per_client`.
+    /// Over `max_connections_per_client` (per IPv4 address or IPv6 /64).
     OverClientLimit,
+    /// Over `max_connections_per_ipv6_48`.
+    OverSiteLimit,
+    /// Closed before its hello or head was complete to make room in a full pending pool
+    /// (`max_pending_connections`): the oldest pending connection goes first.
+    EvictedPending,
     /// The hello did not arrive within `hello_timeout_secs`.
     HelloTimeout,
     /// The hello exceeded `max_hello_bytes`.
@@ -51,7 +56,7 @@ pub enum Refusal {
 }
 
 /// Every refusal, in `sni_counters` slot order (slot = index + 1; at most `SNI_COUNTERS` - 1).
-pub const REFUSALS: [Refusal; 13] = [
+pub const REFUSALS: [Refusal; 15] = [
     Refusal::OverLimit,
     Refusal::OverClientLimit,
     Refusal::HelloTimeout,
@@ -65,6 +70,8 @@ pub const REFUSALS: [Refusal; 13] = [
     Refusal::HeadTooLarge,
     Refusal::HeadTimeout,
     Refusal::NoHostRoute,
+    Refusal::OverSiteLimit,
+    Refusal::EvictedPending,
 ];
 
 const _: () = assert!(REFUSALS.len() < jitsi_common::SNI_COUNTERS as usize, "sni_counters has no slot left");
@@ -86,6 +93,8 @@ impl Refusal {
             Refusal::HeadTooLarge => "http_head_too_large",
             Refusal::HeadTimeout => "http_head_timeout",
             Refusal::NoHostRoute => "http_no_route",
+            Refusal::OverSiteLimit => "over_site_limit",
+            Refusal::EvictedPending => "evicted_pending",
         }
     }
 
@@ -140,6 +149,12 @@ pub struct Stats {
     pub open: AtomicU64,
     /// Failed accepts (out of descriptors or memory...).
     pub accept_errors: AtomicU64,
+    /// Transparent connections that could not use the client's own port (a TIME_WAIT or live
+    /// connection from that address and port to the backend) and used an ephemeral one.
+    pub ephemeral_port_retries: AtomicU64,
+    /// Clients on a backends' subnet (a container reaching the host's public name), connected
+    /// from the host's address: from their own, the backend's reply would bypass the agent.
+    pub hairpin_connections: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
     routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
     /// Time from accept to a complete ClientHello, in seconds.
@@ -152,6 +167,8 @@ impl Default for Stats {
             accepted: AtomicU64::new(0),
             open: AtomicU64::new(0),
             accept_errors: AtomicU64::new(0),
+            ephemeral_port_retries: AtomicU64::new(0),
+            hairpin_connections: AtomicU64::new(0),
             refused: Default::default(),
             routes: Mutex::default(),
             // 100 µs .. ~6.5 s.

@@ -23,9 +23,7 @@ fn set_transparent(sock: &Socket, v6: bool) -> io::Result<()> {
     if rc != 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
 }
 
-/// Connects to `backend`; with `from = Some(client)`, from the client's address (its port if
-/// free, else an ephemeral one).
-pub async fn connect(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Result<TcpStream> {
+fn socket(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Result<Socket> {
     let sock = Socket::new(Domain::for_address(backend), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     sock.set_tcp_nodelay(true)?;
     if mark != 0 {
@@ -34,13 +32,31 @@ pub async fn connect(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -
     if let Some(client) = from {
         set_transparent(&sock, backend.is_ipv6())?;
         sock.set_reuse_address(true)?;
-        if let Err(e) = sock.bind(&SockAddr::from(client)) {
-            if e.raw_os_error() != Some(libc::EADDRINUSE) {
-                return Err(e);
-            }
-            sock.bind(&SockAddr::from(SocketAddr::new(client.ip(), 0)))?;
-        }
+        sock.bind(&SockAddr::from(client))?;
     }
-    let std: std::net::TcpStream = sock.into();
+    Ok(sock)
+}
+
+async fn connect_from(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Result<TcpStream> {
+    let std: std::net::TcpStream = socket(backend, from, mark)?.into();
     TcpSocket::from_std_stream(std).connect(backend).await
+}
+
+/// Whether an error says the client's own port cannot be used towards the backend: bound by
+/// another socket (`EADDRINUSE` at bind) or the whole 4-tuple taken, typically by a TIME_WAIT
+/// of an earlier connection from the same address and port (`EADDRNOTAVAIL` at connect).
+fn port_taken(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL))
+}
+
+/// Connects to `backend`; with `from = Some(client)`, from the client's address, on its port
+/// if that is free towards the backend, else on an ephemeral one (then `true` is returned).
+pub async fn connect(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Result<(TcpStream, bool)> {
+    match connect_from(backend, from, mark).await {
+        Err(e) if port_taken(&e) && from.is_some_and(|c| c.port() != 0) => {
+            let ephemeral = from.map(|c| SocketAddr::new(c.ip(), 0));
+            Ok((connect_from(backend, ephemeral, mark).await?, true))
+        }
+        r => r.map(|s| (s, false)),
+    }
 }

@@ -171,3 +171,28 @@ fn verdict_does_not_depend_on_how_bytes_arrive() {
         }
     }
 }
+
+#[test]
+fn bytes_needed_never_skips_a_verdict() {
+    // At every cut of every recorded hello (and of one re-split into 100-byte records, and of
+    // garbage), while fewer bytes than bytes_needed are there examine says NeedMore: skipping
+    // it until then loses nothing. With the whole hello, examine is due.
+    let fragmented = refragment(&data("chromium-meet.bin"), 100);
+    let mut garbage = data("curl-turn.bin");
+    garbage[5] = 2; // a ServerHello
+    let files = RECORDED.iter().map(|(f, _)| data(f)).chain([fragmented, garbage]);
+    for b in files {
+        for cut in 0..=b.len() {
+            let need = bytes_needed(&b[..cut]);
+            if need > cut {
+                assert_eq!(
+                    examine(&b[..cut], DEFAULT_MAX_HELLO),
+                    Ok(Progress::NeedMore),
+                    "{}-byte input cut at {cut}",
+                    b.len()
+                );
+            }
+        }
+        assert!(bytes_needed(&b) <= b.len(), "{}-byte input: complete, examine is due", b.len());
+    }
+}
