@@ -16,7 +16,7 @@ fuzz_target!(|input: &[u8]| {
         assert!(*len <= data.len(), "a hello cannot be longer than the bytes read");
     }
     for cut in [data.len() / 3, data.len() / 2, data.len().saturating_sub(1), data.len()] {
-        if cut < bytes_needed(&data[..cut]).min(max) {
+        if cut < bytes_needed(&data[..cut], max).min(max) {
             assert_eq!(examine(&data[..cut], max), Ok(Progress::NeedMore), "skipped a verdict at {cut} bytes");
         }
         match examine(&data[..cut], max) {

@@ -3,7 +3,8 @@
 //! Pin layout under the pin directory (see the README):
 //! - maps: `rules`, `host_addrs`, `replies`, `return_paths`, `fallback_paths`,
 //!   `source_prefixes`, `rule_stats`, `reason_stats`, and
-//!   the SNI splitter's counters `sni_routes`, `sni_counters` (written by the agent)
+//!   the SNI splitter's counters `sni_routes`, `sni_counters` and the periodic tasks' health
+//!   `task_health` (written by the agent)
 //! - programs: `prog_steer_in` (XDP), `prog_reply_out` (TC)
 //! - links: `link_xdp_<ifname>`, `link_tc_<ifname>`
 //!
@@ -39,7 +40,7 @@ use crate::{
 };
 
 /// Names of the maps, as pinned.
-pub const MAP_NAMES: [&str; 10] = [
+pub const MAP_NAMES: [&str; 11] = [
     "rules",
     "host_addrs",
     "replies",
@@ -50,6 +51,7 @@ pub const MAP_NAMES: [&str; 10] = [
     "reason_stats",
     "sni_routes",
     "sni_counters",
+    "task_health",
 ];
 const PROG_STEER_IN: &str = "steer_in";
 const PROG_REPLY_OUT: &str = "reply_out";
@@ -75,6 +77,8 @@ pub struct Maps {
     pub reason_stats: PerCpuArray<MapData, ReasonStats>,
     /// `sni_routes` and `sni_counters`.
     pub sni: SniMaps,
+    /// `task_health`: the periodic tasks' failures (see `run::health`).
+    pub task_health: Array<MapData, u64>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -118,6 +122,7 @@ impl Maps {
                 routes: HashMap::try_from(get("sni_routes")?).map_err(map_err("sni_routes"))?,
                 counters: Array::try_from(get("sni_counters")?).map_err(map_err("sni_counters"))?,
             },
+            task_health: Array::try_from(get("task_health")?).map_err(map_err("task_health"))?,
         })
     }
 }
@@ -197,7 +202,10 @@ fn mount_bpffs(at: &Path) -> Result<()> {
     // SAFETY: all pointers are valid NUL-terminated strings.
     let rc = unsafe { libc::mount(c"bpf".as_ptr(), target.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        return Err(Error::io("mounting bpffs on /sys/fs/bpf", std::io::Error::last_os_error()));
+        return Err(Error::io(
+            "nothing is mounted on /sys/fs/bpf and mounting a bpffs there failed (the host mounts it at boot; under systemd a bpffs mounted inside the unit would vanish with it, so the unit does not allow mount(2))",
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }

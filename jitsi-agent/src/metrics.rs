@@ -43,6 +43,8 @@ pub struct Shared {
     pub reloads_failed: AtomicU64,
     /// The `[acme]` certificates as the certificate manager last saw them.
     pub certificates: Arc<std::sync::Mutex<Vec<crate::acme::CertState>>>,
+    /// The periodic tasks' failures.
+    pub health: crate::health::Health,
 }
 
 /// The running endpoint.
@@ -333,6 +335,21 @@ impl Collector for AgentCollector {
             [("ok", &s.reloads_ok), ("failed", &s.reloads_failed)]
                 .map(|(r, v)| (vec![("result", r.to_string())], counter(v.load(Ordering::Relaxed)))),
         )?;
+        let tasks = crate::health::TASKS.map(|t| (t.name(), s.health.get(t)));
+        family(
+            &mut enc,
+            "jitsi_agent_task_failures",
+            "Failed runs of the agent's periodic work, by task (each is retried every second)",
+            Counter,
+            tasks.map(|(t, (n, _))| (vec![("task", t.to_string())], counter(n))),
+        )?;
+        family(
+            &mut enc,
+            "jitsi_agent_task_failing",
+            "1 while the task's last run failed",
+            Gauge,
+            tasks.map(|(t, (_, failing))| (vec![("task", t.to_string())], ConstGauge::new(i64::from(failing)))),
+        )?;
         Ok(())
     }
 }
@@ -352,6 +369,7 @@ mod tests {
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
             certificates: Default::default(),
+            health: Default::default(),
         })
     }
 

@@ -13,16 +13,19 @@ use jitsi_common::{SOURCE_ON_LINK, SOURCE_SPOOFED, SourcePrefix};
 /// A prefix: its network address and length.
 pub type Prefix = (IpAddr, u8);
 
-/// Sources that never arrive from the internet on a steered port: "this network", loopback,
-/// multicast and the reserved class E with the limited broadcast (IANA IPv4 Special-Purpose
-/// Address Registry, RFC 6890), the unspecified and loopback IPv6 addresses and IPv6
-/// multicast (RFC 4291). IPv4-mapped IPv6 sources are refused by the program itself.
-pub const MARTIANS: [(IpAddr, u8); 6] = [
+/// Sources that never arrive from the internet on a steered port, and destinations a reply
+/// never goes to: "this network", loopback, link-local, multicast and the reserved class E
+/// with the limited broadcast (IANA IPv4 Special-Purpose Address Registry, RFC 6890; link-local
+/// RFC 3927), the unspecified and loopback IPv6 addresses, IPv6 link-local and multicast
+/// (RFC 4291). IPv4-mapped IPv6 sources are refused by the program itself.
+pub const MARTIANS: [(IpAddr, u8); 8] = [
     (IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)), 8),
     (IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+    (IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)), 16),
     (IpAddr::V4(Ipv4Addr::new(224, 0, 0, 0)), 3),
     (IpAddr::V6(Ipv6Addr::UNSPECIFIED), 128),
     (IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+    (IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)), 10),
     (IpAddr::V6(Ipv6Addr::new(0xff00, 0, 0, 0, 0, 0, 0, 0)), 8),
 ];
 
@@ -54,6 +57,15 @@ pub fn trie_key((ip, len): Prefix) -> Key<SourcePrefix> {
     }
 }
 
+/// Back from a trie key's prefix length and data.
+pub fn from_trie_key(len: u32, data: SourcePrefix) -> Prefix {
+    let v6 = Ipv6Addr::from(data);
+    match v6.to_ipv4_mapped() {
+        Some(v4) if len >= 96 => (IpAddr::V4(v4), (len - 96) as u8),
+        _ => (IpAddr::V6(v6), len as u8),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,9 +86,13 @@ mod tests {
     }
 
     #[test]
-    fn ipv4_keys_are_ipv4_mapped() {
+    fn ipv4_keys_are_ipv4_mapped_and_read_back() {
         let k = trie_key(("10.1.0.0".parse().unwrap(), 16));
         assert_eq!({ k.prefix_len() }, 112);
         assert_eq!(k.data()[10..], [0xff, 0xff, 10, 1, 0, 0]);
+        for p in MARTIANS.iter().chain(&[("2001:db8::".parse().unwrap(), 32)]) {
+            let k = trie_key(*p);
+            assert_eq!(from_trie_key(k.prefix_len(), k.data()), *p);
+        }
     }
 }

@@ -193,6 +193,11 @@ pub const MAX_SNI_ROUTES: u32 = 256;
 /// the order the agent documents (`jitsi_agent::sni::stats::REFUSALS`).
 pub const SNI_COUNTERS: u32 = 16;
 
+/// Slots of the `task_health` array, written by the agent every second (no program uses it):
+/// for periodic task `i` (in the order `jitsi_agent::run::health::TASKS` lists them), slot
+/// `2 i` counts its failures and slot `2 i + 1` is 1 while it is failing.
+pub const TASK_SLOTS: u32 = 16;
+
 /// Key of `sni_routes`: the route's name, NUL-padded. Written only by the agent (the kernel
 /// programs never touch it); pinned so that `status` and `bpftool` can read the splitter's
 /// counters with or without a running agent, and a restarted agent continues them.

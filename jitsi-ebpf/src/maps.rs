@@ -54,6 +54,10 @@ pub static SNI_ROUTES: HashMap<SniRouteKey, SniRouteStats, { MAX_SNI_ROUTES as u
 #[btf_map(name = "sni_counters")]
 pub static SNI_COUNTERS: Array<u64, { jitsi_common::SNI_COUNTERS as usize }> = Array::new();
 
+/// The agent's periodic tasks' failures, written by the agent (see `jitsi_common::TASK_SLOTS`).
+#[btf_map(name = "task_health")]
+pub static TASK_HEALTH: Array<u64, { jitsi_common::TASK_SLOTS as usize }> = Array::new();
+
 #[inline(always)]
 pub fn count_reason(reason: jitsi_common::Reason, bytes: u64) {
     if let Some(s) = REASON_STATS.get_ptr_mut(reason as u32) {

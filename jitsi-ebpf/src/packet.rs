@@ -56,3 +56,23 @@ pub fn addr16_v4(a: [u8; 4]) -> [u8; 16] {
 pub fn addr4(a: &[u8; 16]) -> [u8; 4] {
     [a[0], a[1], a[2], a[3]]
 }
+
+/// `a` IPv4-mapped (`::ffff:a.b.c.d`), as `source_prefixes` holds IPv4.
+#[inline(always)]
+pub fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[10] = 0xff;
+    out[11] = 0xff;
+    out[12] = a[0];
+    out[13] = a[1];
+    out[14] = a[2];
+    out[15] = a[3];
+    out
+}
+
+/// A path learned for a client off the uplink's subnet: only the host address it used is its
+/// own (`ifindex` 0); the rest is the family's fallback path at the time of the reply.
+#[inline(always)]
+pub fn is_host_addr_only(path: &jitsi_common::ReturnPath) -> bool {
+    path.ifindex == 0
+}

@@ -7,6 +7,7 @@
 //! when forwarding is disabled on the device). Checksums are updated with the kernel's
 //! helpers, which also handle `CHECKSUM_PARTIAL` packets from veth TX offload.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK},
     helpers::{bpf_csum_diff, bpf_redirect},
@@ -15,11 +16,11 @@ use aya_ebpf::{
 };
 use jitsi_common::{
     ClientKey, FALLBACK_V4, FALLBACK_V6, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, REPLY_MARK_LOCAL, Reason, Reply,
-    ReplyKey, ReturnPath,
+    ReplyKey, ReturnPath, SOURCE_SPOOFED,
 };
 
 use crate::{
-    maps::{FALLBACK_PATHS, REPLIES, RETURN_PATHS, count_reason, count_rule_out},
+    maps::{FALLBACK_PATHS, REPLIES, RETURN_PATHS, SOURCE_PREFIXES, count_reason, count_rule_out},
     packet::*,
 };
 
@@ -63,14 +64,29 @@ fn lookup(
         ctx.set_mark(reply_val.mark);
         return Err(Reason::OutSniReply);
     }
-    if let Some(path) = RETURN_PATHS.get_ptr(ClientKey { addr: dst, port: dport, protocol, family }) {
+    let learned = RETURN_PATHS.get_ptr(ClientKey { addr: dst, port: dport, protocol, family });
+    if let Some(path) = learned {
         // SAFETY: valid map value pointer, copied out.
-        return Ok((reply_val, unsafe { *path }));
+        let path = unsafe { *path };
+        if !is_host_addr_only(&path) {
+            return Ok((reply_val, path));
+        }
+    }
+    // The fallback path, only towards an address that could be a client: never a martian, the
+    // host itself or a backends' subnet.
+    let mapped = if family == FAMILY_V4 { mapped_v4(addr4(&dst)) } else { dst };
+    if let Some(&SOURCE_SPOOFED) = SOURCE_PREFIXES.get(&Key::new(128, mapped)) {
+        return Err(Reason::OutUnknownClient);
     }
     let index = if family == FAMILY_V4 { FALLBACK_V4 } else { FALLBACK_V6 };
-    match FALLBACK_PATHS.get(index) {
-        Some(path) if path.ifindex != 0 => Ok((reply_val, *path)),
-        _ => Err(Reason::OutUnknownClient),
+    let fallback = match FALLBACK_PATHS.get(index) {
+        Some(path) if path.ifindex != 0 => *path,
+        _ => return Err(Reason::OutUnknownClient),
+    };
+    match learned {
+        // SAFETY: valid map value pointer (a host-address-only path: the gateway as it is now).
+        Some(path) => Ok((reply_val, ReturnPath { host_addr: unsafe { (*path).host_addr }, ..fallback })),
+        None => Ok((reply_val, fallback)),
     }
 }
 

@@ -76,19 +76,6 @@ fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[10] == 0xff && a[11] == 0xff
 }
 
-/// `a` IPv4-mapped (`::ffff:a.b.c.d`), as `source_prefixes` holds IPv4.
-#[inline(always)]
-fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    out[10] = 0xff;
-    out[11] = 0xff;
-    out[12] = a[0];
-    out[13] = a[1];
-    out[14] = a[2];
-    out[15] = a[3];
-    out
-}
-
 #[inline(always)]
 fn is_local(addr: [u8; 16], family: u8) -> bool {
     HOST_ADDRS.get_ptr(HostAddrKey { addr, family, _pad: [0; 3] }).is_some()
@@ -113,8 +100,9 @@ fn rule_for(protocol: u8, family: u8, port: u16) -> Result<Rule, Miss> {
 /// entry is never overwritten (a spoofed packet cannot redirect a live flow's replies), and a
 /// flow whose path is the family's fallback path is not written at all (a flood through the
 /// gateway cannot flush the table). A client off the uplink's subnet is only ever reached
-/// through the gateway, whatever MAC its frame came from; only the host address it used is
-/// its own.
+/// through the gateway, whatever MAC its frame came from: only the host address it used is
+/// recorded, and the reply takes the gateway's MAC as it is then (a replaced router is
+/// followed).
 #[inline(always)]
 fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, key: ClientKey, on_link: bool, host_addr: [u8; 16]) {
     if RETURN_PATHS.get_ptr(key).is_some() {
@@ -134,9 +122,11 @@ fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, key: ClientKey, on_li
         && fallback.ifindex != 0
     {
         if !on_link {
-            path = ReturnPath { host_addr, ..*fallback };
-        }
-        if same_path(fallback, &path) {
+            if same_addr(&fallback.host_addr, &host_addr) {
+                return;
+            }
+            path = ReturnPath { host_addr, ifindex: 0, client_mac: [0; 6], host_mac: [0; 6] };
+        } else if same_path(fallback, &path) {
             return;
         }
     }
@@ -144,13 +134,21 @@ fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, key: ClientKey, on_li
 }
 
 #[inline(always)]
-fn same_path(a: &ReturnPath, b: &ReturnPath) -> bool {
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
     let mut i = 0;
     while i < 16 {
-        if a.host_addr[i] != b.host_addr[i] {
+        if a[i] != b[i] {
             return false;
         }
         i += 1;
+    }
+    true
+}
+
+#[inline(always)]
+fn same_path(a: &ReturnPath, b: &ReturnPath) -> bool {
+    if !same_addr(&a.host_addr, &b.host_addr) {
+        return false;
     }
     let mut j = 0;
     while j < 6 {

@@ -12,6 +12,7 @@ pub mod bench;
 pub mod clients;
 pub mod docker;
 pub mod lab;
+pub mod machine;
 pub mod netns;
 pub mod packet;
 pub mod pebble;

@@ -378,3 +378,59 @@ fn the_open_file_limit_is_raised_and_accept_failures_are_counted_and_logged_once
     let greeting = sni_exchange(&lab.inet, &recorded_hello("chromium-meet.bin"));
     assert!(greeting.is_ok(), "served again after the burst: {greeting:?}\n{}", agent.log());
 }
+
+#[test]
+fn a_bridge_that_cannot_take_the_reply_path_is_reported_retried_and_does_not_stop_the_agent() {
+    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
+    let jvb = lab.backend("jvb");
+    let _jvb = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    // A second bridge with one backend, 198.51.100.10 on br1; its TC link cannot be pinned
+    // while a directory sits where the pin goes.
+    let ns = NetNs::new("jl-late").unwrap();
+    lab.host.ip(&["link", "add", "br1", "type", "bridge"]).unwrap();
+    lab.host.ip(&["addr", "add", "198.51.100.1/24", "dev", "br1"]).unwrap();
+    lab.host.ip(&["link", "set", "br1", "up"]).unwrap();
+    lab.host.ip(&["link", "add", "vb-late", "type", "veth", "peer", "name", "eth0", "netns", ns.name()]).unwrap();
+    lab.host.ip(&["link", "set", "vb-late", "master", "br1", "up"]).unwrap();
+    ns.ip(&["addr", "add", "198.51.100.10/24", "dev", "eth0"]).unwrap();
+    ns.ip(&["link", "set", "eth0", "up"]).unwrap();
+    ns.ip(&["route", "add", "default", "via", "198.51.100.1"]).unwrap();
+    let late = servers::udp(&ns, "198.51.100.10:5000".parse().unwrap()).unwrap();
+    let config = lab.write_config(LAB_RULES).unwrap();
+    let agent = AgentProcess::start(&lab.host, &config).unwrap();
+    let blocker = lab.pin_dir.join("link_tc_br1");
+    std::fs::create_dir(&blocker).unwrap();
+    let with_late = format!(
+        "{}\n[metrics]\nlisten = \"127.0.0.1:9465\"\n[[steer]]\nname = \"late\"\nprotocol = \"udp\"\nport = 5000\nbackend = \"198.51.100.10:5000\"\n",
+        std::fs::read_to_string(&config).unwrap()
+    );
+    replace_file(&config, &with_late);
+    let task = |st: &Value| st["tasks"].as_array().unwrap().iter().find(|t| t["task"] == "attach_tc").cloned().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while task(&lab.status().unwrap())["failures"].as_u64().unwrap() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = lab.status().unwrap();
+    assert_eq!(task(&st)["failing"], true, "{st}");
+    assert!(task(&st)["failures"].as_u64().unwrap() >= 2, "retried every second: {st}");
+    let metrics = scrape_metrics(&lab.host, "127.0.0.1:9465");
+    assert!(metrics.contains("jitsi_agent_task_failing{task=\"attach_tc\"} 1"), "{metrics}");
+    // Logged once, not every second; the agent still serves the rest.
+    let log = agent.log();
+    assert_eq!(log.matches("task=\"attach_tc\"").count() + log.matches("task=attach_tc").count(), 1, "{log}");
+    let client = udp_socket(&lab.inet, false).unwrap();
+    let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), "still").unwrap();
+    assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
+    // Once the pin can be made, the next tick attaches it: replies from br1 flow.
+    std::fs::remove_dir(&blocker).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while task(&lab.status().unwrap())["failing"] == true && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(task(&lab.status().unwrap())["failing"], false);
+    let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 5000), "late").unwrap();
+    assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
+    assert_eq!(late.count(), 1);
+    assert!(agent.log().contains("recovered"), "{}", agent.log());
+    agent.stop().unwrap();
+}

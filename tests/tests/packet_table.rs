@@ -640,6 +640,33 @@ fn behind_the_gateway_nothing_is_learned_and_replies_take_the_fallback_path() {
     let lan = Pkt::udp("203.0.113.77", 1000, "203.0.113.1", 10000, b"x").macs(UPLINK_MAC, [2, 7, 7, 7, 7, 7]);
     assert_eq!(run_once(xdp, tc, Prog::Xdp, &lan.build()).0, XDP_REDIRECT);
     assert_eq!(learned(&maps, "203.0.113.77", 1000).expect("on-link client learned").client_mac, [2, 7, 7, 7, 7, 7]);
+    // The fallback path is never taken towards a martian, the host or a backends' subnet.
+    for dst in ["169.254.169.254", "127.0.0.1", "203.0.113.1", "192.0.2.50"] {
+        let reply = Pkt::udp("192.0.2.10", 10000, dst, 1000, b"out").macs(BRIDGE_MAC, JVB_MAC).build();
+        assert_eq!(run_once(xdp, tc, Prog::Tc, &reply).0, TC_ACT_OK, "{dst}: left to the host stack");
+    }
+}
+
+#[test]
+fn a_client_on_a_second_address_is_answered_from_it_through_the_gateway_as_it_is_now() {
+    let Env { mut bpf, mut maps, .. } = setup();
+    let (host_addr, family) = rules::addr16("203.0.113.1".parse().unwrap());
+    let (second, _) = rules::addr16("203.0.113.3".parse().unwrap());
+    maps.host_addrs.insert(jitsi_common::HostAddrKey { addr: second, family, _pad: [0; 3] }, 1, 0).unwrap();
+    let gateway = |mac| ReturnPath { host_addr, ifindex: 1, client_mac: mac, host_mac: UPLINK_MAC };
+    maps.fallback_paths.set(FALLBACK_V4, gateway([2, 0x6a, 0, 0, 0, 1]), 0).unwrap();
+    let (xdp, tc) = programs(&mut bpf);
+    let input = Pkt::udp("198.51.100.70", 1000, "203.0.113.3", 10000, b"x").macs(UPLINK_MAC, [2, 0x6a, 0, 0, 0, 1]);
+    assert_eq!(run_once(xdp, tc, Prog::Xdp, &input.build()).0, XDP_REDIRECT);
+    let path = learned(&maps, "198.51.100.70", 1000).expect("the second address is learned");
+    assert_eq!((path.host_addr[..4].to_vec(), path.ifindex), (vec![203, 0, 113, 3], 0), "the host address alone");
+    // The router is replaced: the reply goes to the new gateway MAC, from the second address.
+    maps.fallback_paths.set(FALLBACK_V4, gateway([2, 0x6b, 0, 0, 0, 2]), 0).unwrap();
+    let reply = Pkt::udp("192.0.2.10", 10000, "198.51.100.70", 1000, b"reply").macs(BRIDGE_MAC, JVB_MAC);
+    let expected = reply.clone().from("203.0.113.3", 10000).macs([2, 0x6b, 0, 0, 0, 2], UPLINK_MAC).build();
+    let (verdict, out) = run_once(xdp, tc, Prog::Tc, &reply.build());
+    assert_eq!(verdict, TC_ACT_REDIRECT);
+    assert_eq!(hex(&out), hex(&expected));
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The shipped systemd units pass `systemd-analyze verify` without a warning, with the
-//! agent binary this build made in place of /usr/local/bin/jitsi-agent.
+//! agent binary this build made in place of /usr/bin/jitsi-agent.
 
 use std::{path::Path, process::Command};
 
@@ -16,7 +16,7 @@ fn units_verify_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     for unit in ["jitsi-agent.service", "jitsi-agent.socket"] {
         let text = std::fs::read_to_string(src.join(unit)).unwrap();
-        let text = text.replace("/usr/local/bin/jitsi-agent", &agent_bin().display().to_string());
+        let text = text.replace("/usr/bin/jitsi-agent", &agent_bin().display().to_string());
         std::fs::write(dir.path().join(unit), text).unwrap();
     }
     let out = Command::new("systemd-analyze")
@@ -36,7 +36,7 @@ fn units_verify_cleanly() {
         "CapabilityBoundingSet=",
         "WatchdogSec=",
         "SystemCallFilter=@system-service",
-        "ProtectKernelTunables=yes",
+        "ReadOnlyPaths=/sys /proc/sys",
         "RestrictNamespaces=net",
         "UMask=0077",
         "MemoryMax=",

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_suite;
 mod build;
+mod dist;
 mod prereq;
 mod run;
 mod toolchain;
@@ -27,6 +28,9 @@ enum Command {
     BuildEbpf,
     /// Build the eBPF object and a release `jitsi-agent` binary that embeds it.
     Build,
+    /// Build the Debian package (`target/dist/jitsi-agent_<version>_<arch>.deb`) and check it
+    /// with lintian.
+    Dist,
     /// Run formatting and lint checks, unit tests and the root-only integration tests.
     Test {
         /// Skip `cargo fmt --check` and `cargo clippy`.
@@ -81,6 +85,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::BuildEbpf => build::ebpf().map(drop),
         Command::Build => build::agent().map(drop),
+        Command::Dist => dist::deb().map(drop),
         Command::Test { no_lint, filter, fuzz_seconds } => run::test(!no_lint, filter.as_deref(), fuzz_seconds),
         Command::Fuzz { seconds } => run::fuzz(seconds),
         Command::Bench { what, rounds, secs, mib, from } => match (what.as_str(), from) {

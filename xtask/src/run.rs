@@ -32,6 +32,9 @@ const LAB_PACKAGES: &[&str] = &[
     "chromium",
     "libnss3-tools",
     "python3-venv",
+    // The real systemd the package is tested under.
+    "debootstrap",
+    "systemd-container",
 ];
 
 fn cargo(args: &[&str]) -> Command {
@@ -99,12 +102,16 @@ pub fn test(lint: bool, filter: Option<&str>, fuzz_seconds: u32) -> Result<()> {
     let agent = build::agent()?;
     let obj = build::ebpf_object_path();
     let python = prereq::webrtc_venv()?;
+    let deb = crate::dist::deb()?;
     eprintln!("xtask: running unit and integration tests");
     let mut cmd = cargo(&["test", "--release", "--workspace", "--exclude", "jitsi-ebpf"]);
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
-    cmd.env("JITSI_AGENT_BIN", &agent).env("JITSI_EBPF_OBJECT", &obj).env("JITSI_WEBRTC_PYTHON", &python);
+    cmd.env("JITSI_AGENT_BIN", &agent)
+        .env("JITSI_EBPF_OBJECT", &obj)
+        .env("JITSI_WEBRTC_PYTHON", &python)
+        .env("JITSI_DEB", &deb);
     run(&mut cmd)?;
     if fuzz_seconds > 0 && filter.is_none() {
         fuzz(fuzz_seconds)?;

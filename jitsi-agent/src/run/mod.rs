@@ -9,7 +9,7 @@ mod surroundings;
 
 use std::{
     collections::HashSet,
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     path::{Path, PathBuf},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
@@ -27,6 +27,7 @@ use crate::{
     datapath::{Attach, Datapath},
     docker::{self, DockerWatch},
     error::{Error, Result},
+    health::Task,
     listeners::Listeners,
     metrics::{MetricsServer, Shared},
     netlink::{self, Link},
@@ -94,6 +95,8 @@ struct Agent {
     tc_done: HashSet<u32>,
     /// What `source_prefixes` and `fallback_paths` say now.
     surroundings: Surroundings,
+    /// The splitters' backends without a route (already logged).
+    gateway_problems: HashSet<SocketAddr>,
     listeners: Arc<Listeners>,
     shared: Arc<Shared>,
     splitter: Option<SplitterRunning>,
@@ -113,6 +116,8 @@ impl Agent {
         let host_addrs = host_addresses(&h, &config, &uplink).await?;
         info!(uplink = %uplink.name, addresses = ?host_addrs, "host addresses");
         let dp = Datapath::open(&config.pin_dir)?;
+        // An adopted datapath's maps say what an earlier agent wrote: the baseline to change.
+        let surroundings = surroundings::current(&dp.maps)?;
         let stats = Arc::new(Stats::default());
         stats.seed(&dp.maps.sni)?;
         let shared = Arc::new(Shared {
@@ -121,7 +126,9 @@ impl Agent {
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
             certificates: Default::default(),
+            health: Default::default(),
         });
+        shared.health.seed(&dp.maps.task_health)?;
         let docker = start_docker(&config).await?;
         let live = live_config(&config, docker.as_ref());
         let mut agent = Agent {
@@ -137,7 +144,8 @@ impl Agent {
             dp,
             backends: Backends::default(),
             tc_done: HashSet::new(),
-            surroundings: Surroundings::default(),
+            surroundings,
+            gateway_problems: HashSet::new(),
             listeners,
             shared,
             splitter: None,
@@ -149,14 +157,15 @@ impl Agent {
         agent.backends.refresh(&agent.h, &agent.live).await;
         agent.sync()?;
         let gateways = agent.gateways().await;
-        agent.observe_surroundings(&gateways).await;
+        let outcome = agent.observe_surroundings(&gateways).await;
+        agent.shared.health.record(Task::Surroundings, outcome);
         match agent.dp.ensure_xdp(&agent.uplink)? {
             Attach::Attached(mode) => info!(interface = %agent.uplink.name, mode, "attached steer_in (XDP)"),
             Attach::Adopted => {
                 info!(interface = %agent.uplink.name, mode = agent.uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)")
             }
         }
-        agent.attach_tc().await?;
+        agent.attach_tc(&gateways).await?;
         if let Some(m) = &agent.config.metrics {
             agent.metrics = Some(MetricsServer::start(m.listen, agent.shared.clone()).await?);
             info!(listen = %m.listen, "metrics: serving /metrics");
@@ -234,9 +243,12 @@ impl Agent {
                     }
                     Some(Control::Stop) | None => return Ok(()),
                 },
-                () = docker_changed(&mut self.docker) => self.follow_containers().await?,
+                () = docker_changed(&mut self.docker) => {
+                    let outcome = self.follow_containers().await;
+                    self.shared.health.record(Task::FollowContainers, outcome);
+                }
                 _ = tick.tick() => {
-                    self.tick().await?;
+                    self.tick().await;
                     if watchdog {
                         notify(&[sd_notify::NotifyState::Watchdog]);
                     }
@@ -245,7 +257,9 @@ impl Agent {
         }
     }
 
-    async fn tick(&mut self) -> Result<()> {
+    /// The periodic work: each step's failure is recorded (logged once, counted, shown) and
+    /// the step retried at the next tick; nothing here ends the process.
+    async fn tick(&mut self) {
         if let Ok(text) = std::fs::read_to_string(&self.path)
             && text != self.text
             && Some(&text) != self.refused_text.as_ref()
@@ -255,25 +269,30 @@ impl Agent {
         }
         let mut changed = self.backends.refresh(&self.h, &self.live).await;
         if self.config.uplink.addresses.is_empty() {
-            match netlink::global_addresses(&self.h, self.uplink.index).await {
-                Ok(now) if !now.is_empty() && now != self.host_addrs => {
+            let read = netlink::global_addresses(&self.h, self.uplink.index).await;
+            match &read {
+                Ok(now) if !now.is_empty() && *now != self.host_addrs => {
                     info!(uplink = %self.uplink.name, addresses = ?now, "host addresses changed");
-                    self.host_addrs = now;
+                    self.host_addrs = now.clone();
                     changed = true;
                 }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e.report(), "cannot re-read the uplink's addresses"),
+                _ => {}
             }
+            self.shared.health.record(Task::HostAddresses, read.map(drop));
         }
-        if changed {
-            self.sync()?;
+        // A failed write is retried at the next tick even if nothing changes meanwhile.
+        if changed || self.shared.health.get(Task::SyncMaps).1 {
+            let outcome = self.sync();
+            self.shared.health.record(Task::SyncMaps, outcome);
         }
-        self.attach_tc().await?;
         let gateways = self.gateways().await;
-        self.observe_surroundings(&gateways).await;
-        self.flush_sni()?;
+        let outcome = self.attach_tc(&gateways).await;
+        self.shared.health.record(Task::AttachTc, outcome);
+        let outcome = self.observe_surroundings(&gateways).await;
+        self.shared.health.record(Task::Surroundings, outcome);
+        let outcome = self.flush_sni();
+        self.shared.health.record(Task::FlushCounters, outcome);
         self.summarise_refusals();
-        Ok(())
     }
 
     fn sync(&mut self) -> Result<()> {
@@ -281,10 +300,17 @@ impl Agent {
     }
 
     /// Where the backends live: the steering backends' bridges and the splitters' backends'
-    /// interfaces.
-    async fn gateways(&self) -> Vec<Link> {
+    /// interfaces. A splitter backend without a route is logged once (until it has one).
+    async fn gateways(&mut self) -> Vec<Link> {
         let mut gateways: Vec<Link> = self.backends.resolved.values().map(|r| r.gateway.clone()).collect();
-        for g in splitter_gateways(&self.h, &self.live).await {
+        let (links, problems) = splitter_gateways(&self.h, &self.live).await;
+        for (backend, error) in &problems {
+            if !self.gateway_problems.contains(backend) {
+                warn!(%backend, %error, "splitter: no route to the backend (logged once until it has one)");
+            }
+        }
+        self.gateway_problems = problems.into_iter().map(|(b, _)| b).collect();
+        for g in links {
             if !gateways.iter().any(|l| l.index == g.index) {
                 gateways.push(g);
             }
@@ -293,45 +319,50 @@ impl Agent {
     }
 
     /// Re-reads the uplink's surroundings and writes what changed; a failure keeps what the
-    /// maps say and is retried at the next tick.
-    async fn observe_surroundings(&mut self, gateways: &[Link]) {
-        let now = match surroundings::observe(&self.h, &self.uplink, &self.host_addrs, gateways).await {
-            Ok(now) => now,
-            Err(e) => return warn!(error = %e.report(), "cannot read the uplink's gateway and subnets; retrying"),
-        };
+    /// maps say (and is retried at the next tick).
+    async fn observe_surroundings(&mut self, gateways: &[Link]) -> Result<()> {
+        let now = surroundings::observe(&self.h, &self.uplink, &self.host_addrs, gateways).await?;
         if now == self.surroundings {
-            return;
+            return Ok(());
         }
-        match surroundings::write(&mut self.dp.maps, &self.surroundings, &now) {
-            Ok(()) => {
-                if let Some(running) = &self.splitter {
-                    running.set_backend_nets(now.backend_nets.clone());
-                }
-                self.surroundings = now;
-            }
-            Err(e) => warn!(error = %e.report(), "cannot write the source prefixes or fallback paths; retrying"),
+        surroundings::write(&mut self.dp.maps, &self.surroundings, &now)?;
+        if let Some(running) = &self.splitter {
+            running.set_backend_nets(now.backend_nets.clone());
         }
+        self.surroundings = now;
+        Ok(())
     }
 
     /// Attaches `reply_out` where replies arrive: the steering backends' bridges and the
     /// splitters' backends' interfaces.
-    async fn attach_tc(&mut self) -> Result<()> {
-        for g in self.gateways().await {
-            if self.tc_done.insert(g.index) {
-                match self.dp.ensure_tc(&g)? {
-                    Attach::Attached(mode) => info!(interface = %g.name, mode, "attached reply_out (TC ingress)"),
-                    Attach::Adopted => info!(interface = %g.name, "adopted attached reply_out (TC ingress)"),
+    async fn attach_tc(&mut self, gateways: &[Link]) -> Result<()> {
+        let mut failed = None;
+        for g in gateways {
+            if self.tc_done.contains(&g.index) {
+                continue;
+            }
+            // An interface that cannot take it now is tried again at the next tick; the others
+            // are attached meanwhile.
+            match self.dp.ensure_tc(g) {
+                Ok(Attach::Attached(mode)) => info!(interface = %g.name, mode, "attached reply_out (TC ingress)"),
+                Ok(Attach::Adopted) => info!(interface = %g.name, "adopted attached reply_out (TC ingress)"),
+                Err(e) => {
+                    failed = Some(e);
+                    continue;
                 }
             }
+            self.tc_done.insert(g.index);
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
 
+    /// Writes the splitters' counters and the tasks' health to the pins.
     fn flush_sni(&mut self) -> Result<()> {
         let sni = self.config.sni.iter().flat_map(|s| s.routes.iter().map(|r| r.name.clone()));
         let http = self.config.http.iter().flat_map(|h| h.routes.iter().map(|r| r.name.clone()));
         let names: Vec<String> = sni.chain(http).collect();
-        self.shared.sni.flush(&mut self.dp.maps.sni, &names)
+        self.shared.sni.flush(&mut self.dp.maps.sni, &names)?;
+        self.shared.health.flush(&mut self.dp.maps.task_health)
     }
 
     fn summarise_refusals(&mut self) {
@@ -411,44 +442,74 @@ impl Agent {
         Ok(())
     }
 
+    /// Applies a parsed configuration. Everything that can fail is prepared first (the uplink's
+    /// addresses, the metrics listener, the splitters' new listeners and routing, which put
+    /// themselves back on failure); only then is the new configuration committed. Writing the
+    /// maps and attaching the reply path afterwards are periodic work: a failure there is
+    /// reported and retried every second, not a refusal.
     async fn apply_live(&mut self, new: Config, live: Config) -> Result<()> {
+        let host_addrs = if new.uplink.addresses != self.config.uplink.addresses {
+            Some(host_addresses(&self.h, &new, &self.uplink).await?)
+        } else {
+            None
+        };
+        let metrics_was = self.config.metrics.as_ref().map(|m| m.listen);
+        let metrics_now = new.metrics.as_ref().map(|m| m.listen);
+        let metrics = match metrics_now {
+            Some(listen) if metrics_now != metrics_was => {
+                Some(MetricsServer::start(listen, self.shared.clone()).await?)
+            }
+            _ => None,
+        };
         // Listeners first: a port that cannot be bound refuses the whole reload.
-        match (&mut self.splitter, live.splitter()) {
-            (Some(running), Some(sni)) => running.update(&self.h, &sni, live.http.as_ref(), &self.listeners).await?,
-            (None, Some(sni)) => {
-                let (http, stats, challenges) = (live.http.as_ref(), self.shared.sni.clone(), self.challenges.clone());
-                let running = SplitterRunning::start(&self.h, &sni, http, &self.listeners, stats, challenges).await?;
-                running.set_backend_nets(self.surroundings.backend_nets.clone());
-                self.splitter = Some(running);
-            }
-            (Some(_), None) => {
-                if let Some(running) = self.splitter.take() {
-                    running.stop(&self.h).await?;
+        let splitter = async {
+            match (&mut self.splitter, live.splitter()) {
+                (Some(running), Some(sni)) => running.update(&self.h, &sni, live.http.as_ref(), &self.listeners).await,
+                (None, Some(sni)) => {
+                    let (http, stats, challenges) =
+                        (live.http.as_ref(), self.shared.sni.clone(), self.challenges.clone());
+                    let running =
+                        SplitterRunning::start(&self.h, &sni, http, &self.listeners, stats, challenges).await?;
+                    running.set_backend_nets(self.surroundings.backend_nets.clone());
+                    self.splitter = Some(running);
+                    Ok(())
                 }
+                (Some(_), None) => match self.splitter.take() {
+                    Some(running) => running.stop(&self.h).await,
+                    None => Ok(()),
+                },
+                (None, None) => Ok(()),
             }
-            (None, None) => {}
+        };
+        if let Err(e) = splitter.await {
+            if let Some(m) = metrics {
+                m.stop().await;
+            }
+            return Err(e);
         }
-        if new.uplink.addresses != self.config.uplink.addresses {
-            self.host_addrs = host_addresses(&self.h, &new, &self.uplink).await?;
+        // Commit.
+        if let Some(addrs) = host_addrs {
+            self.host_addrs = addrs;
             info!(addresses = ?self.host_addrs, "host addresses");
         }
-        let metrics_was = self.config.metrics.as_ref().map(|m| m.listen);
-        self.config = new;
-        self.live = live;
-        self.backends.refresh(&self.h, &self.live).await;
-        self.sync()?;
-        self.attach_tc().await?;
-        self.follow_acme();
-        let metrics_now = self.config.metrics.as_ref().map(|m| m.listen);
         if metrics_now != metrics_was {
             if let Some(m) = self.metrics.take() {
                 m.stop().await;
             }
+            self.metrics = metrics;
             if let Some(listen) = metrics_now {
-                self.metrics = Some(MetricsServer::start(listen, self.shared.clone()).await?);
                 info!(%listen, "metrics: serving /metrics");
             }
         }
+        self.config = new;
+        self.live = live;
+        self.backends.refresh(&self.h, &self.live).await;
+        let outcome = self.sync();
+        self.shared.health.record(Task::SyncMaps, outcome);
+        let gateways = self.gateways().await;
+        let outcome = self.attach_tc(&gateways).await;
+        self.shared.health.record(Task::AttachTc, outcome);
+        self.follow_acme();
         Ok(())
     }
 
@@ -461,7 +522,10 @@ impl Agent {
         if let (Some(running), Some(sni)) = (&mut self.splitter, self.live.splitter()) {
             running.update(&self.h, &sni, self.live.http.as_ref(), &self.listeners).await?;
         }
-        self.attach_tc().await
+        let gateways = self.gateways().await;
+        let outcome = self.attach_tc(&gateways).await;
+        self.shared.health.record(Task::AttachTc, outcome);
+        Ok(())
     }
 
     /// Drains the splitter, removes its routing and writes the final counters.
@@ -519,17 +583,21 @@ async fn host_addresses(h: &Handle, config: &Config, uplink: &Link) -> Result<Ve
 
 /// The interfaces the splitters' transparent backends are reached through (their replies
 /// arrive there and must be marked by `reply_out`); loopback backends need none.
-async fn splitter_gateways(h: &Handle, live: &Config) -> Vec<Link> {
+/// The interfaces the splitters' transparent backends are reached through, and the backends
+/// whose interface cannot be found now (with why).
+async fn splitter_gateways(h: &Handle, live: &Config) -> (Vec<Link>, Vec<(SocketAddr, String)>) {
     let mut out: Vec<Link> = Vec::new();
+    let mut problems = Vec::new();
     for b in live.transparent_backends().filter(|b| !b.ip().is_loopback() && !b.ip().is_unspecified()) {
-        match netlink::route_oif(h, b.ip()).await {
-            Ok(oif) => match netlink::link_by_index(h, oif).await {
-                Ok(link) if link.index != 1 && !out.iter().any(|l| l.index == link.index) => out.push(link),
-                Ok(_) => {}
-                Err(e) => warn!(backend = %b, error = %e.report(), "splitter: cannot find the backend's interface"),
-            },
-            Err(e) => warn!(backend = %b, error = %e.report(), "splitter: no route to the backend"),
+        let link = match netlink::route_oif(h, b.ip()).await {
+            Ok(oif) => netlink::link_by_index(h, oif).await,
+            Err(e) => Err(e),
+        };
+        match link {
+            Ok(link) if link.index != 1 && !out.iter().any(|l| l.index == link.index) => out.push(link),
+            Ok(_) => {}
+            Err(e) => problems.push((b, e.report())),
         }
     }
-    out
+    (out, problems)
 }

@@ -122,7 +122,14 @@ impl SplitterRunning {
         let routing = routing_for(sni, http);
         if routing != self.routing {
             self.routing.remove(h).await?;
-            routing.install(h).await?;
+            if let Err(e) = routing.install(h).await {
+                // All or nothing: the new routing goes, the old one comes back.
+                let _ = routing.remove(h).await;
+                if let Err(restore) = self.routing.install(h).await {
+                    warn!(error = %restore.report(), "splitter: could not restore the policy routing");
+                }
+                return Err(e);
+            }
             info!(mark = format!("{:#x}", routing.mark), table = routing.table, "splitter: policy routing replaced");
             self.routing = routing;
         }

@@ -15,7 +15,7 @@ use crate::{
     error::{Error, Result},
     netlink::{self, Link},
     rules::addr16,
-    sources::{Prefix, source_prefixes, trie_key},
+    sources::{Prefix, from_trie_key, source_prefixes, trie_key},
 };
 
 /// What the maps should say.
@@ -36,7 +36,9 @@ pub struct Surroundings {
 pub async fn observe(h: &Handle, uplink: &Link, host_addrs: &[IpAddr], backend_links: &[Link]) -> Result<Surroundings> {
     let uplink_nets = netlink::subnets(h, uplink.index).await?;
     let mut backend_nets = Vec::new();
-    for l in backend_links {
+    // A backend reached through the uplink itself (a route to a container host on the LAN)
+    // makes no subnet internal: the uplink's clients come from there.
+    for l in backend_links.iter().filter(|l| l.index != uplink.index) {
         backend_nets.extend(netlink::subnets(h, l.index).await?);
     }
     backend_nets.sort();
@@ -58,6 +60,21 @@ pub async fn observe(h: &Handle, uplink: &Link, host_addrs: &[IpAddr], backend_l
         }
     }
     Ok(Surroundings { prefixes: source_prefixes(&uplink_nets, host_addrs, &backend_nets), fallback, backend_nets })
+}
+
+/// What the maps say now (after an adopted datapath: what an earlier agent wrote), as the
+/// baseline the first `write` compares with, so that nothing stale survives.
+pub fn current(maps: &Maps) -> Result<Surroundings> {
+    let mut prefixes = BTreeMap::new();
+    for entry in maps.source_prefixes.iter() {
+        let (k, v) = entry.map_err(|source| Error::Map { map: "source_prefixes", source })?;
+        prefixes.insert(from_trie_key(k.prefix_len(), k.data()), v);
+    }
+    let mut fallback = [ReturnPath::default(); 2];
+    for (i, f) in fallback.iter_mut().enumerate() {
+        *f = maps.fallback_paths.get(&(i as u32), 0).map_err(|source| Error::Map { map: "fallback_paths", source })?;
+    }
+    Ok(Surroundings { prefixes, fallback, backend_nets: Vec::new() })
 }
 
 /// Writes what changed between `old` and `new` to the maps: new and changed prefixes first,

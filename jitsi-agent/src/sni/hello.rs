@@ -108,14 +108,18 @@ pub fn examine(buf: &[u8], max: usize) -> Result<Progress, HelloError> {
     }
 }
 
-/// How many bytes [`examine`] needs before its verdict can change from `NeedMore`: at most
-/// `buf.len()` once the records present hold the whole first handshake message (or are
-/// malformed, or not TLS), else the end of the first record or record header still missing.
+/// How many bytes [`examine`] (with the same `max`) needs before its verdict can change from
+/// `NeedMore`: at most `buf.len()` once the complete records present decide it (the whole
+/// first handshake message, one that is not a ClientHello or longer than `max`, a malformed
+/// record, not TLS), else the end of the first record or record header still missing.
 /// Walking the record headers costs a few comparisons per record, so a hello trickled in many
 /// reads is parsed once it is complete, not once per read.
-pub fn bytes_needed(buf: &[u8]) -> usize {
+pub fn bytes_needed(buf: &[u8], max: usize) -> usize {
     if buf.first().is_some_and(|&b| b != CONTENT_HANDSHAKE) {
         return 1;
+    }
+    if buf.get(1).is_some_and(|&v| v != 3) {
+        return 2; // not a TLS record version: examine says NotTls now
     }
     let mut off = 0;
     // The first four handshake bytes (type and length), how many of them are here, and how
@@ -138,7 +142,9 @@ pub fn bytes_needed(buf: &[u8]) -> usize {
         }
         handshake += len;
         off += RECORD_HEADER + len;
-        if filled == 4 && handshake >= 4 + hs_body_len(&head) {
+        let decided = head[0] != HANDSHAKE_CLIENT_HELLO
+            || filled == 4 && (handshake >= 4 + hs_body_len(&head) || 4 + hs_body_len(&head) > max);
+        if decided {
             return off;
         }
     }

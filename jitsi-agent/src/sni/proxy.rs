@@ -283,12 +283,18 @@ impl Proxy {
     async fn read_hello(settings: &Sni, s: &mut TcpStream) -> Result<(Vec<u8>, Hello), (Refusal, String)> {
         let deadline = tokio::time::Instant::now() + secs(settings.hello_timeout_secs);
         let mut buf = Vec::with_capacity(2048);
-        let verdict = read_until(s, &mut buf, settings.max_hello_bytes, deadline, bytes_needed, |b| {
-            match examine(b, settings.max_hello_bytes)? {
+        let max = settings.max_hello_bytes;
+        let verdict = read_until(
+            s,
+            &mut buf,
+            max,
+            deadline,
+            |b| bytes_needed(b, max),
+            |b| match examine(b, settings.max_hello_bytes)? {
                 Progress::Done(h) => Ok(Some(h)),
                 Progress::NeedMore => Ok(None),
-            }
-        })
+            },
+        )
         .await;
         match verdict {
             Ok(Ok(h)) => Ok((buf, h)),
@@ -445,6 +451,8 @@ impl Proxy {
                 return Self::answer(&mut client, &response(308, "Permanent Redirect", Some(&location), "")).await;
             }
             http_router::Decision::Challenge(Some(key_authorization)) => {
+                // The agent's own validation: out of the pending pool, which a flood churns.
+                admission.unpool();
                 info!(client = %peer, host = ?head.host.as_ref().map(ToString::to_string), "acme: answered an HTTP-01 challenge");
                 return Self::answer(&mut client, &response(200, "OK", None, &key_authorization)).await;
             }
@@ -524,7 +532,7 @@ impl Proxy {
         drop(first);
         let _open = OpenGuard::new(&stats.open);
         if !whole {
-            let down = answer_only(client, upstream, secs(settings.idle_timeout_secs)).await;
+            let down = tokio::time::timeout(CHALLENGE_DEADLINE, answer_only(client, upstream)).await.unwrap_or(0);
             stats.bytes_down.fetch_add(down, Ordering::Relaxed);
             debug!(route = %route.name, client = %peer, down, "http: relayed one ACME challenge request");
             return;
@@ -540,14 +548,19 @@ impl Proxy {
 /// Failed accepts closer together than this are one burst (one log line).
 const ACCEPT_ERROR_BURST: Duration = Duration::from_secs(10);
 
+/// How long relaying one ACME validation request may take in all: it is outside the pools,
+/// so it must not be able to stay open.
+const CHALLENGE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// After the one request was sent: half-closes the way to the backend and copies its answer to
-/// the client (within `idle` per read), then closes. Returns the bytes passed back.
-async fn answer_only(mut client: TcpStream, mut upstream: TcpStream, idle: Duration) -> u64 {
+/// the client, then closes (the caller bounds the whole). Returns the bytes passed back
+/// (those of an answer cut by the deadline are not counted).
+async fn answer_only(mut client: TcpStream, mut upstream: TcpStream) -> u64 {
     use tokio::io::AsyncReadExt as _;
     let _ = upstream.shutdown().await;
     let mut buf = vec![0u8; 16 * 1024];
     let mut down = 0u64;
-    while let Ok(Ok(n)) = tokio::time::timeout(idle, upstream.read(&mut buf)).await {
+    while let Ok(n) = upstream.read(&mut buf).await {
         if n == 0 || client.write_all(&buf[..n]).await.is_err() {
             break;
         }

@@ -39,6 +39,20 @@ pub struct Status {
     /// The certificates of `[acme]` (with `--config`): expiry from the files, the last error
     /// from what the agent recorded.
     pub certificates: Vec<crate::acme::CertState>,
+    /// The agent's periodic tasks: failures so far and whether each is failing now (as last
+    /// written by the agent).
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// One periodic task of the agent.
+#[derive(Debug, Serialize)]
+pub struct TaskStatus {
+    /// Its name (`attach_tc`, `follow_containers`...).
+    pub task: &'static str,
+    /// Failed runs so far.
+    pub failures: u64,
+    /// Whether its last run failed (it is retried every second).
+    pub failing: bool,
 }
 
 /// Counters read from the maps, without attachments or rates.
@@ -50,6 +64,8 @@ pub struct Counters {
     pub sni: SniStatus,
     /// Reasons.
     pub reasons: Vec<ReasonStatus>,
+    /// The periodic tasks.
+    pub tasks: Vec<TaskStatus>,
 }
 
 /// `[sni]` counters.
@@ -163,6 +179,7 @@ pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
         sni: first.sni,
         reasons: first.reasons,
         certificates: Vec::new(),
+        tasks: first.tasks,
     };
     if interval.is_zero() {
         return Ok(st);
@@ -187,6 +204,7 @@ pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
         r.connections_per_sec = rate(r.connections, conns.get(&r.name).copied().unwrap_or(r.connections));
     }
     st.reasons = second.reasons;
+    st.tasks = second.tasks;
     Ok(st)
 }
 
@@ -243,7 +261,17 @@ pub fn read_maps(pin_dir: &Path) -> Result<Counters> {
             bytes: per_cpu.iter().map(|s| s.bytes).sum(),
         });
     }
-    Ok(Counters { rules: rules.into_values().collect(), sni: read_sni(&maps)?, reasons })
+    Ok(Counters { rules: rules.into_values().collect(), sni: read_sni(&maps)?, reasons, tasks: read_tasks(&maps)? })
+}
+
+fn read_tasks(maps: &Maps) -> Result<Vec<TaskStatus>> {
+    let slot =
+        |i: usize| maps.task_health.get(&(i as u32), 0).map_err(|source| Error::Map { map: "task_health", source });
+    crate::health::TASKS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Ok(TaskStatus { task: t.name(), failures: slot(2 * i)?, failing: slot(2 * i + 1)? != 0 }))
+        .collect()
 }
 
 fn read_sni(maps: &Maps) -> Result<SniStatus> {

@@ -99,6 +99,10 @@ impl std::fmt::Display for Status {
                 writeln!(f, "{:<28} {expires:<22} {left:>9}  {}", c.name, c.last_error.as_deref().unwrap_or("-"))?;
             }
         }
+        for t in self.tasks.iter().filter(|t| t.failures > 0) {
+            let now = if t.failing { "FAILING now, retried every second" } else { "recovered" };
+            writeln!(f, "\nperiodic task {}: {} failure(s), {now} (see the log)", t.task, t.failures)?;
+        }
         writeln!(f, "\n{:<28} {:<6} {:>12} {:>14}", "REASON", "ACTION", "PACKETS", "BYTES")?;
         for r in self.reasons.iter().filter(|r| r.packets > 0) {
             writeln!(f, "{:<28} {:<6} {:>12} {:>14}", r.reason, r.action, r.packets, r.bytes)?;

@@ -176,23 +176,21 @@ fn verdict_does_not_depend_on_how_bytes_arrive() {
 fn bytes_needed_never_skips_a_verdict() {
     // At every cut of every recorded hello (and of one re-split into 100-byte records, and of
     // garbage), while fewer bytes than bytes_needed are there examine says NeedMore: skipping
-    // it until then loses nothing. With the whole hello, examine is due.
+    // it until then loses nothing. With the whole input, examine is due.
     let fragmented = refragment(&data("chromium-meet.bin"), 100);
     let mut garbage = data("curl-turn.bin");
     garbage[5] = 2; // a ServerHello
-    let files = RECORDED.iter().map(|(f, _)| data(f)).chain([fragmented, garbage]);
+    let files = RECORDED.iter().map(|(f, _)| data(f)).chain([fragmented, garbage, vec![22, 0, 1, 2, 3, 4]]);
     for b in files {
-        for cut in 0..=b.len() {
-            let need = bytes_needed(&b[..cut]);
-            if need > cut {
-                assert_eq!(
-                    examine(&b[..cut], DEFAULT_MAX_HELLO),
-                    Ok(Progress::NeedMore),
-                    "{}-byte input cut at {cut}",
-                    b.len()
-                );
+        // The default limit, and one the hellos exceed (examine refuses as soon as it knows).
+        for max in [DEFAULT_MAX_HELLO, 600] {
+            for cut in 0..=b.len() {
+                if cut < bytes_needed(&b[..cut], max).min(max) {
+                    let verdict = examine(&b[..cut], max);
+                    assert_eq!(verdict, Ok(Progress::NeedMore), "{}-byte input cut at {cut}, max {max}", b.len());
+                }
             }
+            assert!(bytes_needed(&b, max) <= b.len(), "{}-byte input: complete, examine is due", b.len());
         }
-        assert!(bytes_needed(&b) <= b.len(), "{}-byte input: complete, examine is due", b.len());
     }
 }

@@ -1,0 +1,196 @@
+//! A real systemd for the tests: Debian 12 made with `debootstrap` from Debian's packages
+//! (cached under `target/systemd-root/`), booted with `systemd-nspawn -b` inside one of the
+//! lab's network namespaces. Where no systemd runs as PID 1 nspawn cannot register with one,
+//! hence `--register=no --keep-unit`; its own seccomp filter would refuse `bpf(2)`, hence the
+//! `--system-call-filter` additions. Each machine boots from its own copy of the cached root
+//! and is powered off and removed on drop.
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::netns::{NetNs, run, unique_name};
+
+/// Where the debootstrapped root is cached.
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/systemd-root")
+}
+
+/// The Debian mirror this machine's apt uses (deb.debian.org if none is configured).
+fn mirror() -> String {
+    std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("URIs:").map(|u| u.trim().to_string())))
+        .and_then(|u| u.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "http://deb.debian.org/debian".into())
+}
+
+/// The cached Debian 12 root (minbase, systemd, dbus, iproute2), made once.
+pub fn debian_root() -> Result<PathBuf> {
+    let root = cache_dir().join("bookworm");
+    if root.join("usr/lib/systemd/systemd").exists() {
+        return Ok(root);
+    }
+    let tmp = cache_dir().join(unique_name("bookworm-making"));
+    std::fs::create_dir_all(&tmp)?;
+    let out = Command::new("debootstrap")
+        .args(["--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2", "bookworm"])
+        .arg(&tmp)
+        .arg(mirror())
+        .output()
+        .context("running debootstrap (Debian package debootstrap)")?;
+    if !out.status.success() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        bail!("debootstrap failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    std::fs::rename(&tmp, &root)?;
+    Ok(root)
+}
+
+/// A booted Debian 12 with a real systemd as its PID 1.
+pub struct Machine {
+    root: PathBuf,
+    nspawn: Child,
+    pid1: u32,
+}
+
+impl Machine {
+    /// Copies the cached root, installs `deb` in it with `apt-get install` (offline: its
+    /// dependencies are in the base system), lets `prepare` write files into the root, then
+    /// boots it in `ns` (with `/run/netns` bound so the agent finds the backends' namespaces)
+    /// and waits until systemd reports the system running.
+    pub fn boot(ns: &NetNs, deb: &Path, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
+        let cached = debian_root()?;
+        let root = cache_dir().join(unique_name("machine"));
+        run(Command::new("cp").args(["-a", "--reflink=auto"]).arg(&cached).arg(&root))?;
+        let deb_in_root = Path::new("/root").join(deb.file_name().context("a .deb file name")?);
+        std::fs::copy(deb, root.join(deb_in_root.strip_prefix("/")?))?;
+        let machine_name = unique_name("jl-machine");
+        let install = Command::new("systemd-nspawn")
+            .args(["-q", "--register=no", "--keep-unit", "-M", &machine_name, "-D"])
+            .arg(&root)
+            .args(["apt-get", "install", "-y", "-q"])
+            .arg(&deb_in_root)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()?;
+        if !install.status.success() {
+            bail!(
+                "apt-get install {} failed:\n{}{}",
+                deb.display(),
+                String::from_utf8_lossy(&install.stdout),
+                String::from_utf8_lossy(&install.stderr)
+            );
+        }
+        prepare(&root)?;
+        let nspawn = Command::new("systemd-nspawn")
+            .args(["-q", "--register=no", "--keep-unit", "-M", &machine_name, "-D"])
+            .arg(&root)
+            .arg(format!("--network-namespace-path=/run/netns/{}", ns.name()))
+            .args([
+                "--capability=all",
+                "--system-call-filter=bpf perf_event_open setns mount",
+                "--bind=/run/netns",
+                "-b",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running systemd-nspawn (Debian package systemd-container)")?;
+        let mut m = Machine { root, nspawn, pid1: 0 };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if m.pid1 == 0 {
+                m.pid1 = std::fs::read_to_string(format!("/proc/{}/task/{}/children", m.nspawn.id(), m.nspawn.id()))
+                    .ok()
+                    .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+                    .unwrap_or(0);
+            }
+            if m.pid1 != 0 {
+                let state = m.exec("systemctl", &["is-system-running"])?;
+                let state = String::from_utf8_lossy(&state.stdout).trim().to_string();
+                if state == "running" || state == "degraded" {
+                    return Ok(m);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("the machine did not boot within 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `cmd args` inside the machine (all its namespaces), whatever its exit status.
+    pub fn exec(&self, cmd: &str, args: &[&str]) -> Result<Output> {
+        Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-a", cmd])
+            .args(args)
+            .output()
+            .with_context(|| format!("nsenter {cmd}"))
+    }
+
+    /// `systemctl args` inside the machine; fails with its output when it fails.
+    pub fn systemctl(&self, args: &[&str]) -> Result<String> {
+        let out = self.exec("systemctl", args)?;
+        if !out.status.success() {
+            bail!(
+                "systemctl {} failed: {}{}\n{}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                self.journal("jitsi-agent")
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// `journalctl -u unit` inside the machine, as plain text.
+    pub fn journal(&self, unit: &str) -> String {
+        self.exec("journalctl", &["-u", unit, "--no-pager", "-o", "cat"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A path inside the machine's root, from outside.
+    pub fn path(&self, inside: &str) -> PathBuf {
+        self.root.join(inside.trim_start_matches('/'))
+    }
+
+    /// The process id (in the host's view) of the unit's main process.
+    pub fn main_pid(&self, unit: &str) -> Result<u32> {
+        let inner: u32 = self.systemctl(&["show", "-p", "MainPID", "--value", unit])?.parse()?;
+        if inner == 0 {
+            bail!("{unit} has no main process");
+        }
+        // The machine has its own PID namespace: read the process's status from inside.
+        Ok(inner)
+    }
+
+    /// `/proc/<pid>/status` of a process of the machine (pid as the machine sees it).
+    pub fn proc_status(&self, pid: u32) -> Result<String> {
+        let out = self.exec("cat", &[&format!("/proc/{pid}/status")])?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        if self.pid1 != 0 {
+            let _ = self.exec("systemctl", &["poweroff", "--no-block"]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
