@@ -124,6 +124,10 @@ pub async fn signal(name: &str, signal: &str, subnet: Option<Layout>) -> Result<
     Ok(Some(c.id.clone()))
 }
 
+/// Where the watcher reports whether the engine can be reached and the containers looked up
+/// (the agent's health: `docker_engine`).
+pub type Report = std::sync::Arc<dyn Fn(Result<()>) + Send + Sync>;
+
 /// The running watcher: the latest [`Containers`] in a watch channel.
 pub struct DockerWatch {
     /// Updated on every change.
@@ -143,62 +147,85 @@ const RECONNECT: Duration = Duration::from_secs(1);
 const RESYNC: Duration = Duration::from_secs(10);
 
 impl DockerWatch {
-    /// Resolves `names` once (failing if the engine cannot be reached), then follows the
-    /// engine's container and network events.
-    pub async fn start(names: Vec<String>, subnet: Option<Layout>) -> Result<Self> {
-        let docker = connect().await?;
-        let first = resolve(&docker, &names, subnet).await?;
-        log_changes(&Containers::new(), &first);
+    /// Resolves `names` once, then follows the engine's container and network events. An
+    /// engine that cannot be reached is reported, not fatal: the containers count as not
+    /// running until it answers (their steered traffic is dropped as `in_backend_down`, their
+    /// routes refused), and the watcher keeps reconnecting.
+    pub async fn start(names: Vec<String>, subnet: Option<Layout>, report: Report) -> Self {
+        let first = match connect().await {
+            Ok(docker) => resolve(&docker, &names, subnet).await,
+            Err(e) => Err(e),
+        };
+        let first = match first {
+            Ok(found) => {
+                log_changes(&Containers::new(), &found);
+                report(Ok(()));
+                found
+            }
+            Err(e) => {
+                report(Err(e));
+                names.iter().map(|n| (n.clone(), None)).collect()
+            }
+        };
         let (tx, rx) = watch::channel(first);
-        let task = tokio::spawn(follow(docker, names, subnet, tx));
-        Ok(DockerWatch { rx, task })
+        let task = tokio::spawn(follow(names, subnet, tx, report));
+        DockerWatch { rx, task }
     }
 }
 
-async fn follow(mut docker: Docker, names: Vec<String>, subnet: Option<Layout>, tx: watch::Sender<Containers>) {
+/// Follows the engine: a lookup after every burst of events and every [`RESYNC`]; a lost or
+/// unreachable engine is reported and reconnected to every [`RECONNECT`], the last known
+/// addresses staying meanwhile.
+async fn follow(names: Vec<String>, subnet: Option<Layout>, tx: watch::Sender<Containers>, report: Report) {
     loop {
-        let filters = HashMap::from([("type".to_string(), vec!["container".to_string(), "network".to_string()])]);
-        let mut events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
-        // Resolve after subscribing, so that nothing between the two is missed.
-        refresh(&docker, &names, subnet, &tx).await;
-        loop {
-            match tokio::time::timeout(RESYNC, events.next()).await {
-                Ok(Some(Ok(_event))) => {
-                    // Coalesce a burst (die, stop, start...) into one lookup.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(1), events.next()).await {}
-                    refresh(&docker, &names, subnet, &tx).await;
-                }
-                Err(_) => refresh(&docker, &names, subnet, &tx).await,
-                Ok(Some(Err(e))) => {
-                    warn!(error = %e, "docker: event stream failed; reconnecting");
-                    break;
-                }
-                Ok(None) => {
-                    warn!("docker: event stream ended; reconnecting");
-                    break;
-                }
-            }
+        if let Err(e) = follow_once(&names, subnet, &tx, &report).await {
+            report(Err(e));
         }
         tokio::time::sleep(RECONNECT).await;
-        match connect().await {
-            Ok(d) => docker = d,
-            Err(e) => warn!(error = %e.report(), "docker: cannot reconnect; the last known addresses stay"),
+    }
+}
+
+/// One connection to the engine, until it fails.
+async fn follow_once(
+    names: &[String],
+    subnet: Option<Layout>,
+    tx: &watch::Sender<Containers>,
+    report: &Report,
+) -> Result<()> {
+    let docker = connect().await?;
+    let filters = HashMap::from([("type".to_string(), vec!["container".to_string(), "network".to_string()])]);
+    let mut events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
+    // Resolve after subscribing, so that nothing between the two is missed.
+    refresh(&docker, names, subnet, tx).await?;
+    report(Ok(()));
+    loop {
+        match tokio::time::timeout(RESYNC, events.next()).await {
+            Ok(Some(Ok(_event))) => {
+                // Coalesce a burst (die, stop, start...) into one lookup.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while let Ok(Some(Ok(_))) = tokio::time::timeout(Duration::from_millis(1), events.next()).await {}
+                refresh(&docker, names, subnet, tx).await?;
+            }
+            Err(_) => refresh(&docker, names, subnet, tx).await?,
+            Ok(Some(Err(e))) => return Err(docker_err("following events")(e)),
+            Ok(None) => return Err(Error::io("docker: following events", std::io::Error::other("the stream ended"))),
         }
     }
 }
 
-async fn refresh(docker: &Docker, names: &[String], subnet: Option<Layout>, tx: &watch::Sender<Containers>) {
-    match resolve(docker, names, subnet).await {
-        Ok(now) => {
-            let before = tx.borrow().clone();
-            if now != before {
-                log_changes(&before, &now);
-                let _ = tx.send(now);
-            }
-        }
-        Err(e) => warn!(error = %e.report(), "docker: lookup failed; the last known addresses stay"),
+async fn refresh(
+    docker: &Docker,
+    names: &[String],
+    subnet: Option<Layout>,
+    tx: &watch::Sender<Containers>,
+) -> Result<()> {
+    let now = resolve(docker, names, subnet).await?;
+    let before = tx.borrow().clone();
+    if now != before {
+        log_changes(&before, &now);
+        let _ = tx.send(now);
     }
+    Ok(())
 }
 
 fn log_changes(before: &Containers, now: &Containers) {

@@ -29,16 +29,24 @@ pub enum Task {
     FlushCounters,
     /// Re-reading the uplink's addresses.
     HostAddresses,
+    /// Reaching the Docker engine and looking the containers up (the last known addresses
+    /// stay meanwhile).
+    DockerEngine,
+    /// The configuration file as it is on disk: failing while it is refused (unreadable,
+    /// invalid, or a change that cannot be applied); the running configuration stays.
+    ConfigFile,
 }
 
 /// Every task, in `task_health` slot order (slots `2 i`, `2 i + 1`).
-pub const TASKS: [Task; 6] = [
+pub const TASKS: [Task; 8] = [
     Task::SyncMaps,
     Task::AttachTc,
     Task::Surroundings,
     Task::FollowContainers,
     Task::FlushCounters,
     Task::HostAddresses,
+    Task::DockerEngine,
+    Task::ConfigFile,
 ];
 
 const _: () = assert!(TASKS.len() * 2 <= jitsi_common::TASK_SLOTS as usize, "task_health has no slot left");
@@ -53,6 +61,18 @@ impl Task {
             Task::FollowContainers => "follow_containers",
             Task::FlushCounters => "flush_counters",
             Task::HostAddresses => "host_addresses",
+            Task::DockerEngine => "docker_engine",
+            Task::ConfigFile => "config_file",
+        }
+    }
+
+    /// How the task is retried, for the log line that says it started failing (`None`: the
+    /// task logs its failures itself, as a refused reload does every time).
+    fn retried(self) -> Option<&'static str> {
+        match self {
+            Task::ConfigFile => None,
+            Task::DockerEngine => Some("failed; reconnecting every second (repeats are counted, not logged)"),
+            _ => Some("failed; retrying every second (repeats are counted, not logged)"),
         }
     }
 
@@ -83,8 +103,10 @@ impl Health {
             Err(e) => {
                 self.failures[i].fetch_add(1, Ordering::Relaxed);
                 let message = e.report();
-                if failing[i].as_ref() != Some(&message) {
-                    warn!(task = task.name(), error = %message, "failed; retrying every second (repeats are counted, not logged)");
+                if let Some(retried) = task.retried()
+                    && failing[i].as_ref() != Some(&message)
+                {
+                    warn!(task = task.name(), error = %message, "{retried}");
                 }
                 failing[i] = Some(message);
             }

@@ -127,9 +127,22 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // One line with the whole cause chain: readable on a terminal and under journald.
             eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
+            exit_code(&e)
         }
     }
+}
+
+/// `EX_CONFIG` (78, sysexits.h) when the configuration file is what failed: the unit does not
+/// restart the agent for that (`RestartPreventExitStatus=78`); 1 for everything else.
+fn exit_code(e: &anyhow::Error) -> std::process::ExitCode {
+    use jitsi_agent::error::Error;
+    let config = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<Error>(),
+            Some(Error::ConfigRead { .. } | Error::ConfigParse { .. } | Error::ConfigInvalid { .. })
+        )
+    });
+    std::process::ExitCode::from(if config { 78 } else { 1 })
 }
 
 /// Human output on a terminal; under journald (which adds the time and the unit) one plain

@@ -66,21 +66,40 @@ pub async fn ensure(h: &Handle, port: u32) -> Result<PeerNapi> {
         })?,
     };
     let file = File::open(&netns).map_err(|e| Error::io(format!("opening {}", netns.display()), e))?;
-    let changed = std::thread::spawn(move || -> std::io::Result<bool> {
+    // A thread of its own (never a pooled one: it leaves the host's namespace for good), awaited
+    // without blocking the async workers.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         // SAFETY: setns on a valid namespace fd; it changes only this short-lived thread.
-        if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        enable_gro(peer_index)
-    })
-    .join()
-    .map_err(|_| Error::io("GRO thread", std::io::Error::other("panicked")))?
-    .map_err(|e| Error::io(format!("turning GRO on for the peer of #{port}"), e))?;
+        let outcome = if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            enable_gro(peer_index)
+        };
+        let _ = tx.send(outcome);
+    });
+    let changed = rx
+        .await
+        .map_err(|_| Error::io("GRO thread", std::io::Error::other("ended without an answer")))?
+        .map_err(|e| Error::io(format!("turning GRO on for the peer of #{port}"), e))?;
     Ok(if changed { PeerNapi::Enabled(netns) } else { PeerNapi::AlreadyOn })
 }
 
 /// The namespace file whose nsid (as seen from here) is `nsid`.
 async fn find_netns(h: &Handle, nsid: i32) -> Result<Option<PathBuf>> {
+    let candidates = tokio::task::spawn_blocking(netns_files)
+        .await
+        .map_err(|e| Error::io("listing network namespaces", std::io::Error::other(e)))?;
+    for path in candidates {
+        if nsid_of(h, &path).await? == Some(nsid) {
+            return Ok(Some(path));
+        }
+    }
+    Ok(None)
+}
+
+/// The network namespace files under [`NETNS_DIRS`] and of every process, one per namespace.
+fn netns_files() -> Vec<PathBuf> {
     let mut candidates: Vec<PathBuf> = Vec::new();
     for dir in NETNS_DIRS {
         if let Ok(rd) = std::fs::read_dir(dir) {
@@ -95,16 +114,8 @@ async fn find_netns(h: &Handle, nsid: i32) -> Result<Option<PathBuf>> {
         );
     }
     let mut seen = std::collections::HashSet::new();
-    for path in candidates {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        if !seen.insert((meta.dev(), meta.ino())) {
-            continue;
-        }
-        if nsid_of(h, &path).await? == Some(nsid) {
-            return Ok(Some(path));
-        }
-    }
-    Ok(None)
+    candidates.retain(|path| std::fs::metadata(path).is_ok_and(|meta| seen.insert((meta.dev(), meta.ino()))));
+    candidates
 }
 
 /// `RTM_GETNSID` for the namespace file at `path`.

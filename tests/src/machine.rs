@@ -29,16 +29,23 @@ fn mirror() -> String {
         .unwrap_or_else(|| "http://deb.debian.org/debian".into())
 }
 
-/// The cached Debian 12 root (minbase, systemd, dbus, iproute2), made once.
+/// What the machine has beside minbase: systemd as PID 1, D-Bus, iproute2, and procps (the
+/// package's dependency, so that installing it needs no network).
+const ROOT_PACKAGES: &str = "systemd,systemd-sysv,dbus,iproute2,procps";
+
+/// The cached Debian 12 root (minbase and [`ROOT_PACKAGES`]), made once; a change of the list
+/// makes a new one.
 pub fn debian_root() -> Result<PathBuf> {
-    let root = cache_dir().join("bookworm");
+    // FNV-1a of the list: a stable name for this set of packages.
+    let key = ROOT_PACKAGES.bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+    let root = cache_dir().join(format!("bookworm-{:08x}", key as u32));
     if root.join("usr/lib/systemd/systemd").exists() {
         return Ok(root);
     }
     let tmp = cache_dir().join(unique_name("bookworm-making"));
     std::fs::create_dir_all(&tmp)?;
     let out = Command::new("debootstrap")
-        .args(["--variant=minbase", "--include=systemd,systemd-sysv,dbus,iproute2", "bookworm"])
+        .args(["--variant=minbase", &format!("--include={ROOT_PACKAGES}"), "bookworm"])
         .arg(&tmp)
         .arg(mirror())
         .output()
@@ -61,12 +68,16 @@ pub struct Machine {
 impl Machine {
     /// Copies the cached root, installs `deb` in it with `apt-get install` (offline: its
     /// dependencies are in the base system), lets `prepare` write files into the root, then
-    /// boots it in `ns` (with `/run/netns` bound so the agent finds the backends' namespaces)
-    /// and waits until systemd reports the system running.
-    pub fn boot(ns: &NetNs, deb: &Path, prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
+    /// boots it in `ns` (with `/run/netns` bound so the agent finds the backends' namespaces,
+    /// and each of `binds`, `HOST:MACHINE`) and waits until systemd reports the system running.
+    /// A machine that fails to boot is removed.
+    pub fn boot(ns: &NetNs, deb: &Path, binds: &[String], prepare: impl FnOnce(&Path) -> Result<()>) -> Result<Self> {
         let cached = debian_root()?;
         let root = cache_dir().join(unique_name("machine"));
-        run(Command::new("cp").args(["-a", "--reflink=auto"]).arg(&cached).arg(&root))?;
+        let copied = run(Command::new("cp").args(["-a", "--reflink=auto"]).arg(&cached).arg(&root));
+        // From here on the copy is removed on every way out (Drop, or this guard before boot).
+        let guard = RemoveOnFailure(Some(root.clone()));
+        copied?;
         let deb_in_root = Path::new("/root").join(deb.file_name().context("a .deb file name")?);
         std::fs::copy(deb, root.join(deb_in_root.strip_prefix("/")?))?;
         let machine_name = unique_name("jl-machine");
@@ -90,25 +101,30 @@ impl Machine {
             .args(["-q", "--register=no", "--keep-unit", "-M", &machine_name, "-D"])
             .arg(&root)
             .arg(format!("--network-namespace-path=/run/netns/{}", ns.name()))
-            .args([
-                "--capability=all",
-                "--system-call-filter=bpf perf_event_open setns mount",
-                "--bind=/run/netns",
-                "-b",
-            ])
+            .args(["--capability=all", "--system-call-filter=bpf perf_event_open setns mount", "--bind=/run/netns"])
+            .args(binds.iter().map(|b| format!("--bind={b}")))
+            .arg("-b")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .context("running systemd-nspawn (Debian package systemd-container)")?;
+        drop(guard.disarm());
         let mut m = Machine { root, nspawn, pid1: 0 };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if m.pid1 == 0 {
-                m.pid1 = std::fs::read_to_string(format!("/proc/{}/task/{}/children", m.nspawn.id(), m.nspawn.id()))
-                    .ok()
-                    .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
-                    .unwrap_or(0);
+                let child: u32 =
+                    std::fs::read_to_string(format!("/proc/{}/task/{}/children", m.nspawn.id(), m.nspawn.id()))
+                        .ok()
+                        .and_then(|c| c.split_whitespace().next().and_then(|p| p.parse().ok()))
+                        .unwrap_or(0);
+                // The machine's init: PID 1 in its own PID namespace (NSpid: host's, machine's).
+                let status = std::fs::read_to_string(format!("/proc/{child}/status")).unwrap_or_default();
+                let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap_or("");
+                if child != 0 && nspid.split_whitespace().last() == Some("1") {
+                    m.pid1 = child;
+                }
             }
             if m.pid1 != 0 {
                 let state = m.exec("systemctl", &["is-system-running"])?;
@@ -122,6 +138,29 @@ impl Machine {
             }
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+
+    /// Installs (or upgrades to) `deb` with `apt-get install` inside the running machine, so
+    /// that its maintainer scripts talk to the machine's systemd.
+    pub fn install(&self, deb: &Path) -> Result<String> {
+        let name = deb.file_name().context("a .deb file name")?.to_string_lossy().into_owned();
+        std::fs::copy(deb, self.path(&format!("/root/{name}")))?;
+        self.apt(&["install", "-y", "-q", &format!("/root/{name}")])
+    }
+
+    /// `apt-get args` inside the machine (non-interactive); fails with its output.
+    pub fn apt(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new("nsenter")
+            .args(["-t", &self.pid1.to_string(), "-a", "apt-get"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()
+            .context("nsenter apt-get")?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        if !out.status.success() {
+            bail!("apt-get {} failed:\n{text}", args.join(" "));
+        }
+        Ok(text)
     }
 
     /// Runs `cmd args` inside the machine (all its namespaces), whatever its exit status.
@@ -155,6 +194,21 @@ impl Machine {
             .unwrap_or_default()
     }
 
+    /// Waits until `journalctl -u unit` has `needle` at least `times` times.
+    pub fn wait_journal(&self, unit: &str, needle: &str, times: usize, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let journal = self.journal(unit);
+            if journal.matches(needle).count() >= times {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{needle:?} not {times} time(s) in the journal of {unit} within {timeout:?}:\n{journal}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A path inside the machine's root, from outside.
     pub fn path(&self, inside: &str) -> PathBuf {
         self.root.join(inside.trim_start_matches('/'))
@@ -174,6 +228,24 @@ impl Machine {
     pub fn proc_status(&self, pid: u32) -> Result<String> {
         let out = self.exec("cat", &[&format!("/proc/{pid}/status")])?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// Removes a machine's root unless disarmed (a boot that failed before the machine existed).
+struct RemoveOnFailure(Option<PathBuf>);
+
+impl RemoveOnFailure {
+    fn disarm(mut self) -> Self {
+        self.0 = None;
+        self
+    }
+}
+
+impl Drop for RemoveOnFailure {
+    fn drop(&mut self) {
+        if let Some(root) = self.0.take() {
+            let _ = std::fs::remove_dir_all(root);
+        }
     }
 }
 

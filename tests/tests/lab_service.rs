@@ -434,3 +434,101 @@ fn a_bridge_that_cannot_take_the_reply_path_is_reported_retried_and_does_not_sto
     assert!(agent.log().contains("recovered"), "{}", agent.log());
     agent.stop().unwrap();
 }
+
+/// The `tasks` entry of `task` in `status --json`.
+fn task_state(lab: &Lab, task: &str) -> Value {
+    let st = lab.status().unwrap();
+    st["tasks"].as_array().unwrap().iter().find(|t| t["task"] == task).cloned().unwrap_or(Value::Null)
+}
+
+/// Waits until `task` is failing (or not) in `status`.
+fn wait_task(lab: &Lab, task: &str, failing: bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let t = task_state(lab, task);
+        if t["failing"] == failing || Instant::now() > deadline {
+            return t;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Lines of `log` about `task` (key=value or JSON-ish spelling).
+fn task_lines(log: &str, task: &str) -> usize {
+    log.lines().filter(|l| l.contains(&format!("task=\"{task}\"")) || l.contains(&format!("task={task}"))).count()
+}
+
+#[test]
+fn docker_going_away_an_unreadable_file_and_an_unbindable_port_leave_the_agent_serving() {
+    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
+    let jvb = lab.backend("jvb");
+    let _jvb = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let web = lab.backend("web");
+    let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    let engine = jitsi_tests::docker::DockerEngine::start(&lab.host, lab.work_dir()).unwrap();
+    // A rule that follows a container (none runs: its traffic is dropped as backend down).
+    let text = format!(
+        "{LAB_RULES}\n[metrics]\nlisten = \"127.0.0.1:9467\"\n\n[[steer]]\nname = \"ghost\"\nprotocol = \"udp\"\n\
+         port = 6000\ncontainer = \"ghost\"\n"
+    );
+    let config = lab.write_config(&text).unwrap();
+    let agent = AgentProcess::start_with_env(&lab.host, &config, &[("DOCKER_HOST", &engine.host)]).unwrap();
+    let client = udp_socket(&lab.inet, false).unwrap();
+    let serving = || {
+        let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), "still").unwrap();
+        assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
+    };
+    assert_eq!(task_state(&lab, "docker_engine")["failing"], false);
+
+    // Docker goes away: reported once, counted, shown, retried; the agent serves on.
+    drop(engine);
+    let t = wait_task(&lab, "docker_engine", true);
+    assert_eq!(t["failing"], true, "docker_engine: {t}");
+    let lines = task_lines(&agent.log(), "docker_engine");
+    std::thread::sleep(Duration::from_secs(3));
+    let t = task_state(&lab, "docker_engine");
+    assert!(t["failures"].as_u64().unwrap() >= 3, "reconnected every second: {t}");
+    assert_eq!(task_lines(&agent.log(), "docker_engine"), lines, "logged once:\n{}", agent.log());
+    let metrics = scrape_metrics(&lab.host, "127.0.0.1:9467");
+    assert!(metrics.contains("jitsi_agent_task_failing{task=\"docker_engine\"} 1"), "{metrics}");
+    serving();
+
+    // The file disappears (or cannot be read): the reload is refused, the rules stay.
+    let moved = config.with_extension("away");
+    std::fs::rename(&config, &moved).unwrap();
+    let t = wait_task(&lab, "config_file", true);
+    assert_eq!(t["failing"], true, "config_file: {t}");
+    assert!(agent.log().contains("cannot read config file"), "{}", agent.log());
+    serving();
+    std::fs::rename(&moved, &config).unwrap();
+    // The same text as runs: nothing to apply, but it is what runs again.
+    agent.signal(libc::SIGHUP);
+    assert_eq!(wait_task(&lab, "config_file", false)["failing"], false);
+
+    // A new listener whose port is taken: the whole reload is refused, nothing else changes.
+    let holder = lab.host.enter(|| TcpListener::bind("0.0.0.0:4443")).unwrap().unwrap();
+    let running = std::fs::read_to_string(&config).unwrap();
+    let with_sni = format!(
+        "{running}\n[sni]\nlisten = [\"0.0.0.0:4443\"]\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\n\
+         backend = \"192.0.2.12:8443\"\n"
+    );
+    replace_file(&config, &with_sni);
+    let t = wait_task(&lab, "config_file", true);
+    assert_eq!(t["failing"], true, "config_file: {t}");
+    let metrics = scrape_metrics(&lab.host, "127.0.0.1:9467");
+    assert!(metrics.contains("jitsi_agent_task_failing{task=\"config_file\"} 1"), "{metrics}");
+    assert!(!metrics.contains("jitsi_agent_config_reloads_total{result=\"failed\"} 0"), "{metrics}");
+    serving();
+    // Freed and asked again: applied.
+    drop(holder);
+    agent.signal(libc::SIGHUP);
+    assert_eq!(wait_task(&lab, "config_file", false)["failing"], false, "{}", agent.log());
+    let to = SocketAddr::new(HOST_V4.into(), 4443);
+    let mut s = lab.inet.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).unwrap().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&recorded_hello("chromium-meet.bin")).unwrap();
+    let mut greeting = [0u8; 64];
+    let n = s.read(&mut greeting).unwrap();
+    assert!(String::from_utf8_lossy(&greeting[..n]).starts_with(&format!("seen {CLIENT_V4}:")));
+    agent.stop().unwrap();
+}

@@ -1,7 +1,11 @@
 //! The Debian package under a real systemd 252: a Debian 12 root from `debootstrap`, booted
 //! with `systemd-nspawn` in the lab's host namespace, the package installed with
 //! `apt-get install ./jitsi-agent_*.deb`, the units enabled, and traffic from the lab's
-//! internet namespace. The agent runs with the unit's capabilities and sandbox, not root's.
+//! internet namespace. The agent runs with the unit's capabilities and sandbox, not root's:
+//! it steers, splits, reloads (asked, and on its own when the file changes), restarts and is
+//! upgraded without losing a packet or refusing a connection, is removed and purged without
+//! leaving anything attached; with `[acme]` it installs the TURN name's certificate from
+//! Pebble into coturn's directory and signals a real coturn container through Docker.
 //! Needs root and the package (`cargo xtask test` builds it and sets `JITSI_DEB`).
 
 use std::{
@@ -14,9 +18,11 @@ use std::{
 
 use jitsi_tests::{
     clients::{recorded_hello, udp_round_trip, udp_socket, udp_stream},
+    docker::DockerEngine,
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab},
     machine::Machine,
     netns::NetNs,
+    pebble::Pebble,
     servers,
 };
 
@@ -60,17 +66,94 @@ fn write(path: PathBuf, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The package again with Debian revision 2 (the same files): what an upgrade installs.
+fn next_revision(deb: &std::path::Path, dir: &std::path::Path) -> PathBuf {
+    let tree = dir.join("deb-tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("dpkg-deb").args(args).output().expect("dpkg-deb");
+        assert!(out.status.success(), "dpkg-deb {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&["-R", deb.to_str().unwrap(), tree.to_str().unwrap()]);
+    let control = tree.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let version = text.lines().find_map(|l| l.strip_prefix("Version: ")).unwrap().to_string();
+    let next = version.replace("-1", "-2");
+    assert_ne!(version, next, "the package's revision is 1");
+    std::fs::write(&control, text.replace(&format!("Version: {version}"), &format!("Version: {next}"))).unwrap();
+    let out = dir.join(format!("jitsi-agent_{next}.deb"));
+    run(&["--root-owner-group", "-b", tree.to_str().unwrap(), out.to_str().unwrap()]);
+    out
+}
+
+/// Sets the flag when dropped: a helper thread looping until it is set ends even when the
+/// step it runs beside panics (a `thread::scope` would otherwise wait for it forever).
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Runs `step` while UDP datagrams stream to 10000/udp and TCP clients connect to 443 in a
+/// loop; asserts that the jvb backend got every datagram and that no connection failed.
+fn losing_nothing(lab: &Lab, jvb: &servers::Server, machine: &Machine, what: &str, step: impl FnOnce()) {
+    let before = jvb.count() as u64;
+    let stream = udp_stream(udp_socket(&lab.inet, false).unwrap(), SocketAddr::new(HOST_V4.into(), 10000), 2000, 4);
+    let stop = AtomicBool::new(false);
+    let (ok, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                match sni_greeting(&lab.inet) {
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failed.lock().unwrap().push(e.to_string());
+                        0
+                    }
+                };
+            }
+        });
+        let _stop = SetOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(700));
+        step();
+        std::thread::sleep(Duration::from_millis(1000));
+    });
+    let sent = stream.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while (jvb.count() as u64) < before + sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        jvb.count() as u64 - before,
+        sent,
+        "UDP datagrams lost across {what}:\n{}",
+        machine.journal("jitsi-agent")
+    );
+    let failed = failed.into_inner().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed across {what}: {:?}",
+        failed.len(),
+        ok.load(Ordering::Relaxed) as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(ok.load(Ordering::Relaxed) > 5, "connections went through during {what}");
+}
+
 #[test]
-fn the_package_under_a_real_systemd_steers_splits_reloads_and_restarts_losing_nothing() {
+fn the_package_under_a_real_systemd_steers_splits_reloads_restarts_upgrades_and_purges() {
     let deb = deb();
     let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
     let (jvb, turn, web) = (lab.backend("jvb"), lab.backend("turn"), lab.backend("web"));
     let jvb_sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
     let _turn = servers::udp(&turn.ns, turn.addr4(3478)).unwrap();
     let _turn5000 = servers::udp(&turn.ns, turn.addr4(5000)).unwrap();
+    let _turn5001 = servers::udp(&turn.ns, turn.addr4(5001)).unwrap();
     let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
     let config = format!("[uplink]\ninterface = \"up0\"\n\n{LAB_RULES}{SNI_WEB}");
-    let machine = Machine::boot(&lab.host, &deb, |root| {
+    let machine = Machine::boot(&lab.host, &deb, &[], |root| {
         write(root.join("etc/jitsi-agent/agent.toml"), &config)?;
         // This machine's hard open-file limit is below the unit's LimitNOFILE=1048576.
         write(root.join("etc/systemd/system/jitsi-agent.service.d/nofile.conf"), "[Service]\nLimitNOFILE=20000\n")
@@ -109,58 +192,29 @@ fn the_package_under_a_real_systemd_steers_splits_reloads_and_restarts_losing_no
     assert!(greeting.starts_with(&format!("seen {CLIENT_V4}:")), "{greeting}");
 
     // `systemctl reload` applies a changed file: a new rule, 5000/udp to the coturn container.
-    let more = format!(
-        "{config}\n[[steer]]\nname = \"alt\"\nprotocol = \"udp\"\nport = 5000\nbackend = \"192.0.2.11:5000\"\n"
-    );
-    std::fs::write(machine.path("/etc/jitsi-agent/agent.toml"), more).unwrap();
+    // (ExecReload= returns once the signal is sent; the journal says when it is applied.)
+    let rule = |port: u16| {
+        format!(
+            "\n[[steer]]\nname = \"alt{port}\"\nprotocol = \"udp\"\nport = {port}\nbackend = \"192.0.2.11:{port}\"\n"
+        )
+    };
+    let more = format!("{config}{}", rule(5000));
+    std::fs::write(machine.path("/etc/jitsi-agent/agent.toml"), &more).unwrap();
     machine.systemctl(&["reload", "jitsi-agent.service"]).unwrap();
-    let journal = machine.journal("jitsi-agent");
-    assert!(journal.contains("reloaded"), "{journal}");
+    machine.wait_journal("jitsi-agent", "reloaded", 1, Duration::from_secs(10)).unwrap();
     let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 5000), "alt").unwrap();
+    assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
+    // The file changed without a reload: the agent sees it (inotify, under the unit's sandbox).
+    std::fs::write(machine.path("/etc/jitsi-agent/agent.toml"), format!("{more}{}", rule(5001))).unwrap();
+    machine.wait_journal("jitsi-agent", "reloaded", 2, Duration::from_secs(10)).unwrap();
+    assert!(machine.journal("jitsi-agent").contains("configuration file changed; reloading"));
+    let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 5001), "alt").unwrap();
     assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
 
     // `systemctl restart` under UDP load loses no packet and under connect load refuses none.
-    let before = jvb_sink.count() as u64;
-    let stream = udp_stream(udp_socket(&lab.inet, false).unwrap(), SocketAddr::new(HOST_V4.into(), 10000), 2000, 3);
-    let stop = AtomicBool::new(false);
-    let (ok, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
-    std::thread::scope(|scope| {
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                match sni_greeting(&lab.inet) {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        failed.lock().unwrap().push(e.to_string());
-                        0
-                    }
-                };
-            }
-        });
-        std::thread::sleep(Duration::from_millis(700));
+    losing_nothing(&lab, &jvb_sink, &machine, "systemctl restart", || {
         machine.systemctl(&["restart", "jitsi-agent.service"]).unwrap();
-        std::thread::sleep(Duration::from_millis(1000));
-        stop.store(true, Ordering::Relaxed);
     });
-    let sent = stream.join().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while (jvb_sink.count() as u64) < before + sent && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(
-        jvb_sink.count() as u64 - before,
-        sent,
-        "UDP packets lost across systemctl restart:\n{}",
-        machine.journal("jitsi-agent")
-    );
-    let failed = failed.into_inner().unwrap();
-    assert!(
-        failed.is_empty(),
-        "{} of {} connections failed across the restart: {:?}",
-        failed.len(),
-        ok.load(Ordering::Relaxed) as usize + failed.len(),
-        &failed[..failed.len().min(3)]
-    );
-    assert!(ok.load(Ordering::Relaxed) > 5);
     let journal = machine.journal("jitsi-agent");
     assert!(journal.contains("adopted the pinned datapath"), "the restarted agent adopted the pins:\n{journal}");
 
@@ -168,8 +222,147 @@ fn the_package_under_a_real_systemd_steers_splits_reloads_and_restarts_losing_no
     assert!(!journal.contains('\u{1b}'), "colour codes in the journal:\n{journal}");
     assert!(journal.lines().all(|l| !l.trim().is_empty()));
 
+    // An upgrade (`apt-get install` of the next revision) restarts the agent with the new
+    // binary, under the same load, losing nothing.
+    let before = machine.main_pid("jitsi-agent.service").unwrap();
+    let next = next_revision(&deb, lab.work_dir());
+    losing_nothing(&lab, &jvb_sink, &machine, "the package's upgrade", || {
+        machine.install(&next).unwrap();
+    });
+    let after = machine.main_pid("jitsi-agent.service").unwrap();
+    assert_ne!(before, after, "the upgrade restarted the agent");
+    let version = machine.exec("dpkg-query", &["-W", "-f", "${Version}", "jitsi-agent"]).unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).ends_with("-2"), "{version:?}");
+    assert_eq!(machine.systemctl(&["is-enabled", "jitsi-agent.service"]).unwrap(), "enabled", "still enabled");
+
     // `systemctl stop` leaves the datapath steering.
     machine.systemctl(&["stop", "jitsi-agent.service", "jitsi-agent.socket"]).unwrap();
     let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), "stopped").unwrap();
     assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
+
+    // Removing the package detaches the datapath (nothing would manage it) and keeps the
+    // configuration; purging removes the rest.
+    machine.systemctl(&["start", "jitsi-agent.socket", "jitsi-agent.service"]).unwrap();
+    machine.apt(&["remove", "-y", "-q", "jitsi-agent"]).unwrap();
+    let xdp = |lab: &Lab| {
+        let out = lab.host.enter(|| std::process::Command::new("ip").args(["-d", "link", "show", "up0"]).output());
+        String::from_utf8_lossy(&out.unwrap().unwrap().stdout).contains("prog/xdp")
+    };
+    assert!(!xdp(&lab), "the XDP program is detached after removal");
+    assert!(udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), "removed").is_err(), "no longer steered");
+    assert!(machine.path("/etc/jitsi-agent/agent.toml").exists(), "the configuration stays until purge");
+    assert!(!machine.path("/sys/fs/bpf/jitsi-agent").exists(), "no pins left");
+    let active = machine.exec("systemctl", &["is-active", "jitsi-agent.service"]).unwrap();
+    assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "inactive");
+    // The test's own drop-in is the operator's file, not the package's: it goes by hand.
+    std::fs::remove_dir_all(machine.path("/etc/systemd/system/jitsi-agent.service.d")).unwrap();
+    machine.apt(&["purge", "-y", "-q", "jitsi-agent"]).unwrap();
+    for gone in ["/etc/jitsi-agent", "/var/lib/jitsi-agent", "/etc/systemd/system/jitsi-agent.service"] {
+        assert!(!machine.path(gone).exists(), "{gone} is left after purge");
+    }
+    let enabled = machine.exec("sh", &["-c", "ls -R /etc/systemd/system /var/lib/systemd/deb-systemd-helper-enabled"]);
+    let listing = String::from_utf8_lossy(&enabled.unwrap().stdout).into_owned();
+    assert!(!listing.contains("jitsi-agent"), "units still enabled or masked after purge:\n{listing}");
+}
+
+/// `[stack]` with `[acme]`: the certificate for the TURN name comes from Pebble over port 80
+/// and goes into the stack's `coturn/certs` (the unit's ReadWritePaths=), owned by coturn's
+/// group (CAP_CHOWN), and coturn (Debian's, in a container of a Docker engine whose socket the
+/// machine has at /run/docker.sock) is told to reload it (SIGUSR2 through the Docker API).
+#[test]
+fn acme_under_the_unit_installs_the_turn_certificate_in_coturns_directory_and_signals_coturn() {
+    let deb = deb();
+    let lab = Lab::new(&[]).expect("lab");
+    let engine = DockerEngine::start(&lab.host, lab.work_dir()).unwrap();
+    engine.build_coturn("jitsi-test/coturn:debian").unwrap();
+    engine.docker(&["network", "create", "--subnet", "172.18.0.0/24", "jitsi_meet.jitsi"]).unwrap();
+    let pebble = Pebble::start(&lab.inet, lab.work_dir(), HOST_V4).unwrap();
+    let config = format!(
+        "[uplink]\ninterface = \"up0\"\n\n[stack]\nmeet_domain = \"meet.example.test\"\n\
+         turn_domain = \"turn.example.test\"\npublic_addresses = [\"{HOST_V4}\"]\n\
+         coturn_image = \"jitsi-test/coturn:debian\"\nsubnet = \"172.18.0.0/24\"\n\n\
+         [acme]\nemail = \"ops@example.test\"\ndirectory = \"{}\"\nca_root = \"/etc/jitsi-agent/acme-ca.pem\"\n",
+        pebble.directory
+    );
+    let ca = std::fs::read(&pebble.ca_root).unwrap();
+    let socket = engine.host.trim_start_matches("unix://").to_string();
+    let machine = Machine::boot(&lab.host, &deb, &[format!("{socket}:/run/docker.sock")], |root| {
+        write(root.join("etc/jitsi-agent/agent.toml"), &config)?;
+        std::fs::write(root.join("etc/jitsi-agent/acme-ca.pem"), &ca)?;
+        write(root.join("etc/systemd/system/jitsi-agent.service.d/nofile.conf"), "[Service]\nLimitNOFILE=20000\n")
+    })
+    .expect("booting the machine");
+    let mount = machine.exec("mount", &["-t", "bpf", "bpffs", "/sys/fs/bpf"]).unwrap();
+    assert!(mount.status.success(), "{}", String::from_utf8_lossy(&mount.stderr));
+    // The operator's step before starting the agent: the stack's files, with coturn's
+    // directory and the placeholder certificate it starts with.
+    let init = machine.exec("jitsi-agent", &["stack", "init", "--config", "/etc/jitsi-agent/agent.toml"]).unwrap();
+    assert!(init.status.success(), "stack init: {}", String::from_utf8_lossy(&init.stderr));
+    // coturn as the generated Compose file runs it (`docker-compose.yml`'s coturn service).
+    let coturn_dir = machine.path("/srv/jitsi-meet/coturn");
+    let volume = format!("{}:{}:ro", coturn_dir.display(), jitsi_agent::stack::coturn::MOUNT);
+    engine
+        .docker(&[
+            "run",
+            "-d",
+            "--name",
+            "jitsi_coturn_1",
+            "--network",
+            "jitsi_meet.jitsi",
+            "--ip",
+            "172.18.0.11",
+            "--label",
+            "com.docker.compose.project=jitsi",
+            "--label",
+            "com.docker.compose.service=coturn",
+            "-v",
+            &volume,
+            "jitsi-test/coturn:debian",
+            "-c",
+            jitsi_agent::stack::coturn::CONF,
+            "--use-auth-secret",
+        ])
+        .unwrap();
+
+    // The agent turns GRO on at the container's end of its veth (XDP redirects need it) from
+    // the container's namespace file, which a host has under /run/docker/netns; this machine
+    // sees neither that file nor the container's processes, so the test does it.
+    let pid = engine.docker(&["inspect", "--format", "{{.State.Pid}}", "jitsi_coturn_1"]).unwrap();
+    let gro = std::process::Command::new("nsenter")
+        .args(["-t", pid.trim(), "-n", "ethtool", "-K", "eth0", "gro", "on"])
+        .output()
+        .unwrap();
+    assert!(gro.status.success(), "{}", String::from_utf8_lossy(&gro.stderr));
+
+    machine.systemctl(&["enable", "--now", "jitsi-agent.socket", "jitsi-agent.service"]).unwrap();
+    machine
+        .wait_journal("jitsi-agent", "acme: sent SIGUSR2 to reload the certificate", 1, Duration::from_secs(60))
+        .unwrap();
+    let journal = machine.journal("jitsi-agent");
+    assert!(journal.contains("acme: answered an HTTP-01 challenge"), "Pebble validated over port 80:\n{journal}");
+
+    // The certificate is Pebble's, for the TURN name, owned and moded for coturn's group.
+    let certs = coturn_dir.join("certs");
+    let chain = std::fs::read(certs.join("turn.crt")).unwrap();
+    assert!(!jitsi_agent::acme::cert::is_placeholder(&chain), "the placeholder was replaced");
+    use std::os::unix::fs::MetadataExt as _;
+    let key = std::fs::metadata(certs.join("turn.key")).unwrap();
+    let dir = std::fs::metadata(&certs).unwrap();
+    assert_eq!((key.uid(), key.gid(), key.mode() & 0o777), (0, dir.gid(), 0o640), "turn.key");
+    assert_ne!(dir.gid(), 0, "coturn's directory belongs to its group");
+
+    // 3478/udp is steered into the coturn container, which sees the client's own address.
+    let client = udp_socket(&lab.inet, false).unwrap();
+    let mapped = jitsi_tests::turn::binding(&client, SocketAddr::new(HOST_V4.into(), 3478)).unwrap();
+    assert_eq!(mapped, SocketAddr::new(CLIENT_V4.into(), client.local_addr().unwrap().port()), "coturn saw the client");
+    // coturn got the signal and reloaded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let logs = engine.docker(&["logs", "jitsi_coturn_1"]).unwrap_or_default();
+        if logs.contains("Reloading TLS certificates and keys") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "coturn did not reload:\n{logs}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

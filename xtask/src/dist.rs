@@ -44,44 +44,65 @@ Description: XDP/TC steering and SNI splitter for a self-hosted Jitsi Meet
  TURN name's certificate over ACME.
 ";
 
-/// `configure`: units known to systemd; on an upgrade the running agent is restarted (the
-/// socket unit keeps 443 and 80 queued, the pinned datapath keeps forwarding). A fresh
-/// install starts nothing: the configuration has to be written first.
+/// `configure`: the units known to deb-systemd-helper (so that purge can undo an enable) and
+/// to systemd; on an upgrade the running agent is restarted (the socket unit keeps 443 and 80
+/// queued, the pinned datapath keeps forwarding). A fresh install enables and starts nothing:
+/// the configuration has to be written first. (What debhelper's `dh_installsystemd
+/// --no-enable --restart-after-upgrade` generates, for two units.)
 const POSTINST: &str = r#"#!/bin/sh
 set -e
-if [ "$1" = "configure" ] && [ -d /run/systemd/system ]; then
-    systemctl --system daemon-reload >/dev/null || true
-    if [ -n "$2" ]; then
-        # An upgrade: the new binary takes over from the running one, losing nothing.
-        deb-systemd-invoke try-restart jitsi-agent.service >/dev/null || true
-    fi
-fi
-exit 0
-"#;
-
-/// Removal stops the service and the socket (the agent drains and removes its policy routing);
-/// the datapath stays pinned until purge.
-const PRERM: &str = r#"#!/bin/sh
-set -e
-if [ "$1" = "remove" ] && [ -d /run/systemd/system ]; then
-    deb-systemd-invoke stop jitsi-agent.service jitsi-agent.socket >/dev/null || true
-fi
-exit 0
-"#;
-
-/// Purge removes the pins (unpinning the links detaches the programs) and the state.
-const POSTRM: &str = r#"#!/bin/sh
-set -e
+UNITS="jitsi-agent.service jitsi-agent.socket"
 case "$1" in
-    remove)
-        deb-systemd-helper disable jitsi-agent.service jitsi-agent.socket >/dev/null || true
+    configure|abort-upgrade|abort-deconfigure|abort-remove)
+        deb-systemd-helper unmask $UNITS >/dev/null || true
+        deb-systemd-helper update-state $UNITS >/dev/null || true
         if [ -d /run/systemd/system ]; then
             systemctl --system daemon-reload >/dev/null || true
+            if [ -n "$2" ]; then
+                # An upgrade: the new binary takes over from the running one, losing nothing.
+                deb-systemd-invoke try-restart jitsi-agent.service >/dev/null || true
+            fi
+        fi
+        ;;
+esac
+exit 0
+"#;
+
+/// Removal stops the service and the socket (the agent drains and removes its policy routing),
+/// then detaches the datapath: without the package nothing would manage it. The configuration
+/// stays until purge. An upgrade stops nothing (the new postinst restarts).
+const PRERM: &str = r#"#!/bin/sh
+set -e
+if [ "$1" = "remove" ]; then
+    if [ -d /run/systemd/system ]; then
+        deb-systemd-invoke stop jitsi-agent.service jitsi-agent.socket >/dev/null || true
+    fi
+    jitsi-agent teardown --config /etc/jitsi-agent/agent.toml >/dev/null 2>&1 \
+        || rm -rf /sys/fs/bpf/jitsi-agent || true
+fi
+exit 0
+"#;
+
+/// Remove masks the units (a removed package's units must not start); purge forgets them and
+/// removes the pins (if any are left) and the state.
+const POSTRM: &str = r#"#!/bin/sh
+set -e
+UNITS="jitsi-agent.service jitsi-agent.socket"
+if [ -d /run/systemd/system ]; then
+    systemctl --system daemon-reload >/dev/null || true
+fi
+case "$1" in
+    remove)
+        if command -v deb-systemd-helper >/dev/null; then
+            deb-systemd-helper mask $UNITS >/dev/null || true
         fi
         ;;
     purge)
-        deb-systemd-helper purge jitsi-agent.service jitsi-agent.socket >/dev/null || true
-        rm -rf /sys/fs/bpf/jitsi-agent /var/lib/jitsi-agent
+        if command -v deb-systemd-helper >/dev/null; then
+            deb-systemd-helper purge $UNITS >/dev/null || true
+            deb-systemd-helper unmask $UNITS >/dev/null || true
+        fi
+        rm -rf /sys/fs/bpf/jitsi-agent /var/lib/jitsi-agent || true
         ;;
 esac
 exit 0
@@ -200,8 +221,9 @@ pub fn deb() -> Result<PathBuf> {
     fs::create_dir_all(&man_dir)?;
     gzip(man.as_bytes(), &man_dir.join("jitsi-agent.8.gz"))?;
     // Control files.
-    // procps: the unit's ExecReload= is /bin/kill (a minimal Debian has no kill(1) otherwise).
-    let depends = format!("{}, procps", shlib_depends(&stage, &usr_bin)?);
+    // procps: the unit's ExecReload= is /bin/kill (a minimal Debian has no kill(1) otherwise);
+    // init-system-helpers: deb-systemd-helper and deb-systemd-invoke in the maintainer scripts.
+    let depends = format!("{}, procps, init-system-helpers (>= 1.54~)", shlib_depends(&stage, &usr_bin)?);
     let control = CONTROL
         .replace("{version}", &format!("{version}-{REVISION}"))
         .replace("{arch}", &arch)

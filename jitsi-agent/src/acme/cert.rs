@@ -121,8 +121,16 @@ pub fn expiry(files: &CertFiles) -> Result<Option<i64>, AcmeError> {
 fn write_atomic(path: &Path, text: &str, mode: u32, owner: (u32, u32)) -> Result<(), AcmeError> {
     let dir = path.parent().expect("an absolute file path");
     let name = path.file_name().expect("a file name").to_string_lossy();
-    crate::safe_fs::write_replace(dir, &name, text.as_bytes(), mode, Some(owner))
-        .map_err(|e| AcmeError::io(format!("writing {}", path.display()), e))
+    crate::safe_fs::write_replace(dir, &name, text.as_bytes(), mode, Some(owner)).map_err(|e| {
+        // The unit makes the directory writable only if it existed when the service started.
+        let hint = if e.raw_os_error() == Some(libc::EROFS) {
+            " (read-only to the service: the directory was made after it started, or is not in the \
+             unit's ReadWritePaths=; restart it, or add a drop-in)"
+        } else {
+            ""
+        };
+        AcmeError::io(format!("writing {}{hint}", path.display()), e)
+    })
 }
 
 /// Checks that `chain` is a certificate for `files.name`, then installs it and `key`: the key

@@ -34,7 +34,7 @@ fn builder(acme: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
 /// stored).
 pub async fn account(acme: &Acme) -> Result<Account, AcmeError> {
     let path = acme.state_dir.join("account.json");
-    if let Ok(text) = std::fs::read_to_string(&path)
+    if let Ok(text) = tokio::fs::read_to_string(&path).await
         && let Ok(stored) = serde_json::from_str::<Stored>(&text)
         && stored.directory == acme.directory
     {
@@ -45,7 +45,9 @@ pub async fn account(acme: &Acme) -> Result<Account, AcmeError> {
     let (account, credentials) = builder(acme)?.create(&new, acme.directory.clone(), None).await?;
     let text = serde_json::to_string(&Stored { directory: acme.directory.clone(), credentials })
         .expect("credentials serialize");
-    write_private(&path, &text)?;
+    tokio::task::spawn_blocking(move || write_private(&path, &text))
+        .await
+        .map_err(|e| AcmeError::io("writing the account", std::io::Error::other(e)))??;
     info!(directory = %acme.directory, id = account.id(), "acme: account registered");
     Ok(account)
 }

@@ -191,7 +191,7 @@ async fn manage(
             }
             state.next_check = Some(plan.due);
         }
-        record(&acme, &states);
+        record(&acme, &states).await;
         *published.lock().expect("certificates lock") = states.values().cloned().collect();
         let next = schedule.values().map(|s| s.due).min().unwrap_or(now() + CHECK.as_secs() as i64);
         let wait = (next - now()).clamp(1, 3600) as u64;
@@ -237,14 +237,20 @@ async fn reload(acme: &Acme, scope: Option<crate::stack::layout::Layout>) -> Res
     }
 }
 
-fn record(acme: &Acme, states: &BTreeMap<String, CertState>) {
+/// Writes the states for `status` (off the async workers).
+async fn record(acme: &Acme, states: &BTreeMap<String, CertState>) {
     let list: Vec<&CertState> = states.values().collect();
     let text = serde_json::to_string_pretty(&list).expect("states serialize");
-    let path = acme.state_dir.join("status.json");
-    let written = std::fs::create_dir_all(&acme.state_dir).and_then(|()| {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &path))
-    });
+    let (dir, path) = (acme.state_dir.clone(), acme.state_dir.join("status.json"));
+    let at = path.clone();
+    let written = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).and_then(|()| {
+            let tmp = at.with_extension("tmp");
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &at))
+        })
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     if let Err(e) = written {
         warn!(path = %path.display(), error = %e, "acme: cannot record the certificates' state");
     }

@@ -3,6 +3,7 @@
 //! metrics, reload on request or when the file changes, and drain on stop.
 
 mod backends;
+mod file_watch;
 mod maps_sync;
 mod sni;
 mod surroundings;
@@ -20,7 +21,7 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub use self::maps_sync::sync_maps;
-use self::{backends::Backends, sni::SplitterRunning, surroundings::Surroundings};
+use self::{backends::Backends, file_watch::FileWatch, sni::SplitterRunning, surroundings::Surroundings};
 use crate::{
     acme::{AcmeRunning, challenges::Challenges},
     config::Config,
@@ -35,8 +36,8 @@ use crate::{
     stack::layout::Layout,
 };
 
-/// How often backends are re-resolved, host addresses re-read, the file checked for changes
-/// and the splitter's counters written to the pinned maps.
+/// How often backends are re-resolved, host addresses re-read and the splitter's counters
+/// written to the pinned maps.
 const TICK: Duration = Duration::from_secs(1);
 /// How often refused SNI connections are summarised in the log (never one line each).
 const REFUSAL_SUMMARY: Duration = Duration::from_secs(60);
@@ -60,7 +61,7 @@ fn notify(state: &[sd_notify::NotifyState]) {
 /// Runs the agent from the file at `path` until `Control::Stop` (or the channel closing).
 /// The datapath stays attached afterwards.
 pub async fn run(path: &Path, listeners: Arc<Listeners>, control: mpsc::Receiver<Control>) -> Result<()> {
-    let (config, text) = load(path)?;
+    let (config, text) = load(path.to_owned()).await?;
     let mut agent = Agent::start(path.to_owned(), config, text, listeners).await?;
     notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&agent.summary())]);
     let ended = agent.serve(control).await;
@@ -70,10 +71,34 @@ pub async fn run(path: &Path, listeners: Arc<Listeners>, control: mpsc::Receiver
     Ok(())
 }
 
+/// Warns when the splitter's drain would outlast the service manager's watchdog: a reload that
+/// removes `[sni]` drains inside the main loop, and a stop drains before exiting (bounded by
+/// the unit's `TimeoutStopSec=`, which the process cannot see).
+fn check_drain(config: &Config) {
+    let (Some(sni), Some(watchdog)) = (&config.sni, sd_notify::watchdog_enabled()) else { return };
+    if sni.drain_timeout_secs >= watchdog.as_secs_f64() {
+        warn!(
+            drain_timeout_secs = sni.drain_timeout_secs,
+            watchdog_secs = watchdog.as_secs_f64(),
+            "sni.drain_timeout_secs is not below the unit's WatchdogSec=: raise WatchdogSec= and TimeoutStopSec= \
+             above it (a drop-in), or a drain is cut short by the service manager"
+        );
+    }
+}
+
 /// Reads the file and parses it (the text is kept to notice changes).
-fn load(path: &Path) -> Result<(Config, String)> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::ConfigRead { path: path.into(), source })?;
-    Ok((Config::parse(&text, path)?, text))
+async fn load(path: PathBuf) -> Result<(Config, String)> {
+    let text = read(path.clone()).await?;
+    Ok((Config::parse(&text, &path)?, text))
+}
+
+/// Reads the file off the async workers.
+async fn read(path: PathBuf) -> Result<String> {
+    let at = path.clone();
+    tokio::task::spawn_blocking(move || std::fs::read_to_string(&at))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|source| Error::ConfigRead { path, source })
 }
 
 struct Agent {
@@ -84,6 +109,8 @@ struct Agent {
     /// and the splitter are built from.
     live: Config,
     docker: Option<DockerWatch>,
+    /// Wakes the loop when the file may have changed.
+    watch: FileWatch,
     /// The file's text as last applied, and as last refused (not retried until it changes).
     text: String,
     refused_text: Option<String>,
@@ -108,6 +135,7 @@ struct Agent {
 
 impl Agent {
     async fn start(path: PathBuf, config: Config, text: String, listeners: Arc<Listeners>) -> Result<Self> {
+        check_drain(&config);
         let h = netlink::connect()?;
         let uplink = netlink::link_by_name(&h, &config.uplink.interface).await.map_err(|e| match e {
             Error::NoSuchInterface(name) => Error::NoUplink(name),
@@ -129,9 +157,11 @@ impl Agent {
             health: Default::default(),
         });
         shared.health.seed(&dp.maps.task_health)?;
-        let docker = start_docker(&config).await?;
+        let docker = start_docker(&config, &shared).await;
         let live = live_config(&config, docker.as_ref());
+        let watch = FileWatch::new(&path);
         let mut agent = Agent {
+            watch,
             path,
             config,
             live,
@@ -247,6 +277,7 @@ impl Agent {
                     let outcome = self.follow_containers().await;
                     self.shared.health.record(Task::FollowContainers, outcome);
                 }
+                () = self.watch.changed() => self.file_changed().await,
                 _ = tick.tick() => {
                     self.tick().await;
                     if watchdog {
@@ -260,12 +291,9 @@ impl Agent {
     /// The periodic work: each step's failure is recorded (logged once, counted, shown) and
     /// the step retried at the next tick; nothing here ends the process.
     async fn tick(&mut self) {
-        if let Ok(text) = std::fs::read_to_string(&self.path)
-            && text != self.text
-            && Some(&text) != self.refused_text.as_ref()
-        {
-            info!(path = %self.path.display(), "configuration file changed; reloading");
-            self.reload().await;
+        if self.shared.health.get(Task::FollowContainers).1 {
+            let outcome = self.follow_containers().await;
+            self.shared.health.record(Task::FollowContainers, outcome);
         }
         let mut changed = self.backends.refresh(&self.h, &self.live).await;
         if self.config.uplink.addresses.is_empty() {
@@ -356,13 +384,15 @@ impl Agent {
         failed.map_or(Ok(()), Err)
     }
 
-    /// Writes the splitters' counters and the tasks' health to the pins.
+    /// Writes the splitters' counters and the tasks' health to the pins (each whatever the
+    /// other's outcome).
     fn flush_sni(&mut self) -> Result<()> {
         let sni = self.config.sni.iter().flat_map(|s| s.routes.iter().map(|r| r.name.clone()));
         let http = self.config.http.iter().flat_map(|h| h.routes.iter().map(|r| r.name.clone()));
         let names: Vec<String> = sni.chain(http).collect();
-        self.shared.sni.flush(&mut self.dp.maps.sni, &names)?;
-        self.shared.health.flush(&mut self.dp.maps.task_health)
+        let counters = self.shared.sni.flush(&mut self.dp.maps.sni, &names);
+        let health = self.shared.health.flush(&mut self.dp.maps.task_health);
+        counters.and(health)
     }
 
     fn summarise_refusals(&mut self) {
@@ -383,12 +413,33 @@ impl Agent {
         self.refusals_logged = (Instant::now(), total);
     }
 
+    /// The watcher saw the file change: reload if its text differs from what runs and from what
+    /// was last refused.
+    async fn file_changed(&mut self) {
+        let text = read(self.path.clone()).await;
+        if let Ok(text) = &text
+            && (*text == self.text || Some(text) == self.refused_text.as_ref())
+        {
+            return;
+        }
+        if text.is_err() && self.refused_text.as_deref() == Some("") {
+            // Still unreadable: already refused and reported.
+            return;
+        }
+        info!(path = %self.path.display(), "configuration file changed; reloading");
+        self.reload_text(text).await;
+    }
+
     /// Re-reads the file; an invalid file or a change that needs a restart leaves everything
     /// running as it is, and is not retried by the file watcher until the text changes again
     /// (SIGHUP retries it).
     async fn reload(&mut self) {
+        let text = read(self.path.clone()).await;
+        self.reload_text(text).await;
+    }
+
+    async fn reload_text(&mut self, text: Result<String>) {
         notify(&[sd_notify::NotifyState::Reloading]);
-        let text = std::fs::read_to_string(&self.path);
         let outcome = match text {
             Ok(text) => match Config::parse(&text, &self.path) {
                 Ok(config) => match self.apply(config).await {
@@ -401,16 +452,19 @@ impl Agent {
                 },
                 Err(e) => Err((e, text)),
             },
-            Err(source) => Err((Error::ConfigRead { path: self.path.clone(), source }, String::new())),
+            // An unreadable file is remembered as the empty text (never a valid one).
+            Err(e) => Err((e, String::new())),
         };
         match outcome {
             Ok(()) => {
                 self.shared.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.shared.health.record(Task::ConfigFile, Ok(()));
                 info!(rules = self.config.steer.len(), "reloaded");
             }
             Err((e, text)) => {
                 self.shared.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 error!(error = %e.report(), "reload refused; the running configuration stays");
+                self.shared.health.record(Task::ConfigFile, Err(e));
                 self.refused_text = Some(text);
             }
         }
@@ -435,7 +489,7 @@ impl Agent {
             let live = live_config(&new, self.docker.as_ref());
             return self.apply_live(new, live).await;
         }
-        let docker = start_docker(&new).await?;
+        let docker = start_docker(&new, &self.shared).await;
         let live = live_config(&new, docker.as_ref());
         self.apply_live(new, live).await?;
         self.docker = docker;
@@ -501,6 +555,7 @@ impl Agent {
                 info!(%listen, "metrics: serving /metrics");
             }
         }
+        check_drain(&new);
         self.config = new;
         self.live = live;
         self.backends.refresh(&self.h, &self.live).await;
@@ -542,14 +597,19 @@ impl Agent {
     }
 }
 
-/// Starts following the containers `config` names, if any (with `[stack]`, on its subnet).
-async fn start_docker(config: &Config) -> Result<Option<DockerWatch>> {
+/// Starts following the containers `config` names, if any (with `[stack]`, on its subnet),
+/// reporting the engine's reachability as the `docker_engine` task.
+async fn start_docker(config: &Config, shared: &Arc<Shared>) -> Option<DockerWatch> {
     let names = docker::referenced(config);
     if names.is_empty() {
-        return Ok(None);
+        shared.health.record(Task::DockerEngine, Ok(()));
+        return None;
     }
     let subnet = config.stack.as_ref().map(Layout::of);
-    Ok(Some(DockerWatch::start(names, subnet).await?))
+    let to = shared.clone();
+    Some(
+        DockerWatch::start(names, subnet, Arc::new(move |outcome| to.health.record(Task::DockerEngine, outcome))).await,
+    )
 }
 
 fn live_config(config: &Config, docker: Option<&DockerWatch>) -> Config {
