@@ -9,8 +9,14 @@
 //! - links: `link_xdp_<ifname>`, `link_tc_<ifname>`
 //!
 //! Pinned links keep the programs attached while no agent runs. A starting agent adopts
-//! pinned maps and programs instead of loading new ones, and leaves a link that is still
-//! attached alone, so restarting the agent never interrupts forwarding.
+//! pinned maps and programs of its own build (the `manifest` map records the SHA-256 of the
+//! eBPF object the pins came from) and leaves a link that is still attached alone, so
+//! restarting the agent never interrupts forwarding. An agent of another build upgrades in
+//! place: it loads its programs reusing every pinned map whose definition (type, key and value
+//! size, entries, flags) is unchanged, creates the others (pinned as `staged_<name>`), fills
+//! them, then swaps the programs behind the pinned links (`BPF_LINK_UPDATE`: no detach, no
+//! gap) and finally renames its maps and programs over the old pins. Until the swap, a
+//! failure leaves the old datapath running.
 
 use std::{
     fs,
@@ -18,12 +24,13 @@ use std::{
 };
 
 use aya::{
-    Ebpf,
-    maps::{Array, HashMap, Map, MapData, PerCpuArray, lpm_trie::LpmTrie},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
         LinkOrder, SchedClassifier, Xdp, XdpMode,
-        links::FdLink,
-        tc::{TcAttachOptions, TcAttachType},
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
+        xdp::XdpLink,
     },
 };
 use aya_obj::programs::XdpAttachType;
@@ -40,7 +47,7 @@ use crate::{
 };
 
 /// Names of the maps, as pinned.
-pub const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 12] = [
     "rules",
     "host_addrs",
     "replies",
@@ -52,6 +59,7 @@ pub const MAP_NAMES: [&str; 11] = [
     "sni_routes",
     "sni_counters",
     "task_health",
+    "manifest",
 ];
 const PROG_STEER_IN: &str = "steer_in";
 const PROG_REPLY_OUT: &str = "reply_out";
@@ -79,6 +87,8 @@ pub struct Maps {
     pub sni: SniMaps,
     /// `task_health`: the periodic tasks' failures (see `run::health`).
     pub task_health: Array<MapData, u64>,
+    /// `manifest`: the build (SHA-256 of the eBPF object) the pinned programs are from.
+    pub manifest: Array<MapData, [u8; 32]>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -97,12 +107,17 @@ impl Maps {
 
     /// Takes the maps out of a freshly loaded object, pinning each in `pin_dir` if given.
     pub fn take(bpf: &mut Ebpf, pin_dir: Option<&Path>) -> Result<Self> {
+        Self::take_pinning(bpf, |name| pin_dir.map(|d| d.join(name)))
+    }
+
+    /// Takes the maps out of a loaded object, pinning each where `pin_at` says (if anywhere).
+    fn take_pinning(bpf: &mut Ebpf, pin_at: impl Fn(&str) -> Option<PathBuf>) -> Result<Self> {
         Self::from_maps(|name| {
             let map = bpf.take_map(name).ok_or_else(|| {
                 Error::ebpf(format!("map `{name}`"), std::io::Error::other("missing in the eBPF object"))
             })?;
-            if let Some(dir) = pin_dir {
-                map.pin(dir.join(name)).map_err(|e| Error::ebpf(format!("pinning map {name}"), e))?;
+            if let Some(path) = pin_at(name) {
+                map.pin(path).map_err(|e| Error::ebpf(format!("pinning map {name}"), e))?;
             }
             Ok(map)
         })
@@ -123,8 +138,39 @@ impl Maps {
                 counters: Array::try_from(get("sni_counters")?).map_err(map_err("sni_counters"))?,
             },
             task_health: Array::try_from(get("task_health")?).map_err(map_err("task_health"))?,
+            manifest: Array::try_from(get("manifest")?).map_err(map_err("manifest"))?,
         })
     }
+
+    /// The build the pinned programs are from (`None`: not recorded, or not yet written).
+    pub fn build(&self) -> Option<[u8; 32]> {
+        self.manifest.get(&0, 0).ok().filter(|b| *b != [0u8; 32])
+    }
+}
+
+/// A build's short name: the first 12 hex digits of its SHA-256.
+pub fn build_name(build: &[u8; 32]) -> String {
+    build[..6].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A map's definition as the kernel sees it: type, key size, value size, entries, flags.
+type MapDef = (u32, u32, u32, u32, u32);
+
+/// The definitions of the maps in the eBPF object `bytes`.
+fn object_map_defs(bytes: &[u8]) -> Result<std::collections::HashMap<String, MapDef>> {
+    let obj = aya_obj::Object::parse(bytes).map_err(|e| Error::ebpf("parsing the eBPF object", e))?;
+    Ok(obj
+        .maps
+        .iter()
+        .map(|(name, m)| (name.clone(), (m.map_type(), m.key_size(), m.value_size(), m.max_entries(), m.map_flags())))
+        .collect())
+}
+
+/// The definition of the map pinned at `path`.
+fn pinned_map_def(path: &Path) -> Option<MapDef> {
+    let info = MapInfo::from_pin(path).ok()?;
+    let kind = info.map_type().ok()? as u32;
+    Some((kind, info.key_size(), info.value_size(), info.max_entries(), info.map_flags()))
 }
 
 /// Loads the embedded object without pinning or attaching anything (BPF_PROG_TEST_RUN tests
@@ -159,7 +205,27 @@ pub enum Attach {
     Attached(&'static str),
     /// Already attached (pinned link), left alone.
     Adopted,
+    /// Another build's program was attached through the pinned link; this one replaced it
+    /// there atomically.
+    Swapped,
 }
+
+/// An upgrade in place under way: staged by [`Datapath::open`], finished by
+/// [`Datapath::commit_upgrade`].
+#[derive(Debug)]
+pub struct Upgrade {
+    /// The build the pins held (`None`: not recorded).
+    pub from: Option<[u8; 32]>,
+    /// This agent's build.
+    pub to: [u8; 32],
+    /// Maps reused as they are (their contents continue).
+    pub kept: Vec<&'static str>,
+    /// Maps created afresh (pinned as `staged_<name>` until the commit).
+    pub recreated: Vec<&'static str>,
+}
+
+/// The prefix of pins staged by an upgrade until it commits (bpffs refuses dots in names).
+const STAGED: &str = "staged_";
 
 /// The datapath: maps plus programs, loaded fresh or adopted from the pins.
 pub struct Datapath {
@@ -170,6 +236,10 @@ pub struct Datapath {
     pin_dir: PathBuf,
     /// True if maps and programs were adopted from the pins rather than loaded.
     pub adopted: bool,
+    /// This agent's build (SHA-256 of its eBPF object).
+    pub build: [u8; 32],
+    /// An upgrade in place staged and not yet committed.
+    pub upgrade: Option<Upgrade>,
 }
 
 /// Makes sure `dir` is a directory on a bpffs, mounting bpffs on `/sys/fs/bpf` when the
@@ -214,6 +284,17 @@ fn all_pinned(dir: &Path) -> bool {
     MAP_NAMES.iter().chain(&["prog_steer_in", "prog_reply_out"]).all(|n| dir.join(n).exists())
 }
 
+fn programs_pinned(dir: &Path) -> bool {
+    ["prog_steer_in", "prog_reply_out"].iter().all(|n| dir.join(n).exists())
+}
+
+/// Opens the programs pinned at `steer_in` and `reply_out`.
+fn pinned_programs(steer_in: &Path, reply_out: &Path) -> Result<(Xdp, SchedClassifier)> {
+    let xdp = Xdp::from_pin(steer_in, XdpAttachType::Interface).map_err(|e| Error::ebpf("opening pinned steer_in", e))?;
+    let tc = SchedClassifier::from_pin(reply_out).map_err(|e| Error::ebpf("opening pinned reply_out", e))?;
+    Ok((xdp, tc))
+}
+
 /// Removes every pin the agent makes in `dir` (maps, programs, links) and the directory if it
 /// is then empty. Links that are removed detach their program.
 pub fn remove_pins(dir: &Path) -> Result<()> {
@@ -221,7 +302,8 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        let ours = MAP_NAMES.contains(&name.as_ref()) || name.starts_with("prog_") || name.starts_with("link_");
+        let base = name.strip_prefix(STAGED).unwrap_or(&name);
+        let ours = MAP_NAMES.contains(&base) || base.starts_with("prog_") || name.starts_with("link_");
         if ours {
             fs::remove_file(e.path()).map_err(|err| Error::io(format!("removing pin {}", e.path().display()), err))?;
         }
@@ -231,34 +313,170 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
 }
 
 impl Datapath {
-    /// Adopts the datapath pinned in `pin_dir`, or loads the embedded object and pins it.
+    /// Adopts the datapath pinned in `pin_dir` if it is of this build; stages an upgrade in
+    /// place if it is of another (see the module's doc); else loads the object and pins it.
     pub fn open(pin_dir: &Path) -> Result<Self> {
         prepare_pin_dir(pin_dir)?;
-        if all_pinned(pin_dir) {
-            let maps = Maps::open_pinned(pin_dir)?;
-            let steer_in = Xdp::from_pin(pin_dir.join("prog_steer_in"), XdpAttachType::Interface)
-                .map_err(|e| Error::ebpf("opening pinned steer_in", e))?;
-            let reply_out = SchedClassifier::from_pin(pin_dir.join("prog_reply_out"))
-                .map_err(|e| Error::ebpf("opening pinned reply_out", e))?;
-            info!(pin_dir = %pin_dir.display(), "adopted the pinned datapath");
-            return Ok(Datapath { maps, steer_in, reply_out, pin_dir: pin_dir.into(), adopted: true });
+        let bytes = ebpf_object::bytes()?;
+        let build = ebpf_object::build_id(bytes);
+        if programs_pinned(pin_dir) {
+            let pinned = Maps::open_pinned(pin_dir).ok();
+            let from = pinned.as_ref().and_then(Maps::build);
+            if let (Some(maps), true) = (pinned, from == Some(build) && all_pinned(pin_dir)) {
+                let (steer_in, reply_out) =
+                    pinned_programs(&pin_dir.join("prog_steer_in"), &pin_dir.join("prog_reply_out"))?;
+                info!(pin_dir = %pin_dir.display(), build = build_name(&build), "adopted the pinned datapath");
+                return Ok(Datapath {
+                    maps,
+                    steer_in,
+                    reply_out,
+                    pin_dir: pin_dir.into(),
+                    adopted: true,
+                    build,
+                    upgrade: None,
+                });
+            }
+            return Self::stage_upgrade(pin_dir, bytes, build, from);
         }
-        // A partial set of pins (an interrupted first start) is removed and loaded afresh.
+        // No programs pinned (a first start, or an interrupted one): load afresh.
         remove_pins(pin_dir)?;
         prepare_pin_dir(pin_dir)?;
         let mut bpf = load_unattached()?;
-        let maps = Maps::take(&mut bpf, Some(pin_dir))?;
+        let mut maps = Maps::take(&mut bpf, Some(pin_dir))?;
         for (name, path) in [(PROG_STEER_IN, "prog_steer_in"), (PROG_REPLY_OUT, "prog_reply_out")] {
             let prog = bpf.program_mut(name).expect("checked by load_unattached");
             prog.pin(pin_dir.join(path)).map_err(|e| Error::ebpf(format!("pinning {name}"), e))?;
         }
+        maps.manifest.set(0, build, 0).map_err(map_err("manifest"))?;
         // Re-open the programs from their pins so this struct owns them independently of `bpf`.
-        let steer_in = Xdp::from_pin(pin_dir.join("prog_steer_in"), XdpAttachType::Interface)
-            .map_err(|e| Error::ebpf("opening pinned steer_in", e))?;
-        let reply_out = SchedClassifier::from_pin(pin_dir.join("prog_reply_out"))
-            .map_err(|e| Error::ebpf("opening pinned reply_out", e))?;
-        info!(pin_dir = %pin_dir.display(), "loaded and pinned the datapath");
-        Ok(Datapath { maps, steer_in, reply_out, pin_dir: pin_dir.into(), adopted: false })
+        let (steer_in, reply_out) = pinned_programs(&pin_dir.join("prog_steer_in"), &pin_dir.join("prog_reply_out"))?;
+        info!(pin_dir = %pin_dir.display(), build = build_name(&build), "loaded and pinned the datapath");
+        Ok(Datapath { maps, steer_in, reply_out, pin_dir: pin_dir.into(), adopted: false, build, upgrade: None })
+    }
+
+    /// Loads this build next to the pinned one of another: maps whose definition is unchanged
+    /// are reused, the others created and pinned as `staged_<name>`, the programs verified and
+    /// pinned as `staged_prog_*`. Nothing attached changes yet.
+    fn stage_upgrade(pin_dir: &Path, bytes: &[u8], build: [u8; 32], from: Option<[u8; 32]>) -> Result<Self> {
+        let failed = |what: &str| {
+            format!("{what}; the pinned datapath (build {}) keeps running", from.as_ref().map_or("unrecorded".into(), build_name))
+        };
+        // What an interrupted upgrade left.
+        if let Ok(entries) = fs::read_dir(pin_dir) {
+            for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(STAGED)) {
+                let _ = fs::remove_file(e.path());
+            }
+        }
+        let defs = object_map_defs(bytes).map_err(|e| Error::ebpf(failed("reading the new eBPF object"), e))?;
+        let mut loader = EbpfLoader::new();
+        let (mut kept, mut recreated) = (Vec::new(), Vec::new());
+        for name in MAP_NAMES {
+            let path = pin_dir.join(name);
+            if pinned_map_def(&path).is_some_and(|d| defs.get(name) == Some(&d)) {
+                loader.map_pin_path(name, path);
+                kept.push(name);
+            } else {
+                recreated.push(name);
+            }
+        }
+        let mut bpf = loader.load(bytes).map_err(|e| Error::ebpf(failed("loading the new eBPF object"), e))?;
+        xdp_program(&mut bpf)?.load().map_err(|e| Error::ebpf(failed("loading the new steer_in (verifier)"), e))?;
+        tc_program(&mut bpf)?.load().map_err(|e| Error::ebpf(failed("loading the new reply_out (verifier)"), e))?;
+        let mut maps = Maps::take_pinning(&mut bpf, |name| {
+            recreated.contains(&name).then(|| pin_dir.join(format!("{STAGED}{name}")))
+        })?;
+        let next = |p: &str| pin_dir.join(format!("{STAGED}{p}"));
+        for (name, path) in [(PROG_STEER_IN, "prog_steer_in"), (PROG_REPLY_OUT, "prog_reply_out")] {
+            let prog = bpf.program_mut(name).expect("loaded above");
+            prog.pin(next(path)).map_err(|e| Error::ebpf(format!("pinning {name}"), e))?;
+        }
+        let (steer_in, reply_out) = pinned_programs(&next("prog_steer_in"), &next("prog_reply_out"))?;
+        if recreated.contains(&"manifest") {
+            maps.manifest.set(0, [0u8; 32], 0).map_err(map_err("manifest"))?;
+        }
+        info!(
+            pin_dir = %pin_dir.display(),
+            from = from.as_ref().map_or("unrecorded".into(), build_name),
+            to = build_name(&build),
+            kept = ?kept,
+            recreated = ?recreated,
+            "upgrading the pinned datapath in place"
+        );
+        Ok(Datapath {
+            maps,
+            steer_in,
+            reply_out,
+            pin_dir: pin_dir.into(),
+            adopted: true,
+            build,
+            upgrade: Some(Upgrade { from, to: build, kept, recreated }),
+        })
+    }
+
+    /// Finishes a staged upgrade once the new maps are filled and the links of the current
+    /// interfaces swapped: every other pinned link is swapped too, the new maps and programs
+    /// take the old pins' names (the old ones go when nothing holds them), and the manifest
+    /// records this build. Returns the upgrade, if there was one.
+    pub fn commit_upgrade(&mut self) -> Result<Option<Upgrade>> {
+        if self.upgrade.is_none() {
+            return Ok(None);
+        }
+        let entries = fs::read_dir(&self.pin_dir).map_err(|e| Error::io(format!("reading {}", self.pin_dir.display()), e))?;
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("link_xdp_") {
+                self.swap_xdp(&e.path())?;
+            } else if name.starts_with("link_tc_") {
+                self.swap_tc(&e.path())?;
+            }
+        }
+        let upgrade = self.upgrade.take().expect("checked above");
+        let names = upgrade.recreated.iter().copied().chain(["prog_steer_in", "prog_reply_out"]);
+        for name in names {
+            let (from, to) = (self.pin_dir.join(format!("{STAGED}{name}")), self.pin_dir.join(name));
+            fs::rename(&from, &to).map_err(|e| Error::io(format!("renaming {} to {}", from.display(), to.display()), e))?;
+        }
+        self.maps.manifest.set(0, self.build, 0).map_err(map_err("manifest"))?;
+        info!(
+            from = upgrade.from.as_ref().map_or("unrecorded".into(), build_name),
+            to = build_name(&upgrade.to),
+            kept = ?upgrade.kept,
+            recreated = ?upgrade.recreated,
+            "upgraded the datapath in place"
+        );
+        Ok(Some(upgrade))
+    }
+
+    /// Points the pinned XDP link at `path` to this build's `steer_in` (`BPF_LINK_UPDATE`).
+    /// Returns whether it pointed elsewhere.
+    fn swap_xdp(&mut self, path: &Path) -> Result<bool> {
+        let ours = self.prog_id(true)?;
+        let link = PinnedLink::from_pin(path).map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
+        let fd: FdLink = link.into();
+        if link_prog_id(&fd) == Some(ours) {
+            return Ok(false);
+        }
+        let link = XdpLink::try_from(fd).map_err(|e| Error::ebpf(format!("{} is not an XDP link", path.display()), e))?;
+        let id = self.steer_in.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
+        // The pin keeps the link; the program need not own it.
+        drop(self.steer_in.take_link(id));
+        Ok(true)
+    }
+
+    /// Points the pinned TCX link at `path` to this build's `reply_out`. Returns whether it
+    /// pointed elsewhere.
+    fn swap_tc(&mut self, path: &Path) -> Result<bool> {
+        let ours = self.prog_id(false)?;
+        let link = PinnedLink::from_pin(path).map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
+        let fd: FdLink = link.into();
+        if link_prog_id(&fd) == Some(ours) {
+            return Ok(false);
+        }
+        let link = SchedClassifierLink::try_from(fd)
+            .map_err(|e| Error::ebpf(format!("{} is not a TCX link", path.display()), e))?;
+        let id = self.reply_out.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
+        drop(self.reply_out.take_link(id));
+        Ok(true)
     }
 
     fn prog_id(&self, xdp: bool) -> Result<u32> {
@@ -272,6 +490,10 @@ impl Datapath {
         let pin = self.pin_dir.join(format!("link_xdp_{}", link.name));
         if link.xdp.map(|(id, _)| id) == Some(self.prog_id(true)?) && pin.exists() {
             return Ok(Attach::Adopted);
+        }
+        // Another build's program behind our pinned link: replaced in place.
+        if pin.exists() && link.xdp.is_some() && self.swap_xdp(&pin).is_ok() {
+            return Ok(Attach::Swapped);
         }
         let _ = fs::remove_file(&pin);
         let (id, mode) = match self.steer_in.attach_to_if_index(link.index, XdpMode::Driver) {
@@ -304,6 +526,9 @@ impl Datapath {
         if attached && pin.exists() {
             return Ok(Attach::Adopted);
         }
+        if pin.exists() && self.swap_tc(&pin).is_ok_and(|swapped| swapped) {
+            return Ok(Attach::Swapped);
+        }
         let _ = fs::remove_file(&pin);
         let id = self
             .reply_out
@@ -320,4 +545,9 @@ impl Datapath {
         fd_link.pin(&pin).map_err(|e| Error::ebpf(format!("pinning {}", pin.display()), e))?;
         Ok(Attach::Attached("tcx"))
     }
+}
+
+/// The id of the program a link runs.
+fn link_prog_id(link: &FdLink) -> Option<u32> {
+    link.info().ok().map(|i| i.program_id())
 }

@@ -55,8 +55,32 @@ pub static SNI_ROUTES: HashMap<SniRouteKey, SniRouteStats, { MAX_SNI_ROUTES as u
 pub static SNI_COUNTERS: Array<u64, { jitsi_common::SNI_COUNTERS as usize }> = Array::new();
 
 /// The agent's periodic tasks' failures, written by the agent (see `jitsi_common::TASK_SLOTS`).
+#[cfg(not(feature = "upgrade-test"))]
 #[btf_map(name = "task_health")]
 pub static TASK_HEALTH: Array<u64, { jitsi_common::TASK_SLOTS as usize }> = Array::new();
+
+/// The upgrade test's build (`--features upgrade-test`, never shipped): `task_health` with
+/// another size, so that an upgrade to it has a map to recreate, and its last slot counts the
+/// packets `steer_in` sees, so that the test knows which programs run.
+#[cfg(feature = "upgrade-test")]
+#[btf_map(name = "task_health")]
+pub static TASK_HEALTH: Array<u64, { 2 * jitsi_common::TASK_SLOTS as usize }> = Array::new();
+
+/// Which build of the datapath the pins hold: the SHA-256 of the eBPF object, written by the
+/// agent after it loaded or swapped in the programs (no program uses it).
+#[btf_map(name = "manifest")]
+pub static MANIFEST: Array<[u8; 32], 1> = Array::new();
+
+/// The upgrade test's marker (see `TASK_HEALTH`): one more packet seen by this build.
+#[inline(always)]
+pub fn count_upgrade_test_marker() {
+    #[cfg(feature = "upgrade-test")]
+    if let Some(p) = TASK_HEALTH.get_ptr_mut(2 * jitsi_common::TASK_SLOTS - 1) {
+        // SAFETY: a valid, aligned u64 in the map. Not atomic (the target has no 64-bit atomics
+        // in `core`): CPUs racing may lose an increment, which the test allows for.
+        unsafe { *p += 1 };
+    }
+}
 
 #[inline(always)]
 pub fn count_reason(reason: jitsi_common::Reason, bytes: u64) {

@@ -30,6 +30,7 @@ type Miss = Reason;
 #[xdp]
 pub fn steer_in(ctx: XdpContext) -> u32 {
     let frame = (ctx.data_end() - ctx.data()) as u64;
+    crate::maps::count_upgrade_test_marker();
     match try_steer_in(&ctx, frame) {
         Ok(action) => action,
         Err(reason) => {

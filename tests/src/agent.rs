@@ -105,12 +105,18 @@ impl AgentProcess {
     /// agent, announced by `LISTEN_FDS` and `LISTEN_PID` (set by a shell that then execs the
     /// agent, so the pid matches). The caller keeps its own copies, as systemd does.
     pub fn start_with_sockets(ns: &NetNs, config: &Path, fds: &[RawFd]) -> Result<Self> {
+        Self::start_with_sockets_env(ns, config, fds, &[])
+    }
+
+    /// [`AgentProcess::start_with_sockets`] with `env` added to the agent's environment.
+    pub fn start_with_sockets_env(ns: &NetNs, config: &Path, fds: &[RawFd], env: &[(&str, &str)]) -> Result<Self> {
         let fds = fds.to_vec();
         let mut cmd = command_in(ns, Path::new("/bin/sh"))?;
         cmd.arg("-c")
             .arg(format!("LISTEN_PID=$$ LISTEN_FDS={} exec \"$0\" run --config \"$1\"", fds.len()))
             .arg(agent_bin())
-            .arg(config);
+            .arg(config)
+            .envs(env.iter().copied());
         // SAFETY: only async-signal-safe calls (fcntl, dup2) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {

@@ -54,7 +54,17 @@ fn ebpf_cargo(args: &[&str], target_dir: &str) -> Result<Command> {
 
 /// Builds `jitsi-ebpf` for `bpfel-unknown-none` with BTF and returns the object's path.
 pub fn ebpf() -> Result<PathBuf> {
-    let mut cmd = ebpf_cargo(&["build", "--release"], "ebpf")?;
+    ebpf_build("ebpf", &[])
+}
+
+/// The upgrade test's variant of the datapath (`--features upgrade-test`: other programs and
+/// one map of another size), in `target/ebpf-upgrade-test/`; never embedded in an agent.
+pub fn ebpf_upgrade_test() -> Result<PathBuf> {
+    ebpf_build("ebpf-upgrade-test", &["--features", "upgrade-test"])
+}
+
+fn ebpf_build(target_dir: &str, extra: &[&str]) -> Result<PathBuf> {
+    let mut cmd = ebpf_cargo(&[&["build", "--release"], extra].concat(), target_dir)?;
     cmd.env("CARGO_PROFILE_RELEASE_PANIC", "abort")
         .env("CARGO_PROFILE_RELEASE_DEBUG", "2")
         .env("CARGO_PROFILE_RELEASE_LTO", "true")
@@ -62,7 +72,7 @@ pub fn ebpf() -> Result<PathBuf> {
         // BTF for the maps (bpftool prints field names) and the programs.
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf");
     run(&mut cmd)?;
-    let obj = ebpf_object_path();
+    let obj = workspace_root().join("target").join(target_dir).join("bpfel-unknown-none/release/jitsi-ebpf");
     if !obj.exists() {
         bail!("the eBPF build succeeded but {} is missing", obj.display());
     }

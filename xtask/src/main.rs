@@ -25,7 +25,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build the eBPF programs (bpfel-unknown-none, with BTF), installing the toolchain if needed.
-    BuildEbpf,
+    BuildEbpf {
+        /// Build the upgrade test's variant instead (`target/ebpf-upgrade-test/`; never shipped).
+        #[arg(long)]
+        upgrade_test: bool,
+    },
     /// Build the eBPF object and a release `jitsi-agent` binary that embeds it.
     Build,
     /// Build the Debian package (`target/dist/jitsi-agent_<version>_<arch>.deb`) and check it
@@ -83,7 +87,8 @@ enum Command {
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::BuildEbpf => build::ebpf().map(drop),
+        Command::BuildEbpf { upgrade_test: false } => build::ebpf().map(drop),
+        Command::BuildEbpf { upgrade_test: true } => build::ebpf_upgrade_test().map(drop),
         Command::Build => build::agent().map(drop),
         Command::Dist => dist::deb().map(drop),
         Command::Test { no_lint, filter, fuzz_seconds } => run::test(!no_lint, filter.as_deref(), fuzz_seconds),

@@ -101,6 +101,7 @@ pub fn test(lint: bool, filter: Option<&str>, fuzz_seconds: u32) -> Result<()> {
     }
     let agent = build::agent()?;
     let obj = build::ebpf_object_path();
+    let upgrade_obj = build::ebpf_upgrade_test()?;
     let python = prereq::webrtc_venv()?;
     let deb = crate::dist::deb()?;
     eprintln!("xtask: running unit and integration tests");
@@ -110,6 +111,7 @@ pub fn test(lint: bool, filter: Option<&str>, fuzz_seconds: u32) -> Result<()> {
     }
     cmd.env("JITSI_AGENT_BIN", &agent)
         .env("JITSI_EBPF_OBJECT", &obj)
+        .env("JITSI_EBPF_UPGRADE_TEST", &upgrade_obj)
         .env("JITSI_WEBRTC_PYTHON", &python)
         .env("JITSI_DEB", &deb);
     run(&mut cmd)?;

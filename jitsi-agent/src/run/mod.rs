@@ -194,8 +194,12 @@ impl Agent {
             Attach::Adopted => {
                 info!(interface = %agent.uplink.name, mode = agent.uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)")
             }
+            Attach::Swapped => info!(interface = %agent.uplink.name, "swapped in this build's steer_in (XDP link updated)"),
         }
         agent.attach_tc(&gateways).await?;
+        // An upgrade in place: the maps are filled and the current links swapped; the rest
+        // of the pins follow.
+        agent.dp.commit_upgrade()?;
         if let Some(m) = &agent.config.metrics {
             agent.metrics = Some(MetricsServer::start(m.listen, agent.shared.clone()).await?);
             info!(listen = %m.listen, "metrics: serving /metrics");
@@ -374,6 +378,9 @@ impl Agent {
             match self.dp.ensure_tc(g) {
                 Ok(Attach::Attached(mode)) => info!(interface = %g.name, mode, "attached reply_out (TC ingress)"),
                 Ok(Attach::Adopted) => info!(interface = %g.name, "adopted attached reply_out (TC ingress)"),
+                Ok(Attach::Swapped) => {
+                    info!(interface = %g.name, "swapped in this build's reply_out (TCX link updated)")
+                }
                 Err(e) => {
                     failed = Some(e);
                     continue;

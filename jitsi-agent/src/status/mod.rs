@@ -26,6 +26,9 @@ use crate::{
 pub struct Status {
     /// Where the maps were read from.
     pub pin_dir: String,
+    /// The build of the pinned programs (the first 12 hex digits of the eBPF object's SHA-256,
+    /// as the agent logs it when it starts), if recorded.
+    pub build: Option<String>,
     /// Where the programs are attached, from the pinned links.
     pub attachments: Vec<attach::Attachment>,
     /// Seconds between the two readings the rates come from (0: no rates).
@@ -171,8 +174,10 @@ pub fn existing_slots(maps: &Maps) -> HashMap<String, u32> {
 pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
     let first = read_maps(pin_dir)?;
     let attachments = attach::read(pin_dir).await?;
+    let build = Maps::open_pinned(pin_dir).ok().and_then(|m| m.build()).map(|b| crate::datapath::build_name(&b));
     let mut st = Status {
         pin_dir: pin_dir.display().to_string(),
+        build,
         attachments,
         interval_secs: interval.as_secs_f64(),
         rules: first.rules,

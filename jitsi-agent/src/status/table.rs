@@ -14,7 +14,10 @@ fn si(v: f64) -> String {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "datapath pinned at {}", self.pin_dir)?;
+        match &self.build {
+            Some(build) => writeln!(f, "datapath pinned at {} (build {build})", self.pin_dir)?,
+            None => writeln!(f, "datapath pinned at {} (build not recorded)", self.pin_dir)?,
+        }
         if self.attachments.is_empty() {
             writeln!(f, "no program attached (start the agent)")?;
         }

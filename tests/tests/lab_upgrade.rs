@@ -1,0 +1,216 @@
+//! The datapath upgraded in place. The agent is restarted onto another build of the eBPF
+//! object (`--features upgrade-test`: other programs, and `task_health` with another size,
+//! whose last slot counts the packets its `steer_in` sees), and back, while 5,000 UDP
+//! datagrams/s stream to 10000/udp and TLS clients connect to 443 back to back (the listening
+//! socket held as systemd's socket unit holds it). The object is named by
+//! `JITSI_AGENT_EBPF_OBJECT`; `cargo xtask test` builds it and sets `JITSI_EBPF_UPGRADE_TEST`.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::fd::{AsRawFd, RawFd},
+    path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{Array, Map, MapData, PerCpuArray},
+    programs::{ProgramInfo, links::PinnedLink},
+};
+use jitsi_common::RuleStats;
+use jitsi_tests::{
+    agent::AgentProcess,
+    clients::{recorded_hello, udp_round_trip, udp_socket, udp_stream},
+    lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab},
+    netns::NetNs,
+    servers,
+};
+
+const SNI_WEB: &str = r#"
+[sni]
+[[sni.route]]
+name = "web"
+server_names = ["meet.example.test"]
+backend = "192.0.2.12:8443"
+"#;
+
+const OVERRIDE: &str = "JITSI_AGENT_EBPF_OBJECT";
+
+fn upgrade_object() -> PathBuf {
+    let p = std::env::var_os("JITSI_EBPF_UPGRADE_TEST")
+        .map(PathBuf::from)
+        .expect("JITSI_EBPF_UPGRADE_TEST: run through `cargo xtask test`, which builds the upgrade test's object");
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// The id of the program behind the pinned link `name`.
+fn linked_prog(pin_dir: &Path, name: &str) -> u32 {
+    let link: aya::programs::links::FdLink = PinnedLink::from_pin(pin_dir.join(name)).unwrap().into();
+    link.info().unwrap().program_id()
+}
+
+fn pinned_prog(pin_dir: &Path, name: &str) -> u32 {
+    ProgramInfo::from_pin(pin_dir.join(name)).unwrap().id()
+}
+
+/// `task_health` as pinned: its size, and its last slot.
+fn task_health(pin_dir: &Path) -> (u32, u64) {
+    let map = Map::from_map_data(MapData::from_pin(pin_dir.join("task_health")).unwrap()).unwrap();
+    let a: Array<MapData, u64> = Array::try_from(map).unwrap();
+    (a.len(), a.get(&(a.len() - 1), 0).unwrap())
+}
+
+/// The packets steered in by rule slot `slot`, summed over CPUs.
+fn steered(pin_dir: &Path, slot: u32) -> u64 {
+    let map = Map::from_map_data(MapData::from_pin(pin_dir.join("rule_stats")).unwrap()).unwrap();
+    let a: PerCpuArray<MapData, RuleStats> = PerCpuArray::try_from(map).unwrap();
+    a.get(&slot, 0).unwrap().iter().map(|s| s.packets_in).sum()
+}
+
+/// Connects to the host's 443, sends a recorded hello and reads the backend's greeting.
+fn sni_exchange(inet: &NetNs, hello: &[u8]) -> std::io::Result<()> {
+    let to = SocketAddr::new(HOST_V4.into(), 443);
+    let mut s = inet.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).unwrap()?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(hello)?;
+    let mut greeting = [0u8; 5];
+    s.read_exact(&mut greeting)?;
+    if &greeting != b"seen " {
+        return Err(std::io::Error::other(format!("greeting {greeting:?}")));
+    }
+    Ok(())
+}
+
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Stops `old` and starts an agent on `object` (`None`: the embedded one) under the stream
+/// and the connect loop; returns the new agent.
+fn restart_onto(
+    lab: &Lab,
+    jvb: &servers::Server,
+    config: &Path,
+    held: RawFd,
+    old: AgentProcess,
+    object: Option<&Path>,
+) -> AgentProcess {
+    let hello = recorded_hello("chromium-meet.bin");
+    let before = jvb.count() as u64;
+    let stream = udp_stream(udp_socket(&lab.inet, false).unwrap(), SocketAddr::new(HOST_V4.into(), 10000), 5000, 3);
+    let stop = AtomicBool::new(false);
+    let (ok, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
+    let object = object.map(|p| p.display().to_string());
+    let env: Vec<(&str, &str)> = object.iter().map(|o| (OVERRIDE, o.as_str())).collect();
+    let new = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                match sni_exchange(&lab.inet, &hello) {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failed.lock().unwrap().push(e.to_string());
+                        0
+                    }
+                };
+            }
+        });
+        // Ends the connect loop on every way out (a panic here would otherwise leave the scope
+        // waiting for it).
+        let _stop = SetOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(500));
+        old.stop().unwrap();
+        let new = AgentProcess::start_with_sockets_env(&lab.host, config, &[held], &env);
+        std::thread::sleep(Duration::from_millis(800));
+        new
+    })
+    .unwrap();
+    let sent = stream.join().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while (jvb.count() as u64) < before + sent && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(jvb.count() as u64 - before, sent, "datagrams lost across the upgrade:\n{}", new.log());
+    let failed = failed.into_inner().unwrap();
+    assert!(failed.is_empty(), "{} connections failed across the upgrade: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert!(ok.load(Ordering::Relaxed) > 5);
+    new
+}
+
+#[test]
+fn an_agent_of_another_build_swaps_the_programs_in_place_losing_nothing_and_counters_continue() {
+    let object = upgrade_object();
+    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
+    let jvb = lab.backend("jvb");
+    let jvb_sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let web = lab.backend("web");
+    let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    let config = lab.write_config(&format!("{LAB_RULES}{SNI_WEB}")).unwrap();
+    let held = lab.host.enter(|| TcpListener::bind("0.0.0.0:443")).unwrap().unwrap();
+    let first = AgentProcess::start_with_sockets(&lab.host, &config, &[held.as_raw_fd()]).unwrap();
+    let pins = lab.pin_dir.clone();
+    let client = udp_socket(&lab.inet, false).unwrap();
+    let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), "hello").unwrap();
+    assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
+    let old_prog = pinned_prog(&pins, "prog_steer_in");
+    assert_eq!(linked_prog(&pins, "link_xdp_up0"), old_prog);
+    assert_eq!(task_health(&pins).0, jitsi_common::TASK_SLOTS);
+    let slot = 0; // the first rule, jvb
+    let counted = steered(&pins, slot);
+    assert!(counted >= 1);
+    let build = lab.status().unwrap()["build"].as_str().unwrap().to_string();
+
+    // Onto the other build: swapped in place, nothing lost or refused.
+    let second = restart_onto(&lab, &jvb_sink, &config, held.as_raw_fd(), first, Some(&object));
+    let log = second.log();
+    assert!(log.contains("upgrading the pinned datapath in place"), "{log}");
+    assert!(log.contains("upgraded the datapath in place"), "{log}");
+    assert!(log.contains("swapped in this build's steer_in"), "{log}");
+    let new_prog = pinned_prog(&pins, "prog_steer_in");
+    assert_ne!(new_prog, old_prog, "the new build's program is pinned");
+    assert_eq!(linked_prog(&pins, "link_xdp_up0"), new_prog, "and attached");
+    assert_eq!(linked_prog(&pins, "link_tc_br0"), pinned_prog(&pins, "prog_reply_out"));
+    // task_health was recreated with the other size; the new steer_in counts in its last slot.
+    let (len, marker) = task_health(&pins);
+    assert_eq!(len, 2 * jitsi_common::TASK_SLOTS, "task_health recreated");
+    assert!(marker > 1000, "the new program sees the stream: {marker}");
+    // rule_stats kept: the counters continued.
+    assert!(steered(&pins, slot) >= counted + 15_000, "counters continued: {} then {}", counted, steered(&pins, slot));
+    let status = lab.status().unwrap();
+    let upgraded = status["build"].as_str().unwrap().to_string();
+    assert_ne!(upgraded, build, "status names the new build");
+    assert!(std::fs::read_dir(&pins).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("staged_")));
+
+    // And back: the embedded build swaps in again the same way.
+    let third = restart_onto(&lab, &jvb_sink, &config, held.as_raw_fd(), second, None);
+    assert!(third.log().contains("upgraded the datapath in place"), "{}", third.log());
+    assert_eq!(task_health(&pins).0, jitsi_common::TASK_SLOTS);
+    assert_eq!(lab.status().unwrap()["build"].as_str().unwrap(), build);
+    let back = pinned_prog(&pins, "prog_steer_in");
+    assert_eq!(linked_prog(&pins, "link_xdp_up0"), back);
+    assert!(back != new_prog && back != old_prog);
+
+    // A build that does not load leaves the running datapath alone and says why.
+    third.stop().unwrap();
+    let broken = lab.work_dir().join("broken.o");
+    std::fs::write(&broken, b"\x7fELF not an object").unwrap();
+    let refused = AgentProcess::start_with_sockets_env(
+        &lab.host,
+        &config,
+        &[held.as_raw_fd()],
+        &[(OVERRIDE, broken.to_str().unwrap())],
+    );
+    let said = match refused {
+        Ok(a) => panic!("an agent on a broken object started:\n{}", a.log()),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(said.contains("keeps running"), "{said}");
+    assert_eq!(linked_prog(&pins, "link_xdp_up0"), back, "the attached program is unchanged");
+    let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), "still").unwrap();
+    assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
+}
