@@ -290,7 +290,8 @@ fn programs_pinned(dir: &Path) -> bool {
 
 /// Opens the programs pinned at `steer_in` and `reply_out`.
 fn pinned_programs(steer_in: &Path, reply_out: &Path) -> Result<(Xdp, SchedClassifier)> {
-    let xdp = Xdp::from_pin(steer_in, XdpAttachType::Interface).map_err(|e| Error::ebpf("opening pinned steer_in", e))?;
+    let xdp =
+        Xdp::from_pin(steer_in, XdpAttachType::Interface).map_err(|e| Error::ebpf("opening pinned steer_in", e))?;
     let tc = SchedClassifier::from_pin(reply_out).map_err(|e| Error::ebpf("opening pinned reply_out", e))?;
     Ok((xdp, tc))
 }
@@ -359,7 +360,10 @@ impl Datapath {
     /// pinned as `staged_prog_*`. Nothing attached changes yet.
     fn stage_upgrade(pin_dir: &Path, bytes: &[u8], build: [u8; 32], from: Option<[u8; 32]>) -> Result<Self> {
         let failed = |what: &str| {
-            format!("{what}; the pinned datapath (build {}) keeps running", from.as_ref().map_or("unrecorded".into(), build_name))
+            format!(
+                "{what}; the pinned datapath (build {}) keeps running",
+                from.as_ref().map_or("unrecorded".into(), build_name)
+            )
         };
         // What an interrupted upgrade left.
         if let Ok(entries) = fs::read_dir(pin_dir) {
@@ -421,7 +425,8 @@ impl Datapath {
         if self.upgrade.is_none() {
             return Ok(None);
         }
-        let entries = fs::read_dir(&self.pin_dir).map_err(|e| Error::io(format!("reading {}", self.pin_dir.display()), e))?;
+        let entries =
+            fs::read_dir(&self.pin_dir).map_err(|e| Error::io(format!("reading {}", self.pin_dir.display()), e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with("link_xdp_") {
@@ -434,7 +439,8 @@ impl Datapath {
         let names = upgrade.recreated.iter().copied().chain(["prog_steer_in", "prog_reply_out"]);
         for name in names {
             let (from, to) = (self.pin_dir.join(format!("{STAGED}{name}")), self.pin_dir.join(name));
-            fs::rename(&from, &to).map_err(|e| Error::io(format!("renaming {} to {}", from.display(), to.display()), e))?;
+            fs::rename(&from, &to)
+                .map_err(|e| Error::io(format!("renaming {} to {}", from.display(), to.display()), e))?;
         }
         self.maps.manifest.set(0, self.build, 0).map_err(map_err("manifest"))?;
         info!(
@@ -456,8 +462,10 @@ impl Datapath {
         if link_prog_id(&fd) == Some(ours) {
             return Ok(false);
         }
-        let link = XdpLink::try_from(fd).map_err(|e| Error::ebpf(format!("{} is not an XDP link", path.display()), e))?;
-        let id = self.steer_in.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
+        let link =
+            XdpLink::try_from(fd).map_err(|e| Error::ebpf(format!("{} is not an XDP link", path.display()), e))?;
+        let id =
+            self.steer_in.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
         // The pin keeps the link; the program need not own it.
         drop(self.steer_in.take_link(id));
         Ok(true)
@@ -474,7 +482,8 @@ impl Datapath {
         }
         let link = SchedClassifierLink::try_from(fd)
             .map_err(|e| Error::ebpf(format!("{} is not a TCX link", path.display()), e))?;
-        let id = self.reply_out.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
+        let id =
+            self.reply_out.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
         drop(self.reply_out.take_link(id));
         Ok(true)
     }

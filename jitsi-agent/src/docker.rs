@@ -5,6 +5,10 @@
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -132,12 +136,21 @@ pub type Report = std::sync::Arc<dyn Fn(Result<()>) + Send + Sync>;
 pub struct DockerWatch {
     /// Updated on every change.
     pub rx: watch::Receiver<Containers>,
-    task: JoinHandle<()>,
+    /// The sender, until [`DockerWatch::follow`] hands it to the follower.
+    tx: Option<watch::Sender<Containers>>,
+    names: Vec<String>,
+    subnet: Option<Layout>,
+    /// Whether the engine has answered a lookup: until then the containers are unknown, not
+    /// known to be down.
+    answered: Arc<AtomicBool>,
+    task: Option<JoinHandle<()>>,
 }
 
 impl Drop for DockerWatch {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = &self.task {
+            t.abort();
+        }
     }
 }
 
@@ -145,40 +158,65 @@ impl Drop for DockerWatch {
 const RECONNECT: Duration = Duration::from_secs(1);
 /// A full re-resolution at least this often, events or not.
 const RESYNC: Duration = Duration::from_secs(10);
+/// The first lookup's limit (an engine that accepts and hangs must not hold up a start or a
+/// reload; bollard's own timeout is two minutes).
+const FIRST_LOOKUP: Duration = Duration::from_secs(3);
 
 impl DockerWatch {
-    /// Resolves `names` once, then follows the engine's container and network events. An
-    /// engine that cannot be reached is reported, not fatal: the containers count as not
-    /// running until it answers (their steered traffic is dropped as `in_backend_down`, their
-    /// routes refused), and the watcher keeps reconnecting.
-    pub async fn start(names: Vec<String>, subnet: Option<Layout>, report: Report) -> Self {
-        let first = match connect().await {
-            Ok(docker) => resolve(&docker, &names, subnet).await,
-            Err(e) => Err(e),
+    /// Looks `names` up once and returns the watch (not following yet: see
+    /// [`DockerWatch::follow`]) with the lookup's outcome. An engine that cannot be reached
+    /// leaves every container unknown (`None`, and [`DockerWatch::answered`] false).
+    pub async fn start(names: Vec<String>, subnet: Option<Layout>) -> (Self, Result<()>) {
+        let lookup = async {
+            let docker = connect().await?;
+            resolve(&docker, &names, subnet).await
         };
-        let first = match first {
+        let first = match tokio::time::timeout(FIRST_LOOKUP, lookup).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::io(
+                "docker: looking the containers up (is the Docker engine running? DOCKER_HOST)",
+                std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer within {FIRST_LOOKUP:?}")),
+            )),
+        };
+        let answered = Arc::new(AtomicBool::new(first.is_ok()));
+        let (found, outcome) = match first {
             Ok(found) => {
                 log_changes(&Containers::new(), &found);
-                report(Ok(()));
-                found
+                (found, Ok(()))
             }
-            Err(e) => {
-                report(Err(e));
-                names.iter().map(|n| (n.clone(), None)).collect()
-            }
+            Err(e) => (names.iter().map(|n| (n.clone(), None)).collect(), Err(e)),
         };
-        let (tx, rx) = watch::channel(first);
-        let task = tokio::spawn(follow(names, subnet, tx, report));
-        DockerWatch { rx, task }
+        let (tx, rx) = watch::channel(found);
+        (DockerWatch { rx, tx: Some(tx), names, subnet, answered, task: None }, outcome)
+    }
+
+    /// Starts following the engine's container and network events, reporting whether it can
+    /// be reached into `report`.
+    pub fn follow(&mut self, report: Report) {
+        if let Some(tx) = self.tx.take() {
+            let (names, answered) = (self.names.clone(), self.answered.clone());
+            self.task = Some(tokio::spawn(follow(names, self.subnet, tx, report, answered)));
+        }
+    }
+
+    /// Whether the engine has answered a lookup since the watch started.
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
     }
 }
 
 /// Follows the engine: a lookup after every burst of events and every [`RESYNC`]; a lost or
 /// unreachable engine is reported and reconnected to every [`RECONNECT`], the last known
 /// addresses staying meanwhile.
-async fn follow(names: Vec<String>, subnet: Option<Layout>, tx: watch::Sender<Containers>, report: Report) {
+async fn follow(
+    names: Vec<String>,
+    subnet: Option<Layout>,
+    tx: watch::Sender<Containers>,
+    report: Report,
+    answered: Arc<AtomicBool>,
+) {
     loop {
-        if let Err(e) = follow_once(&names, subnet, &tx, &report).await {
+        if let Err(e) = follow_once(&names, subnet, &tx, &report, &answered).await {
             report(Err(e));
         }
         tokio::time::sleep(RECONNECT).await;
@@ -191,12 +229,20 @@ async fn follow_once(
     subnet: Option<Layout>,
     tx: &watch::Sender<Containers>,
     report: &Report,
+    answered: &AtomicBool,
 ) -> Result<()> {
     let docker = connect().await?;
     let filters = HashMap::from([("type".to_string(), vec!["container".to_string(), "network".to_string()])]);
     let mut events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
     // Resolve after subscribing, so that nothing between the two is missed.
-    refresh(&docker, names, subnet, tx).await?;
+    let now = resolve(&docker, names, subnet).await?;
+    if answered.swap(true, Ordering::Relaxed) {
+        publish(tx, now);
+    } else {
+        // The first answer: what was unknown is known now, changed or not; the agent applies it.
+        log_changes(&tx.borrow().clone(), &now);
+        let _ = tx.send(now);
+    }
     report(Ok(()));
     loop {
         match tokio::time::timeout(RESYNC, events.next()).await {
@@ -219,13 +265,17 @@ async fn refresh(
     subnet: Option<Layout>,
     tx: &watch::Sender<Containers>,
 ) -> Result<()> {
-    let now = resolve(docker, names, subnet).await?;
+    publish(tx, resolve(docker, names, subnet).await?);
+    Ok(())
+}
+
+/// Sends `now` if it differs (logging what changed).
+fn publish(tx: &watch::Sender<Containers>, now: Containers) {
     let before = tx.borrow().clone();
     if now != before {
         log_changes(&before, &now);
         let _ = tx.send(now);
     }
-    Ok(())
 }
 
 fn log_changes(before: &Containers, now: &Containers) {
@@ -256,13 +306,23 @@ pub fn backend_of(c: Option<&ContainerAddrs>, port: u16) -> OneOrMany {
 /// steering rule whose container does not run gets the unspecified addresses as its backend:
 /// the datapath then drops and counts its packets as `in_backend_down` instead of passing
 /// them to the host. An SNI route's gets no address: its connections are refused.
-pub fn effective(config: &Config, containers: &Containers) -> Config {
+///
+/// `unknown` (while the engine has not answered): a steering rule whose container is not
+/// known keeps these backends, by rule name (what the pinned maps said), instead of going down.
+pub fn effective(
+    config: &Config,
+    containers: &Containers,
+    unknown: Option<&HashMap<String, Vec<SocketAddr>>>,
+) -> Config {
     let mut out = config.clone();
     let lookup = |name: &str| containers.get(name).and_then(Option::as_ref);
     for r in &mut out.steer {
         if let Some(name) = &r.container {
             let port = r.container_port.unwrap_or(r.port);
             r.backend = backend_of(lookup(name), port);
+            if let (true, Some(kept)) = (r.backend.as_slice().is_empty(), unknown.and_then(|u| u.get(&r.name))) {
+                r.backend = OneOrMany::Many(kept.clone());
+            }
             if r.backend.as_slice().is_empty() {
                 let down = [IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)];
                 r.backend = OneOrMany::Many(down.iter().map(|ip| SocketAddr::new(*ip, port)).collect());
@@ -300,12 +360,22 @@ mod tests {
             ("coturn".into(), None),
             ("web".into(), Some(ContainerAddrs { id: "b".into(), v4: Some(Ipv4Addr::new(172, 18, 0, 12)), v6: None })),
         ]);
-        let e = effective(&config, &containers);
+        let e = effective(&config, &containers, None);
         assert_eq!(e.steer[0].backend.as_slice(), ["172.18.0.10:10000".parse().unwrap()]);
         assert!(e.steer[1].backend.as_slice().iter().all(|a| a.ip().is_unspecified() && a.port() == 3478));
         assert_eq!(e.sni.unwrap().routes[0].backend.as_slice(), ["172.18.0.12:8443".parse().unwrap()]);
-        let e = effective(&config, &Containers::new());
+        let e = effective(&config, &Containers::new(), None);
         assert!(e.sni.unwrap().routes[0].backend.as_slice().is_empty());
+        // Docker has not answered: what the pinned maps steer to stays (unknown is not down);
+        // a rule the maps had no backend for is down.
+        let pinned = HashMap::from([("jvb".to_string(), vec!["172.18.0.10:10000".parse().unwrap()])]);
+        let unknown: Containers = [("jvb".into(), None), ("coturn".into(), None), ("web".into(), None)].into();
+        let e = effective(&config, &unknown, Some(&pinned));
+        assert_eq!(e.steer[0].backend.as_slice(), ["172.18.0.10:10000".parse().unwrap()]);
+        assert!(e.steer[1].backend.as_slice().iter().all(|a| a.ip().is_unspecified()));
+        // Answered: the container is down.
+        let e = effective(&config, &unknown, None);
+        assert!(e.steer[0].backend.as_slice().iter().all(|a| a.ip().is_unspecified()));
     }
 
     #[test]

@@ -23,8 +23,9 @@ pub fn bytes() -> Result<&'static [u8]> {
         return Ok(b);
     }
     if let Some(path) = std::env::var_os(OVERRIDE_ENV) {
-        let data = std::fs::read(&path)
-            .map_err(|e| Error::io(format!("reading the eBPF object {} ({OVERRIDE_ENV})", path.to_string_lossy()), e))?;
+        let data = std::fs::read(&path).map_err(|e| {
+            Error::io(format!("reading the eBPF object {} ({OVERRIDE_ENV})", path.to_string_lossy()), e)
+        })?;
         tracing::warn!(path = %path.to_string_lossy(), "using the eBPF object {OVERRIDE_ENV} names, not the embedded one");
         // Read once for the process's life.
         return Ok(OVERRIDE.get_or_init(|| Box::leak(data.into_boxed_slice())));

@@ -137,7 +137,12 @@ fn restart_onto(
     }
     assert_eq!(jvb.count() as u64 - before, sent, "datagrams lost across the upgrade:\n{}", new.log());
     let failed = failed.into_inner().unwrap();
-    assert!(failed.is_empty(), "{} connections failed across the upgrade: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert!(
+        failed.is_empty(),
+        "{} connections failed across the upgrade: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
     assert!(ok.load(Ordering::Relaxed) > 5);
     new
 }
@@ -184,7 +189,9 @@ fn an_agent_of_another_build_swaps_the_programs_in_place_losing_nothing_and_coun
     let status = lab.status().unwrap();
     let upgraded = status["build"].as_str().unwrap().to_string();
     assert_ne!(upgraded, build, "status names the new build");
-    assert!(std::fs::read_dir(&pins).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("staged_")));
+    assert!(
+        std::fs::read_dir(&pins).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("staged_"))
+    );
 
     // And back: the embedded build swaps in again the same way.
     let third = restart_onto(&lab, &jvb_sink, &config, held.as_raw_fd(), second, None);

@@ -17,7 +17,7 @@ use std::{
 };
 
 use jitsi_tests::{
-    clients::{recorded_hello, udp_round_trip, udp_socket, udp_stream},
+    clients::{recorded_hello, udp_round_trip, udp_socket},
     docker::DockerEngine,
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab},
     machine::Machine,
@@ -78,7 +78,7 @@ fn next_revision(deb: &std::path::Path, dir: &std::path::Path) -> PathBuf {
     let control = tree.join("DEBIAN/control");
     let text = std::fs::read_to_string(&control).unwrap();
     let version = text.lines().find_map(|l| l.strip_prefix("Version: ")).unwrap().to_string();
-    let next = version.replace("-1", "-2");
+    let next = format!("{}-2", version.strip_suffix("-1").expect("the package's revision is 1"));
     assert_ne!(version, next, "the package's revision is 1");
     std::fs::write(&control, text.replace(&format!("Version: {version}"), &format!("Version: {next}"))).unwrap();
     let out = dir.join(format!("jitsi-agent_{next}.deb"));
@@ -96,14 +96,29 @@ impl Drop for SetOnDrop<'_> {
     }
 }
 
-/// Runs `step` while UDP datagrams stream to 10000/udp and TCP clients connect to 443 in a
-/// loop; asserts that the jvb backend got every datagram and that no connection failed.
+/// Runs `step` while UDP datagrams stream to 10000/udp (2,000/s, from before the step until a
+/// second after it returned) and TCP clients connect to 443 in a loop; asserts that the jvb
+/// backend got every datagram and that no connection failed.
 fn losing_nothing(lab: &Lab, jvb: &servers::Server, machine: &Machine, what: &str, step: impl FnOnce()) {
     let before = jvb.count() as u64;
-    let stream = udp_stream(udp_socket(&lab.inet, false).unwrap(), SocketAddr::new(HOST_V4.into(), 10000), 2000, 4);
+    let sock = udp_socket(&lab.inet, false).unwrap();
+    let to = SocketAddr::new(HOST_V4.into(), 10000);
     let stop = AtomicBool::new(false);
     let (ok, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
-    std::thread::scope(|scope| {
+    let sent = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| {
+            let start = Instant::now();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = start + Duration::from_secs_f64(i as f64 / 2000.0);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                sock.send_to(format!("seq-{i}").as_bytes(), to).expect("sending a datagram");
+                i += 1;
+            }
+            i
+        });
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 match sni_greeting(&lab.inet) {
@@ -115,12 +130,13 @@ fn losing_nothing(lab: &Lab, jvb: &servers::Server, machine: &Machine, what: &st
                 };
             }
         });
-        let _stop = SetOnDrop(&stop);
+        let stop_all = SetOnDrop(&stop);
         std::thread::sleep(Duration::from_millis(700));
         step();
         std::thread::sleep(Duration::from_millis(1000));
+        drop(stop_all);
+        stream.join().unwrap()
     });
-    let sent = stream.join().unwrap();
     let deadline = Instant::now() + Duration::from_secs(3);
     while (jvb.count() as u64) < before + sent && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -200,15 +216,31 @@ fn the_package_under_a_real_systemd_steers_splits_reloads_restarts_upgrades_and_
     };
     let more = format!("{config}{}", rule(5000));
     std::fs::write(machine.path("/etc/jitsi-agent/agent.toml"), &more).unwrap();
+    let reloaded = || machine.journal("jitsi-agent").matches("reloaded").count();
+    // Answered by the backend behind `port` (retried while the change is being applied).
+    let answered = |port: u16| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), port), "alt") {
+                Ok((_, reply)) => return reply,
+                Err(e) if Instant::now() > deadline => panic!("{port}/udp: {e:#}\n{}", machine.journal("jitsi-agent")),
+                Err(_) => {}
+            }
+        }
+    };
+    // (The file watcher may apply the write before the signal arrives: either way it applies.)
+    let before = reloaded();
     machine.systemctl(&["reload", "jitsi-agent.service"]).unwrap();
-    machine.wait_journal("jitsi-agent", "reloaded", 1, Duration::from_secs(10)).unwrap();
-    let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 5000), "alt").unwrap();
+    machine.wait_journal("jitsi-agent", "reloaded", before + 1, Duration::from_secs(10)).unwrap();
+    let reply = answered(5000);
     assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
     // The file changed without a reload: the agent sees it (inotify, under the unit's sandbox).
+    let (before, changes) = (reloaded(), machine.journal("jitsi-agent").matches("configuration file changed").count());
     std::fs::write(machine.path("/etc/jitsi-agent/agent.toml"), format!("{more}{}", rule(5001))).unwrap();
-    machine.wait_journal("jitsi-agent", "reloaded", 2, Duration::from_secs(10)).unwrap();
-    assert!(machine.journal("jitsi-agent").contains("configuration file changed; reloading"));
-    let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 5001), "alt").unwrap();
+    machine.wait_journal("jitsi-agent", "reloaded", before + 1, Duration::from_secs(10)).unwrap();
+    let now = machine.journal("jitsi-agent").matches("configuration file changed").count();
+    assert_eq!(now, changes + 1, "applied by the file watcher");
+    let reply = answered(5001);
     assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");
 
     // `systemctl restart` under UDP load loses no packet and under connect load refuses none.
@@ -254,6 +286,10 @@ fn the_package_under_a_real_systemd_steers_splits_reloads_restarts_upgrades_and_
     assert!(!machine.path("/sys/fs/bpf/jitsi-agent").exists(), "no pins left");
     let active = machine.exec("systemctl", &["is-active", "jitsi-agent.service"]).unwrap();
     assert_eq!(String::from_utf8_lossy(&active.stdout).trim(), "inactive");
+    // Installed again after the removal: the units are unmasked and enabled as they were.
+    machine.install(&next).unwrap();
+    assert_eq!(machine.systemctl(&["is-enabled", "jitsi-agent.service"]).unwrap(), "enabled");
+    machine.apt(&["remove", "-y", "-q", "jitsi-agent"]).unwrap();
     // The test's own drop-in is the operator's file, not the package's: it goes by hand.
     std::fs::remove_dir_all(machine.path("/etc/systemd/system/jitsi-agent.service.d")).unwrap();
     machine.apt(&["purge", "-y", "-q", "jitsi-agent"]).unwrap();

@@ -54,8 +54,16 @@ set -e
 UNITS="jitsi-agent.service jitsi-agent.socket"
 case "$1" in
     configure|abort-upgrade|abort-deconfigure|abort-remove)
-        deb-systemd-helper unmask $UNITS >/dev/null || true
-        deb-systemd-helper update-state $UNITS >/dev/null || true
+        for unit in $UNITS; do
+            if deb-systemd-helper debian-installed "$unit"; then
+                deb-systemd-helper unmask "$unit" >/dev/null || true
+                if deb-systemd-helper --quiet was-enabled "$unit"; then
+                    # Enabled before (a reinstall after remove): its links again.
+                    deb-systemd-helper enable "$unit" >/dev/null || true
+                fi
+            fi
+            deb-systemd-helper update-state "$unit" >/dev/null || true
+        done
         if [ -d /run/systemd/system ]; then
             systemctl --system daemon-reload >/dev/null || true
             if [ -n "$2" ]; then
@@ -69,16 +77,22 @@ exit 0
 "#;
 
 /// Removal stops the service and the socket (the agent drains and removes its policy routing),
-/// then detaches the datapath: without the package nothing would manage it. The configuration
-/// stays until purge. An upgrade stops nothing (the new postinst restarts).
+/// then detaches the datapath: without the package nothing would manage it. Not in a
+/// `DPKG_ROOT` (a chroot being built must not touch the running host), and not while the agent
+/// still runs (a stop refused by policy-rc.d). The configuration stays until purge. An upgrade
+/// stops nothing (the new postinst restarts).
 const PRERM: &str = r#"#!/bin/sh
 set -e
-if [ "$1" = "remove" ]; then
+if [ "$1" = "remove" ] && [ -z "${DPKG_ROOT:-}" ]; then
     if [ -d /run/systemd/system ]; then
         deb-systemd-invoke stop jitsi-agent.service jitsi-agent.socket >/dev/null || true
     fi
-    jitsi-agent teardown --config /etc/jitsi-agent/agent.toml >/dev/null 2>&1 \
-        || rm -rf /sys/fs/bpf/jitsi-agent || true
+    if [ -d /run/systemd/system ] && systemctl --quiet is-active jitsi-agent.service; then
+        echo "jitsi-agent is still running; its datapath stays attached (jitsi-agent teardown removes it)" >&2
+    else
+        jitsi-agent teardown --config /etc/jitsi-agent/agent.toml \
+            || rm -rf /sys/fs/bpf/jitsi-agent || true
+    fi
 fi
 exit 0
 "#;

@@ -23,11 +23,17 @@ struct Stored {
     credentials: AccountCredentials,
 }
 
-fn builder(acme: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
-    Ok(match &acme.ca_root {
-        Some(root) => Account::builder_with_root(root)?,
-        None => Account::builder()?,
+/// The account builder: it reads the system's roots or `ca_root`, off the async workers.
+async fn builder(acme: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError> {
+    let root = acme.ca_root.clone();
+    tokio::task::spawn_blocking(move || {
+        Ok(match &root {
+            Some(root) => Account::builder_with_root(root)?,
+            None => Account::builder()?,
+        })
     })
+    .await
+    .map_err(|e| AcmeError::io("reading the trusted roots", std::io::Error::other(e)))?
 }
 
 /// The account for `acme.directory`: loaded from the state directory, else registered (and
@@ -38,11 +44,11 @@ pub async fn account(acme: &Acme) -> Result<Account, AcmeError> {
         && let Ok(stored) = serde_json::from_str::<Stored>(&text)
         && stored.directory == acme.directory
     {
-        return Ok(builder(acme)?.from_credentials(stored.credentials).await?);
+        return Ok(builder(acme).await?.from_credentials(stored.credentials).await?);
     }
     let contact = format!("mailto:{}", acme.email);
     let new = NewAccount { contact: &[&contact], terms_of_service_agreed: true, only_return_existing: false };
-    let (account, credentials) = builder(acme)?.create(&new, acme.directory.clone(), None).await?;
+    let (account, credentials) = builder(acme).await?.create(&new, acme.directory.clone(), None).await?;
     let text = serde_json::to_string(&Stored { directory: acme.directory.clone(), credentials })
         .expect("credentials serialize");
     tokio::task::spawn_blocking(move || write_private(&path, &text))

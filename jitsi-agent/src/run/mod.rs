@@ -109,6 +109,9 @@ struct Agent {
     /// and the splitter are built from.
     live: Config,
     docker: Option<DockerWatch>,
+    /// What the pinned `rules` map steered container rules to when this agent started: kept
+    /// while Docker has not answered (unknown is not down).
+    pinned_backends: std::collections::HashMap<String, Vec<SocketAddr>>,
     /// Wakes the loop when the file may have changed.
     watch: FileWatch,
     /// The file's text as last applied, and as last refused (not retried until it changes).
@@ -157,10 +160,16 @@ impl Agent {
             health: Default::default(),
         });
         shared.health.seed(&dp.maps.task_health)?;
-        let docker = start_docker(&config, &shared).await;
-        let live = live_config(&config, docker.as_ref());
+        let pinned_backends = crate::status::pinned_backends(&dp.maps);
+        let (mut docker, first) = start_docker(&config).await;
+        shared.health.record(Task::DockerEngine, first);
+        if let Some(w) = &mut docker {
+            w.follow(docker_report(&shared));
+        }
+        let live = live_config(&config, docker.as_ref(), &pinned_backends);
         let watch = FileWatch::new(&path);
         let mut agent = Agent {
+            pinned_backends,
             watch,
             path,
             config,
@@ -194,7 +203,9 @@ impl Agent {
             Attach::Adopted => {
                 info!(interface = %agent.uplink.name, mode = agent.uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)")
             }
-            Attach::Swapped => info!(interface = %agent.uplink.name, "swapped in this build's steer_in (XDP link updated)"),
+            Attach::Swapped => {
+                info!(interface = %agent.uplink.name, "swapped in this build's steer_in (XDP link updated)")
+            }
         }
         agent.attach_tc(&gateways).await?;
         // An upgrade in place: the maps are filled and the current links swapped; the rest
@@ -425,7 +436,17 @@ impl Agent {
     async fn file_changed(&mut self) {
         let text = read(self.path.clone()).await;
         if let Ok(text) = &text
-            && (*text == self.text || Some(text) == self.refused_text.as_ref())
+            && *text == self.text
+        {
+            // Back to what runs (a refused edit undone, a removed file restored).
+            if self.refused_text.take().is_some() {
+                info!(path = %self.path.display(), "configuration file is the running one again");
+                self.shared.health.record(Task::ConfigFile, Ok(()));
+            }
+            return;
+        }
+        if let Ok(text) = &text
+            && Some(text) == self.refused_text.as_ref()
         {
             return;
         }
@@ -493,13 +514,21 @@ impl Agent {
         // Containers: a new set of names means a new watch (whose first lookup must succeed);
         // the old one stays if the reload fails.
         if docker::referenced(&new) == docker::referenced(&self.config) {
-            let live = live_config(&new, self.docker.as_ref());
+            let live = live_config(&new, self.docker.as_ref(), &self.pinned_backends);
             return self.apply_live(new, live).await;
         }
-        let docker = start_docker(&new, &self.shared).await;
-        let live = live_config(&new, docker.as_ref());
+        // A new set of containers: refused while Docker cannot say where they are (the
+        // running rules stay as they are).
+        let (mut docker, first) = start_docker(&new).await;
+        first?;
+        let live = live_config(&new, docker.as_ref(), &self.pinned_backends);
         self.apply_live(new, live).await?;
+        if let Some(w) = &mut docker {
+            w.follow(docker_report(&self.shared));
+        }
         self.docker = docker;
+        // Whatever the old watch was reporting: the new one answered.
+        self.shared.health.record(Task::DockerEngine, Ok(()));
         Ok(())
     }
 
@@ -563,6 +592,10 @@ impl Agent {
             }
         }
         check_drain(&new);
+        if !new.uplink.addresses.is_empty() {
+            // Configured addresses: nothing is read from the uplink any more.
+            self.shared.health.record(Task::HostAddresses, Ok(()));
+        }
         self.config = new;
         self.live = live;
         self.backends.refresh(&self.h, &self.live).await;
@@ -578,7 +611,7 @@ impl Agent {
     /// A container started, stopped or moved: rebuild the live configuration and apply it at
     /// once (maps, the splitter's routes, the reply path on a new bridge).
     async fn follow_containers(&mut self) -> Result<()> {
-        self.live = live_config(&self.config, self.docker.as_ref());
+        self.live = live_config(&self.config, self.docker.as_ref(), &self.pinned_backends);
         self.backends.refresh(&self.h, &self.live).await;
         self.sync()?;
         if let (Some(running), Some(sni)) = (&mut self.splitter, self.live.splitter()) {
@@ -604,24 +637,33 @@ impl Agent {
     }
 }
 
-/// Starts following the containers `config` names, if any (with `[stack]`, on its subnet),
-/// reporting the engine's reachability as the `docker_engine` task.
-async fn start_docker(config: &Config, shared: &Arc<Shared>) -> Option<DockerWatch> {
+/// Looks up the containers `config` names, if any (with `[stack]`, on its subnet): the watch
+/// (to be followed once committed) and whether Docker answered.
+async fn start_docker(config: &Config) -> (Option<DockerWatch>, Result<()>) {
     let names = docker::referenced(config);
     if names.is_empty() {
-        shared.health.record(Task::DockerEngine, Ok(()));
-        return None;
+        return (None, Ok(()));
     }
     let subnet = config.stack.as_ref().map(Layout::of);
-    let to = shared.clone();
-    Some(
-        DockerWatch::start(names, subnet, Arc::new(move |outcome| to.health.record(Task::DockerEngine, outcome))).await,
-    )
+    let (watch, first) = DockerWatch::start(names, subnet).await;
+    (Some(watch), first)
 }
 
-fn live_config(config: &Config, docker: Option<&DockerWatch>) -> Config {
+/// Where a followed watch reports the engine's reachability: the `docker_engine` task.
+fn docker_report(shared: &Arc<Shared>) -> docker::Report {
+    let to = shared.clone();
+    Arc::new(move |outcome| to.health.record(Task::DockerEngine, outcome))
+}
+
+/// `config` with the containers' current addresses; while Docker has not answered, a
+/// container rule keeps what the pinned maps said (`pinned`).
+fn live_config(
+    config: &Config,
+    docker: Option<&DockerWatch>,
+    pinned: &std::collections::HashMap<String, Vec<SocketAddr>>,
+) -> Config {
     match docker {
-        Some(w) => docker::effective(config, &w.rx.borrow()),
+        Some(w) => docker::effective(config, &w.rx.borrow(), (!w.answered()).then_some(pinned)),
         None => config.clone(),
     }
 }

@@ -170,6 +170,21 @@ pub fn existing_slots(maps: &Maps) -> HashMap<String, u32> {
     maps.rules.iter().filter_map(|r| r.ok()).map(|(_, v)| (name_str(&v.name), v.slot)).collect()
 }
 
+/// Rule name -> the backends the `rules` map steers to (none for a rule that is down).
+pub fn pinned_backends(maps: &Maps) -> HashMap<String, Vec<std::net::SocketAddr>> {
+    let mut out: HashMap<String, Vec<std::net::SocketAddr>> = HashMap::new();
+    for (k, v) in maps.rules.iter().filter_map(|r| r.ok()) {
+        let ip = ip_from16(v.backend_addr, k.family);
+        if v.flags & RULE_HAS_BACKEND != 0 && !ip.is_unspecified() {
+            out.entry(name_str(&v.name)).or_default().push(std::net::SocketAddr::new(ip, v.backend_port));
+        }
+    }
+    for addrs in out.values_mut() {
+        addrs.sort();
+    }
+    out
+}
+
 /// Reads the status: attachments, and counters read twice `interval` apart for the rates.
 pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
     let first = read_maps(pin_dir)?;
