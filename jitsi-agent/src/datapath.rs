@@ -10,13 +10,17 @@
 //!
 //! Pinned links keep the programs attached while no agent runs. A starting agent adopts
 //! pinned maps and programs of its own build (the `manifest` map records the SHA-256 of the
-//! eBPF object the pins came from) and leaves a link that is still attached alone, so
-//! restarting the agent never interrupts forwarding. An agent of another build upgrades in
-//! place: it loads its programs reusing every pinned map whose definition (type, key and value
-//! size, entries, flags) is unchanged, creates the others (pinned as `staged_<name>`), fills
-//! them, then swaps the programs behind the pinned links (`BPF_LINK_UPDATE`: no detach, no
-//! gap) and finally renames its maps and programs over the old pins. Until the swap, a
-//! failure leaves the old datapath running.
+//! eBPF object the pins came from, and each map's schema version) if the programs use the
+//! pinned maps, and leaves a link that is still attached alone, so restarting the agent never
+//! interrupts forwarding. An agent of another build upgrades in place: it loads its programs
+//! reusing every pinned map whose definition (type, key and value size, entries, flags) and
+//! schema version are unchanged (`rules` and `rule_stats` only together), creates the others
+//! (pinned as `staged_<name>`), fills them, then swaps the programs behind the pinned links
+//! (`BPF_LINK_UPDATE`: no detach, no gap; `reply_out` first, the reader of what `steer_in`
+//! writes) and finally renames its maps and programs over the old pins. The kept maps are
+//! written by the new agent from the start (the old programs read them meanwhile, as across
+//! any restart). A failure before the commit puts every swapped link back on the old programs
+//! and removes what was staged: the old datapath runs on.
 
 use std::{
     fs,
@@ -27,7 +31,7 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, lpm_trie::LpmTrie},
     programs::{
-        LinkOrder, SchedClassifier, Xdp, XdpMode,
+        LinkOrder, ProgramInfo, SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
         xdp::XdpLink,
@@ -35,9 +39,9 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use jitsi_common::{
-    ClientKey, HostAddrKey, ReasonStats, Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats, SourcePrefix,
+    ClientKey, HostAddrKey, Manifest, ReasonStats, Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats, SourcePrefix,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     ebpf_object,
@@ -61,6 +65,31 @@ pub const MAP_NAMES: [&str; 12] = [
     "task_health",
     "manifest",
 ];
+
+/// The schema version of each map in [`MAP_NAMES`] order. Bump a map's entry when the meaning
+/// of its keys or values changes even though their sizes do not: an upgrade then recreates it
+/// instead of keeping it (a change of size, entries, type or flags is noticed without this).
+pub const MAP_SCHEMAS: [u32; MAP_NAMES.len()] = [1; MAP_NAMES.len()];
+
+/// Maps that must be kept or recreated together: `rule_stats` is indexed by the slots the
+/// `rules` entries hold.
+const MAP_GROUPS: [[&str; 2]; 1] = [["rules", "rule_stats"]];
+
+const _: () = assert!(MAP_NAMES.len() <= jitsi_common::MANIFEST_MAPS, "the manifest has no slot left");
+
+/// This build's manifest.
+fn manifest_of(build: [u8; 32]) -> Manifest {
+    let mut m = Manifest { build, schemas: [0; jitsi_common::MANIFEST_MAPS] };
+    m.schemas[..MAP_NAMES.len()].copy_from_slice(&MAP_SCHEMAS);
+    m
+}
+
+/// The manifest pinned in `dir`, if there is one this build can read.
+fn pinned_manifest(dir: &Path) -> Option<Manifest> {
+    let map = Map::from_map_data(MapData::from_pin(dir.join("manifest")).ok()?).ok()?;
+    let a: Array<MapData, Manifest> = Array::try_from(map).ok()?;
+    a.get(&0, 0).ok().filter(|m| m.build != [0u8; 32])
+}
 const PROG_STEER_IN: &str = "steer_in";
 const PROG_REPLY_OUT: &str = "reply_out";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -88,7 +117,7 @@ pub struct Maps {
     /// `task_health`: the periodic tasks' failures (see `run::health`).
     pub task_health: Array<MapData, u64>,
     /// `manifest`: the build (SHA-256 of the eBPF object) the pinned programs are from.
-    pub manifest: Array<MapData, [u8; 32]>,
+    pub manifest: Array<MapData, Manifest>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -144,7 +173,7 @@ impl Maps {
 
     /// The build the pinned programs are from (`None`: not recorded, or not yet written).
     pub fn build(&self) -> Option<[u8; 32]> {
-        self.manifest.get(&0, 0).ok().filter(|b| *b != [0u8; 32])
+        self.manifest.get(&0, 0).ok().map(|m| m.build).filter(|b| *b != [0u8; 32])
     }
 }
 
@@ -222,10 +251,27 @@ pub struct Upgrade {
     pub kept: Vec<&'static str>,
     /// Maps created afresh (pinned as `staged_<name>` until the commit).
     pub recreated: Vec<&'static str>,
+    /// Pinned links pointed at this build's programs so far (put back by an abort).
+    swapped: Vec<PathBuf>,
+    /// Links this agent attached afresh during the upgrade (removed by an abort).
+    attached: Vec<PathBuf>,
 }
 
 /// The prefix of pins staged by an upgrade until it commits (bpffs refuses dots in names).
 const STAGED: &str = "staged_";
+
+/// The names this agent may stage: its maps and programs (never another program's pins that
+/// happen to share the directory).
+fn staged_names() -> impl Iterator<Item = String> {
+    MAP_NAMES.iter().copied().chain(["prog_steer_in", "prog_reply_out"]).map(|n| format!("{STAGED}{n}"))
+}
+
+/// Removes what an interrupted or aborted upgrade staged in `dir`.
+fn remove_staged(dir: &Path) {
+    for name in staged_names() {
+        let _ = fs::remove_file(dir.join(name));
+    }
+}
 
 /// The datapath: maps plus programs, loaded fresh or adopted from the pins.
 pub struct Datapath {
@@ -303,8 +349,10 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
     for e in entries.flatten() {
         let name = e.file_name();
         let name = name.to_string_lossy();
-        let base = name.strip_prefix(STAGED).unwrap_or(&name);
-        let ours = MAP_NAMES.contains(&base) || base.starts_with("prog_") || name.starts_with("link_");
+        let ours = MAP_NAMES.contains(&name.as_ref())
+            || name.starts_with("prog_")
+            || name.starts_with("link_")
+            || staged_names().any(|n| n == name);
         if ours {
             fs::remove_file(e.path()).map_err(|err| Error::io(format!("removing pin {}", e.path().display()), err))?;
         }
@@ -314,16 +362,19 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
 }
 
 impl Datapath {
-    /// Adopts the datapath pinned in `pin_dir` if it is of this build; stages an upgrade in
-    /// place if it is of another (see the module's doc); else loads the object and pins it.
+    /// Adopts the datapath pinned in `pin_dir` if it is of this build and whole; stages an
+    /// upgrade in place if it is of another (see the module's doc); else loads the object and
+    /// pins it.
     pub fn open(pin_dir: &Path) -> Result<Self> {
         prepare_pin_dir(pin_dir)?;
         let bytes = ebpf_object::bytes()?;
         let build = ebpf_object::build_id(bytes);
+        // Whatever an interrupted upgrade staged is not part of any datapath.
+        remove_staged(pin_dir);
         if programs_pinned(pin_dir) {
-            let pinned = Maps::open_pinned(pin_dir).ok();
-            let from = pinned.as_ref().and_then(Maps::build);
-            if let (Some(maps), true) = (pinned, from == Some(build) && all_pinned(pin_dir)) {
+            let manifest = pinned_manifest(pin_dir);
+            if manifest.is_some_and(|m| m.build == build) && all_pinned(pin_dir) && programs_use_pinned_maps(pin_dir) {
+                let maps = Maps::open_pinned(pin_dir)?;
                 let (steer_in, reply_out) =
                     pinned_programs(&pin_dir.join("prog_steer_in"), &pin_dir.join("prog_reply_out"))?;
                 info!(pin_dir = %pin_dir.display(), build = build_name(&build), "adopted the pinned datapath");
@@ -337,7 +388,7 @@ impl Datapath {
                     upgrade: None,
                 });
             }
-            return Self::stage_upgrade(pin_dir, bytes, build, from);
+            return Self::stage_upgrade(pin_dir, bytes, build, manifest);
         }
         // No programs pinned (a first start, or an interrupted one): load afresh.
         remove_pins(pin_dir)?;
@@ -348,41 +399,48 @@ impl Datapath {
             let prog = bpf.program_mut(name).expect("checked by load_unattached");
             prog.pin(pin_dir.join(path)).map_err(|e| Error::ebpf(format!("pinning {name}"), e))?;
         }
-        maps.manifest.set(0, build, 0).map_err(map_err("manifest"))?;
+        maps.manifest.set(0, manifest_of(build), 0).map_err(map_err("manifest"))?;
         // Re-open the programs from their pins so this struct owns them independently of `bpf`.
         let (steer_in, reply_out) = pinned_programs(&pin_dir.join("prog_steer_in"), &pin_dir.join("prog_reply_out"))?;
         info!(pin_dir = %pin_dir.display(), build = build_name(&build), "loaded and pinned the datapath");
         Ok(Datapath { maps, steer_in, reply_out, pin_dir: pin_dir.into(), adopted: false, build, upgrade: None })
     }
 
-    /// Loads this build next to the pinned one of another: maps whose definition is unchanged
-    /// are reused, the others created and pinned as `staged_<name>`, the programs verified and
-    /// pinned as `staged_prog_*`. Nothing attached changes yet.
-    fn stage_upgrade(pin_dir: &Path, bytes: &[u8], build: [u8; 32], from: Option<[u8; 32]>) -> Result<Self> {
+    /// Loads this build next to the pinned one of another: maps whose definition and schema
+    /// are unchanged are reused, the others created and pinned as `staged_<name>`, the
+    /// programs verified and pinned as `staged_prog_*`. Nothing attached changes; the kept
+    /// maps are written from here on (the old programs read them meanwhile).
+    fn stage_upgrade(pin_dir: &Path, bytes: &[u8], build: [u8; 32], pinned: Option<Manifest>) -> Result<Self> {
+        let from = pinned.map(|m| m.build);
         let failed = |what: &str| {
             format!(
                 "{what}; the pinned datapath (build {}) keeps running",
                 from.as_ref().map_or("unrecorded".into(), build_name)
             )
         };
-        // What an interrupted upgrade left.
-        if let Ok(entries) = fs::read_dir(pin_dir) {
-            for e in entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with(STAGED)) {
-                let _ = fs::remove_file(e.path());
-            }
-        }
         let defs = object_map_defs(bytes).map_err(|e| Error::ebpf(failed("reading the new eBPF object"), e))?;
-        let mut loader = EbpfLoader::new();
-        let (mut kept, mut recreated) = (Vec::new(), Vec::new());
-        for name in MAP_NAMES {
-            let path = pin_dir.join(name);
-            if pinned_map_def(&path).is_some_and(|d| defs.get(name) == Some(&d)) {
-                loader.map_pin_path(name, path);
-                kept.push(name);
-            } else {
-                recreated.push(name);
+        // A datapath from before manifests were recorded has every map at schema 1.
+        let schema_of = |i: usize| pinned.map_or(1, |m| m.schemas[i]);
+        let mut keep: Vec<&'static str> = MAP_NAMES
+            .iter()
+            .enumerate()
+            .filter(|&(i, name)| {
+                schema_of(i) == MAP_SCHEMAS[i]
+                    && pinned_map_def(&pin_dir.join(name)).is_some_and(|d| defs.get(*name) == Some(&d))
+            })
+            .map(|(_, name)| *name)
+            .collect();
+        for group in MAP_GROUPS {
+            if !group.iter().all(|m| keep.contains(m)) {
+                keep.retain(|m| !group.contains(m));
             }
         }
+        let recreated: Vec<&'static str> = MAP_NAMES.iter().copied().filter(|m| !keep.contains(m)).collect();
+        let mut loader = EbpfLoader::new();
+        for name in &keep {
+            loader.map_pin_path(name, pin_dir.join(name));
+        }
+        let staged = Staged(pin_dir);
         let mut bpf = loader.load(bytes).map_err(|e| Error::ebpf(failed("loading the new eBPF object"), e))?;
         xdp_program(&mut bpf)?.load().map_err(|e| Error::ebpf(failed("loading the new steer_in (verifier)"), e))?;
         tc_program(&mut bpf)?.load().map_err(|e| Error::ebpf(failed("loading the new reply_out (verifier)"), e))?;
@@ -396,13 +454,14 @@ impl Datapath {
         }
         let (steer_in, reply_out) = pinned_programs(&next("prog_steer_in"), &next("prog_reply_out"))?;
         if recreated.contains(&"manifest") {
-            maps.manifest.set(0, [0u8; 32], 0).map_err(map_err("manifest"))?;
+            maps.manifest.set(0, Manifest::default(), 0).map_err(map_err("manifest"))?;
         }
+        std::mem::forget(staged);
         info!(
             pin_dir = %pin_dir.display(),
             from = from.as_ref().map_or("unrecorded".into(), build_name),
             to = build_name(&build),
-            kept = ?kept,
+            kept = ?keep,
             recreated = ?recreated,
             "upgrading the pinned datapath in place"
         );
@@ -413,14 +472,22 @@ impl Datapath {
             pin_dir: pin_dir.into(),
             adopted: true,
             build,
-            upgrade: Some(Upgrade { from, to: build, kept, recreated }),
+            upgrade: Some(Upgrade {
+                from,
+                to: build,
+                kept: keep,
+                recreated,
+                swapped: Vec::new(),
+                attached: Vec::new(),
+            }),
         })
     }
 
     /// Finishes a staged upgrade once the new maps are filled and the links of the current
-    /// interfaces swapped: every other pinned link is swapped too, the new maps and programs
-    /// take the old pins' names (the old ones go when nothing holds them), and the manifest
-    /// records this build. Returns the upgrade, if there was one.
+    /// interfaces swapped: every other pinned link is swapped too (one whose interface is gone
+    /// is removed), the new maps and programs take the old pins' names (the old ones go when
+    /// nothing holds them), and the manifest records this build. Returns the upgrade, if there
+    /// was one. A link that cannot be swapped aborts the upgrade.
     pub fn commit_upgrade(&mut self) -> Result<Option<Upgrade>> {
         if self.upgrade.is_none() {
             return Ok(None);
@@ -429,10 +496,20 @@ impl Datapath {
             fs::read_dir(&self.pin_dir).map_err(|e| Error::io(format!("reading {}", self.pin_dir.display()), e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if name.starts_with("link_xdp_") {
-                self.swap_xdp(&e.path())?;
-            } else if name.starts_with("link_tc_") {
-                self.swap_tc(&e.path())?;
+            let (xdp, ifname) = match (name.strip_prefix("link_xdp_"), name.strip_prefix("link_tc_")) {
+                (Some(i), _) => (true, i.to_string()),
+                (_, Some(i)) => (false, i.to_string()),
+                _ => continue,
+            };
+            if !interface_exists(&ifname) {
+                // A dead link (its interface went away): it holds only the old program.
+                warn!(pin = %e.path().display(), "removing the pinned link of an interface that no longer exists");
+                let _ = fs::remove_file(e.path());
+                continue;
+            }
+            let swapped = if xdp { self.swap_xdp(&e.path()) } else { self.swap_tc(&e.path()) };
+            if let Err(err) = swapped {
+                return Err(self.abort_upgrade(err));
             }
         }
         let upgrade = self.upgrade.take().expect("checked above");
@@ -442,7 +519,7 @@ impl Datapath {
             fs::rename(&from, &to)
                 .map_err(|e| Error::io(format!("renaming {} to {}", from.display(), to.display()), e))?;
         }
-        self.maps.manifest.set(0, self.build, 0).map_err(map_err("manifest"))?;
+        self.maps.manifest.set(0, manifest_of(self.build), 0).map_err(map_err("manifest"))?;
         info!(
             from = upgrade.from.as_ref().map_or("unrecorded".into(), build_name),
             to = build_name(&upgrade.to),
@@ -453,39 +530,59 @@ impl Datapath {
         Ok(Some(upgrade))
     }
 
+    /// Gives up a staged upgrade: every link swapped so far runs the pinned (old) programs
+    /// again, links attached afresh are removed, the staged pins go. Returns `cause` with
+    /// what was done, for the caller to report.
+    pub fn abort_upgrade(&mut self, cause: Error) -> Error {
+        let Some(upgrade) = self.upgrade.take() else { return cause };
+        let mut problems = Vec::new();
+        match pinned_programs(&self.pin_dir.join("prog_steer_in"), &self.pin_dir.join("prog_reply_out")) {
+            Ok((mut old_xdp, mut old_tc)) => {
+                for link in &upgrade.swapped {
+                    let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+                    let back = if name.starts_with("link_xdp_") {
+                        swap_link_xdp(&mut old_xdp, link)
+                    } else {
+                        swap_link_tc(&mut old_tc, link)
+                    };
+                    if let Err(e) = back {
+                        problems.push(format!("{}: {}", link.display(), e.report()));
+                    }
+                }
+            }
+            Err(e) => problems.push(e.report()),
+        }
+        for link in &upgrade.attached {
+            let _ = fs::remove_file(link);
+        }
+        remove_staged(&self.pin_dir);
+        let back = if problems.is_empty() {
+            "the pinned datapath runs as before".to_string()
+        } else {
+            format!("putting the old programs back failed too: {}", problems.join("; "))
+        };
+        warn!(cause = %cause.report(), %back, "upgrade in place abandoned");
+        Error::ebpf(format!("upgrading the datapath in place ({back})"), cause)
+    }
+
     /// Points the pinned XDP link at `path` to this build's `steer_in` (`BPF_LINK_UPDATE`).
     /// Returns whether it pointed elsewhere.
     fn swap_xdp(&mut self, path: &Path) -> Result<bool> {
-        let ours = self.prog_id(true)?;
-        let link = PinnedLink::from_pin(path).map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
-        let fd: FdLink = link.into();
-        if link_prog_id(&fd) == Some(ours) {
-            return Ok(false);
+        let swapped = swap_link_xdp(&mut self.steer_in, path)?;
+        if let (true, Some(u)) = (swapped, self.upgrade.as_mut()) {
+            u.swapped.push(path.to_owned());
         }
-        let link =
-            XdpLink::try_from(fd).map_err(|e| Error::ebpf(format!("{} is not an XDP link", path.display()), e))?;
-        let id =
-            self.steer_in.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
-        // The pin keeps the link; the program need not own it.
-        drop(self.steer_in.take_link(id));
-        Ok(true)
+        Ok(swapped)
     }
 
     /// Points the pinned TCX link at `path` to this build's `reply_out`. Returns whether it
     /// pointed elsewhere.
     fn swap_tc(&mut self, path: &Path) -> Result<bool> {
-        let ours = self.prog_id(false)?;
-        let link = PinnedLink::from_pin(path).map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
-        let fd: FdLink = link.into();
-        if link_prog_id(&fd) == Some(ours) {
-            return Ok(false);
+        let swapped = swap_link_tc(&mut self.reply_out, path)?;
+        if let (true, Some(u)) = (swapped, self.upgrade.as_mut()) {
+            u.swapped.push(path.to_owned());
         }
-        let link = SchedClassifierLink::try_from(fd)
-            .map_err(|e| Error::ebpf(format!("{} is not a TCX link", path.display()), e))?;
-        let id =
-            self.reply_out.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
-        drop(self.reply_out.take_link(id));
-        Ok(true)
+        Ok(swapped)
     }
 
     fn prog_id(&self, xdp: bool) -> Result<u32> {
@@ -500,9 +597,14 @@ impl Datapath {
         if link.xdp.map(|(id, _)| id) == Some(self.prog_id(true)?) && pin.exists() {
             return Ok(Attach::Adopted);
         }
-        // Another build's program behind our pinned link: replaced in place.
-        if pin.exists() && link.xdp.is_some() && self.swap_xdp(&pin).is_ok() {
-            return Ok(Attach::Swapped);
+        // Another build's program behind our pinned link: replaced in place. During an upgrade
+        // a link that cannot be swapped is an error (never a detach and a fresh attach).
+        if pin.exists() && link.xdp.is_some() {
+            match self.swap_xdp(&pin) {
+                Ok(_) => return Ok(Attach::Swapped),
+                Err(e) if self.upgrade.is_some() => return Err(e),
+                Err(_) => {}
+            }
         }
         let _ = fs::remove_file(&pin);
         let (id, mode) = match self.steer_in.attach_to_if_index(link.index, XdpMode::Driver) {
@@ -521,6 +623,9 @@ impl Datapath {
             .try_into()
             .map_err(|e| Error::ebpf(format!("XDP on {} is not a bpf_link (kernel < 5.9?)", link.name), e))?;
         fd_link.pin(&pin).map_err(|e| Error::ebpf(format!("pinning {}", pin.display()), e))?;
+        if let Some(u) = self.upgrade.as_mut() {
+            u.attached.push(pin);
+        }
         Ok(Attach::Attached(mode))
     }
 
@@ -535,8 +640,13 @@ impl Datapath {
         if attached && pin.exists() {
             return Ok(Attach::Adopted);
         }
-        if pin.exists() && self.swap_tc(&pin).is_ok_and(|swapped| swapped) {
-            return Ok(Attach::Swapped);
+        if pin.exists() && interface_exists(&link.name) {
+            match self.swap_tc(&pin) {
+                Ok(true) => return Ok(Attach::Swapped),
+                Ok(false) if self.upgrade.is_some() => return Ok(Attach::Adopted),
+                Err(e) if self.upgrade.is_some() => return Err(e),
+                _ => {}
+            }
         }
         let _ = fs::remove_file(&pin);
         let id = self
@@ -552,6 +662,9 @@ impl Datapath {
             .try_into()
             .map_err(|e| Error::ebpf("TC link is not a bpf_link", e))?;
         fd_link.pin(&pin).map_err(|e| Error::ebpf(format!("pinning {}", pin.display()), e))?;
+        if let Some(u) = self.upgrade.as_mut() {
+            u.attached.push(pin);
+        }
         Ok(Attach::Attached("tcx"))
     }
 }
@@ -559,4 +672,64 @@ impl Datapath {
 /// The id of the program a link runs.
 fn link_prog_id(link: &FdLink) -> Option<u32> {
     link.info().ok().map(|i| i.program_id())
+}
+
+/// Points the pinned XDP link at `path` to `prog`. Returns whether it pointed elsewhere.
+fn swap_link_xdp(prog: &mut Xdp, path: &Path) -> Result<bool> {
+    let ours = prog.info().map_err(|e| Error::ebpf("reading program info", e))?.id();
+    let link = PinnedLink::from_pin(path).map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
+    let fd: FdLink = link.into();
+    if link_prog_id(&fd) == Some(ours) {
+        return Ok(false);
+    }
+    let link = XdpLink::try_from(fd).map_err(|e| Error::ebpf(format!("{} is not an XDP link", path.display()), e))?;
+    let id = prog.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
+    // The pin keeps the link; the program need not own it (dropping it only closes an fd).
+    drop(prog.take_link(id));
+    Ok(true)
+}
+
+/// Points the pinned TCX link at `path` to `prog`. Returns whether it pointed elsewhere.
+fn swap_link_tc(prog: &mut SchedClassifier, path: &Path) -> Result<bool> {
+    let ours = prog.info().map_err(|e| Error::ebpf("reading program info", e))?.id();
+    let link = PinnedLink::from_pin(path).map_err(|e| Error::ebpf(format!("opening {}", path.display()), e))?;
+    let fd: FdLink = link.into();
+    if link_prog_id(&fd) == Some(ours) {
+        return Ok(false);
+    }
+    let link = SchedClassifierLink::try_from(fd)
+        .map_err(|e| Error::ebpf(format!("{} is not a TCX link", path.display()), e))?;
+    let id = prog.attach_to_link(link).map_err(|e| Error::ebpf(format!("updating {}", path.display()), e))?;
+    drop(prog.take_link(id));
+    Ok(true)
+}
+
+/// Whether an interface of this name exists in this network namespace.
+fn interface_exists(name: &str) -> bool {
+    std::ffi::CString::new(name).is_ok_and(|c| {
+        // SAFETY: a valid NUL-terminated string.
+        unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
+    })
+}
+
+/// Whether every map the pinned programs use is the one pinned under its name (not so after
+/// an upgrade interrupted between renaming maps and programs).
+fn programs_use_pinned_maps(dir: &Path) -> bool {
+    let used = |p: &str| ProgramInfo::from_pin(dir.join(p)).ok().and_then(|i| i.map_ids().ok().flatten());
+    let (Some(a), Some(b)) = (used("prog_steer_in"), used("prog_reply_out")) else { return false };
+    let pinned: Vec<u32> =
+        MAP_NAMES.iter().filter_map(|n| MapInfo::from_pin(dir.join(n)).ok().map(|i| i.id())).collect();
+    // (A map of another name, such as an object's global data, is the program's own.)
+    let ours =
+        |id: &u32| MapInfo::from_id(*id).ok().is_some_and(|i| i.name_as_str().is_some_and(|n| MAP_NAMES.contains(&n)));
+    a.iter().chain(&b).filter(|id| ours(id)).all(|id| pinned.contains(id))
+}
+
+/// Removes the staged pins of a staging that failed part-way (forgotten once it succeeded).
+struct Staged<'a>(&'a Path);
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        remove_staged(self.0);
+    }
 }

@@ -23,10 +23,22 @@ pub fn bytes() -> Result<&'static [u8]> {
         return Ok(b);
     }
     if let Some(path) = std::env::var_os(OVERRIDE_ENV) {
-        let data = std::fs::read(&path).map_err(|e| {
-            Error::io(format!("reading the eBPF object {} ({OVERRIDE_ENV})", path.to_string_lossy()), e)
-        })?;
-        tracing::warn!(path = %path.to_string_lossy(), "using the eBPF object {OVERRIDE_ENV} names, not the embedded one");
+        let what = format!("the eBPF object {} ({OVERRIDE_ENV})", path.to_string_lossy());
+        let refuse = |why: &str| Error::io(what.clone(), std::io::Error::other(why.to_string()));
+        // Never under the service manager: the unit runs the embedded object only.
+        if std::env::var_os("INVOCATION_ID").is_some() {
+            return Err(refuse("refused under systemd (for tests run by hand only)"));
+        }
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| Error::io(what.clone(), e))?;
+        {
+            use std::os::unix::fs::MetadataExt as _;
+            if !meta.is_file() || meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+                return Err(refuse("must be a regular file owned by root and writable by root only"));
+            }
+        }
+        let data = std::fs::read(&path).map_err(|e| Error::io(what.clone(), e))?;
+        let sha: String = build_id(&data).iter().map(|b| format!("{b:02x}")).collect();
+        tracing::warn!(path = %path.to_string_lossy(), sha256 = %sha, "using the eBPF object {OVERRIDE_ENV} names, not the embedded one");
         // Read once for the process's life.
         return Ok(OVERRIDE.get_or_init(|| Box::leak(data.into_boxed_slice())));
     }

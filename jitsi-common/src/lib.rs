@@ -198,6 +198,22 @@ pub const SNI_COUNTERS: u32 = 16;
 /// `2 i` counts its failures and slot `2 i + 1` is 1 while it is failing.
 pub const TASK_SLOTS: u32 = 16;
 
+/// Slots for maps in [`Manifest::schemas`].
+pub const MANIFEST_MAPS: usize = 16;
+
+/// Value of the `manifest` map (one entry, written by the agent): which build the pinned
+/// programs are from, and the schema version of each map as that build understood it (in
+/// the agent's `MAP_NAMES` order), so that a map whose size is unchanged but whose meaning
+/// changed is not kept by an upgrade.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    /// SHA-256 of the eBPF object.
+    pub build: [u8; 32],
+    /// Schema version per map (0: no such map).
+    pub schemas: [u32; MANIFEST_MAPS],
+}
+
 /// Key of `sni_routes`: the route's name, NUL-padded. Written only by the agent (the kernel
 /// programs never touch it); pinned so that `status` and `bpftool` can read the splitter's
 /// counters with or without a running agent, and a restarted agent continues them.
@@ -247,10 +263,12 @@ mod pod {
     unsafe impl aya::Pod for ReasonStats {}
     unsafe impl aya::Pod for SniRouteKey {}
     unsafe impl aya::Pod for SniRouteStats {}
+    unsafe impl aya::Pod for Manifest {}
 }
 
 /// Compile-time layout checks: no implicit padding anywhere.
 const _: () = {
+    assert!(core::mem::size_of::<Manifest>() == 32 + 4 * MANIFEST_MAPS);
     assert!(core::mem::size_of::<RuleKey>() == 4);
     assert!(core::mem::size_of::<Rule>() == 16 + 2 + 2 + 4 + 6 + 6 + 4 + RULE_NAME_LEN);
     assert!(core::mem::size_of::<HostAddrKey>() == 20);

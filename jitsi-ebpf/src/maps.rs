@@ -34,8 +34,15 @@ pub static FALLBACK_PATHS: Array<ReturnPath, 2> = Array::new();
 
 /// What the agent knows about source prefixes (`SOURCE_SPOOFED`, `SOURCE_ON_LINK`); IPv4
 /// IPv4-mapped.
+#[cfg(not(feature = "upgrade-test"))]
 #[btf_map(name = "source_prefixes")]
 pub static SOURCE_PREFIXES: LpmTrie<SourcePrefix, u32, { MAX_SOURCE_PREFIXES as usize }> = LpmTrie::new();
+
+/// The upgrade test's build: a map `steer_in` reads, of another size, so that an upgrade to it
+/// has one to fill before the programs are swapped.
+#[cfg(feature = "upgrade-test")]
+#[btf_map(name = "source_prefixes")]
+pub static SOURCE_PREFIXES: LpmTrie<SourcePrefix, u32, { 2 * MAX_SOURCE_PREFIXES as usize }> = LpmTrie::new();
 
 /// Per-rule counters, indexed by `Rule::slot`.
 #[btf_map(name = "rule_stats")]
@@ -66,10 +73,11 @@ pub static TASK_HEALTH: Array<u64, { jitsi_common::TASK_SLOTS as usize }> = Arra
 #[btf_map(name = "task_health")]
 pub static TASK_HEALTH: Array<u64, { 2 * jitsi_common::TASK_SLOTS as usize }> = Array::new();
 
-/// Which build of the datapath the pins hold: the SHA-256 of the eBPF object, written by the
-/// agent after it loaded or swapped in the programs (no program uses it).
+/// Which build of the datapath the pins hold and its maps' schema versions
+/// (`jitsi_common::Manifest`), written by the agent after it loaded or swapped in the
+/// programs (no program uses it).
 #[btf_map(name = "manifest")]
-pub static MANIFEST: Array<[u8; 32], 1> = Array::new();
+pub static MANIFEST: Array<jitsi_common::Manifest, 1> = Array::new();
 
 /// The upgrade test's marker (see `TASK_HEALTH`): one more packet seen by this build.
 #[inline(always)]

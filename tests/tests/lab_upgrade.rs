@@ -21,7 +21,7 @@ use aya::{
 use jitsi_common::RuleStats;
 use jitsi_tests::{
     agent::AgentProcess,
-    clients::{recorded_hello, udp_round_trip, udp_socket, udp_stream},
+    clients::{recorded_hello, udp_round_trip, udp_socket},
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab},
     netns::NetNs,
     servers,
@@ -49,6 +49,25 @@ fn upgrade_object() -> PathBuf {
 fn linked_prog(pin_dir: &Path, name: &str) -> u32 {
     let link: aya::programs::links::FdLink = PinnedLink::from_pin(pin_dir.join(name)).unwrap().into();
     link.info().unwrap().program_id()
+}
+
+/// The id of the pinned link `name` itself (the same link, updated, keeps its id).
+fn link_id(pin_dir: &Path, name: &str) -> u32 {
+    let link: aya::programs::links::FdLink = PinnedLink::from_pin(pin_dir.join(name)).unwrap().into();
+    link.info().unwrap().id()
+}
+
+/// The id and size of the map pinned as `name`.
+fn map_id(pin_dir: &Path, name: &str) -> (u32, u32) {
+    let info = aya::maps::MapInfo::from_pin(pin_dir.join(name)).unwrap();
+    (info.id(), info.max_entries())
+}
+
+/// The entries of the pinned `source_prefixes`.
+fn source_prefixes(pin_dir: &Path) -> usize {
+    let map = Map::from_map_data(MapData::from_pin(pin_dir.join("source_prefixes")).unwrap()).unwrap();
+    let t: aya::maps::lpm_trie::LpmTrie<MapData, jitsi_common::SourcePrefix, u32> = map.try_into().unwrap();
+    t.keys().count()
 }
 
 fn pinned_prog(pin_dir: &Path, name: &str) -> u32 {
@@ -103,12 +122,29 @@ fn restart_onto(
 ) -> AgentProcess {
     let hello = recorded_hello("chromium-meet.bin");
     let before = jvb.count() as u64;
-    let stream = udp_stream(udp_socket(&lab.inet, false).unwrap(), SocketAddr::new(HOST_V4.into(), 10000), 5000, 3);
+    let sock = udp_socket(&lab.inet, false).unwrap();
+    let to = SocketAddr::new(HOST_V4.into(), 10000);
     let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
     let (ok, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
     let object = object.map(|p| p.display().to_string());
     let env: Vec<(&str, &str)> = object.iter().map(|o| (OVERRIDE, o.as_str())).collect();
     let new = std::thread::scope(|scope| {
+        // 5,000 datagrams/s from half a second before the stop until a second after the new
+        // agent is ready.
+        scope.spawn(|| {
+            let start = Instant::now();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = start + Duration::from_secs_f64(i as f64 / 5000.0);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    std::thread::sleep(wait);
+                }
+                sock.send_to(format!("seq-{i}").as_bytes(), to).expect("sending a datagram");
+                i += 1;
+            }
+            sent.store(i, Ordering::Relaxed);
+        });
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 match sni_exchange(&lab.inet, &hello) {
@@ -126,11 +162,11 @@ fn restart_onto(
         std::thread::sleep(Duration::from_millis(500));
         old.stop().unwrap();
         let new = AgentProcess::start_with_sockets_env(&lab.host, config, &[held], &env);
-        std::thread::sleep(Duration::from_millis(800));
+        std::thread::sleep(Duration::from_millis(1000));
         new
     })
     .unwrap();
-    let sent = stream.join().unwrap();
+    let sent = sent.load(Ordering::Relaxed);
     let deadline = Instant::now() + Duration::from_secs(3);
     while (jvb.count() as u64) < before + sent && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
@@ -169,6 +205,9 @@ fn an_agent_of_another_build_swaps_the_programs_in_place_losing_nothing_and_coun
     let counted = steered(&pins, slot);
     assert!(counted >= 1);
     let build = lab.status().unwrap()["build"].as_str().unwrap().to_string();
+    let links = (link_id(&pins, "link_xdp_up0"), link_id(&pins, "link_tc_br0"));
+    let kept: Vec<(u32, u32)> = ["rules", "rule_stats", "return_paths", "replies"].map(|m| map_id(&pins, m)).to_vec();
+    let prefixes = map_id(&pins, "source_prefixes");
 
     // Onto the other build: swapped in place, nothing lost or refused.
     let second = restart_onto(&lab, &jvb_sink, &config, held.as_raw_fd(), first, Some(&object));
@@ -180,12 +219,29 @@ fn an_agent_of_another_build_swaps_the_programs_in_place_losing_nothing_and_coun
     assert_ne!(new_prog, old_prog, "the new build's program is pinned");
     assert_eq!(linked_prog(&pins, "link_xdp_up0"), new_prog, "and attached");
     assert_eq!(linked_prog(&pins, "link_tc_br0"), pinned_prog(&pins, "prog_reply_out"));
+    // The same links, updated (never detached and attached again).
+    assert_eq!(
+        (link_id(&pins, "link_xdp_up0"), link_id(&pins, "link_tc_br0")),
+        links,
+        "the links were updated in place"
+    );
+    // Maps of an unchanged definition are the same maps; source_prefixes (read by steer_in)
+    // was recreated larger, and filled before the swap.
+    let now: Vec<(u32, u32)> = ["rules", "rule_stats", "return_paths", "replies"].map(|m| map_id(&pins, m)).to_vec();
+    assert_eq!(now, kept, "kept maps");
+    let (id, size) = map_id(&pins, "source_prefixes");
+    assert!(
+        id != prefixes.0 && size == 2 * prefixes.1,
+        "source_prefixes recreated: {prefixes:?} then {:?}",
+        (id, size)
+    );
+    assert!(source_prefixes(&pins) > 5, "the martians are in the new source_prefixes");
     // task_health was recreated with the other size; the new steer_in counts in its last slot.
     let (len, marker) = task_health(&pins);
     assert_eq!(len, 2 * jitsi_common::TASK_SLOTS, "task_health recreated");
     assert!(marker > 1000, "the new program sees the stream: {marker}");
-    // rule_stats kept: the counters continued.
-    assert!(steered(&pins, slot) >= counted + 15_000, "counters continued: {} then {}", counted, steered(&pins, slot));
+    // rule_stats kept: the counters continued (every datagram of the stream counted on top).
+    assert!(steered(&pins, slot) >= counted + 5_000, "counters continued: {} then {}", counted, steered(&pins, slot));
     let status = lab.status().unwrap();
     let upgraded = status["build"].as_str().unwrap().to_string();
     assert_ne!(upgraded, build, "status names the new build");
@@ -201,6 +257,7 @@ fn an_agent_of_another_build_swaps_the_programs_in_place_losing_nothing_and_coun
     let back = pinned_prog(&pins, "prog_steer_in");
     assert_eq!(linked_prog(&pins, "link_xdp_up0"), back);
     assert!(back != new_prog && back != old_prog);
+    assert_eq!((link_id(&pins, "link_xdp_up0"), link_id(&pins, "link_tc_br0")), links, "the same links again");
 
     // A build that does not load leaves the running datapath alone and says why.
     third.stop().unwrap();
@@ -217,6 +274,10 @@ fn an_agent_of_another_build_swaps_the_programs_in_place_losing_nothing_and_coun
         Err(e) => format!("{e:#}"),
     };
     assert!(said.contains("keeps running"), "{said}");
+    assert!(
+        std::fs::read_dir(&pins).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("staged_")),
+        "nothing staged is left"
+    );
     assert_eq!(linked_prog(&pins, "link_xdp_up0"), back, "the attached program is unchanged");
     let (_, reply) = udp_round_trip(&client, SocketAddr::new(HOST_V4.into(), 10000), "still").unwrap();
     assert!(reply.starts_with(&format!("seen {CLIENT_V4}:")), "{reply}");

@@ -146,6 +146,8 @@ impl Agent {
         })?;
         let host_addrs = host_addresses(&h, &config, &uplink).await?;
         info!(uplink = %uplink.name, addresses = ?host_addrs, "host addresses");
+        // What the pinned rules steer to, read before an upgrade may recreate the map.
+        let pinned_backends = crate::status::pinned_backends(&config.pin_dir);
         let dp = Datapath::open(&config.pin_dir)?;
         // An adopted datapath's maps say what an earlier agent wrote: the baseline to change.
         let surroundings = surroundings::current(&dp.maps)?;
@@ -160,7 +162,6 @@ impl Agent {
             health: Default::default(),
         });
         shared.health.seed(&dp.maps.task_health)?;
-        let pinned_backends = crate::status::pinned_backends(&dp.maps);
         let (mut docker, first) = start_docker(&config).await;
         shared.health.record(Task::DockerEngine, first);
         if let Some(w) = &mut docker {
@@ -194,23 +195,11 @@ impl Agent {
             refusals_logged: (Instant::now(), 0),
         };
         agent.backends.refresh(&agent.h, &agent.live).await;
-        agent.sync()?;
         let gateways = agent.gateways().await;
-        let outcome = agent.observe_surroundings(&gateways).await;
-        agent.shared.health.record(Task::Surroundings, outcome);
-        match agent.dp.ensure_xdp(&agent.uplink)? {
-            Attach::Attached(mode) => info!(interface = %agent.uplink.name, mode, "attached steer_in (XDP)"),
-            Attach::Adopted => {
-                info!(interface = %agent.uplink.name, mode = agent.uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)")
-            }
-            Attach::Swapped => {
-                info!(interface = %agent.uplink.name, "swapped in this build's steer_in (XDP link updated)")
-            }
+        if let Err(e) = agent.attach_datapath(&gateways).await {
+            // A staged upgrade puts back whatever it swapped: the old datapath runs on.
+            return Err(agent.dp.abort_upgrade(e));
         }
-        agent.attach_tc(&gateways).await?;
-        // An upgrade in place: the maps are filled and the current links swapped; the rest
-        // of the pins follow.
-        agent.dp.commit_upgrade()?;
         if let Some(m) = &agent.config.metrics {
             agent.metrics = Some(MetricsServer::start(m.listen, agent.shared.clone()).await?);
             info!(listen = %m.listen, "metrics: serving /metrics");
@@ -242,6 +231,36 @@ impl Agent {
             "ready"
         );
         Ok(agent)
+    }
+
+    /// Fills the maps, then attaches, adopts or swaps in the programs. With an upgrade in place
+    /// staged: nothing is swapped before the new maps are whole (the surroundings included),
+    /// the readers of shared maps first (`reply_out`, then `steer_in`), and the rest of the
+    /// pins follow at the commit.
+    async fn attach_datapath(&mut self, gateways: &[Link]) -> Result<()> {
+        let upgrading = self.dp.upgrade.is_some();
+        self.sync()?;
+        match self.observe_surroundings(gateways).await {
+            Err(e) if upgrading => return Err(e),
+            outcome => self.shared.health.record(Task::Surroundings, outcome),
+        }
+        if upgrading {
+            self.attach_tc(gateways).await?;
+        }
+        match self.dp.ensure_xdp(&self.uplink)? {
+            Attach::Attached(mode) => info!(interface = %self.uplink.name, mode, "attached steer_in (XDP)"),
+            Attach::Adopted => {
+                info!(interface = %self.uplink.name, mode = self.uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)")
+            }
+            Attach::Swapped => {
+                info!(interface = %self.uplink.name, "swapped in this build's steer_in (XDP link updated)")
+            }
+        }
+        if !upgrading {
+            self.attach_tc(gateways).await?;
+        }
+        self.dp.commit_upgrade()?;
+        Ok(())
     }
 
     /// Starts, restarts (settings changed) or stops the certificate manager to match the

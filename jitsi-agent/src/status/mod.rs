@@ -170,10 +170,16 @@ pub fn existing_slots(maps: &Maps) -> HashMap<String, u32> {
     maps.rules.iter().filter_map(|r| r.ok()).map(|(_, v)| (name_str(&v.name), v.slot)).collect()
 }
 
-/// Rule name -> the backends the `rules` map steers to (none for a rule that is down).
-pub fn pinned_backends(maps: &Maps) -> HashMap<String, Vec<std::net::SocketAddr>> {
+/// Rule name -> the backends the `rules` map pinned in `pin_dir` steers to (none for a rule
+/// that is down; nothing without a pinned map).
+pub fn pinned_backends(pin_dir: &Path) -> HashMap<String, Vec<std::net::SocketAddr>> {
     let mut out: HashMap<String, Vec<std::net::SocketAddr>> = HashMap::new();
-    for (k, v) in maps.rules.iter().filter_map(|r| r.ok()) {
+    let rules = aya::maps::MapData::from_pin(pin_dir.join("rules"))
+        .ok()
+        .and_then(|d| aya::maps::Map::from_map_data(d).ok())
+        .and_then(|m| aya::maps::HashMap::<_, jitsi_common::RuleKey, jitsi_common::Rule>::try_from(m).ok());
+    let Some(rules) = rules else { return out };
+    for (k, v) in rules.iter().filter_map(|r| r.ok()) {
         let ip = ip_from16(v.backend_addr, k.family);
         if v.flags & RULE_HAS_BACKEND != 0 && !ip.is_unspecified() {
             out.entry(name_str(&v.name)).or_default().push(std::net::SocketAddr::new(ip, v.backend_port));
