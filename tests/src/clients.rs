@@ -116,3 +116,45 @@ pub fn tcp_connect_from(ns: &NetNs, from: SocketAddr, to: SocketAddr) -> Result<
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     Ok(s)
 }
+
+/// Connects to the lab host's 443 from `inet`, sends `hello` and checks that the backend's
+/// greeting begins (`seen `): the connection, to read the rest of the greeting or relay more.
+pub fn sni_exchange(inet: &NetNs, hello: &[u8]) -> std::io::Result<TcpStream> {
+    let to = SocketAddr::new(crate::lab::HOST_V4.into(), 443);
+    let mut s = inet
+        .enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(5)))
+        .map_err(std::io::Error::other)??;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(hello)?;
+    let mut greeting = [0u8; 5];
+    s.read_exact(&mut greeting)?;
+    if &greeting != b"seen " {
+        return Err(std::io::Error::other(format!("greeting {greeting:?}")));
+    }
+    Ok(s)
+}
+
+/// A path a test needs from `cargo xtask test`, which builds it and names it in `var`.
+pub fn built_by_xtask(var: &str, what: &str) -> std::path::PathBuf {
+    let p = std::env::var_os(var)
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| panic!("{var}: run through `cargo xtask test`, which builds {what}"));
+    assert!(p.is_file(), "{} missing", p.display());
+    p
+}
+
+/// Sends `seq-N` datagrams from `sock` to `to` at `rate` per second until `stop` is set;
+/// returns how many were sent.
+pub fn udp_stream_until(sock: &UdpSocket, to: SocketAddr, rate: u64, stop: &std::sync::atomic::AtomicBool) -> u64 {
+    let start = std::time::Instant::now();
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(std::time::Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        sock.send_to(format!("seq-{i}").as_bytes(), to).expect("sending a datagram");
+        i += 1;
+    }
+    i
+}

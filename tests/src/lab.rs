@@ -100,6 +100,16 @@ pub struct Lab {
     work: WorkDir,
 }
 
+/// One SNI route: the meet name to the web backend's TLS port, transparent (the default
+/// listen address, 443).
+pub const SNI_WEB: &str = r#"
+[sni]
+[[sni.route]]
+name = "web"
+server_names = ["meet.example.test"]
+backend = "192.0.2.12:8443"
+"#;
+
 /// The lab's standard steering rules: jvb (udp/10000), coturn (udp/3478) and web
 /// (tcp/80 -> 8000), each with an IPv4 and an IPv6 backend.
 pub const LAB_RULES: &str = r#"[[steer]]

@@ -42,6 +42,16 @@ pub fn debian_root() -> Result<PathBuf> {
     if root.join("usr/lib/systemd/systemd").exists() {
         return Ok(root);
     }
+    // One test makes it while the others (running in parallel) wait for it.
+    std::fs::create_dir_all(cache_dir())?;
+    let lock = std::fs::File::create(cache_dir().join("making.lock"))?;
+    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error().into());
+    }
+    if root.join("usr/lib/systemd/systemd").exists() {
+        return Ok(root);
+    }
     let tmp = cache_dir().join(unique_name("bookworm-making"));
     std::fs::create_dir_all(&tmp)?;
     let out = Command::new("debootstrap")

@@ -12,7 +12,7 @@ use std::{
 
 use jitsi_tests::{
     agent::{AgentProcess, agent_bin, command_in},
-    clients::{recorded_hello, scrape_metrics, udp_round_trip, udp_socket, udp_stream},
+    clients::{recorded_hello, scrape_metrics, sni_exchange, udp_round_trip, udp_socket, udp_stream},
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, UPLINK},
     netns::NetNs,
     servers,
@@ -127,20 +127,6 @@ name = "web"
 server_names = ["meet.example.test"]
 backend = ["192.0.2.12:8443", "[2001:db8:b::12]:8443"]
 "#;
-
-/// Connects to the host's 443, sends a recorded hello and reads the backend's greeting.
-fn sni_exchange(inet: &NetNs, hello: &[u8]) -> std::io::Result<TcpStream> {
-    let to = SocketAddr::new(HOST_V4.into(), 443);
-    let mut s = inet.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).unwrap()?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    s.write_all(hello)?;
-    let mut greeting = [0u8; 5];
-    s.read_exact(&mut greeting)?;
-    if &greeting != b"seen " {
-        return Err(std::io::Error::other(format!("greeting {greeting:?}")));
-    }
-    Ok(s)
-}
 
 /// The lab with the web backend's TLS port served (the server stops when dropped).
 fn lab_with_web() -> (Lab, servers::Server) {

@@ -6,8 +6,7 @@
 //! `JITSI_AGENT_EBPF_OBJECT`; `cargo xtask test` builds it and sets `JITSI_EBPF_UPGRADE_TEST`.
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
@@ -21,28 +20,15 @@ use aya::{
 use jitsi_common::RuleStats;
 use jitsi_tests::{
     agent::AgentProcess,
-    clients::{recorded_hello, udp_round_trip, udp_socket},
-    lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab},
-    netns::NetNs,
+    clients::{built_by_xtask, recorded_hello, sni_exchange, udp_round_trip, udp_socket, udp_stream_until},
+    lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, SNI_WEB},
     servers,
 };
-
-const SNI_WEB: &str = r#"
-[sni]
-[[sni.route]]
-name = "web"
-server_names = ["meet.example.test"]
-backend = "192.0.2.12:8443"
-"#;
 
 const OVERRIDE: &str = "JITSI_AGENT_EBPF_OBJECT";
 
 fn upgrade_object() -> PathBuf {
-    let p = std::env::var_os("JITSI_EBPF_UPGRADE_TEST")
-        .map(PathBuf::from)
-        .expect("JITSI_EBPF_UPGRADE_TEST: run through `cargo xtask test`, which builds the upgrade test's object");
-    assert!(p.is_file(), "{} missing", p.display());
-    p
+    built_by_xtask("JITSI_EBPF_UPGRADE_TEST", "the upgrade test's object")
 }
 
 /// The id of the program behind the pinned link `name`.
@@ -88,20 +74,6 @@ fn steered(pin_dir: &Path, slot: u32) -> u64 {
     a.get(&slot, 0).unwrap().iter().map(|s| s.packets_in).sum()
 }
 
-/// Connects to the host's 443, sends a recorded hello and reads the backend's greeting.
-fn sni_exchange(inet: &NetNs, hello: &[u8]) -> std::io::Result<()> {
-    let to = SocketAddr::new(HOST_V4.into(), 443);
-    let mut s = inet.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).unwrap()?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))?;
-    s.write_all(hello)?;
-    let mut greeting = [0u8; 5];
-    s.read_exact(&mut greeting)?;
-    if &greeting != b"seen " {
-        return Err(std::io::Error::other(format!("greeting {greeting:?}")));
-    }
-    Ok(())
-}
-
 struct SetOnDrop<'a>(&'a AtomicBool);
 
 impl Drop for SetOnDrop<'_> {
@@ -132,23 +104,11 @@ fn restart_onto(
     let new = std::thread::scope(|scope| {
         // 5,000 datagrams/s from half a second before the stop until a second after the new
         // agent is ready.
-        scope.spawn(|| {
-            let start = Instant::now();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let due = start + Duration::from_secs_f64(i as f64 / 5000.0);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                sock.send_to(format!("seq-{i}").as_bytes(), to).expect("sending a datagram");
-                i += 1;
-            }
-            sent.store(i, Ordering::Relaxed);
-        });
+        scope.spawn(|| sent.store(udp_stream_until(&sock, to, 5000, &stop), Ordering::Relaxed));
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 match sni_exchange(&lab.inet, &hello) {
-                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
                     Err(e) => {
                         failed.lock().unwrap().push(e.to_string());
                         0

@@ -9,49 +9,34 @@
 //! Needs root and the package (`cargo xtask test` builds it and sets `JITSI_DEB`).
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::Read,
+    net::SocketAddr,
     path::PathBuf,
     sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use jitsi_tests::{
-    clients::{recorded_hello, udp_round_trip, udp_socket},
+    clients::{built_by_xtask, recorded_hello, sni_exchange, udp_round_trip, udp_socket, udp_stream_until},
     docker::DockerEngine,
-    lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab},
+    lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, SNI_WEB},
     machine::Machine,
     netns::NetNs,
     pebble::Pebble,
     servers,
 };
 
-const SNI_WEB: &str = r#"
-[sni]
-[[sni.route]]
-name = "web"
-server_names = ["meet.example.test"]
-backend = "192.0.2.12:8443"
-"#;
-
 /// The capabilities the unit grants: CHOWN, NET_BIND_SERVICE, NET_ADMIN, SYS_ADMIN, PERFMON, BPF.
 const UNIT_CAPS: &str = "000000c000201401";
 
 fn deb() -> PathBuf {
-    let deb = std::env::var_os("JITSI_DEB")
-        .map(PathBuf::from)
-        .expect("JITSI_DEB: run through `cargo xtask test`, which builds the package");
-    assert!(deb.is_file(), "{} missing", deb.display());
-    deb
+    built_by_xtask("JITSI_DEB", "the package")
 }
 
 /// Connects to the host's 443, sends a recorded hello and reads the backend's greeting line.
 fn sni_greeting(inet: &NetNs) -> std::io::Result<String> {
-    let to = SocketAddr::new(HOST_V4.into(), 443);
-    let mut s = inet.enter(move || TcpStream::connect_timeout(&to, Duration::from_secs(5))).unwrap()?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(&recorded_hello("chromium-meet.bin"))?;
-    let mut line = Vec::new();
+    let mut s = sni_exchange(inet, &recorded_hello("chromium-meet.bin"))?;
+    let mut line = b"seen ".to_vec();
     let mut b = [0u8; 1];
     while b[0] != b'\n' {
         s.read_exact(&mut b)?;
@@ -106,19 +91,7 @@ fn losing_nothing(lab: &Lab, jvb: &servers::Server, machine: &Machine, what: &st
     let stop = AtomicBool::new(false);
     let (ok, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
     let sent = std::thread::scope(|scope| {
-        let stream = scope.spawn(|| {
-            let start = Instant::now();
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                let due = start + Duration::from_secs_f64(i as f64 / 2000.0);
-                if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                    std::thread::sleep(wait);
-                }
-                sock.send_to(format!("seq-{i}").as_bytes(), to).expect("sending a datagram");
-                i += 1;
-            }
-            i
-        });
+        let stream = scope.spawn(|| udp_stream_until(&sock, to, 2000, &stop));
         scope.spawn(|| {
             while !stop.load(Ordering::Relaxed) {
                 match sni_greeting(&lab.inet) {
