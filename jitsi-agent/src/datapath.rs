@@ -90,8 +90,15 @@ fn pinned_manifest(dir: &Path) -> Option<Manifest> {
     let a: Array<MapData, Manifest> = Array::try_from(map).ok()?;
     a.get(&0, 0).ok().filter(|m| m.build != [0u8; 32])
 }
+
+/// The build the programs pinned in `dir` are from (`None`: not recorded).
+pub fn pinned_build(dir: &Path) -> Option<[u8; 32]> {
+    pinned_manifest(dir).map(|m| m.build)
+}
 const PROG_STEER_IN: &str = "steer_in";
 const PROG_REPLY_OUT: &str = "reply_out";
+/// The programs' pins (`steer_in`'s, `reply_out`'s).
+const PROG_PINS: [&str; 2] = ["prog_steer_in", "prog_reply_out"];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Typed handles on the datapath's maps.
@@ -170,11 +177,6 @@ impl Maps {
             manifest: Array::try_from(get("manifest")?).map_err(map_err("manifest"))?,
         })
     }
-
-    /// The build the pinned programs are from (`None`: not recorded, or not yet written).
-    pub fn build(&self) -> Option<[u8; 32]> {
-        self.manifest.get(&0, 0).ok().map(|m| m.build).filter(|b| *b != [0u8; 32])
-    }
 }
 
 /// A build's short name: the first 12 hex digits of its SHA-256.
@@ -245,8 +247,6 @@ pub enum Attach {
 pub struct Upgrade {
     /// The build the pins held (`None`: not recorded).
     pub from: Option<[u8; 32]>,
-    /// This agent's build.
-    pub to: [u8; 32],
     /// Maps reused as they are (their contents continue).
     pub kept: Vec<&'static str>,
     /// Maps created afresh (pinned as `staged_<name>` until the commit).
@@ -263,7 +263,7 @@ const STAGED: &str = "staged_";
 /// The names this agent may stage: its maps and programs (never another program's pins that
 /// happen to share the directory).
 fn staged_names() -> impl Iterator<Item = String> {
-    MAP_NAMES.iter().copied().chain(["prog_steer_in", "prog_reply_out"]).map(|n| format!("{STAGED}{n}"))
+    MAP_NAMES.iter().copied().chain(PROG_PINS).map(|n| format!("{STAGED}{n}"))
 }
 
 /// Removes what an interrupted or aborted upgrade staged in `dir`.
@@ -327,19 +327,30 @@ fn mount_bpffs(at: &Path) -> Result<()> {
 }
 
 fn all_pinned(dir: &Path) -> bool {
-    MAP_NAMES.iter().chain(&["prog_steer_in", "prog_reply_out"]).all(|n| dir.join(n).exists())
+    MAP_NAMES.iter().chain(&PROG_PINS).all(|n| dir.join(n).exists())
 }
 
 fn programs_pinned(dir: &Path) -> bool {
-    ["prog_steer_in", "prog_reply_out"].iter().all(|n| dir.join(n).exists())
+    PROG_PINS.iter().all(|n| dir.join(n).exists())
 }
 
-/// Opens the programs pinned at `steer_in` and `reply_out`.
-fn pinned_programs(steer_in: &Path, reply_out: &Path) -> Result<(Xdp, SchedClassifier)> {
+/// Opens the programs pinned in `dir` as `<prefix>prog_steer_in` and `<prefix>prog_reply_out`.
+fn pinned_programs(dir: &Path, prefix: &str) -> Result<(Xdp, SchedClassifier)> {
+    let [steer_in, reply_out] = PROG_PINS.map(|p| dir.join(format!("{prefix}{p}")));
     let xdp =
         Xdp::from_pin(steer_in, XdpAttachType::Interface).map_err(|e| Error::ebpf("opening pinned steer_in", e))?;
     let tc = SchedClassifier::from_pin(reply_out).map_err(|e| Error::ebpf("opening pinned reply_out", e))?;
     Ok((xdp, tc))
+}
+
+/// Pins the loaded object's programs in `dir` as `<prefix>prog_*`, then opens them from there
+/// (so that the caller owns them independently of `bpf`).
+fn pin_programs(bpf: &mut Ebpf, dir: &Path, prefix: &str) -> Result<(Xdp, SchedClassifier)> {
+    for (name, pin) in [PROG_STEER_IN, PROG_REPLY_OUT].into_iter().zip(PROG_PINS) {
+        let prog = bpf.program_mut(name).expect("loaded before pinning");
+        prog.pin(dir.join(format!("{prefix}{pin}"))).map_err(|e| Error::ebpf(format!("pinning {name}"), e))?;
+    }
+    pinned_programs(dir, prefix)
 }
 
 /// Removes every pin the agent makes in `dir` (maps, programs, links) and the directory if it
@@ -375,8 +386,7 @@ impl Datapath {
             let manifest = pinned_manifest(pin_dir);
             if manifest.is_some_and(|m| m.build == build) && all_pinned(pin_dir) && programs_use_pinned_maps(pin_dir) {
                 let maps = Maps::open_pinned(pin_dir)?;
-                let (steer_in, reply_out) =
-                    pinned_programs(&pin_dir.join("prog_steer_in"), &pin_dir.join("prog_reply_out"))?;
+                let (steer_in, reply_out) = pinned_programs(pin_dir, "")?;
                 info!(pin_dir = %pin_dir.display(), build = build_name(&build), "adopted the pinned datapath");
                 return Ok(Datapath {
                     maps,
@@ -395,13 +405,8 @@ impl Datapath {
         prepare_pin_dir(pin_dir)?;
         let mut bpf = load_unattached()?;
         let mut maps = Maps::take(&mut bpf, Some(pin_dir))?;
-        for (name, path) in [(PROG_STEER_IN, "prog_steer_in"), (PROG_REPLY_OUT, "prog_reply_out")] {
-            let prog = bpf.program_mut(name).expect("checked by load_unattached");
-            prog.pin(pin_dir.join(path)).map_err(|e| Error::ebpf(format!("pinning {name}"), e))?;
-        }
+        let (steer_in, reply_out) = pin_programs(&mut bpf, pin_dir, "")?;
         maps.manifest.set(0, manifest_of(build), 0).map_err(map_err("manifest"))?;
-        // Re-open the programs from their pins so this struct owns them independently of `bpf`.
-        let (steer_in, reply_out) = pinned_programs(&pin_dir.join("prog_steer_in"), &pin_dir.join("prog_reply_out"))?;
         info!(pin_dir = %pin_dir.display(), build = build_name(&build), "loaded and pinned the datapath");
         Ok(Datapath { maps, steer_in, reply_out, pin_dir: pin_dir.into(), adopted: false, build, upgrade: None })
     }
@@ -447,12 +452,7 @@ impl Datapath {
         let mut maps = Maps::take_pinning(&mut bpf, |name| {
             recreated.contains(&name).then(|| pin_dir.join(format!("{STAGED}{name}")))
         })?;
-        let next = |p: &str| pin_dir.join(format!("{STAGED}{p}"));
-        for (name, path) in [(PROG_STEER_IN, "prog_steer_in"), (PROG_REPLY_OUT, "prog_reply_out")] {
-            let prog = bpf.program_mut(name).expect("loaded above");
-            prog.pin(next(path)).map_err(|e| Error::ebpf(format!("pinning {name}"), e))?;
-        }
-        let (steer_in, reply_out) = pinned_programs(&next("prog_steer_in"), &next("prog_reply_out"))?;
+        let (steer_in, reply_out) = pin_programs(&mut bpf, pin_dir, STAGED)?;
         if recreated.contains(&"manifest") {
             maps.manifest.set(0, Manifest::default(), 0).map_err(map_err("manifest"))?;
         }
@@ -472,25 +472,18 @@ impl Datapath {
             pin_dir: pin_dir.into(),
             adopted: true,
             build,
-            upgrade: Some(Upgrade {
-                from,
-                to: build,
-                kept: keep,
-                recreated,
-                swapped: Vec::new(),
-                attached: Vec::new(),
-            }),
+            upgrade: Some(Upgrade { from, kept: keep, recreated, swapped: Vec::new(), attached: Vec::new() }),
         })
     }
 
     /// Finishes a staged upgrade once the new maps are filled and the links of the current
     /// interfaces swapped: every other pinned link is swapped too (one whose interface is gone
     /// is removed), the new maps and programs take the old pins' names (the old ones go when
-    /// nothing holds them), and the manifest records this build. Returns the upgrade, if there
-    /// was one. A link that cannot be swapped aborts the upgrade.
-    pub fn commit_upgrade(&mut self) -> Result<Option<Upgrade>> {
+    /// nothing holds them), and the manifest records this build; nothing without an upgrade
+    /// staged. A link that cannot be swapped aborts the upgrade.
+    pub fn commit_upgrade(&mut self) -> Result<()> {
         if self.upgrade.is_none() {
-            return Ok(None);
+            return Ok(());
         }
         let entries =
             fs::read_dir(&self.pin_dir).map_err(|e| Error::io(format!("reading {}", self.pin_dir.display()), e))?;
@@ -513,7 +506,7 @@ impl Datapath {
             }
         }
         let upgrade = self.upgrade.take().expect("checked above");
-        let names = upgrade.recreated.iter().copied().chain(["prog_steer_in", "prog_reply_out"]);
+        let names = upgrade.recreated.iter().copied().chain(PROG_PINS);
         for name in names {
             let (from, to) = (self.pin_dir.join(format!("{STAGED}{name}")), self.pin_dir.join(name));
             fs::rename(&from, &to)
@@ -522,12 +515,12 @@ impl Datapath {
         self.maps.manifest.set(0, manifest_of(self.build), 0).map_err(map_err("manifest"))?;
         info!(
             from = upgrade.from.as_ref().map_or("unrecorded".into(), build_name),
-            to = build_name(&upgrade.to),
+            to = build_name(&self.build),
             kept = ?upgrade.kept,
             recreated = ?upgrade.recreated,
             "upgraded the datapath in place"
         );
-        Ok(Some(upgrade))
+        Ok(())
     }
 
     /// Gives up a staged upgrade: every link swapped so far runs the pinned (old) programs
@@ -536,7 +529,7 @@ impl Datapath {
     pub fn abort_upgrade(&mut self, cause: Error) -> Error {
         let Some(upgrade) = self.upgrade.take() else { return cause };
         let mut problems = Vec::new();
-        match pinned_programs(&self.pin_dir.join("prog_steer_in"), &self.pin_dir.join("prog_reply_out")) {
+        match pinned_programs(&self.pin_dir, "") {
             Ok((mut old_xdp, mut old_tc)) => {
                 for link in &upgrade.swapped {
                     let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -716,7 +709,7 @@ fn interface_exists(name: &str) -> bool {
 /// an upgrade interrupted between renaming maps and programs).
 fn programs_use_pinned_maps(dir: &Path) -> bool {
     let used = |p: &str| ProgramInfo::from_pin(dir.join(p)).ok().and_then(|i| i.map_ids().ok().flatten());
-    let (Some(a), Some(b)) = (used("prog_steer_in"), used("prog_reply_out")) else { return false };
+    let [Some(a), Some(b)] = PROG_PINS.map(used) else { return false };
     let pinned: Vec<u32> =
         MAP_NAMES.iter().filter_map(|n| MapInfo::from_pin(dir.join(n)).ok().map(|i| i.id())).collect();
     // (A map of another name, such as an object's global data, is the program's own.)

@@ -236,13 +236,8 @@ async fn follow_once(
     let mut events = docker.events(Some(EventsOptions { filters: Some(filters), ..Default::default() }));
     // Resolve after subscribing, so that nothing between the two is missed.
     let now = resolve(&docker, names, subnet).await?;
-    if answered.swap(true, Ordering::Relaxed) {
-        publish(tx, now);
-    } else {
-        // The first answer: what was unknown is known now, changed or not; the agent applies it.
-        log_changes(&tx.borrow().clone(), &now);
-        let _ = tx.send(now);
-    }
+    // The first answer is sent changed or not: what was unknown is known now.
+    publish(tx, now, !answered.swap(true, Ordering::Relaxed));
     report(Ok(()));
     loop {
         match tokio::time::timeout(RESYNC, events.next()).await {
@@ -265,14 +260,14 @@ async fn refresh(
     subnet: Option<Layout>,
     tx: &watch::Sender<Containers>,
 ) -> Result<()> {
-    publish(tx, resolve(docker, names, subnet).await?);
+    publish(tx, resolve(docker, names, subnet).await?, false);
     Ok(())
 }
 
-/// Sends `now` if it differs (logging what changed).
-fn publish(tx: &watch::Sender<Containers>, now: Containers) {
+/// Sends `now` if it differs from what was sent (logging what changed), or `always`.
+fn publish(tx: &watch::Sender<Containers>, now: Containers, always: bool) {
     let before = tx.borrow().clone();
-    if now != before {
+    if always || now != before {
         log_changes(&before, &now);
         let _ = tx.send(now);
     }

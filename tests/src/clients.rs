@@ -158,3 +158,69 @@ pub fn udp_stream_until(sock: &UdpSocket, to: SocketAddr, rate: u64, stop: &std:
     }
     i
 }
+
+/// What crossed a step run [`under_load`].
+pub struct Load {
+    /// Datagrams sent to the host's 10000/udp.
+    pub sent: u64,
+    /// TLS connections through 443 that got the backend's greeting.
+    pub connected: u64,
+    /// Why the others failed.
+    pub failed: Vec<String>,
+}
+
+impl Load {
+    /// How many datagrams `sink` got beyond the `before` it had, waiting up to 3 s for the
+    /// last ones.
+    pub fn delivered(&self, sink: &crate::servers::Server, before: u64) -> u64 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while (sink.count() as u64) < before + self.sent && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        sink.count() as u64 - before
+    }
+}
+
+/// Sets the flag when dropped: the load's threads end even when the step panics (the scope
+/// would otherwise wait for them for ever).
+struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Runs `step` while `rate` datagrams/s stream from the lab's internet to the host's 10000/udp
+/// and TLS clients (a recorded Chromium hello) connect to its 443 back to back, from 0.7 s
+/// before the step until 1 s after it returned.
+pub fn under_load<T>(lab: &crate::lab::Lab, rate: u64, step: impl FnOnce() -> T) -> (T, Load) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let hello = recorded_hello("chromium-meet.bin");
+    let sock = udp_socket(&lab.inet, false).expect("a UDP socket");
+    let to = SocketAddr::new(crate::lab::HOST_V4.into(), 10000);
+    let stop = AtomicBool::new(false);
+    let (connected, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
+    let (out, sent) = std::thread::scope(|scope| {
+        let stream = scope.spawn(|| udp_stream_until(&sock, to, rate, &stop));
+        scope.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                match sni_exchange(&lab.inet, &hello) {
+                    Ok(_) => connected.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        failed.lock().expect("lock").push(e.to_string());
+                        0
+                    }
+                };
+            }
+        });
+        let stop_all = SetOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(700));
+        let out = step();
+        std::thread::sleep(Duration::from_millis(1000));
+        drop(stop_all);
+        (out, stream.join().expect("the stream"))
+    });
+    let load = Load { sent, connected: connected.into_inner(), failed: failed.into_inner().expect("lock") };
+    (out, load)
+}

@@ -264,15 +264,7 @@ impl Drop for Machine {
         if self.pid1 != 0 {
             let _ = self.exec("systemctl", &["poweroff", "--no-block"]);
         }
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.nspawn.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.nspawn.kill();
-        let _ = self.nspawn.wait();
+        crate::netns::reap(&mut self.nspawn, Duration::from_secs(20));
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

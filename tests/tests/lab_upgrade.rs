@@ -9,8 +9,6 @@ use std::{
     net::{SocketAddr, TcpListener},
     os::fd::{AsRawFd, RawFd},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
-    time::{Duration, Instant},
 };
 
 use aya::{
@@ -20,7 +18,7 @@ use aya::{
 use jitsi_common::RuleStats;
 use jitsi_tests::{
     agent::AgentProcess,
-    clients::{built_by_xtask, recorded_hello, sni_exchange, udp_round_trip, udp_socket, udp_stream_until},
+    clients::{built_by_xtask, udp_round_trip, udp_socket, under_load},
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, SNI_WEB},
     servers,
 };
@@ -74,16 +72,9 @@ fn steered(pin_dir: &Path, slot: u32) -> u64 {
     a.get(&slot, 0).unwrap().iter().map(|s| s.packets_in).sum()
 }
 
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Stops `old` and starts an agent on `object` (`None`: the embedded one) under the stream
-/// and the connect loop; returns the new agent.
+/// Stops `old` and starts an agent on `object` (`None`: the embedded one) under load (5,000
+/// datagrams/s and a TLS connect loop, until a second after the new agent is ready); returns
+/// the new agent.
 fn restart_onto(
     lab: &Lab,
     jvb: &servers::Server,
@@ -92,54 +83,22 @@ fn restart_onto(
     old: AgentProcess,
     object: Option<&Path>,
 ) -> AgentProcess {
-    let hello = recorded_hello("chromium-meet.bin");
     let before = jvb.count() as u64;
-    let sock = udp_socket(&lab.inet, false).unwrap();
-    let to = SocketAddr::new(HOST_V4.into(), 10000);
-    let stop = AtomicBool::new(false);
-    let sent = AtomicU64::new(0);
-    let (ok, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
     let object = object.map(|p| p.display().to_string());
     let env: Vec<(&str, &str)> = object.iter().map(|o| (OVERRIDE, o.as_str())).collect();
-    let new = std::thread::scope(|scope| {
-        // 5,000 datagrams/s from half a second before the stop until a second after the new
-        // agent is ready.
-        scope.spawn(|| sent.store(udp_stream_until(&sock, to, 5000, &stop), Ordering::Relaxed));
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                match sni_exchange(&lab.inet, &hello) {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        failed.lock().unwrap().push(e.to_string());
-                        0
-                    }
-                };
-            }
-        });
-        // Ends the connect loop on every way out (a panic here would otherwise leave the scope
-        // waiting for it).
-        let _stop = SetOnDrop(&stop);
-        std::thread::sleep(Duration::from_millis(500));
+    let (new, load) = under_load(lab, 5000, || {
         old.stop().unwrap();
-        let new = AgentProcess::start_with_sockets_env(&lab.host, config, &[held], &env);
-        std::thread::sleep(Duration::from_millis(1000));
-        new
-    })
-    .unwrap();
-    let sent = sent.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while (jvb.count() as u64) < before + sent && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert_eq!(jvb.count() as u64 - before, sent, "datagrams lost across the upgrade:\n{}", new.log());
-    let failed = failed.into_inner().unwrap();
+        AgentProcess::start_with_sockets_env(&lab.host, config, &[held], &env)
+    });
+    let new = new.unwrap();
+    assert_eq!(load.delivered(jvb, before), load.sent, "datagrams lost across the upgrade:\n{}", new.log());
     assert!(
-        failed.is_empty(),
+        load.failed.is_empty(),
         "{} connections failed across the upgrade: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(3)]
+        load.failed.len(),
+        &load.failed[..load.failed.len().min(3)]
     );
-    assert!(ok.load(Ordering::Relaxed) > 5);
+    assert!(load.connected > 5);
     new
 }
 

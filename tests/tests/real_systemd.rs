@@ -12,12 +12,11 @@ use std::{
     io::Read,
     net::SocketAddr,
     path::PathBuf,
-    sync::atomic::{AtomicBool, AtomicU64, Ordering},
     time::{Duration, Instant},
 };
 
 use jitsi_tests::{
-    clients::{built_by_xtask, recorded_hello, sni_exchange, udp_round_trip, udp_socket, udp_stream_until},
+    clients::{built_by_xtask, recorded_hello, sni_exchange, udp_round_trip, udp_socket, under_load},
     docker::DockerEngine,
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, SNI_WEB},
     machine::Machine,
@@ -71,64 +70,25 @@ fn next_revision(deb: &std::path::Path, dir: &std::path::Path) -> PathBuf {
     out
 }
 
-/// Sets the flag when dropped: a helper thread looping until it is set ends even when the
-/// step it runs beside panics (a `thread::scope` would otherwise wait for it forever).
-struct SetOnDrop<'a>(&'a AtomicBool);
-
-impl Drop for SetOnDrop<'_> {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
-
-/// Runs `step` while UDP datagrams stream to 10000/udp (2,000/s, from before the step until a
-/// second after it returned) and TCP clients connect to 443 in a loop; asserts that the jvb
-/// backend got every datagram and that no connection failed.
+/// Runs `step` under load (2,000 datagrams/s to 10000/udp and a TLS connect loop on 443);
+/// asserts that the jvb backend got every datagram and that no connection failed.
 fn losing_nothing(lab: &Lab, jvb: &servers::Server, machine: &Machine, what: &str, step: impl FnOnce()) {
     let before = jvb.count() as u64;
-    let sock = udp_socket(&lab.inet, false).unwrap();
-    let to = SocketAddr::new(HOST_V4.into(), 10000);
-    let stop = AtomicBool::new(false);
-    let (ok, failed) = (AtomicU64::new(0), std::sync::Mutex::new(Vec::new()));
-    let sent = std::thread::scope(|scope| {
-        let stream = scope.spawn(|| udp_stream_until(&sock, to, 2000, &stop));
-        scope.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                match sni_greeting(&lab.inet) {
-                    Ok(_) => ok.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        failed.lock().unwrap().push(e.to_string());
-                        0
-                    }
-                };
-            }
-        });
-        let stop_all = SetOnDrop(&stop);
-        std::thread::sleep(Duration::from_millis(700));
-        step();
-        std::thread::sleep(Duration::from_millis(1000));
-        drop(stop_all);
-        stream.join().unwrap()
-    });
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while (jvb.count() as u64) < before + sent && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let ((), load) = under_load(lab, 2000, step);
     assert_eq!(
-        jvb.count() as u64 - before,
-        sent,
+        load.delivered(jvb, before),
+        load.sent,
         "UDP datagrams lost across {what}:\n{}",
         machine.journal("jitsi-agent")
     );
-    let failed = failed.into_inner().unwrap();
     assert!(
-        failed.is_empty(),
+        load.failed.is_empty(),
         "{} of {} connections failed across {what}: {:?}",
-        failed.len(),
-        ok.load(Ordering::Relaxed) as usize + failed.len(),
-        &failed[..failed.len().min(3)]
+        load.failed.len(),
+        load.connected as usize + load.failed.len(),
+        &load.failed[..load.failed.len().min(3)]
     );
-    assert!(ok.load(Ordering::Relaxed) > 5, "connections went through during {what}");
+    assert!(load.connected > 5, "connections went through during {what}");
 }
 
 #[test]

@@ -454,24 +454,19 @@ impl Agent {
     /// was last refused.
     async fn file_changed(&mut self) {
         let text = read(self.path.clone()).await;
-        if let Ok(text) = &text
-            && *text == self.text
-        {
+        match &text {
             // Back to what runs (a refused edit undone, a removed file restored).
-            if self.refused_text.take().is_some() {
-                info!(path = %self.path.display(), "configuration file is the running one again");
-                self.shared.health.record(Task::ConfigFile, Ok(()));
+            Ok(t) if *t == self.text => {
+                if self.refused_text.take().is_some() {
+                    info!(path = %self.path.display(), "configuration file is the running one again");
+                    self.shared.health.record(Task::ConfigFile, Ok(()));
+                }
+                return;
             }
-            return;
-        }
-        if let Ok(text) = &text
-            && Some(text) == self.refused_text.as_ref()
-        {
-            return;
-        }
-        if text.is_err() && self.refused_text.as_deref() == Some("") {
-            // Still unreadable: already refused and reported.
-            return;
+            // Refused already (an unreadable file is remembered as the empty text).
+            Ok(t) if Some(t) == self.refused_text.as_ref() => return,
+            Err(_) if self.refused_text.as_deref() == Some("") => return,
+            _ => {}
         }
         info!(path = %self.path.display(), "configuration file changed; reloading");
         self.reload_text(text).await;
@@ -620,9 +615,7 @@ impl Agent {
         self.backends.refresh(&self.h, &self.live).await;
         let outcome = self.sync();
         self.shared.health.record(Task::SyncMaps, outcome);
-        let gateways = self.gateways().await;
-        let outcome = self.attach_tc(&gateways).await;
-        self.shared.health.record(Task::AttachTc, outcome);
+        self.attach_tc_recorded().await;
         self.follow_acme();
         Ok(())
     }
@@ -636,10 +629,16 @@ impl Agent {
         if let (Some(running), Some(sni)) = (&mut self.splitter, self.live.splitter()) {
             running.update(&self.h, &sni, self.live.http.as_ref(), &self.listeners).await?;
         }
+        self.attach_tc_recorded().await;
+        Ok(())
+    }
+
+    /// [`Agent::attach_tc`] on the current gateways, its outcome recorded as the `attach_tc`
+    /// task (retried by the tick when it failed).
+    async fn attach_tc_recorded(&mut self) {
         let gateways = self.gateways().await;
         let outcome = self.attach_tc(&gateways).await;
         self.shared.health.record(Task::AttachTc, outcome);
-        Ok(())
     }
 
     /// Drains the splitter, removes its routing and writes the final counters.
@@ -710,9 +709,8 @@ async fn host_addresses(h: &Handle, config: &Config, uplink: &Link) -> Result<Ve
 }
 
 /// The interfaces the splitters' transparent backends are reached through (their replies
-/// arrive there and must be marked by `reply_out`); loopback backends need none.
-/// The interfaces the splitters' transparent backends are reached through, and the backends
-/// whose interface cannot be found now (with why).
+/// arrive there and must be marked by `reply_out`; loopback backends need none), and the
+/// backends whose interface cannot be found now (with why).
 async fn splitter_gateways(h: &Handle, live: &Config) -> (Vec<Link>, Vec<(SocketAddr, String)>) {
     let mut out: Vec<Link> = Vec::new();
     let mut problems = Vec::new();

@@ -195,7 +195,7 @@ pub fn pinned_backends(pin_dir: &Path) -> HashMap<String, Vec<std::net::SocketAd
 pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
     let first = read_maps(pin_dir)?;
     let attachments = attach::read(pin_dir).await?;
-    let build = Maps::open_pinned(pin_dir).ok().and_then(|m| m.build()).map(|b| crate::datapath::build_name(&b));
+    let build = crate::datapath::pinned_build(pin_dir).map(|b| crate::datapath::build_name(&b));
     let mut st = Status {
         pin_dir: pin_dir.display().to_string(),
         build,
