@@ -9,6 +9,7 @@ pub mod datapath;
 pub mod docker;
 pub mod ebpf_object;
 pub mod error;
+pub mod handover;
 pub mod health;
 pub mod http;
 pub mod listeners;

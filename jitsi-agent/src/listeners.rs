@@ -3,11 +3,13 @@
 //!
 //! A socket the service manager holds outlives the agent: while the agent restarts, new
 //! connections wait in its backlog instead of being refused, and the new agent accepts them.
+//! The descriptor a previous agent left in the file descriptor store for the handover of its
+//! established connections arrives the same way, named `handover` (see `crate::handover`).
 
 use std::{
     collections::HashMap,
     net::SocketAddr,
-    os::fd::{FromRawFd, RawFd},
+    os::fd::{FromRawFd, OwnedFd, RawFd},
     sync::Mutex,
 };
 
@@ -22,6 +24,7 @@ const BACKLOG: i32 = 1024;
 #[derive(Debug, Default)]
 pub struct Listeners {
     inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
+    handover: Mutex<Option<OwnedFd>>,
 }
 
 impl Listeners {
@@ -32,7 +35,7 @@ impl Listeners {
     /// other thread exists, like [`std::env::remove_var`].
     pub unsafe fn from_env() -> Self {
         // SAFETY: the caller guarantees no other thread runs.
-        let fds: Vec<RawFd> = match unsafe { sd_notify::listen_fds_and_unset_env() } {
+        let fds: Vec<(RawFd, String)> = match unsafe { sd_notify::listen_fds_with_names_and_unset_env() } {
             Ok(fds) => fds.collect(),
             Err(e) => {
                 warn!(error = %e, "ignoring the sockets passed by the service manager (LISTEN_FDS)");
@@ -40,7 +43,14 @@ impl Listeners {
             }
         };
         let mut inherited = HashMap::new();
-        for fd in fds {
+        let mut handover = None;
+        for (fd, name) in fds {
+            if name == crate::handover::systemd::FD_NAME {
+                info!(fd, "a previous agent handed over its connections");
+                // SAFETY: as below; a second one replaces (and closes) the first.
+                handover = Some(unsafe { OwnedFd::from_raw_fd(fd) });
+                continue;
+            }
             // SAFETY: LISTEN_FDS hands these descriptors to this process, each exactly once.
             let sock = unsafe { Socket::from_raw_fd(fd) };
             match (sock.r#type(), sock.is_listener(), sock.local_addr().ok().and_then(|a| a.as_socket())) {
@@ -52,7 +62,12 @@ impl Listeners {
                 _ => warn!(fd, "ignoring a passed descriptor that is not a listening TCP socket"),
             }
         }
-        Listeners { inherited: Mutex::new(inherited) }
+        Listeners { inherited: Mutex::new(inherited), handover: Mutex::new(handover) }
+    }
+
+    /// The handover socket a previous agent left, once.
+    pub fn take_handover(&self) -> Option<OwnedFd> {
+        self.handover.lock().expect("listeners lock").take()
     }
 
     /// A listener on `addr`: a copy of the inherited socket for it (which stays here, to be

@@ -303,6 +303,20 @@ impl Collector for AgentCollector {
             Counter,
             counter(s.sni.hairpin_connections.load(Ordering::Relaxed)),
         )?;
+        single(
+            &mut enc,
+            "jitsi_agent_sni_handover_adopted",
+            "Established connections taken up from the previous agent at this start (systemctl restart)",
+            Counter,
+            counter(s.sni.handover_adopted.load(Ordering::Relaxed)),
+        )?;
+        single(
+            &mut enc,
+            "jitsi_agent_sni_handover_lost",
+            "Connections the previous agent handed over that could not be taken up (closed)",
+            Counter,
+            counter(s.sni.handover_lost.load(Ordering::Relaxed)),
+        )?;
         family(
             &mut enc,
             "jitsi_agent_sni_refused_connections",

@@ -58,49 +58,47 @@ fn local_default_routes(table: u32) -> [netlink_packet_route::route::RouteMessag
 }
 
 impl PolicyRouting {
-    /// Installs the rules and routes (replacing leftovers of an earlier run).
+    /// Installs the rules and routes. Rules of an earlier run that this one also wants stay
+    /// as they are (a restart that hands connections over leaves them no gap); the other rules
+    /// at our table and priority go.
     pub async fn install(&self, h: &Handle) -> Result<()> {
-        self.remove(h).await?;
+        self.remove_rules(h, |r| !self.wants(r)).await?;
         for route in local_default_routes(self.table) {
             h.route().add(route).replace().execute().await.map_err(nl("adding the local default route"))?;
         }
         let rule = || h.rule().add().table_id(self.table).priority(self.priority).action(RuleAction::ToTable);
-        rule().v4().fw_mark(self.mark).execute().await.map_err(nl("adding the fwmark rule (IPv4)"))?;
-        rule().v6().fw_mark(self.mark).execute().await.map_err(nl("adding the fwmark rule (IPv6)"))?;
+        exists_ok(rule().v4().fw_mark(self.mark).execute().await).map_err(nl("adding the fwmark rule (IPv4)"))?;
+        exists_ok(rule().v6().fw_mark(self.mark).execute().await).map_err(nl("adding the fwmark rule (IPv6)"))?;
         if self.loopback {
-            rule()
-                .v4()
-                .source_prefix(Ipv4Addr::new(127, 0, 0, 0), 8)
-                .input_interface("lo")
-                .execute()
-                .await
-                .map_err(nl("adding the loopback rule (IPv4)"))?;
-            rule()
-                .v6()
-                .source_prefix(Ipv6Addr::LOCALHOST, 128)
-                .input_interface("lo")
-                .execute()
-                .await
-                .map_err(nl("adding the loopback rule (IPv6)"))?;
+            let v4 = rule().v4().source_prefix(Ipv4Addr::new(127, 0, 0, 0), 8).input_interface("lo");
+            exists_ok(v4.execute().await).map_err(nl("adding the loopback rule (IPv4)"))?;
+            let v6 = rule().v6().source_prefix(Ipv6Addr::LOCALHOST, 128).input_interface("lo");
+            exists_ok(v6.execute().await).map_err(nl("adding the loopback rule (IPv6)"))?;
         }
         Ok(())
     }
 
-    /// Removes every rule pointing at the table with our priority, and the table's routes.
-    pub async fn remove(&self, h: &Handle) -> Result<()> {
-        for version in [IpVersion::V4, IpVersion::V6] {
-            let rules: Vec<RuleMessage> =
-                h.rule().get(version).execute().try_collect().await.map_err(nl("listing rules"))?;
-            for r in rules {
-                let table =
-                    r.attributes.iter().find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None });
-                let prio =
-                    r.attributes.iter().find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None });
-                if table == Some(self.table) && prio == Some(self.priority) {
-                    h.rule().del(r).execute().await.map_err(nl("removing a rule"))?;
-                }
+    /// Whether `r` (at our table and priority) is one of the rules [`PolicyRouting::install`]
+    /// adds: the fwmark rule with our mark, or, with `loopback`, a loopback source rule.
+    fn wants(&self, r: &RuleMessage) -> bool {
+        let mut mark = None;
+        let mut lo_source = false;
+        for a in &r.attributes {
+            match a {
+                RuleAttribute::FwMark(m) => mark = Some(*m),
+                RuleAttribute::Iifname(i) if i == "lo" => lo_source = true,
+                _ => {}
             }
         }
+        match mark {
+            Some(m) => m == self.mark && !lo_source,
+            None => lo_source && self.loopback,
+        }
+    }
+
+    /// Removes every rule pointing at the table with our priority, and the table's routes.
+    pub async fn remove(&self, h: &Handle) -> Result<()> {
+        self.remove_rules(h, |_| true).await?;
         for route in local_default_routes(self.table) {
             match h.route().del(route).execute().await {
                 Ok(()) => {}
@@ -109,5 +107,31 @@ impl PolicyRouting {
             }
         }
         Ok(())
+    }
+
+    /// Removes the rules at our table and priority for which `drop` says so.
+    async fn remove_rules(&self, h: &Handle, drop: impl Fn(&RuleMessage) -> bool) -> Result<()> {
+        for version in [IpVersion::V4, IpVersion::V6] {
+            let rules: Vec<RuleMessage> =
+                h.rule().get(version).execute().try_collect().await.map_err(nl("listing rules"))?;
+            for r in rules {
+                let table =
+                    r.attributes.iter().find_map(|a| if let RuleAttribute::Table(t) = a { Some(*t) } else { None });
+                let prio =
+                    r.attributes.iter().find_map(|a| if let RuleAttribute::Priority(p) = a { Some(*p) } else { None });
+                if table == Some(self.table) && prio == Some(self.priority) && drop(&r) {
+                    h.rule().del(r).execute().await.map_err(nl("removing a rule"))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A rule add that found the same rule there already succeeded.
+fn exists_ok(r: std::result::Result<(), rtnetlink::Error>) -> std::result::Result<(), rtnetlink::Error> {
+    match r {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        r => r,
     }
 }

@@ -335,3 +335,179 @@ fn acme_under_the_unit_installs_the_turn_certificate_in_coturns_directory_and_si
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// One websocket-like connection through the splitters: after its hello (a recorded TLS
+/// ClientHello on 443, or an HTTP upgrade request on 80) and the echo backend's greeting and
+/// echo of it, a numbered line every 50 ms, each answered before the next.
+struct Chatty {
+    stream: std::net::TcpStream,
+    name: String,
+    /// The bytes the backend must have seen, in order.
+    sent: Vec<u8>,
+}
+
+const UPGRADE: &str =
+    "GET /xmpp-websocket HTTP/1.1\r\nHost: meet.example.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+
+impl Chatty {
+    fn open(inet: &NetNs, i: usize) -> anyhow::Result<Self> {
+        let (mut stream, first, name) = if i.is_multiple_of(2) {
+            let hello = recorded_hello("chromium-meet.bin");
+            (sni_exchange(inet, &hello)?, hello, format!("tls{i:03}"))
+        } else {
+            let to = SocketAddr::new(HOST_V4.into(), 80);
+            let mut s = inet.enter(move || std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)))??;
+            s.set_read_timeout(Some(Duration::from_secs(15)))?;
+            std::io::Write::write_all(&mut s, UPGRADE.as_bytes())?;
+            (s, UPGRADE.as_bytes().to_vec(), format!("web{i:03}"))
+        };
+        // The rest of the greeting (`seen <client>\n`, its first five bytes read for TLS), then
+        // the echo of what was sent.
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while b[0] != b'\n' {
+            stream.read_exact(&mut b)?;
+            line.push(b[0]);
+        }
+        let line = String::from_utf8_lossy(&line).into_owned();
+        anyhow::ensure!(line.contains(&format!("{CLIENT_V4}:")), "{name}: greeting {line:?}");
+        let mut echo = vec![0u8; first.len()];
+        stream.read_exact(&mut echo)?;
+        anyhow::ensure!(echo == first, "{name}: the hello's echo differs");
+        Ok(Chatty { stream, name, sent: first })
+    }
+
+    /// Sends line `n` and reads its echo.
+    fn exchange(&mut self, n: u32) -> anyhow::Result<()> {
+        let line = format!("{} {n:06}\n", self.name);
+        std::io::Write::write_all(&mut self.stream, line.as_bytes())?;
+        let mut echo = vec![0u8; line.len()];
+        self.stream.read_exact(&mut echo).map_err(|e| anyhow::anyhow!("{}: echo of line {n}: {e}", self.name))?;
+        anyhow::ensure!(
+            echo == line.as_bytes(),
+            "{}: line {n} came back as {:?}",
+            self.name,
+            String::from_utf8_lossy(&echo)
+        );
+        self.sent.extend_from_slice(line.as_bytes());
+        Ok(())
+    }
+}
+
+/// `systemctl restart` hands the splitters' established connections to the next agent: 200
+/// websocket-like connections (100 through 443, 100 through 80) exchanging a line every 50 ms
+/// stay open across three restarts, every line arriving once and in order at the backend,
+/// which sees the client's own address throughout; one more, blocked writing both ways (its
+/// client sends 4 MiB without reading), is handed over with the bytes its relay holds and
+/// gets all 4 MiB back intact; `systemctl stop` still drains and closes.
+#[test]
+fn established_connections_live_through_three_restarts_and_a_stop_drains_them() {
+    let deb = deb();
+    let lab = Lab::new(&["jvb", "turn", "web"]).expect("lab");
+    let web = lab.backend("web");
+    let tls_echo = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
+    let http_echo = servers::tcp(&web.ns, web.addr4(8000)).unwrap();
+    let config = "[uplink]\ninterface = \"up0\"\n\n[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\n\
+                  backend = \"192.0.2.10:10000\"\n\n[sni]\ndrain_timeout_secs = 2\n\n[[sni.route]]\nname = \"web\"\n\
+                  server_names = [\"meet.example.test\"]\nbackend = \"192.0.2.12:8443\"\n\n[http]\n\n[[http.route]]\n\
+                  name = \"meet\"\nhost_names = [\"meet.example.test\"]\nbackend = \"192.0.2.12:8000\"\n";
+    let machine = Machine::boot(&lab.host, &deb, &[], |root| {
+        write(root.join("etc/jitsi-agent/agent.toml"), config)?;
+        write(root.join("etc/systemd/system/jitsi-agent.service.d/nofile.conf"), "[Service]\nLimitNOFILE=20000\n")
+    })
+    .expect("booting the machine");
+    let mount = machine.exec("mount", &["-t", "bpf", "bpffs", "/sys/fs/bpf"]).unwrap();
+    assert!(mount.status.success(), "{}", String::from_utf8_lossy(&mount.stderr));
+    machine.systemctl(&["enable", "--now", "jitsi-agent.socket", "jitsi-agent.service"]).unwrap();
+
+    let conns: Vec<Chatty> = (0..200).map(|i| Chatty::open(&lab.inet, i).unwrap()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let talkers: Vec<_> = conns
+        .into_iter()
+        .map(|mut c| {
+            let stop = stop.clone();
+            std::thread::spawn(move || -> anyhow::Result<(Chatty, u32)> {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    c.exchange(n)?;
+                    n += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok((c, n))
+            })
+        })
+        .collect();
+    // And one that does not read while it sends 4 MiB: the echo backend stops reading when its
+    // answers pile up, so the relay is blocked writing both ways when the restarts come.
+    let bulk: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let mut stuck = Chatty::open(&lab.inet, 200).unwrap();
+    let writer = {
+        let (mut w, bulk) = (stuck.stream.try_clone().unwrap(), bulk.clone());
+        std::thread::spawn(move || std::io::Write::write_all(&mut w, &bulk))
+    };
+    let adopted = || machine.journal("jitsi-agent").matches("adopted=201 ").count();
+    for round in 1..=3 {
+        std::thread::sleep(Duration::from_secs(1));
+        let pid = machine.main_pid("jitsi-agent.service").unwrap();
+        machine.systemctl(&["restart", "jitsi-agent.service"]).unwrap();
+        assert_ne!(machine.main_pid("jitsi-agent.service").unwrap(), pid, "restart {round}: a new process");
+        assert_eq!(adopted(), round, "restart {round}: all 201 taken up\n{}", machine.journal("jitsi-agent"));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut finished = Vec::new();
+    for t in talkers {
+        let (c, n) = t.join().unwrap().unwrap_or_else(|e| panic!("{e:#}\n{}", machine.journal("jitsi-agent")));
+        assert!(n >= 40, "{}: {n} lines in about 4 s", c.name);
+        finished.push(c);
+    }
+    // The blocked one: every byte comes back, once and in order.
+    let mut echoed = vec![0u8; bulk.len()];
+    stuck.stream.read_exact(&mut echoed).unwrap();
+    assert!(echoed == bulk, "the 4 MiB came back altered");
+    writer.join().unwrap().unwrap();
+    let journal = machine.journal("jitsi-agent");
+    for l in journal.lines().filter(|l| l.contains("handover:")) {
+        eprintln!("{l}");
+    }
+    assert_eq!(journal.matches("handed_over=201 drain=0 ").count(), 3, "nothing left to drain:\n{journal}");
+    assert_eq!(journal.matches("handover: connections left to the next agent").count(), 3, "{journal}");
+    assert!(!journal.contains("draining open connections"), "a restart drains nothing:\n{journal}");
+    // Closed by the client: the backend has seen, per connection, exactly what was sent.
+    for mut c in finished {
+        c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        c.stream.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty(), "{}: {} bytes after the last echo", c.name, rest.len());
+        let server = if c.name.starts_with("tls") { &tls_echo } else { &http_echo };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            // The client's own address and port, then the bytes: both must match.
+            let me = c.stream.local_addr().unwrap();
+            let seen = server.seen.lock().unwrap().iter().any(|(peer, got)| *peer == me && *got == c.sent);
+            if seen {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{}: the backend did not see exactly the lines sent, once each", c.name);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    // `systemctl stop` is not a restart: open connections drain (2 s here), then close.
+    let mut held = Chatty::open(&lab.inet, 0).unwrap();
+    held.exchange(0).unwrap();
+    let t0 = Instant::now();
+    machine.systemctl(&["stop", "jitsi-agent.service"]).unwrap();
+    let mut rest = Vec::new();
+    let closed = held.stream.read_to_end(&mut rest);
+    let ended = t0.elapsed();
+    // A FIN or a reset, not the 15 s read timeout.
+    let timed_out = closed
+        .as_ref()
+        .is_err_and(|e| matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut));
+    assert!(!timed_out, "the connection stayed open after the stop");
+    assert!(ended >= Duration::from_millis(1900) && ended < Duration::from_secs(8), "closed after {ended:?}");
+    let journal = machine.journal("jitsi-agent");
+    assert!(journal.contains("draining open connections"), "{journal}");
+    assert_eq!(journal.matches("handover: connections left to the next agent").count(), 3, "no handover at a stop");
+}

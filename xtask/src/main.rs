@@ -50,7 +50,7 @@ enum Command {
     Bench {
         /// What to measure: every suite (`all`), or one of them; `sni-relay` compares the
         /// splitter's `copy` and `splice` relays.
-        #[arg(default_value = "all", value_parser = ["all", "udp", "sni", "prog", "control", "sni-relay"])]
+        #[arg(default_value = "all", value_parser = ["all", "udp", "sni", "prog", "control", "handover", "sni-relay"])]
         what: String,
         /// Rounds (each runs every contender once, back to back).
         #[arg(long, default_value_t = 3)]

@@ -28,6 +28,7 @@ use crate::{
     datapath::{Attach, Datapath},
     docker::{self, DockerWatch},
     error::{Error, Result},
+    handover,
     health::Task,
     listeners::Listeners,
     metrics::{MetricsServer, Shared},
@@ -209,7 +210,15 @@ impl Agent {
             let running =
                 SplitterRunning::start(h, &sni, http, &agent.listeners, stats, agent.challenges.clone()).await?;
             running.set_backend_nets(agent.surroundings.backend_nets.clone());
+            if let Some(rx) = agent.listeners.take_handover() {
+                running.adopt(rx);
+            }
             agent.splitter = Some(running);
+        }
+        if let Some(rx) = agent.listeners.take_handover() {
+            let closed = handover::wire::receive(rx).map(|r| r.pairs.len()).unwrap_or(0);
+            let _ = handover::systemd::unstore();
+            warn!(closed, "handover: no splitter is configured; the previous agent's connections are closed");
         }
         let listening: Vec<_> = agent
             .config
@@ -641,17 +650,60 @@ impl Agent {
         self.shared.health.record(Task::AttachTc, outcome);
     }
 
-    /// Drains the splitter, removes its routing and writes the final counters.
+    /// Drains the splitter (or, when systemd restarts the service, hands its connections to
+    /// the next agent), removes its routing and writes the final counters.
     async fn stop(&mut self) -> Result<()> {
         if let Some(m) = self.metrics.take() {
             m.stop().await;
         }
         let stopped = match self.splitter.take() {
+            Some(s) if s.open_connections() > 0 && restarting().await && self.restart_can_start().await => {
+                s.hand_over(&self.h).await
+            }
             Some(s) => s.stop(&self.h).await,
             None => Ok(()),
         };
         self.flush_sni()?;
         stopped
+    }
+}
+
+impl Agent {
+    /// Whether the next agent can start on the file as it is now: connections handed to an
+    /// agent that exits with a configuration error would be closed by systemd at once, so they
+    /// drain here instead.
+    async fn restart_can_start(&self) -> bool {
+        match load(self.path.clone()).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e.report(), "handover: the configuration file would not start the next agent; open connections drain");
+                false
+            }
+        }
+    }
+}
+
+/// Whether this stop is a restart by systemd with a file descriptor store to hand over through
+/// (asked over D-Bus; not under systemd, or without an answer in time: no).
+async fn restarting() -> bool {
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        return false;
+    }
+    match tokio::time::timeout(handover::systemd::ASK_TIMEOUT, handover::systemd::stop_plan()).await {
+        Ok(Ok(plan)) => {
+            if plan.restart && !plan.hands_over() {
+                info!("handover: restarting, but the unit has no FileDescriptorStoreMax=; open connections drain");
+            }
+            plan.hands_over()
+        }
+        Ok(Err(e)) => {
+            warn!(error = %e, "handover: cannot tell a restart from a stop; open connections drain");
+            false
+        }
+        Err(_) => {
+            warn!("handover: systemd did not answer in time; open connections drain");
+            false
+        }
     }
 }
 

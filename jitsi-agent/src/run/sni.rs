@@ -1,7 +1,13 @@
 //! The running splitters (SNI on 443, Host on 80): their listeners, the policy routing they
 //! share, and changing both on a reload without disturbing connections already relayed.
 
-use std::{collections::BTreeMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    os::fd::OwnedFd,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use rtnetlink::Handle;
 use tokio::task::JoinHandle;
@@ -12,6 +18,7 @@ use crate::{
     acme::challenges::Challenges,
     config::{Http, Sni},
     error::{Error, Result},
+    handover,
     listeners::Listeners,
     policy_routing::PolicyRouting,
     sni::{
@@ -19,6 +26,14 @@ use crate::{
         stats::Stats,
     },
 };
+
+/// How long a handover waits for connections still reading their hello to be relayed (then
+/// handed over too); those still reading after it drain in the old process.
+const HANDOVER_WAIT: Duration = Duration::from_secs(1);
+
+/// How long what could not be handed over may drain before the old agent exits: the handed
+/// connections wait for that exit (the next agent starts after it).
+const HANDOVER_DRAIN: Duration = Duration::from_secs(1);
 
 /// One accept loop.
 struct Listening {
@@ -148,15 +163,91 @@ impl SplitterRunning {
         Ok(())
     }
 
-    /// Stops accepting, gives open connections the drain time to finish, closes the rest,
-    /// then removes the policy routing (which those connections needed until then).
-    pub(super) async fn stop(self, h: &Handle) -> Result<()> {
+    /// Connections open now (reading a hello or relayed).
+    pub(super) fn open_connections(&self) -> usize {
+        self.proxy.open_connections()
+    }
+
+    /// Stops the accept loops (the sockets stay with the service manager, if it holds them).
+    async fn stop_listening(&mut self) {
         for (_, l) in self.listening.values() {
             l.stop.cancel();
         }
-        for (_, (_, l)) in self.listening {
+        for (_, (_, l)) in std::mem::take(&mut self.listening) {
             let _ = l.task.await;
         }
+    }
+
+    /// Relays on the connections a previous agent handed over through `rx` (read here; the
+    /// service manager's copy is dropped). Returns how many were taken up.
+    pub(super) fn adopt(&self, rx: OwnedFd) -> usize {
+        let started = Instant::now();
+        let received = match handover::wire::receive(rx) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "handover: nothing taken up from the previous agent");
+                handover::Received::default()
+            }
+        };
+        if let Err(e) = handover::systemd::unstore() {
+            warn!(error = %e, "handover: the service manager keeps a copy of the handover socket");
+        }
+        let (offered, drained, complete) = (received.pairs.len(), received.drained, received.complete);
+        let adopted = self.proxy.adopt(received.pairs);
+        self.proxy.stats.handover_adopted.fetch_add(adopted as u64, std::sync::atomic::Ordering::Relaxed);
+        self.proxy.stats.handover_lost.fetch_add((offered - adopted) as u64, std::sync::atomic::Ordering::Relaxed);
+        if !complete {
+            warn!(offered, "handover: the previous agent's handover is incomplete; took up what arrived");
+        }
+        info!(
+            adopted,
+            lost = offered - adopted,
+            drained_by_previous = drained,
+            ms = %format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+            "handover: relaying on the previous agent's connections"
+        );
+        adopted
+    }
+
+    /// Stops for a restart: stops accepting, stops every relay at a clean point and hands the
+    /// connections to the next agent (see [`crate::handover`]); what cannot be handed over
+    /// drains here as at [`SplitterRunning::stop`]. The policy routing stays when connections
+    /// were handed over (they need it; the next agent installs the same).
+    pub(super) async fn hand_over(mut self, h: &Handle) -> Result<()> {
+        self.stop_listening().await;
+        let started = Instant::now();
+        let pairs = self.proxy.hand_over(HANDOVER_WAIT).await;
+        let stopped_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let left = self.proxy.open_connections();
+        let outcome = handover::hand_over(pairs, left as u64).await;
+        if let Some(e) = &outcome.error {
+            warn!(error = %e, kept = outcome.back.len(), "handover: not every connection could be handed over; those drain here");
+        }
+        let handed = outcome.handed;
+        self.proxy.adopt(outcome.back);
+        let drain = self.proxy.open_connections();
+        info!(
+            handed_over = handed,
+            drain,
+            stop_ms = %format_args!("{stopped_ms:.1}"),
+            ms = %format_args!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+            "handover: connections left to the next agent"
+        );
+        // What is left (connections still reading their hello, an ACME validation) has at most
+        // HANDOVER_DRAIN: the next agent, and the handed-over connections, wait for this exit.
+        self.drain = self.drain.min(HANDOVER_DRAIN);
+        self.finish(h, handed > 0).await
+    }
+
+    /// Stops accepting, gives open connections the drain time to finish, closes the rest,
+    /// then removes the policy routing (which those connections needed until then).
+    pub(super) async fn stop(mut self, h: &Handle) -> Result<()> {
+        self.stop_listening().await;
+        self.finish(h, false).await
+    }
+
+    /// Drains what is open, then removes the policy routing unless `keep_routing`.
+    async fn finish(self, h: &Handle, keep_routing: bool) -> Result<()> {
         let open = self.proxy.open_connections();
         if open > 0 {
             info!(
@@ -168,6 +259,10 @@ impl SplitterRunning {
         let cut = self.proxy.drain(self.drain).await;
         if cut > 0 {
             warn!(cut, "splitter: drain deadline passed; closed the connections still open");
+        }
+        if keep_routing {
+            info!("splitter: stopped; policy routing kept for the handed-over connections");
+            return Ok(());
         }
         self.routing.remove(h).await?;
         info!("splitter: stopped; policy routing removed");

@@ -69,6 +69,20 @@ struct State {
     open: usize,
 }
 
+impl State {
+    /// Counts one more open connection for `client` (and its /48); returns its id.
+    fn enter(&mut self, client: Client, site: Option<u64>) -> u64 {
+        *self.clients.entry(client).or_default() += 1;
+        if let Some(site) = site {
+            *self.sites.entry(site).or_default() += 1;
+        }
+        let id = self.next;
+        self.next += 1;
+        self.open += 1;
+        id
+    }
+}
+
 /// The splitters' connection accounting.
 #[derive(Debug, Default)]
 pub struct Limits {
@@ -124,17 +138,22 @@ impl Limits {
             oldest.cancel();
             evicted += 1;
         }
-        *s.clients.entry(client).or_default() += 1;
-        if let Some(site) = site {
-            *s.sites.entry(site).or_default() += 1;
-        }
-        let id = s.next;
-        s.next += 1;
-        s.open += 1;
+        let id = s.enter(client, site);
         let token = CancellationToken::new();
         s.fronts[f].pending.insert(id, token.clone());
         let admission = Admission { limits: self, front: f, client, site, id, stage: Stage::Pending, evicted: token };
         Ok((admission, evicted))
+    }
+
+    /// Counts a connection a previous agent handed over as relayed on `front`, whatever the
+    /// caps (it is established: refusing it would cut it).
+    pub fn adopt(&self, front: Front, ip: IpAddr) -> Admission<'_> {
+        let (client, site) = keys(ip);
+        let f = front_index(front);
+        let mut s = self.state.lock().expect("limits lock");
+        let id = s.enter(client, site);
+        s.fronts[f].relayed += 1;
+        Admission { limits: self, front: f, client, site, id, stage: Stage::Relayed, evicted: CancellationToken::new() }
     }
 
     /// Connections admitted and not yet ended.
@@ -222,6 +241,22 @@ mod tests {
         let _f = l.admit(&CAPS, Front::Http, ip("198.51.100.2")).unwrap();
         drop((a, b, c));
         assert!(l.admit(&CAPS, Front::Tls, ip("2001:db8:1:3::1")).is_ok(), "places given back");
+    }
+
+    #[test]
+    fn an_adopted_connection_counts_whatever_the_caps_and_gives_its_place_back() {
+        let l = Limits::default();
+        let caps = Caps { relayed: 1, ..CAPS };
+        let a = l.adopt(Front::Tls, ip("198.51.100.1"));
+        let b = l.adopt(Front::Tls, ip("198.51.100.1"));
+        let c = l.adopt(Front::Tls, ip("198.51.100.1"));
+        assert_eq!(l.open(), 3, "over the client's cap of 2: counted all the same");
+        assert_eq!(l.admit(&caps, Front::Tls, ip("198.51.100.1")).unwrap_err(), Refusal::OverClientLimit);
+        let (mut d, _) = l.admit(&caps, Front::Tls, ip("198.51.100.2")).unwrap();
+        assert_eq!(d.relay(&caps).unwrap_err(), Refusal::OverLimit, "the relayed pool holds the adopted ones");
+        drop((a, b, c));
+        assert_eq!(l.open(), 1);
+        assert!(d.relay(&caps).is_ok(), "places given back");
     }
 
     #[test]

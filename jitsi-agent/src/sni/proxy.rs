@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 use super::{
     hello::{Hello, HelloError, Progress, bytes_needed, examine},
     limits::{Admission, Caps, Limits},
-    relay::relay,
+    relay::{Outcome, Resume, Stopped, relay},
     router::{ALERT_UNRECOGNIZED_NAME, Decision, Route as Target, Router},
     stats::{Refusal, RouteStats, Stats},
     transparent,
@@ -33,6 +33,7 @@ use super::{
 use crate::{
     acme::challenges::Challenges,
     config::{Http, Sni},
+    handover::{Pair, PairState},
     http::{
         head::{self, HeadError},
         router::{self as http_router, response},
@@ -40,12 +41,22 @@ use crate::{
 };
 
 /// Which splitter a listener feeds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Front {
     /// TLS, routed by SNI (443).
     Tls,
     /// HTTP/1.x, routed by `Host` (80).
     Http,
+}
+
+/// What [`Proxy::forward`] does once connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Forward {
+    /// Relays both ways for as long as the connection lives.
+    Relay(Front),
+    /// Passes one ACME validation request and its answer, then closes.
+    ChallengeOnly,
 }
 
 /// The `[http]` routing of one configuration.
@@ -77,6 +88,10 @@ pub struct Proxy {
     connections: TaskTracker,
     /// Cancelled when the drain deadline passes: connections still open are closed.
     cut: CancellationToken,
+    /// Cancelled to stop every relay for a handover.
+    handover: CancellationToken,
+    /// While a handover collects them (`Some`): the relays stopped for it.
+    handed: Mutex<Option<Vec<Pair>>>,
 }
 
 /// Counts a connection as open while it lives (also when the drain deadline cuts it).
@@ -192,6 +207,8 @@ impl Proxy {
             fallback_logged: Mutex::default(),
             connections: TaskTracker::new(),
             cut: CancellationToken::new(),
+            handover: CancellationToken::new(),
+            handed: Mutex::default(),
         })
     }
 
@@ -374,7 +391,7 @@ impl Proxy {
         if let Err(reason) = admission.relay(&caps(settings)) {
             return self.refuse(reason, Some(&route.name), peer, &"limit reached");
         }
-        self.forward(settings, route, &table.stats[idx], client, peer, hello_bytes, true).await;
+        self.forward(settings, route, &table.stats[idx], client, peer, hello_bytes, Forward::Relay(Front::Tls)).await;
     }
 
     /// Reads the request head; returns the bytes read (the head and whatever followed it).
@@ -479,14 +496,15 @@ impl Proxy {
             admission.unpool();
         }
         drop(head);
-        self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes, whole).await;
+        let how = if whole { Forward::Relay(Front::Http) } else { Forward::ChallengeOnly };
+        self.forward(&table.settings, route, &http.stats[idx], client, peer, bytes, how).await;
     }
 
     /// Connects to `route`'s backend (from the client's address where it can), replays the
     /// bytes already read (then frees them: a long-lived connection keeps no copy) and relays
-    /// until the connection ends; or, not `whole`, sends only those bytes, closes the way to
-    /// the backend and passes its answer back.
-    #[expect(clippy::too_many_arguments, reason = "one call per front; the relay mode is the only difference")]
+    /// until the connection ends; or, for [`Forward::ChallengeOnly`], sends only those bytes,
+    /// closes the way to the backend and passes its answer back.
+    #[expect(clippy::too_many_arguments, reason = "one call per front; `how` is the only difference")]
     async fn forward(
         &self,
         settings: &Sni,
@@ -495,7 +513,7 @@ impl Proxy {
         client: TcpStream,
         peer: SocketAddr,
         first: Vec<u8>,
-        whole: bool,
+        how: Forward,
     ) {
         let Some((backend, transparent)) = route.backend_for(peer) else {
             return self.refuse(Refusal::ConnectFailed, Some(&route.name), peer, &"backend container not running");
@@ -530,19 +548,148 @@ impl Proxy {
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.bytes_up.fetch_add(first.len() as u64, Ordering::Relaxed);
         drop(first);
-        let _open = OpenGuard::new(&stats.open);
-        if !whole {
+        let Forward::Relay(front) = how else {
+            let _open = OpenGuard::new(&stats.open);
             let down = tokio::time::timeout(CHALLENGE_DEADLINE, answer_only(client, upstream)).await.unwrap_or(0);
             stats.bytes_down.fetch_add(down, Ordering::Relaxed);
             debug!(route = %route.name, client = %peer, down, "http: relayed one ACME challenge request");
             return;
-        }
+        };
         debug!(route = %route.name, client = %peer, backend = %backend, "splitter: relaying");
-        let r = relay(client, upstream, secs(settings.idle_timeout_secs), settings.relay).await;
-        stats.bytes_up.fetch_add(r.up, Ordering::Relaxed);
-        stats.bytes_down.fetch_add(r.down, Ordering::Relaxed);
-        debug!(route = %route.name, client = %peer, up = r.up, down = r.down, idle = r.idle, error = ?r.error, "splitter: closed");
+        let state = PairState { front, route: route.name.clone() };
+        self.relay_pair(settings, stats, (client, upstream), state, Resume::default(), peer).await;
     }
+
+    /// Relays an established pair until it ends; a handover stops it and keeps it (or, once
+    /// the handover has taken its pairs, it relays on here until the drain).
+    async fn relay_pair(
+        &self,
+        settings: &Sni,
+        stats: &RouteStats,
+        (mut client, mut backend): (TcpStream, TcpStream),
+        state: PairState,
+        mut resume: Resume,
+        peer: SocketAddr,
+    ) {
+        let _open = OpenGuard::new(&stats.open);
+        let idle = secs(settings.idle_timeout_secs);
+        let never = CancellationToken::new();
+        let mut stop = &self.handover;
+        loop {
+            match relay(client, backend, idle, settings.relay, resume, stop).await {
+                Outcome::Ended(r) => {
+                    stats.bytes_up.fetch_add(r.up, Ordering::Relaxed);
+                    stats.bytes_down.fetch_add(r.down, Ordering::Relaxed);
+                    debug!(route = %state.route, client = %peer, up = r.up, down = r.down, idle = r.idle, error = ?r.error, "splitter: closed");
+                    return;
+                }
+                Outcome::Stopped(s) => {
+                    stats.bytes_up.fetch_add(s.up, Ordering::Relaxed);
+                    stats.bytes_down.fetch_add(s.down, Ordering::Relaxed);
+                    match self.keep(s, &state) {
+                        None => return,
+                        Some(s) => (client, backend, resume, stop) = (s.client, s.backend, s.resume, &never),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keeps a stopped relay for the handover collecting them; gives it back when none does.
+    fn keep(&self, s: Stopped, state: &PairState) -> Option<Stopped> {
+        let mut handed = self.handed.lock().expect("handover lock");
+        let Some(pairs) = handed.as_mut() else { return Some(s) };
+        match (s.client.into_std(), s.backend.into_std()) {
+            (Ok(client), Ok(backend)) => {
+                pairs.push(Pair {
+                    client: client.into(),
+                    backend: backend.into(),
+                    state: state.clone(),
+                    resume: s.resume,
+                });
+            }
+            // Deregistering from the reactor does not fail for a registered socket; if it did,
+            // the sockets are closed (dropped) and the connection is lost, as at a plain stop.
+            (c, b) => {
+                warn!(client = ?c.err(), backend = ?b.err(), "handover: a connection could not be taken off the reactor")
+            }
+        }
+        None
+    }
+
+    /// Stops every relay at a clean point and takes them for a handover, waiting up to `wait`
+    /// for the connections still reading a hello (they are handed over once relayed). Returns
+    /// the pairs; the connections not stopped by then stay here (count them with
+    /// [`Proxy::open_connections`]) and relay on until the drain.
+    pub async fn hand_over(&self, wait: Duration) -> Vec<Pair> {
+        *self.handed.lock().expect("handover lock") = Some(Vec::new());
+        self.handover.cancel();
+        let deadline = tokio::time::Instant::now() + wait;
+        while self.open_connections() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.handed.lock().expect("handover lock").take().unwrap_or_default()
+    }
+
+    /// Relays on the pairs a previous agent handed over (their counters continue under their
+    /// route's name). A pair whose descriptors are not two connected TCP sockets is closed.
+    /// Returns how many were taken up.
+    pub fn adopt(self: &Arc<Self>, pairs: Vec<Pair>) -> usize {
+        let mut adopted = 0;
+        for pair in pairs {
+            let route = pair.state.route.clone();
+            match adoptable(pair) {
+                Ok((client, backend, state, resume, peer)) => {
+                    adopted += 1;
+                    let me = self.clone();
+                    let cut = self.cut.clone();
+                    self.connections.spawn(async move {
+                        tokio::select! {
+                            () = me.run_adopted((client, backend), state, resume, peer) => {}
+                            () = cut.cancelled() => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    warn!(route = %route, error = %e, "handover: a handed-over connection could not be taken up; closed")
+                }
+            }
+        }
+        adopted
+    }
+
+    async fn run_adopted(
+        self: Arc<Self>,
+        sockets: (TcpStream, TcpStream),
+        state: PairState,
+        resume: Resume,
+        peer: SocketAddr,
+    ) {
+        let table = self.table();
+        let _admission = self.limits.adopt(state.front, peer.ip());
+        let _open = OpenGuard::new(&self.stats.open);
+        let stats = self.stats.route(&state.route);
+        self.relay_pair(&table.settings, &stats, sockets, state, resume, peer).await;
+    }
+}
+
+/// The pair's sockets as Tokio streams, and the client's address (both must be connected TCP
+/// sockets).
+type Adoptable = (TcpStream, TcpStream, PairState, Resume, SocketAddr);
+
+fn adoptable(pair: Pair) -> std::io::Result<Adoptable> {
+    let stream = |fd: std::os::fd::OwnedFd| -> std::io::Result<(TcpStream, SocketAddr)> {
+        let sock = socket2::Socket::from(fd);
+        if sock.r#type()? != socket2::Type::STREAM || sock.protocol()? != Some(socket2::Protocol::TCP) {
+            return Err(std::io::Error::other("not a TCP socket"));
+        }
+        let peer = sock.peer_addr()?.as_socket().ok_or_else(|| std::io::Error::other("not an IP socket"))?;
+        sock.set_nonblocking(true)?;
+        Ok((TcpStream::from_std(sock.into())?, peer))
+    };
+    let (client, peer) = stream(pair.client)?;
+    let (backend, _) = stream(pair.backend)?;
+    Ok((client, backend, pair.state, pair.resume, peer))
 }
 
 /// Failed accepts closer together than this are one burst (one log line).

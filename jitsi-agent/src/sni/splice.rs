@@ -7,7 +7,7 @@ use std::{
 };
 
 /// Pipe capacity asked for (the default is 64 KiB; larger means fewer calls per byte).
-const PIPE_SIZE: libc::c_int = 1 << 20;
+pub const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// A non-blocking pipe.
 pub struct Pipe {
@@ -38,6 +38,29 @@ impl Pipe {
     /// Moves up to `len` bytes from the pipe into `dst`.
     pub fn drain_to(&self, dst: &impl AsRawFd, len: usize) -> io::Result<usize> {
         splice(self.read.as_raw_fd(), dst.as_raw_fd(), len)
+    }
+}
+
+impl Pipe {
+    /// Reads up to `len` bytes out of the pipe (what a stopped relay hands over).
+    pub fn read_out(&self, len: usize) -> io::Result<Vec<u8>> {
+        let mut out = vec![0u8; len];
+        let mut got = 0;
+        while got < len {
+            // SAFETY: reads into the unfilled tail of `out`, which has `len - got` bytes.
+            let n = unsafe { libc::read(self.read.as_raw_fd(), out[got..].as_mut_ptr().cast(), len - got) };
+            match n {
+                0 => break,
+                n if n > 0 => got += n as usize,
+                _ => match io::Error::last_os_error() {
+                    e if e.kind() == io::ErrorKind::Interrupted => {}
+                    e if e.kind() == io::ErrorKind::WouldBlock => break,
+                    e => return Err(e),
+                },
+            }
+        }
+        out.truncate(got);
+        Ok(out)
     }
 }
 

@@ -155,6 +155,10 @@ pub struct Stats {
     /// Clients on a backends' subnet (a container reaching the host's public name), connected
     /// from the host's address: from their own, the backend's reply would bypass the agent.
     pub hairpin_connections: AtomicU64,
+    /// Connections taken up from a previous agent at this start (a restart's handover).
+    pub handover_adopted: AtomicU64,
+    /// Connections a previous agent handed over that could not be taken up (closed).
+    pub handover_lost: AtomicU64,
     refused: [AtomicU64; REFUSALS.len()],
     routes: Mutex<BTreeMap<String, Arc<RouteStats>>>,
     /// Time from accept to a complete ClientHello, in seconds.
@@ -169,6 +173,8 @@ impl Default for Stats {
             accept_errors: AtomicU64::new(0),
             ephemeral_port_retries: AtomicU64::new(0),
             hairpin_connections: AtomicU64::new(0),
+            handover_adopted: AtomicU64::new(0),
+            handover_lost: AtomicU64::new(0),
             refused: Default::default(),
             routes: Mutex::default(),
             // 100 µs .. ~6.5 s.

@@ -3,6 +3,7 @@
 //! the rounds, writes `bench/results/<date>.json`, the plots and the Markdown table).
 
 pub mod control;
+pub mod handover;
 pub mod load;
 pub mod prog;
 pub mod sni;

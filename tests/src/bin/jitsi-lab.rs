@@ -33,15 +33,18 @@ enum Cmd {
         #[arg(long)]
         agent: PathBuf,
     },
-    /// One round of a benchmark suite (`udp`, `sni`, `prog`, `control`): one JSON line per
+    /// One round of a benchmark suite (`udp`, `sni`, `prog`, `control`, `handover`): one JSON line per
     /// measurement on stdout (`cargo xtask bench` runs the rounds and aggregates them).
     Bench {
         /// The jitsi-agent binary.
         #[arg(long)]
         agent: PathBuf,
         /// The suite.
-        #[arg(long, value_parser = ["udp", "sni", "prog", "control"])]
+        #[arg(long, value_parser = ["udp", "sni", "prog", "control", "handover"])]
         suite: String,
+        /// The Debian package (the `handover` suite installs it under a real systemd).
+        #[arg(long)]
+        deb: Option<PathBuf>,
         /// Seconds per timed run.
         #[arg(long, default_value_t = 1.5)]
         secs: f64,
@@ -117,13 +120,17 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Cmd::Demo { agent } => demo(agent),
         Cmd::RelayBench { agent, mode, mib } => relay_bench(agent, &mode, mib),
-        Cmd::Bench { agent, suite, secs, mib, only } => {
+        Cmd::Bench { agent, suite, secs, mib, only, deb } => {
             // SAFETY: single-threaded at this point; the lab helpers read this variable.
             unsafe { std::env::set_var("JITSI_AGENT_BIN", &agent) };
             match suite.as_str() {
                 "udp" => jitsi_tests::bench::udp::round(secs, only.as_deref()),
                 "sni" => jitsi_tests::bench::sni::round(secs * 2.0, mib, only.as_deref()),
                 "prog" => jitsi_tests::bench::prog::round(),
+                "handover" => {
+                    let deb = deb.ok_or_else(|| anyhow::anyhow!("--suite handover needs --deb"))?;
+                    jitsi_tests::bench::handover::round(&deb)
+                }
                 _ => jitsi_tests::bench::control::round(),
             }
         }
