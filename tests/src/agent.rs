@@ -184,9 +184,14 @@ impl AgentProcess {
 
     /// Waits until the log contains `needle` (fails if the agent exits first).
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> Result<()> {
+        self.wait_for_log_count(needle, 1, timeout)
+    }
+
+    /// Waits until the log holds `needle` at least `times` times.
+    pub fn wait_for_log_count(&mut self, needle: &str, times: usize, timeout: Duration) -> Result<()> {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if self.log().contains(needle) {
+            if self.log().matches(needle).count() >= times {
                 return Ok(());
             }
             if let Some(status) = self.child.try_wait()? {
@@ -194,7 +199,7 @@ impl AgentProcess {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        bail!("jitsi-agent did not log `{needle}` within {timeout:?}:\n{}", self.log())
+        bail!("jitsi-agent did not log `{needle}` {times} times within {timeout:?}:\n{}", self.log())
     }
 
     /// Sends SIGTERM and waits for a clean exit.

@@ -91,13 +91,15 @@ fn reload_changes_rules_while_traffic_on_another_loses_nothing() {
     // 3. SIGHUP after restoring the original: back to turn.
     std::fs::write(&config, &original).unwrap();
     // Written in place (not renamed): the file watcher may pick it up first; either way one
-    // more "reloaded" line appears.
+    // more "reloaded" line appears, and the signal's own path logs its request.
     let reloads = agent.log().matches("reloaded").count();
+    let asked = agent.log().matches("reload requested (SIGHUP)").count();
     agent.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(5);
     while agent.log().matches("reloaded").count() <= reloads && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
+    agent.wait_for_log_count("reload requested (SIGHUP)", asked + 1, Duration::from_secs(5)).unwrap();
     let (_, reply) = udp_round_trip(&client, host(3478), "back").unwrap();
     assert!(reply.ends_with("back"), "{reply}");
     assert_eq!(other3479.count(), 1, "3478 no longer reaches other");

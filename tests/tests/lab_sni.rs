@@ -219,6 +219,7 @@ fn limits_and_idle_timeout() {
         assert_eq!(&line, b"seen ");
         open.push(s);
     }
+    let quiet_since = Instant::now();
     // ...so a third from the same address is refused at once, without reaching a backend.
     let mut third = connect();
     third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -231,6 +232,8 @@ fn limits_and_idle_timeout() {
         let _ = s.read_to_end(&mut rest);
     }
     assert!(started.elapsed() < Duration::from_secs(4), "idle connections closed after {:?}", started.elapsed());
+    // Not before the timeout: their last bytes (the greeting) came just before `quiet_since`.
+    assert!(quiet_since.elapsed() >= Duration::from_millis(900), "closed after only {:?} idle", quiet_since.elapsed());
     // The refusal is counted where the operator looks (flushed to the pins each second).
     wait_refused(&l, "over_client_limit", 1);
     // With the slots free again, the client is served.

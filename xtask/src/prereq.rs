@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-/// The bpf-linker release built against Debian's LLVM 22 (see the README's toolchain section).
+/// The bpf-linker release built against Debian's LLVM 22 (see docs/development.md).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

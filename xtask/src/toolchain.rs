@@ -1,7 +1,7 @@
 //! Finding a rustc that can build `core` for `bpfel-unknown-none`.
 //!
 //! The eBPF target has no prebuilt standard library, so it needs `-Z build-std=core` and the
-//! library source. Two routes work on Debian 12 (see the README): rustup's nightly with the
+//! library source. Two routes work on Debian 12 (see docs/development.md): rustup's nightly with the
 //! `rust-src` component, or Debian's `rustc-web` with `rust-web-src` and `RUSTC_BOOTSTRAP=1`.
 
 use std::{

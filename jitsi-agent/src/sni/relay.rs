@@ -29,7 +29,7 @@ use super::splice::Pipe;
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Through a userspace buffer (default: measured as fast as splice in CPU and faster in
-    /// wall time; see the README's benchmark table).
+    /// wall time; see bench/README.md).
     #[default]
     Copy,
     /// With splice(2) through a pipe (zero-copy).
