@@ -157,6 +157,19 @@ pub async fn hand_over(pairs: Vec<Pair>, drained: u64) -> Outcome {
     }
 }
 
+/// The next process's side: reads the handover a previous agent left in `rx` (what cannot be
+/// read is logged and counts as nothing) and drops systemd's copy of the socket.
+pub fn take(rx: OwnedFd) -> Received {
+    let received = wire::receive(rx).unwrap_or_else(|e| {
+        warn!(error = %e, "handover: nothing taken up from the previous agent");
+        Received::default()
+    });
+    if let Err(e) = systemd::unstore() {
+        warn!(error = %e, "handover: the service manager keeps a copy of the handover socket");
+    }
+    received
+}
+
 /// What was written into a handover that is given up.
 fn read_back(rx: OwnedFd) -> Vec<Pair> {
     match wire::receive(rx) {

@@ -216,8 +216,7 @@ impl Agent {
             agent.splitter = Some(running);
         }
         if let Some(rx) = agent.listeners.take_handover() {
-            let closed = handover::wire::receive(rx).map(|r| r.pairs.len()).unwrap_or(0);
-            let _ = handover::systemd::unstore();
+            let closed = handover::take(rx).pairs.len();
             warn!(closed, "handover: no splitter is configured; the previous agent's connections are closed");
         }
         let listening: Vec<_> = agent
@@ -650,6 +649,19 @@ impl Agent {
         self.shared.health.record(Task::AttachTc, outcome);
     }
 
+    /// Whether the next agent can start on the file as it is now: connections handed to an
+    /// agent that exits with a configuration error would be closed by systemd at once, so they
+    /// drain here instead.
+    async fn restart_can_start(&self) -> bool {
+        match load(self.path.clone()).await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e.report(), "handover: the configuration file would not start the next agent; open connections drain");
+                false
+            }
+        }
+    }
+
     /// Drains the splitter (or, when systemd restarts the service, hands its connections to
     /// the next agent), removes its routing and writes the final counters.
     async fn stop(&mut self) -> Result<()> {
@@ -665,21 +677,6 @@ impl Agent {
         };
         self.flush_sni()?;
         stopped
-    }
-}
-
-impl Agent {
-    /// Whether the next agent can start on the file as it is now: connections handed to an
-    /// agent that exits with a configuration error would be closed by systemd at once, so they
-    /// drain here instead.
-    async fn restart_can_start(&self) -> bool {
-        match load(self.path.clone()).await {
-            Ok(_) => true,
-            Err(e) => {
-                warn!(error = %e.report(), "handover: the configuration file would not start the next agent; open connections drain");
-                false
-            }
-        }
     }
 }
 

@@ -178,20 +178,11 @@ impl SplitterRunning {
         }
     }
 
-    /// Relays on the connections a previous agent handed over through `rx` (read here; the
-    /// service manager's copy is dropped). Returns how many were taken up.
+    /// Relays on the connections a previous agent handed over through `rx` (see
+    /// [`handover::take`]). Returns how many were taken up.
     pub(super) fn adopt(&self, rx: OwnedFd) -> usize {
         let started = Instant::now();
-        let received = match handover::wire::receive(rx) {
-            Ok(r) => r,
-            Err(e) => {
-                warn!(error = %e, "handover: nothing taken up from the previous agent");
-                handover::Received::default()
-            }
-        };
-        if let Err(e) = handover::systemd::unstore() {
-            warn!(error = %e, "handover: the service manager keeps a copy of the handover socket");
-        }
+        let received = handover::take(rx);
         let (offered, drained, complete) = (received.pairs.len(), received.drained, received.complete);
         let adopted = self.proxy.adopt(received.pairs);
         self.proxy.stats.handover_adopted.fetch_add(adopted as u64, std::sync::atomic::Ordering::Relaxed);
