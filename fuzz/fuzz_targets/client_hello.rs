@@ -5,7 +5,7 @@
 //! first byte picks the size limit.
 #![no_main]
 
-use jitsi_agent::sni::hello::{Hello, Progress, bytes_needed, examine};
+use jitsi_agent::tls::hello::{Hello, Progress, bytes_needed, examine};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &[u8]| {

@@ -47,7 +47,7 @@ use crate::{
     ebpf_object,
     error::{Error, Result},
     netlink::Link,
-    sni::stats::SniMaps,
+    splitter::stats::SniMaps,
 };
 
 /// Names of the maps, as pinned.
@@ -149,9 +149,7 @@ impl Maps {
     /// Takes the maps out of a loaded object, pinning each where `pin_at` says (if anywhere).
     fn take_pinning(bpf: &mut Ebpf, pin_at: impl Fn(&str) -> Option<PathBuf>) -> Result<Self> {
         Self::from_maps(|name| {
-            let map = bpf.take_map(name).ok_or_else(|| {
-                Error::ebpf(format!("map `{name}`"), std::io::Error::other("missing in the eBPF object"))
-            })?;
+            let map = bpf.take_map(name).ok_or_else(|| Error::MissingInObject { what: format!("map `{name}`") })?;
             if let Some(path) = pin_at(name) {
                 map.pin(path).map_err(|e| Error::ebpf(format!("pinning map {name}"), e))?;
             }
@@ -216,7 +214,7 @@ pub fn load_unattached() -> Result<Ebpf> {
 /// The `steer_in` program of a loaded object.
 pub fn xdp_program(bpf: &mut Ebpf) -> Result<&mut Xdp> {
     bpf.program_mut(PROG_STEER_IN)
-        .ok_or_else(|| Error::ebpf("steer_in", std::io::Error::other("missing in the eBPF object")))?
+        .ok_or_else(|| Error::MissingInObject { what: PROG_STEER_IN.into() })?
         .try_into()
         .map_err(|e| Error::ebpf("steer_in", e))
 }
@@ -224,7 +222,7 @@ pub fn xdp_program(bpf: &mut Ebpf) -> Result<&mut Xdp> {
 /// The `reply_out` program of a loaded object.
 pub fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
     bpf.program_mut(PROG_REPLY_OUT)
-        .ok_or_else(|| Error::ebpf("reply_out", std::io::Error::other("missing in the eBPF object")))?
+        .ok_or_else(|| Error::MissingInObject { what: PROG_REPLY_OUT.into() })?
         .try_into()
         .map_err(|e| Error::ebpf("reply_out", e))
 }

@@ -23,7 +23,7 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, OneOrMany},
     error::{Error, Result},
-    stack::{compose_cli::PROJECT, layout::Layout},
+    layout::{Layout, PROJECT},
 };
 
 /// Where a running container can be reached.
@@ -46,7 +46,7 @@ pub fn referenced(config: &Config) -> Vec<String> {
         .steer
         .iter()
         .filter_map(|r| r.container.clone())
-        .chain(config.sni.iter().flat_map(|s| s.routes.iter().filter_map(|r| r.container.clone())))
+        .chain(config.tls.iter().flat_map(|s| s.routes.iter().filter_map(|r| r.container.clone())))
         .chain(config.http.iter().flat_map(|h| h.routes.iter().filter_map(|r| r.container.clone())))
         .collect();
     names.sort();
@@ -55,7 +55,7 @@ pub fn referenced(config: &Config) -> Vec<String> {
 }
 
 fn docker_err(what: &str) -> impl FnOnce(bollard::errors::Error) -> Error + '_ {
-    move |e| Error::io(format!("docker: {what} (is the Docker engine running? DOCKER_HOST)"), std::io::Error::other(e))
+    move |source| Error::Docker { what: what.to_owned(), source }
 }
 
 /// Connects to the engine (`DOCKER_HOST`, else `/var/run/docker.sock`) and agrees on an API
@@ -249,7 +249,7 @@ async fn follow_once(
             }
             Err(_) => refresh(&docker, names, subnet, tx).await?,
             Ok(Some(Err(e))) => return Err(docker_err("following events")(e)),
-            Ok(None) => return Err(Error::io("docker: following events", std::io::Error::other("the stream ended"))),
+            Ok(None) => return Err(Error::DockerEventsEnded),
         }
     }
 }
@@ -325,7 +325,7 @@ pub fn effective(
         }
     }
     let sni =
-        out.sni.iter_mut().flat_map(|s| s.routes.iter_mut()).map(|r| (&r.container, r.container_port, &mut r.backend));
+        out.tls.iter_mut().flat_map(|s| s.routes.iter_mut()).map(|r| (&r.container, r.container_port, &mut r.backend));
     let http =
         out.http.iter_mut().flat_map(|h| h.routes.iter_mut()).map(|r| (&r.container, r.container_port, &mut r.backend));
     for (container, port, backend) in sni.chain(http) {
@@ -347,7 +347,7 @@ mod tests {
         let text = "[uplink]\ninterface = \"eth0\"\n\
             [[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\ncontainer = \"jvb\"\n\
             [[steer]]\nname = \"turn\"\nprotocol = \"udp\"\nport = 3478\ncontainer = \"coturn\"\n\
-            [sni]\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.org\"]\ncontainer = \"web\"\ncontainer_port = 8443\n";
+            [tls]\n[[tls.route]]\nname = \"web\"\nserver_names = [\"meet.example.org\"]\ncontainer = \"web\"\ncontainer_port = 8443\n";
         let config = Config::parse(text, Path::new("t.toml")).unwrap();
         assert_eq!(referenced(&config), ["coturn", "jvb", "web"]);
         let containers = Containers::from([
@@ -358,9 +358,9 @@ mod tests {
         let e = effective(&config, &containers, None);
         assert_eq!(e.steer[0].backend.as_slice(), ["172.18.0.10:10000".parse().unwrap()]);
         assert!(e.steer[1].backend.as_slice().iter().all(|a| a.ip().is_unspecified() && a.port() == 3478));
-        assert_eq!(e.sni.unwrap().routes[0].backend.as_slice(), ["172.18.0.12:8443".parse().unwrap()]);
+        assert_eq!(e.tls.unwrap().routes[0].backend.as_slice(), ["172.18.0.12:8443".parse().unwrap()]);
         let e = effective(&config, &Containers::new(), None);
-        assert!(e.sni.unwrap().routes[0].backend.as_slice().is_empty());
+        assert!(e.tls.unwrap().routes[0].backend.as_slice().is_empty());
         // Docker has not answered: what the pinned maps steer to stays (unknown is not down);
         // a rule the maps had no backend for is down.
         let pinned = HashMap::from([("jvb".to_string(), vec!["172.18.0.10:10000".parse().unwrap()])]);
@@ -375,9 +375,9 @@ mod tests {
 
     #[test]
     fn a_container_needs_its_port_and_excludes_backend() {
-        let base = "[uplink]\ninterface = \"eth0\"\n[sni]\n[[sni.route]]\nname = \"web\"\nserver_names = [\"a.org\"]\n";
+        let base = "[uplink]\ninterface = \"eth0\"\n[tls]\n[[tls.route]]\nname = \"web\"\nserver_names = [\"a.org\"]\n";
         let e = Config::parse(&format!("{base}container = \"web\"\n"), Path::new("t.toml")).unwrap_err().to_string();
-        assert!(e.contains("`sni.route[0].container_port`"), "{e}");
+        assert!(e.contains("`tls.route[0].container_port`"), "{e}");
         let both = format!("{base}container = \"web\"\ncontainer_port = 1\nbackend = \"10.0.0.1:1\"\n");
         let e = Config::parse(&both, Path::new("t.toml")).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");

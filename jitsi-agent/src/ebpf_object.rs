@@ -24,7 +24,7 @@ pub fn bytes() -> Result<&'static [u8]> {
     }
     if let Some(path) = std::env::var_os(OVERRIDE_ENV) {
         let what = format!("the eBPF object {} ({OVERRIDE_ENV})", path.to_string_lossy());
-        let refuse = |why: &str| Error::io(what.clone(), std::io::Error::other(why.to_string()));
+        let refuse = |problem| Error::ObjectOverride { path: path.clone().into(), problem };
         // Never under the service manager: the unit runs the embedded object only.
         if std::env::var_os("INVOCATION_ID").is_some() {
             return Err(refuse("refused under systemd (for tests run by hand only)"));

@@ -95,6 +95,67 @@ pub enum Error {
         #[source]
         source: aya::maps::MapError,
     },
+    /// The Docker engine did not answer, or refused a request.
+    #[error("docker: {what} (is the Docker engine running? DOCKER_HOST)")]
+    Docker {
+        /// What was asked.
+        what: String,
+        /// bollard's error.
+        #[source]
+        source: bollard::errors::Error,
+    },
+    /// The Docker engine closed its event stream.
+    #[error("docker: the event stream ended")]
+    DockerEventsEnded,
+    /// Docker Compose is not installed, or it failed.
+    #[error("{what}: {problem}")]
+    Compose {
+        /// What was run (or looked for).
+        what: String,
+        /// What went wrong and what to do.
+        problem: String,
+    },
+    /// A program or map the agent needs is not in the eBPF object.
+    #[error("{what}: missing in the eBPF object")]
+    MissingInObject {
+        /// The program or map.
+        what: String,
+    },
+    /// A test override of the eBPF object was refused.
+    #[error("the eBPF object {path} (JITSI_AGENT_EBPF_OBJECT): {problem}", path = path.display())]
+    ObjectOverride {
+        /// The file named by the variable.
+        path: PathBuf,
+        /// Why it was refused.
+        problem: &'static str,
+    },
+    /// A worker thread (blocking work off the async runtime) panicked or was cancelled.
+    #[error("{what}: the worker thread failed")]
+    Worker {
+        /// What it was doing.
+        what: &'static str,
+        /// The runtime's error.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// The operating system's random source failed.
+    #[error("{what}: the random source failed")]
+    Random {
+        /// What the bytes were for.
+        what: &'static str,
+        /// getrandom's error.
+        #[source]
+        source: getrandom::Error,
+    },
+    /// A certificate could not be made.
+    #[error("{what}")]
+    Certificate {
+        /// Which certificate.
+        what: String,
+        /// The certificate library's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A system call failed.
     #[error("{what}")]
     Io {

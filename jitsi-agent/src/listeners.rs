@@ -4,7 +4,7 @@
 //! A socket the service manager holds outlives the agent: while the agent restarts, new
 //! connections wait in its backlog instead of being refused, and the new agent accepts them.
 //! The descriptor a previous agent left in the file descriptor store for the handover of its
-//! established connections arrives the same way, named `handover` (see `crate::handover`).
+//! established connections arrives the same way, named `handover` (see `crate::splitter::handover`).
 
 use std::{
     collections::HashMap,
@@ -45,7 +45,7 @@ impl Listeners {
         let mut inherited = HashMap::new();
         let mut handover = None;
         for (fd, name) in fds {
-            if name == crate::handover::systemd::FD_NAME {
+            if name == crate::splitter::handover::systemd::FD_NAME {
                 info!(fd, "a previous agent handed over its connections");
                 // SAFETY: as below; a second one replaces (and closes) the first.
                 handover = Some(unsafe { OwnedFd::from_raw_fd(fd) });

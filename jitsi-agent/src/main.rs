@@ -71,7 +71,7 @@ enum Command {
     /// SIGHUP, or a change to the file, reloads it: rules are added, changed and removed in the
     /// maps without touching the others, SNI routes and listeners are swapped; an invalid file
     /// is refused and the running configuration stays. SIGTERM/SIGINT: stop accepting, let open
-    /// connections finish (`sni.drain_timeout_secs`), exit. The datapath stays attached, so
+    /// connections finish (`splitter.drain_timeout_secs`), exit. The datapath stays attached, so
     /// media keeps flowing while the agent is stopped or restarting. Listening sockets passed by
     /// systemd (jitsi-agent.socket) are used instead of binding, so a restart refuses nothing.
     Run {
@@ -86,7 +86,7 @@ enum Command {
     /// programs, remove the pinned maps and the SNI splitter's policy rules and routes.
     /// Run it after stopping the agent; traffic then flows as if it had never run.
     Teardown {
-        /// Configuration file (for `pin_dir` and the `[sni]` routing settings).
+        /// Configuration file (for `pin_dir` and the `[splitter]` policy routing settings).
         #[arg(long, default_value = "/etc/jitsi-agent/agent.toml")]
         config: PathBuf,
     },

@@ -26,7 +26,7 @@ use tracing::{debug, warn};
 
 use crate::{
     error::{Error, Result},
-    sni::stats::Stats,
+    splitter::stats::Stats,
     status,
 };
 
@@ -35,8 +35,8 @@ use crate::{
 pub struct Shared {
     /// Where the datapath's maps are pinned.
     pub pin_dir: PathBuf,
-    /// The SNI splitter's counters.
-    pub sni: Arc<Stats>,
+    /// The splitter's counters (both fronts).
+    pub splitter: Arc<Stats>,
     /// Configuration reloads applied.
     pub reloads_ok: AtomicU64,
     /// Configuration reloads refused (invalid file, or a change that needs a restart).
@@ -78,9 +78,9 @@ impl MetricsServer {
         let mut registry = Registry::default();
         registry.register_collector(Box::new(AgentCollector(shared.clone())));
         registry.register(
-            "jitsi_agent_sni_hello_read_seconds",
-            "Time from accepting a connection on the SNI listener to a complete ClientHello",
-            shared.sni.hello_seconds.clone(),
+            "jitsi_agent_tls_hello_read_seconds",
+            "Time from accepting a connection on the TLS front to a complete ClientHello",
+            shared.splitter.hello_seconds.clone(),
         );
         let registry = Arc::new(registry);
         let stop = CancellationToken::new();
@@ -250,25 +250,25 @@ impl Collector for AgentCollector {
             }
             Err(e) => debug!(error = %e.report(), "metrics: cannot read the pinned maps"),
         }
-        let routes = s.sni.routes();
+        let routes = s.splitter.routes();
         family(
             &mut enc,
-            "jitsi_agent_sni_connections",
-            "Connections relayed per SNI route",
+            "jitsi_agent_splitter_connections",
+            "Connections relayed per splitter route (TLS and HTTP)",
             Counter,
             routes.iter().map(|(n, r)| (vec![("route", n.clone())], counter(r.connections))),
         )?;
         family(
             &mut enc,
-            "jitsi_agent_sni_route_open_connections",
-            "Connections being relayed per SNI route",
+            "jitsi_agent_splitter_route_open_connections",
+            "Connections being relayed per splitter route",
             Gauge,
             routes.iter().map(|(n, r)| (vec![("route", n.clone())], ConstGauge::new(r.open as i64))),
         )?;
         family(
             &mut enc,
-            "jitsi_agent_sni_bytes",
-            "Bytes relayed per SNI route: up (client to backend, hello included) and down",
+            "jitsi_agent_splitter_bytes",
+            "Bytes relayed per splitter route: up (client to backend, hello included) and down",
             Counter,
             routes.iter().flat_map(|(n, r)| {
                 [("up", r.bytes_up), ("down", r.bytes_down)]
@@ -277,59 +277,59 @@ impl Collector for AgentCollector {
         )?;
         single(
             &mut enc,
-            "jitsi_agent_sni_accepted_connections",
-            "Connections accepted on the SNI listeners",
+            "jitsi_agent_splitter_accepted_connections",
+            "Connections accepted on the splitter's listeners (both fronts)",
             Counter,
-            counter(s.sni.accepted.load(Ordering::Relaxed)),
+            counter(s.splitter.accepted.load(Ordering::Relaxed)),
         )?;
         single(
             &mut enc,
-            "jitsi_agent_sni_accept_errors",
+            "jitsi_agent_splitter_accept_errors",
             "Failed accepts on the splitters' listeners (out of descriptors...); logged once per burst",
             Counter,
-            counter(s.sni.accept_errors.load(Ordering::Relaxed)),
+            counter(s.splitter.accept_errors.load(Ordering::Relaxed)),
         )?;
         single(
             &mut enc,
-            "jitsi_agent_sni_ephemeral_port_retries",
+            "jitsi_agent_splitter_ephemeral_port_retries",
             "Transparent connections that used an ephemeral port because the client's was taken (TIME_WAIT)",
             Counter,
-            counter(s.sni.ephemeral_port_retries.load(Ordering::Relaxed)),
+            counter(s.splitter.ephemeral_port_retries.load(Ordering::Relaxed)),
         )?;
         single(
             &mut enc,
-            "jitsi_agent_sni_hairpin_connections",
+            "jitsi_agent_splitter_hairpin_connections",
             "Connections from a backends' subnet, relayed from the host's address instead of the client's",
             Counter,
-            counter(s.sni.hairpin_connections.load(Ordering::Relaxed)),
+            counter(s.splitter.hairpin_connections.load(Ordering::Relaxed)),
         )?;
         single(
             &mut enc,
-            "jitsi_agent_sni_handover_adopted",
+            "jitsi_agent_splitter_handover_adopted",
             "Established connections taken up from the previous agent at this start (systemctl restart)",
             Counter,
-            counter(s.sni.handover_adopted.load(Ordering::Relaxed)),
+            counter(s.splitter.handover_adopted.load(Ordering::Relaxed)),
         )?;
         single(
             &mut enc,
-            "jitsi_agent_sni_handover_lost",
+            "jitsi_agent_splitter_handover_lost",
             "Connections the previous agent handed over that could not be taken up (closed)",
             Counter,
-            counter(s.sni.handover_lost.load(Ordering::Relaxed)),
+            counter(s.splitter.handover_lost.load(Ordering::Relaxed)),
         )?;
         family(
             &mut enc,
-            "jitsi_agent_sni_refused_connections",
-            "Connections the SNI splitter did not relay, by reason",
+            "jitsi_agent_splitter_refused_connections",
+            "Connections the splitter did not relay, by reason",
             Counter,
-            s.sni.refusals().into_iter().map(|(r, v)| (vec![("reason", r.to_string())], counter(v))),
+            s.splitter.refusals().into_iter().map(|(r, v)| (vec![("reason", r.to_string())], counter(v))),
         )?;
         single(
             &mut enc,
-            "jitsi_agent_sni_open_connections",
-            "Connections open on the SNI splitter (reading a hello or relayed)",
+            "jitsi_agent_splitter_open_connections",
+            "Connections open on the splitter (reading a hello or head, or relayed)",
             Gauge,
-            ConstGauge::new(s.sni.open.load(Ordering::Relaxed) as i64),
+            ConstGauge::new(s.splitter.open.load(Ordering::Relaxed) as i64),
         )?;
         let certs = s.certificates.lock().expect("certificates lock").clone();
         family(
@@ -384,7 +384,7 @@ mod tests {
     fn shared() -> Arc<Shared> {
         Arc::new(Shared {
             pin_dir: "/nonexistent".into(),
-            sni: Arc::new(Stats::default()),
+            splitter: Arc::new(Stats::default()),
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
             certificates: Default::default(),

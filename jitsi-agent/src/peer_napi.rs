@@ -80,7 +80,7 @@ pub async fn ensure(h: &Handle, port: u32) -> Result<PeerNapi> {
     });
     let changed = rx
         .await
-        .map_err(|_| Error::io("GRO thread", std::io::Error::other("ended without an answer")))?
+        .map_err(|_| Error::PeerNetns { port, message: "the GRO thread ended without an answer".into() })?
         .map_err(|e| Error::io(format!("turning GRO on for the peer of #{port}"), e))?;
     Ok(if changed { PeerNapi::Enabled(netns) } else { PeerNapi::AlreadyOn })
 }
@@ -89,7 +89,7 @@ pub async fn ensure(h: &Handle, port: u32) -> Result<PeerNapi> {
 async fn find_netns(h: &Handle, nsid: i32) -> Result<Option<PathBuf>> {
     let candidates = tokio::task::spawn_blocking(netns_files)
         .await
-        .map_err(|e| Error::io("listing network namespaces", std::io::Error::other(e)))?;
+        .map_err(|source| Error::Worker { what: "listing network namespaces", source })?;
     for path in candidates {
         if nsid_of(h, &path).await? == Some(nsid) {
             return Ok(Some(path));

@@ -186,11 +186,11 @@ pub struct RuleStats {
     pub bytes_out: u64,
 }
 
-/// Most SNI routes the pinned `sni_routes` map holds.
+/// Most splitter routes (TLS and HTTP) the pinned `sni_routes` map holds.
 pub const MAX_SNI_ROUTES: u32 = 256;
 
 /// Slots of the `sni_counters` array: 0 is accepted connections, 1.. are refusal reasons in
-/// the order the agent documents (`jitsi_agent::sni::stats::REFUSALS`).
+/// the order the agent documents (`jitsi_agent::splitter::stats::REFUSALS`).
 pub const SNI_COUNTERS: u32 = 16;
 
 /// Slots of the `task_health` array, written by the agent every second (no program uses it):
@@ -220,11 +220,11 @@ pub struct Manifest {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SniRouteKey {
-    /// `[[sni.route]] name`, NUL-padded.
+    /// `[[tls.route]]` or `[[http.route]]` `name`, NUL-padded.
     pub name: [u8; RULE_NAME_LEN],
 }
 
-/// Counters of one SNI route (`sni_routes` value).
+/// Counters of one splitter route (`sni_routes` value).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SniRouteStats {

@@ -103,8 +103,8 @@ pub struct Lab {
 /// One SNI route: the meet name to the web backend's TLS port, transparent (the default
 /// listen address, 443).
 pub const SNI_WEB: &str = r#"
-[sni]
-[[sni.route]]
+[tls]
+[[tls.route]]
 name = "web"
 server_names = ["meet.example.test"]
 backend = "192.0.2.12:8443"
@@ -214,11 +214,11 @@ impl Lab {
     }
 
     /// An SNI refusal count from `status --json`.
-    pub fn sni_refused(&self, reason: &str) -> u64 {
+    pub fn splitter_refused(&self, reason: &str) -> u64 {
         let st = self.status().expect("status");
-        st["sni"]["refused"]
+        st["splitter"]["refused"]
             .as_array()
-            .expect("sni.refused")
+            .expect("splitter.refused")
             .iter()
             .find(|r| r["reason"] == reason)
             .and_then(|r| r["connections"].as_u64())
@@ -229,10 +229,10 @@ impl Lab {
     /// counters reach the pins every second): the caller asserts it.
     pub fn refused_after_wait(&self, reason: &str, n: u64) -> u64 {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-        while self.sni_refused(reason) < n && std::time::Instant::now() < deadline {
+        while self.splitter_refused(reason) < n && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
-        self.sni_refused(reason)
+        self.splitter_refused(reason)
     }
 
     /// Writes an agent configuration for this lab: `rules` are TOML `[[steer]]` blocks.

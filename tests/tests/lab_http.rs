@@ -130,14 +130,14 @@ fn requests_reach_the_backend_their_host_routes_to_with_the_client_address() {
     let out = String::from_utf8_lossy(&out.stdout);
     assert!(out.starts_with("seen 203.0.113.2:") && out.contains("GET / HTTP/1.1\r\nHost: www.example.test"), "{out}");
     let st = l.lab.status().unwrap();
-    let site = st["sni"]["routes"].as_array().unwrap().iter().find(|r| r["name"] == "site").cloned();
+    let site = st["splitter"]["routes"].as_array().unwrap().iter().find(|r| r["name"] == "site").cloned();
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut connections = site.map(|s| s["connections"].as_u64().unwrap()).unwrap_or(0);
     while connections < 5 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
         let st = l.lab.status().unwrap();
         connections =
-            st["sni"]["routes"].as_array().unwrap().iter().find(|r| r["name"] == "site").unwrap()["connections"]
+            st["splitter"]["routes"].as_array().unwrap().iter().find(|r| r["name"] == "site").unwrap()["connections"]
                 .as_u64()
                 .unwrap();
     }
@@ -229,7 +229,7 @@ fn acme_round_trip_against_pebble_issues_the_turn_certificate_over_port_80() {
     let state = dir.join("acme");
     let config = lab
         .write_config(&format!(
-            "{STEER}\n[sni]\n[[sni.route]]\nname = \"turn\"\nserver_names = [\"turn.example.test\"]\nbackend = \"192.0.2.11:5349\"\n\
+            "{STEER}\n[tls]\n[[tls.route]]\nname = \"turn\"\nserver_names = [\"turn.example.test\"]\nbackend = \"192.0.2.11:5349\"\n\
              [http]\n[metrics]\nlisten = \"127.0.0.1:9477\"\n{}",
             pebble.acme_section(&["turn.example.test"], &state)
         ))

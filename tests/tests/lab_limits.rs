@@ -24,7 +24,7 @@ backend = "192.0.2.10:10000"
 "#;
 
 const ROUTES: &str = r#"
-[[sni.route]]
+[[tls.route]]
 name = "web"
 server_names = ["meet.example.test"]
 backend = ["192.0.2.12:8443", "[2001:db8:b::12]:8443"]
@@ -47,8 +47,9 @@ struct LimitsLab {
 }
 
 /// A lab whose web backend serves 8443 (TLS stand-in) and 8000 (HTTP stand-in), with the agent
-/// running `[sni]` settings `sni` and the routes above; `backends` are extra namespaces.
-fn limits_lab(sni: &str, backends: &[&str]) -> LimitsLab {
+/// running `settings` (`hello_timeout_secs` in `[tls]`, the limits in `[splitter]`) and the
+/// routes above; `backends` are extra namespaces.
+fn limits_lab(settings: &str, backends: &[&str]) -> LimitsLab {
     let names: Vec<&str> = ["jvb", "turn", "web"].iter().chain(backends).copied().collect();
     let lab = Lab::new(&names).expect("lab");
     let web = lab.backend("web");
@@ -57,7 +58,10 @@ fn limits_lab(sni: &str, backends: &[&str]) -> LimitsLab {
         servers::tcp(&web.ns, web.addr6(8443)).unwrap(),
         servers::tcp(&web.ns, web.addr4(8000)).unwrap(),
     ];
-    let config = lab.write_config(&format!("{STEER}[sni]\n{sni}\n{ROUTES}")).unwrap();
+    let (tls, splitter): (Vec<&str>, Vec<&str>) = settings.lines().partition(|l| l.starts_with("hello_timeout_secs"));
+    let config = lab
+        .write_config(&format!("{STEER}[splitter]\n{}\n[tls]\n{}\n{ROUTES}", splitter.join("\n"), tls.join("\n")))
+        .unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     LimitsLab { lab, agent, _servers: servers }
 }
@@ -111,7 +115,7 @@ fn idle_connections_from_forty_sources_lock_out_neither_a_new_client_nor_an_acme
     let greeting = hello_through(&l, HOST_V4.into());
     assert!(greeting.starts_with(&format!("seen {CLIENT_V4}:")), "{greeting}");
     challenge_through(&l);
-    assert_eq!(l.lab.sni_refused("over_limit"), 0);
+    assert_eq!(l.lab.splitter_refused("over_limit"), 0);
     drop(held);
 }
 

@@ -119,12 +119,14 @@ fn reload_changes_rules_while_traffic_on_another_loses_nothing() {
 }
 
 const SNI_WEB: &str = r#"
-[sni]
-listen = ["0.0.0.0:443"]
-default = "web"
+[splitter]
 drain_timeout_secs = 20
 
-[[sni.route]]
+[tls]
+listen = ["0.0.0.0:443"]
+default = "web"
+
+[[tls.route]]
 name = "web"
 server_names = ["meet.example.test"]
 backend = ["192.0.2.12:8443", "[2001:db8:b::12]:8443"]
@@ -224,7 +226,7 @@ fn check_passes_a_good_setup_and_names_each_problem_of_a_broken_one() {
     for line in [
         format!("ok   uplink {UPLINK}: index"),
         format!("ok   xdp on {UPLINK}: the driver runs XDP natively"),
-        "ok   port tcp/443 (sni): free".into(),
+        "ok   port tcp/443 (tls): free".into(),
         "ok   port udp/10000 (steer jvb): no other listener or port publishing".into(),
         "ok   kernel".into(),
         "ok   privileges".into(),
@@ -245,7 +247,7 @@ fn check_passes_a_good_setup_and_names_each_problem_of_a_broken_one() {
     let (ok, out) = check(&lab.host, &config);
     assert!(!ok, "{out}");
     assert!(
-        out.contains("FAIL port tcp/443 (sni): taken by") && out.contains("-> fix: stop or move that service"),
+        out.contains("FAIL port tcp/443 (tls): taken by") && out.contains("-> fix: stop or move that service"),
         "{out}"
     );
     assert!(
@@ -284,10 +286,10 @@ fn metrics_and_status_show_rules_sni_routes_and_attachments() {
         "jitsi_agent_rule_packets_total{rule=\"jvb\",direction=\"in\"} 7",
         "jitsi_agent_rule_packets_total{rule=\"jvb\",direction=\"out\"} 7",
         "jitsi_agent_backend_up{rule=\"jvb\",family=\"ipv4\"} 1",
-        "jitsi_agent_sni_connections_total{route=\"web\"} 3",
-        "jitsi_agent_sni_accepted_connections_total 3",
-        "jitsi_agent_sni_refused_connections_total{reason=\"no_route\"} 0",
-        "jitsi_agent_sni_hello_read_seconds_count 3",
+        "jitsi_agent_splitter_connections_total{route=\"web\"} 3",
+        "jitsi_agent_splitter_accepted_connections_total 3",
+        "jitsi_agent_splitter_refused_connections_total{reason=\"no_route\"} 0",
+        "jitsi_agent_tls_hello_read_seconds_count 3",
         "jitsi_agent_config_reloads_total{result=\"ok\"} 0",
     ] {
         assert!(m.contains(want), "missing `{want}` in:\n{m}");
@@ -296,9 +298,9 @@ fn metrics_and_status_show_rules_sni_routes_and_attachments() {
     std::thread::sleep(Duration::from_millis(1500));
     let st = lab.status().unwrap();
     assert_eq!(rule(&st, "jvb").unwrap()["packets_in"], 7);
-    let web_route = st["sni"]["routes"].as_array().unwrap().iter().find(|r| r["name"] == "web").unwrap().clone();
+    let web_route = st["splitter"]["routes"].as_array().unwrap().iter().find(|r| r["name"] == "web").unwrap().clone();
     assert_eq!(web_route["connections"], 3, "{st}");
-    assert_eq!(st["sni"]["accepted"], 3, "{st}");
+    assert_eq!(st["splitter"]["accepted"], 3, "{st}");
     let modes: Vec<(String, String)> = st["attachments"]
         .as_array()
         .unwrap()
@@ -312,8 +314,8 @@ fn metrics_and_status_show_rules_sni_routes_and_attachments() {
     // After the agent stops, status still works from the pins and shows nothing open.
     agent.stop().unwrap();
     let st = lab.status().unwrap();
-    assert_eq!(st["sni"]["routes"][0]["connections"], 3, "{st}");
-    assert_eq!(st["sni"]["routes"][0]["open"], 0, "{st}");
+    assert_eq!(st["splitter"]["routes"][0]["connections"], 3, "{st}");
+    assert_eq!(st["splitter"]["routes"][0]["open"], 0, "{st}");
     // The human table, with rates over a short interval.
     let mut cmd = command_in(&lab.host, &agent_bin()).unwrap();
     let out = cmd.args(["status", "--interval", "0.2", "--pin-dir"]).arg(&lab.pin_dir).output().unwrap();
@@ -356,7 +358,7 @@ fn the_open_file_limit_is_raised_and_accept_failures_are_counted_and_logged_once
     let m = scrape_metrics(&lab.host, "127.0.0.1:9478");
     let errors: u64 = m
         .lines()
-        .find_map(|l| l.strip_prefix("jitsi_agent_sni_accept_errors_total "))
+        .find_map(|l| l.strip_prefix("jitsi_agent_splitter_accept_errors_total "))
         .unwrap_or_else(|| panic!("no accept error counter in:\n{m}"))
         .parse()
         .unwrap();
@@ -523,7 +525,7 @@ fn docker_going_away_an_unreadable_file_and_an_unbindable_port_leave_the_agent_s
     let holder = lab.host.enter(|| TcpListener::bind("0.0.0.0:4443")).unwrap().unwrap();
     let running = std::fs::read_to_string(&config).unwrap();
     let with_sni = format!(
-        "{running}\n[sni]\nlisten = [\"0.0.0.0:4443\"]\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\n\
+        "{running}\n[tls]\nlisten = [\"0.0.0.0:4443\"]\n[[tls.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\n\
          backend = \"192.0.2.12:8443\"\n"
     );
     let failed_before = reloads_failed();

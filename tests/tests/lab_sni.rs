@@ -18,43 +18,43 @@ use jitsi_tests::{
 };
 
 const SNI: &str = r#"
-[sni]
+[tls]
 listen = ["0.0.0.0:443", "[::]:443"]
 default = "fallback"
 hello_timeout_secs = 3
 
-[[sni.route]]
+[[tls.route]]
 name = "web"
 server_names = ["meet.example.test"]
 backend = ["192.0.2.12:8443", "[2001:db8:b::12]:8443"]
 
-[[sni.route]]
+[[tls.route]]
 name = "turn"
 server_names = ["turn.example.test"]
 backend = ["192.0.2.11:5349", "[2001:db8:b::11]:5349"]
 
-[[sni.route]]
+[[tls.route]]
 name = "other"
 server_names = ["*.example.test"]
 backend = ["192.0.2.13:9443", "[2001:db8:b::13]:9443"]
 
-[[sni.route]]
+[[tls.route]]
 name = "plain"
 server_names = ["plain.example.test"]
 backend = ["192.0.2.13:9443", "[2001:db8:b::13]:9443"]
 transparent = false
 
-[[sni.route]]
+[[tls.route]]
 name = "v4one"
 server_names = ["v4one.example.test"]
 backend = "192.0.2.13:9443"
 
-[[sni.route]]
+[[tls.route]]
 name = "local"
 server_names = ["local.example.test"]
 backend = ["127.0.0.1:9444", "[::1]:9444"]
 
-[[sni.route]]
+[[tls.route]]
 name = "fallback"
 backend = ["192.0.2.14:8443", "[2001:db8:b::14]:8443"]
 "#;
@@ -202,10 +202,7 @@ fn plain_routes_and_routes_without_the_client_family_connect_from_the_host() {
 
 #[test]
 fn limits_and_idle_timeout() {
-    let l = sni_lab(&SNI.replace(
-        "hello_timeout_secs = 3",
-        "hello_timeout_secs = 3\nmax_connections_per_client = 2\nidle_timeout_secs = 1",
-    ));
+    let l = sni_lab(&format!("[splitter]\nmax_connections_per_client = 2\nidle_timeout_secs = 1\n{SNI}"));
     let to = SocketAddr::new(HOST_V4.into(), 443);
     let connect = || l.lab.inet.enter(move || TcpStream::connect(to)).unwrap().unwrap();
     // Two connections relayed to web and left idle...
@@ -259,7 +256,7 @@ fn a_backend_on_the_host_loopback_sees_the_client_address() {
 }
 
 fn relays_64_mib_both_ways_intact(relay: &str) {
-    let l = sni_lab(&SNI.replace("hello_timeout_secs = 3", &format!("hello_timeout_secs = 3\nrelay = \"{relay}\"")));
+    let l = sni_lab(&format!("[splitter]\nrelay = \"{relay}\"\n{SNI}"));
     let mut data = recorded_hello("chromium-meet.bin");
     data.extend((0..64u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8));
     let started = Instant::now();
@@ -323,7 +320,7 @@ fn a_slow_client_is_cut_at_the_deadline_while_others_are_served() {
 #[test]
 fn without_a_default_route_unknown_names_get_an_alert() {
     let no_default = SNI.replace("default = \"fallback\"\n", "").replace(
-        "[[sni.route]]\nname = \"fallback\"\nbackend = [\"192.0.2.14:8443\", \"[2001:db8:b::14]:8443\"]\n",
+        "[[tls.route]]\nname = \"fallback\"\nbackend = [\"192.0.2.14:8443\", \"[2001:db8:b::14]:8443\"]\n",
         "",
     );
     let l = sni_lab(&no_default);
@@ -347,13 +344,47 @@ fn without_a_default_route_unknown_names_get_an_alert() {
     wait_refused(&l, "no_route", 2);
 }
 
+/// A file still written with the former `[sni]` section (routes and connection settings in one
+/// section) runs as before: routed by server name, its `idle_timeout_secs` applied, and the
+/// log names the keys that moved.
+#[test]
+fn the_former_sni_section_still_routes_and_is_logged_as_deprecated() {
+    let old = SNI.replace("[tls]", "[sni]\nidle_timeout_secs = 1").replace("[[tls.route]]", "[[sni.route]]");
+    let mut l = sni_lab(&old);
+    through_443(&l, HOST_V4.into(), CLIENT_V4.into(), "chromium-meet.bin");
+    l.wait_count("web", false, 1);
+    assert_eq!(l.server("web", false).count(), 1, "routed to web by its server name");
+    // The idle timeout came from [sni] too: a silent relayed connection is closed after 1 s.
+    let mut s = l.lab.inet.enter(|| TcpStream::connect((HOST_V4, 443))).unwrap().unwrap();
+    s.write_all(&recorded_hello("chromium-meet.bin")).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let _ = s.read_to_end(&mut sink);
+    let idle = started.elapsed();
+    assert!(idle >= Duration::from_millis(900) && idle < Duration::from_secs(5), "closed after {idle:?}");
+    let log = l.agent.take().unwrap().stop().unwrap();
+    assert_eq!(log.matches("`[sni]` is deprecated").count(), 1, "{log}");
+    assert!(log.contains("`idle_timeout_secs` to `[splitter]`"), "{log}");
+    // `check` says it too.
+    let config = l.lab.write_config(&format!("{LAB_RULES}{old}")).unwrap();
+    let out = jitsi_tests::agent::command_in(&l.lab.host, &jitsi_tests::agent::agent_bin())
+        .unwrap()
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout);
+    assert!(out.contains("warn config: `[sni]` is deprecated"), "{out}");
+}
+
 #[test]
 fn port_443_taken_is_a_clear_error_and_leaves_no_routing() {
     let lab = Lab::new(&["web"]).expect("lab");
     let _squatter = servers::tcp(&lab.host, "0.0.0.0:443".parse().unwrap()).unwrap();
     let config = lab
         .write_config(
-            "[sni]\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"192.0.2.10:8443\"\n",
+            "[tls]\n[[tls.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"192.0.2.10:8443\"\n",
         )
         .unwrap();
     let err = match AgentProcess::start(&lab.host, &config) {

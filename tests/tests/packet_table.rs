@@ -53,9 +53,10 @@ protocol = "udp"
 port = 5000
 backend = "192.0.2.13:5000"
 
-[sni]
+[splitter]
 reply_mark = 0x4a17
-[[sni.route]]
+[tls]
+[[tls.route]]
 name = "web-tls"
 server_names = ["meet.example.test"]
 backend = ["192.0.2.12:8443", "[2001:db8:b::12]:8443"]

@@ -408,7 +408,7 @@ fn established_connections_live_through_three_restarts_and_a_stop_drains_them() 
     let tls_echo = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
     let http_echo = servers::tcp(&web.ns, web.addr4(8000)).unwrap();
     let config = "[uplink]\ninterface = \"up0\"\n\n[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\n\
-                  backend = \"192.0.2.10:10000\"\n\n[sni]\ndrain_timeout_secs = 2\n\n[[sni.route]]\nname = \"web\"\n\
+                  backend = \"192.0.2.10:10000\"\n\n[splitter]\ndrain_timeout_secs = 2\n\n[tls]\n[[tls.route]]\nname = \"web\"\n\
                   server_names = [\"meet.example.test\"]\nbackend = \"192.0.2.12:8443\"\n\n[http]\n\n[[http.route]]\n\
                   name = \"meet\"\nhost_names = [\"meet.example.test\"]\nbackend = \"192.0.2.12:8000\"\n";
     let machine = Machine::boot(&lab.host, &deb, &[], |root| {

@@ -30,13 +30,13 @@ pub fn files(acme: &Acme, stack: Option<&Stack>) -> Vec<CertFiles> {
     acme.names
         .iter()
         .map(|name| match stack {
-            Some(s) if s.turn_domain.eq_ignore_ascii_case(name) => {
+            Some(s) if s.turn_domain == name.0 => {
                 let dir = s.directory.join("coturn/certs");
-                CertFiles { name: name.clone(), chain: dir.join("turn.crt"), key: dir.join("turn.key") }
+                CertFiles { name: name.to_string(), chain: dir.join("turn.crt"), key: dir.join("turn.key") }
             }
             _ => {
-                let dir = acme.state_dir.join("certs").join(name.to_ascii_lowercase());
-                CertFiles { name: name.clone(), chain: dir.join("fullchain.pem"), key: dir.join("privkey.pem") }
+                let dir = acme.state_dir.join("certs").join(name.0.as_str());
+                CertFiles { name: name.to_string(), chain: dir.join("fullchain.pem"), key: dir.join("privkey.pem") }
             }
         })
         .collect()

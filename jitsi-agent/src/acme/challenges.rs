@@ -7,7 +7,7 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use crate::sni::names::ServerName;
+use crate::names::ServerName;
 
 /// Shared between the ACME task and the Host splitter.
 #[derive(Debug, Clone, Default)]

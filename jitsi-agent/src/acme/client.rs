@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{challenges::Challenges, error::AcmeError};
-use crate::{config::Acme, sni::names::ServerName};
+use crate::{config::Acme, names::ServerName};
 
 /// How long the CA gets to validate, and to issue.
 const POLL: RetryPolicy =
@@ -33,7 +33,7 @@ async fn builder(acme: &Acme) -> Result<instant_acme::AccountBuilder, AcmeError>
         })
     })
     .await
-    .map_err(|e| AcmeError::io("reading the trusted roots", std::io::Error::other(e)))?
+    .map_err(|source| AcmeError::Worker { what: "reading the trusted roots", source })?
 }
 
 /// The account for `acme.directory`: loaded from the state directory, else registered (and
@@ -53,7 +53,7 @@ pub async fn account(acme: &Acme) -> Result<Account, AcmeError> {
         .expect("credentials serialize");
     tokio::task::spawn_blocking(move || write_private(&path, &text))
         .await
-        .map_err(|e| AcmeError::io("writing the account", std::io::Error::other(e)))??;
+        .map_err(|source| AcmeError::Worker { what: "writing the account", source })??;
     info!(directory = %acme.directory, id = account.id(), "acme: account registered");
     Ok(account)
 }

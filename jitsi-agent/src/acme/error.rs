@@ -32,12 +32,22 @@ pub enum AcmeError {
         detail: String,
     },
     /// The container to reload could not be signalled.
-    #[error("reloading `{container}`: {detail}")]
+    #[error("reloading `{container}`")]
     Reload {
         /// The container.
         container: String,
         /// The Docker error.
-        detail: String,
+        #[source]
+        source: Box<crate::error::Error>,
+    },
+    /// A worker thread (blocking work off the async runtime) panicked or was cancelled.
+    #[error("{what}: the worker thread failed")]
+    Worker {
+        /// What it was doing.
+        what: &'static str,
+        /// The runtime's error.
+        #[source]
+        source: tokio::task::JoinError,
     },
 }
 

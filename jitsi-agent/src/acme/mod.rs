@@ -22,10 +22,7 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 use self::{cert::CertFiles, challenges::Challenges, error::AcmeError};
-use crate::{
-    config::{Acme, Stack},
-    sni::names::ServerName,
-};
+use crate::config::{Acme, Stack};
 
 /// How often certificates are looked at when nothing is due.
 const CHECK: Duration = Duration::from_secs(12 * 3600);
@@ -82,26 +79,30 @@ pub fn read_states(acme: &Acme, stack: Option<&Stack>) -> Vec<CertState> {
 
 /// The running certificate manager.
 pub struct AcmeRunning {
-    settings: (String, Option<String>),
+    settings: Settings,
     task: JoinHandle<()>,
 }
+
+/// What a certificate manager runs with: `[acme]`, and the stack's TURN name and directory
+/// (where coturn's certificate goes).
+type Settings = (Acme, Option<(crate::names::ServerName, std::path::PathBuf)>);
 
 impl AcmeRunning {
     /// Starts managing `acme`'s names (the Host splitter must answer `challenges` on 80);
     /// `published` gets the names' states after every round (for the metrics).
     pub fn start(acme: Acme, stack: Option<Stack>, challenges: Challenges, published: Published) -> Self {
         let settings = Self::key(&acme, stack.as_ref());
-        let names = acme.names.iter().filter_map(|n| ServerName::parse(n.as_bytes()).ok()).collect();
+        let names = acme.names.iter().map(|n| n.0.clone()).collect();
         challenges.set_names(names);
         let files = cert::files(&acme, stack.as_ref());
         info!(names = ?acme.names, directory = %acme.directory, "acme: managing certificates");
-        let scope = stack.as_ref().map(crate::stack::layout::Layout::of);
+        let scope = stack.as_ref().map(|s| s.subnet);
         let task = tokio::spawn(manage(acme, files, challenges, published, scope));
         AcmeRunning { settings, task }
     }
 
-    fn key(acme: &Acme, stack: Option<&Stack>) -> (String, Option<String>) {
-        (format!("{acme:?}"), stack.map(|s| format!("{:?}", (&s.turn_domain, &s.directory))))
+    fn key(acme: &Acme, stack: Option<&Stack>) -> Settings {
+        (acme.clone(), stack.map(|s| (s.turn_domain.clone(), s.directory.clone())))
     }
 
     /// Whether this manager runs with these settings.
@@ -130,7 +131,7 @@ async fn manage(
     files: Vec<CertFiles>,
     challenges: Challenges,
     published: Published,
-    scope: Option<crate::stack::layout::Layout>,
+    scope: Option<crate::layout::Layout>,
 ) {
     let mut account = None;
     let mut states: BTreeMap<String, CertState> = files
@@ -218,9 +219,8 @@ async fn renew(
 
 /// Sends SIGUSR2 to the reload container, if one is configured (with `[stack]`, only to the
 /// stack's own: see `docker::resolve`).
-async fn reload(acme: &Acme, scope: Option<crate::stack::layout::Layout>) -> Result<(), AcmeError> {
+async fn reload(acme: &Acme, scope: Option<crate::layout::Layout>) -> Result<(), AcmeError> {
     let Some(container) = &acme.reload_container else { return Ok(()) };
-    let err = |detail: String| AcmeError::Reload { container: container.clone(), detail };
     match crate::docker::signal(container, "SIGUSR2", scope).await {
         Ok(Some(id)) => {
             info!(%container, %id, "acme: sent SIGUSR2 to reload the certificate");
@@ -232,7 +232,7 @@ async fn reload(acme: &Acme, scope: Option<crate::stack::layout::Layout>) -> Res
         }
         Err(e) => {
             warn!(%container, error = %e.report(), "acme: could not signal the container");
-            Err(err(e.report()))
+            Err(AcmeError::Reload { container: container.clone(), source: Box::new(e) })
         }
     }
 }
@@ -249,9 +249,12 @@ async fn record(acme: &Acme, states: &BTreeMap<String, CertState>) {
             std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, &at))
         })
     })
-    .await
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)));
-    if let Err(e) = written {
-        warn!(path = %path.display(), error = %e, "acme: cannot record the certificates' state");
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => warn!(path = %path.display(), error = %e, "acme: cannot record the certificates' state"),
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "acme: cannot record the certificates' state: the worker thread failed")
+        }
     }
 }

@@ -4,7 +4,7 @@
 use bollard::query_parameters::ListContainersOptions;
 
 use super::Check;
-use crate::{config::Config, docker, stack::layout::Layout};
+use crate::{config::Config, docker};
 
 /// The Docker checks (none when Docker is neither needed nor present).
 pub(super) async fn docker(config: &Config) -> Vec<Check> {
@@ -24,7 +24,7 @@ pub(super) async fn docker(config: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     let version = d.version().await.ok().and_then(|v| v.version).unwrap_or_else(|| "?".into());
     out.push(Check::ok("docker", format!("engine {version} reachable")));
-    let subnet = config.stack.as_ref().map(Layout::of);
+    let subnet = config.stack.as_ref().map(|s| s.subnet);
     match docker::resolve(&d, &names, subnet).await {
         Ok(found) => {
             for (name, c) in found {
@@ -45,7 +45,7 @@ pub(super) async fn docker(config: &Config) -> Vec<Check> {
         .steer
         .iter()
         .map(|r| (r.protocol.to_string(), r.port))
-        .chain(config.sni.iter().flat_map(|s| s.listen.iter().map(|a| ("tcp".to_string(), a.port()))))
+        .chain(config.tls.iter().flat_map(|s| s.listen.iter().map(|a| ("tcp".to_string(), a.port()))))
         .collect();
     if let Ok(list) = d.list_containers(Some(ListContainersOptions::default())).await {
         for c in list {

@@ -111,8 +111,8 @@ pub(super) fn ports(config: &Config) -> Vec<Check> {
         nat.iter().flatten().filter(|(p, n, _)| *p == proto && *n == port).map(|(_, _, c)| c.clone()).collect()
     };
     let mut listen: BTreeSet<(u16, &str)> = BTreeSet::new();
-    for a in config.sni.iter().flat_map(|s| s.listen.iter()) {
-        listen.insert((a.port(), "sni"));
+    for a in config.tls.iter().flat_map(|s| s.listen.iter()) {
+        listen.insert((a.port(), "tls"));
     }
     for a in config.http.iter().flat_map(|h| h.listen.iter()) {
         listen.insert((a.port(), "http"));

@@ -17,7 +17,7 @@ pub(super) fn at(path: &Path, text: &str, offset: Option<usize>) -> String {
     }
 }
 
-/// Byte offset of the key at `path` (`sni.route[1].server_names`, `uplink.addresses[0]`): the
+/// Byte offset of the key at `path` (`tls.route[1].server_names`, `uplink.addresses[0]`): the
 /// element for an index, the key itself otherwise, or the nearest enclosing item found.
 pub(super) fn key(text: &str, path: &str) -> Option<usize> {
     let doc = ImDocument::parse(text).ok()?;
@@ -48,4 +48,42 @@ pub(super) fn key(text: &str, path: &str) -> Option<usize> {
         }
     }
     best.map(|r| r.start)
+}
+
+/// The key at byte `offset`, or whose value holds it (`steer[0].protocol`, `acme.names[1]`),
+/// for an error the parser reports there; `None` when no key or value holds it (a syntax
+/// error, a missing key).
+pub(super) fn key_at(text: &str, offset: usize) -> Option<String> {
+    let doc = ImDocument::parse(text).ok()?;
+    find(doc.as_table(), offset)
+}
+
+fn find(table: &Table, offset: usize) -> Option<String> {
+    let holds = |r: Option<Range<usize>>| r.is_some_and(|r| r.contains(&offset));
+    for (name, item) in table.iter() {
+        let key_holds = table.key(name).is_some_and(|k| holds(k.span()));
+        match item {
+            Item::Value(v) if key_holds || holds(v.span()) => {
+                let index = match v {
+                    Value::Array(a) => a.iter().position(|e| holds(e.span())).map(|i| format!("[{i}]")),
+                    _ => None,
+                };
+                return Some(format!("{name}{}", index.unwrap_or_default()));
+            }
+            Item::Table(t) => {
+                if let Some(rest) = find(t, offset) {
+                    return Some(format!("{name}.{rest}"));
+                }
+            }
+            Item::ArrayOfTables(a) => {
+                for (i, t) in a.iter().enumerate() {
+                    if let Some(rest) = find(t, offset) {
+                        return Some(format!("{name}[{i}].{rest}"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    None
 }

@@ -1,6 +1,7 @@
 //! The agent's TOML configuration: parsed with unknown keys rejected, then validated before
 //! anything on the host is touched.
 
+pub mod implied;
 mod locate;
 mod validate;
 
@@ -12,7 +13,11 @@ use std::{
 use jitsi_common::{PROTO_TCP, PROTO_UDP};
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    layout::Layout,
+    names::{Pattern, ServerName},
+};
 
 /// Default directory under bpffs for the pinned maps, programs and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/jitsi-agent";
@@ -29,10 +34,19 @@ pub struct Config {
     /// Kernel 1:1 steering rules.
     #[serde(default)]
     pub steer: Vec<SteerRule>,
-    /// The SNI splitter (optional).
-    pub sni: Option<Sni>,
-    /// The Host splitter on port 80 (optional).
+    /// Connection settings of both splitter fronts (optional: every default).
+    pub splitter: Option<Splitter>,
+    /// The TLS front on 443, routing by server name (optional).
+    pub tls: Option<Tls>,
+    /// The HTTP front on port 80, routing by `Host` (optional).
     pub http: Option<Http>,
+    /// `[sni]`, the former name of `[tls]` and `[splitter]` together: accepted and split into
+    /// them, with a warning in [`Config::deprecations`].
+    #[serde(rename = "sni", default, skip_serializing)]
+    legacy_sni: Option<toml::Table>,
+    /// Warnings about deprecated keys, for the operator (logged at start and by `check`).
+    #[serde(skip)]
+    pub deprecations: Vec<String>,
     /// Certificates the agent obtains and renews over ACME (optional).
     pub acme: Option<Acme>,
     /// The Prometheus endpoint (optional; off without the section).
@@ -46,9 +60,9 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct Stack {
     /// The meeting's public name (`https://<meet_domain>`).
-    pub meet_domain: String,
+    pub meet_domain: ServerName,
     /// coturn's public name: TURN over TLS on 443 (SNI) and STUN/TURN on 3478/udp.
-    pub turn_domain: String,
+    pub turn_domain: ServerName,
     /// The public address(es) clients reach this host at (the NAT router's): advertised by
     /// the videobridge (`JVB_ADVERTISE_IPS`) and coturn (`external-ip`).
     pub public_addresses: Vec<IpAddr>,
@@ -67,7 +81,7 @@ pub struct Stack {
     /// The Docker network's IPv4 subnet (a /24 or larger); the containers get fixed addresses
     /// in it (.10 jvb, .11 coturn, .12 web, .13 prosody, .14 jicofo).
     #[serde(default = "default_stack_subnet")]
-    pub subnet: String,
+    pub subnet: Layout,
     /// With an e-mail, the web container obtains the meet name's Let's Encrypt certificate
     /// (HTTP-01 on port 80, which the agent then steers to it).
     pub letsencrypt_email: Option<String>,
@@ -97,21 +111,30 @@ impl Default for PortRange {
     }
 }
 
+/// Why a port range was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PortRangeError {
+    /// A part that is not 1 to 65535.
+    #[error("`{0}` is not a port (1-65535)")]
+    Port(String),
+    /// `max` below `min`.
+    #[error("`{0}`: the first port is above the last")]
+    Reversed(String),
+}
+
 impl TryFrom<String> for PortRange {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        let port = |p: &str| -> std::result::Result<u16, String> {
-            match p.trim().parse::<u16>() {
-                Ok(0) | Err(_) => Err(format!("`{p}` is not a port (1-65535)")),
-                Ok(n) => Ok(n),
-            }
+    type Error = PortRangeError;
+    fn try_from(s: String) -> std::result::Result<Self, PortRangeError> {
+        let port = |p: &str| match p.trim().parse::<u16>() {
+            Ok(0) | Err(_) => Err(PortRangeError::Port(p.to_owned())),
+            Ok(n) => Ok(n),
         };
         let (min, max) = match s.split_once('-') {
             Some((a, b)) => (port(a)?, port(b)?),
             None => (port(&s)?, port(&s)?),
         };
         if min > max {
-            return Err(format!("`{s}`: the first port is above the last"));
+            return Err(PortRangeError::Reversed(s));
         }
         Ok(PortRange { min, max })
     }
@@ -137,8 +160,8 @@ fn default_coturn_image() -> String {
     // `docker/coturn/debian/Dockerfile`): a full version and revision, not a moving `4.17`.
     "coturn/coturn:4.17.0-r0".into()
 }
-fn default_stack_subnet() -> String {
-    "172.18.0.0/24".into()
+fn default_stack_subnet() -> Layout {
+    Layout::parse("172.18.0.0/24").expect("literal")
 }
 fn default_tz() -> String {
     "UTC".into()
@@ -297,32 +320,21 @@ pub struct SteerRule {
     pub container_port: Option<u16>,
 }
 
-/// `[sni]`: the TLS splitter on 443.
+/// `[splitter]`: how both splitter fronts (`[tls]` on 443, `[http]` on 80) treat connections:
+/// timeouts, limits, the marks and routing table of the transparent connections, the relay.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Sni {
-    /// Addresses to listen on.
-    #[serde(default = "default_sni_listen")]
-    pub listen: Vec<SocketAddr>,
-    /// Route for no SNI, unknown names and non-TLS bytes; without one those connections are
-    /// closed (TLS: with an `unrecognized_name` alert).
-    pub default: Option<String>,
-    /// Largest ClientHello accepted, in bytes (all its records).
-    #[serde(default = "default_max_hello")]
-    pub max_hello_bytes: usize,
-    /// Time a client has to send its whole ClientHello.
-    #[serde(default = "default_hello_timeout")]
-    pub hello_timeout_secs: f64,
+pub struct Splitter {
     /// Time to connect to a backend.
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout_secs: f64,
+    pub connect_timeout_secs: Secs,
     /// A relayed connection with no byte in either direction for this long is closed.
     #[serde(default = "default_idle_timeout")]
-    pub idle_timeout_secs: f64,
+    pub idle_timeout_secs: Secs,
     /// On SIGTERM the splitter stops accepting and gives open connections this long to finish
     /// before closing them (a restart under socket activation queues new connections meanwhile).
     #[serde(default = "default_drain_timeout")]
-    pub drain_timeout_secs: f64,
+    pub drain_timeout_secs: Secs,
     /// Relayed connections at most, per front (443 and 80 each).
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
@@ -336,8 +348,8 @@ pub struct Sni {
     /// oldest of them is closed to make room for a new one.
     #[serde(default = "default_max_pending")]
     pub max_pending_connections: usize,
-    /// Mark the TC program sets on replies from SNI backends; a policy rule sends packets
-    /// with it to `route_table` (local delivery to the transparent socket).
+    /// Mark the TC program sets on replies from transparent backends; a policy rule sends
+    /// packets with it to `route_table` (local delivery to the transparent socket).
     #[serde(default = "default_reply_mark")]
     pub reply_mark: u32,
     /// SO_MARK of the agent's backend sockets (for the operator's own firewall or routing
@@ -352,29 +364,118 @@ pub struct Sni {
     pub rule_priority: u32,
     /// How bytes are relayed: `copy` (userspace buffer, default) or `splice` (zero-copy).
     #[serde(default)]
-    pub relay: crate::sni::relay::Mode,
-    /// Routes by server name.
-    #[serde(default, rename = "route")]
-    pub routes: Vec<SniRoute>,
+    pub relay: RelayMode,
 }
 
-fn default_sni_listen() -> Vec<SocketAddr> {
+/// The keys of the former `[sni]` that now belong to `[splitter]` (the others to `[tls]`).
+const SPLITTER_KEYS: [&str; 12] = [
+    "connect_timeout_secs",
+    "idle_timeout_secs",
+    "drain_timeout_secs",
+    "max_connections",
+    "max_connections_per_client",
+    "max_connections_per_ipv6_48",
+    "max_pending_connections",
+    "reply_mark",
+    "socket_mark",
+    "route_table",
+    "rule_priority",
+    "relay",
+];
+
+/// A time in seconds, as the file writes it (`hello_timeout_secs = 2.5`): more than 0 and at
+/// most a day.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Deserialize)]
+#[serde(try_from = "f64")]
+pub struct Secs(std::time::Duration);
+
+/// A time outside (0, 86400] seconds.
+#[derive(Debug, Clone, Copy, PartialEq, thiserror::Error)]
+#[error("{0}: must be more than 0 and at most 86400 seconds")]
+pub struct SecsError(f64);
+
+impl TryFrom<f64> for Secs {
+    type Error = SecsError;
+    fn try_from(s: f64) -> std::result::Result<Self, SecsError> {
+        if s > 0.0 && s <= 86_400.0 { Ok(Secs(std::time::Duration::from_secs_f64(s))) } else { Err(SecsError(s)) }
+    }
+}
+
+impl Secs {
+    /// A default written in the code.
+    fn literal(s: f64) -> Self {
+        Secs::try_from(s).expect("a literal in range")
+    }
+
+    /// The duration.
+    pub fn get(self) -> std::time::Duration {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Secs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}s", self.0.as_secs_f64())
+    }
+}
+
+/// How a splitter relays the bytes of an established connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RelayMode {
+    /// Through a userspace buffer per direction (default: measured as fast as splice in CPU
+    /// and faster in wall time; see bench/README.md).
+    #[default]
+    Copy,
+    /// `splice(2)` through a pipe per direction: the bytes stay in the kernel.
+    Splice,
+}
+
+/// `[tls]`: the TLS front on 443, routing by the ClientHello's server name.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// Addresses to listen on.
+    #[serde(default = "default_tls_listen")]
+    pub listen: Vec<SocketAddr>,
+    /// Route for no SNI, unknown names and non-TLS bytes; without one those connections are
+    /// closed (TLS: with an `unrecognized_name` alert).
+    pub default: Option<String>,
+    /// Largest ClientHello accepted, in bytes (all its records).
+    #[serde(default = "default_max_hello")]
+    pub max_hello_bytes: usize,
+    /// Time a client has to send its whole ClientHello.
+    #[serde(default = "default_hello_timeout")]
+    pub hello_timeout_secs: Secs,
+    /// Routes by server name.
+    #[serde(default, rename = "route")]
+    pub routes: Vec<TlsRoute>,
+}
+
+/// Default `[tls] max_hello_bytes`: the upper bound on the bytes read before the hello is
+/// complete.
+pub const DEFAULT_MAX_HELLO: usize = 16 * 1024;
+
+/// Default `[http] max_head_bytes`.
+pub const DEFAULT_MAX_HEAD: usize = 16 * 1024;
+
+fn default_tls_listen() -> Vec<SocketAddr> {
     vec!["0.0.0.0:443".parse().expect("literal"), "[::]:443".parse().expect("literal")]
 }
 fn default_max_hello() -> usize {
-    crate::sni::hello::DEFAULT_MAX_HELLO
+    DEFAULT_MAX_HELLO
 }
-fn default_hello_timeout() -> f64 {
-    10.0
+fn default_hello_timeout() -> Secs {
+    Secs::literal(10.0)
 }
-fn default_connect_timeout() -> f64 {
-    3.0
+fn default_connect_timeout() -> Secs {
+    Secs::literal(3.0)
 }
-fn default_idle_timeout() -> f64 {
-    600.0
+fn default_idle_timeout() -> Secs {
+    Secs::literal(600.0)
 }
-fn default_drain_timeout() -> f64 {
-    10.0
+fn default_drain_timeout() -> Secs {
+    Secs::literal(10.0)
 }
 fn default_max_connections() -> usize {
     10_000
@@ -401,15 +502,15 @@ fn default_rule_priority() -> u32 {
     90
 }
 
-/// `[[sni.route]]`.
+/// `[[tls.route]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SniRoute {
+pub struct TlsRoute {
     /// Unique name (used by `default` and in logs).
     pub name: String,
     /// Exact names or `*.domain` wildcards, matched case-insensitively.
     #[serde(default)]
-    pub server_names: Vec<String>,
+    pub server_names: Vec<Pattern>,
     /// Backend address(es), at most one per address family (or `container`).
     #[serde(default)]
     pub backend: OneOrMany,
@@ -427,8 +528,8 @@ fn default_true() -> bool {
     true
 }
 
-/// `[http]`: the Host splitter on port 80. It uses the transparent machinery of `[sni]`
-/// (marks, routing table, connection limits, timeouts; `[sni]`'s defaults without the section).
+/// `[http]`: the HTTP front on port 80, routing by `Host`. Its connections are governed by
+/// `[splitter]` like those of `[tls]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
@@ -443,7 +544,7 @@ pub struct Http {
     pub max_head_bytes: usize,
     /// Time a client has to send its whole request head.
     #[serde(default = "default_hello_timeout")]
-    pub head_timeout_secs: f64,
+    pub head_timeout_secs: Secs,
     /// Routes by `Host`.
     #[serde(default, rename = "route")]
     pub routes: Vec<HttpRoute>,
@@ -453,18 +554,18 @@ fn default_http_listen() -> Vec<SocketAddr> {
     vec!["0.0.0.0:80".parse().expect("literal"), "[::]:80".parse().expect("literal")]
 }
 fn default_max_head() -> usize {
-    crate::http::head::DEFAULT_MAX_HEAD
+    DEFAULT_MAX_HEAD
 }
 
 /// `[[http.route]]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpRoute {
-    /// Unique name among `[[http.route]]` and `[[sni.route]]` (they share counters).
+    /// Unique name among `[[http.route]]` and `[[tls.route]]` (they share counters).
     pub name: String,
     /// Exact names or `*.domain` wildcards, matched case-insensitively against `Host`.
     #[serde(default)]
-    pub host_names: Vec<String>,
+    pub host_names: Vec<Pattern>,
     /// Backend address(es), at most one per address family (or `container`).
     #[serde(default)]
     pub backend: OneOrMany,
@@ -482,8 +583,8 @@ pub struct HttpRoute {
 }
 
 /// `[acme]`: certificates the agent obtains over ACME (HTTP-01 answered on port 80 by the
-/// Host splitter) and renews in the background.
-#[derive(Debug, Clone, Deserialize)]
+/// HTTP front) and renews in the background.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Acme {
     /// Contact e-mail for the ACME account (expiry warnings from the CA).
@@ -494,7 +595,7 @@ pub struct Acme {
     /// Names to obtain a certificate for, one certificate each (default with `[stack]`: the
     /// TURN name).
     #[serde(default)]
-    pub names: Vec<String>,
+    pub names: Vec<CertName>,
     /// Where the account key and the certificates of names outside the stack are kept.
     #[serde(default = "default_acme_state_dir")]
     pub state_dir: PathBuf,
@@ -507,6 +608,39 @@ pub struct Acme {
     /// A container sent SIGUSR2 after a certificate changed (default with `[stack]`: coturn,
     /// which reloads its certificate on that signal).
     pub reload_container: Option<String>,
+}
+
+/// A name to obtain a certificate for: a host name, not a wildcard (HTTP-01 cannot validate
+/// one).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CertName(pub ServerName);
+
+/// Why a `[acme] names` entry was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CertNameError {
+    /// `*.domain`.
+    #[error("`{0}`: HTTP-01 cannot validate a wildcard")]
+    Wildcard(String),
+    /// Not a host name.
+    #[error(transparent)]
+    Invalid(#[from] crate::names::InvalidName),
+}
+
+impl TryFrom<String> for CertName {
+    type Error = CertNameError;
+    fn try_from(text: String) -> std::result::Result<Self, CertNameError> {
+        if text.starts_with("*.") {
+            return Err(CertNameError::Wildcard(text));
+        }
+        Ok(CertName(ServerName::try_from(text)?))
+    }
+}
+
+impl std::fmt::Display for CertName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Let's Encrypt's production directory.
@@ -522,10 +656,17 @@ fn default_renew_days() -> u32 {
     30
 }
 
-impl Default for Sni {
-    /// Every default, no route.
+impl Default for Splitter {
+    /// Every default.
     fn default() -> Self {
-        toml::from_str("").expect("an empty [sni] table uses every default")
+        toml::from_str("").expect("an empty [splitter] table uses every default")
+    }
+}
+
+impl Default for Tls {
+    /// Listening on 443 (IPv4 and IPv6), no route.
+    fn default() -> Self {
+        toml::from_str("").expect("an empty [tls] table uses every default")
     }
 }
 
@@ -552,14 +693,46 @@ impl Acme {
 }
 
 impl Config {
-    /// The settings the splitters run with: `[sni]`, or with only `[http]` the defaults of
-    /// `[sni]` with no address to listen on; `None` without either section.
-    pub fn splitter(&self) -> Option<Sni> {
-        match (&self.sni, &self.http) {
-            (Some(s), _) => Some(s.clone()),
-            (None, Some(_)) => Some(Sni { listen: Vec::new(), ..Sni::default() }),
-            (None, None) => None,
+    /// The settings the splitter runs with: `[splitter]` (or its defaults) when a front
+    /// (`[tls]`, `[http]`) is configured; `None` without either.
+    pub fn splitter(&self) -> Option<Splitter> {
+        (self.tls.is_some() || self.http.is_some()).then(|| self.splitter.clone().unwrap_or_default())
+    }
+
+    /// Splits a former `[sni]` section into `[splitter]` and `[tls]` (an error next to either),
+    /// noting the deprecation.
+    fn split_legacy_sni(&mut self) -> std::result::Result<(), (String, String)> {
+        let Some(sni) = self.legacy_sni.take() else { return Ok(()) };
+        if self.tls.is_some() || self.splitter.is_some() {
+            return Err((
+                "sni".into(),
+                "`[sni]` is the former name of `[tls]` and `[splitter]`: write only the new sections".into(),
+            ));
         }
+        let (shared, tls): (toml::Table, toml::Table) =
+            sni.into_iter().partition(|(k, _)| SPLITTER_KEYS.contains(&k.as_str()));
+        let shared_keys: Vec<String> = shared.keys().cloned().collect();
+        let section = |e: toml::de::Error| {
+            let key = e.message().split('`').nth(1).map_or("sni".into(), |k| format!("sni.{k}"));
+            (key, e.message().trim_end().to_owned())
+        };
+        if !shared.is_empty() {
+            self.splitter = Some(Splitter::deserialize(shared).map_err(section)?);
+        }
+        self.tls = Some(Tls::deserialize(tls).map_err(section)?);
+        let moved = if shared_keys.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ", and {} to `[splitter]`",
+                shared_keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
+            )
+        };
+        self.deprecations.push(format!(
+            "`[sni]` is deprecated and will be refused by a later release: rename it `[tls]` \
+             (`[[sni.route]]` becomes `[[tls.route]]`){moved}"
+        ));
+        Ok(())
     }
 
     /// Reads, parses and validates `path`.
@@ -570,19 +743,32 @@ impl Config {
 
     /// Parses and validates `text`; `path` is only used in error messages.
     pub fn parse(text: &str, path: &Path) -> Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|e| Error::ConfigParse {
-            at: locate::at(path, text, e.span().map(|s| s.start)),
-            message: e.message().trim_end().to_owned(),
+        let mut config: Config = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map(|s| s.start);
+            let message = e.message().trim_end();
+            Error::ConfigParse {
+                at: locate::at(path, text, offset),
+                message: match offset.and_then(|o| locate::key_at(text, o)) {
+                    Some(key) => format!("`{key}`: {message}"),
+                    None => message.to_owned(),
+                },
+            }
         })?;
+        // A key of [tls] or [splitter] may be written under the former [sni].
+        let offset = |key: &str| {
+            let legacy = ["tls.", "splitter."].iter().find_map(|p| key.strip_prefix(p)).map(|k| format!("sni.{k}"));
+            locate::key(text, key).or_else(|| legacy.and_then(|k| locate::key(text, &k)))
+        };
         let invalid = |(key, message): (String, String)| Error::ConfigInvalid {
-            at: locate::at(path, text, locate::key(text, &key)),
+            at: locate::at(path, text, offset(&key)),
             key,
             message,
         };
+        config.split_legacy_sni().map_err(invalid)?;
         config.validate().map_err(invalid)?;
         // The rules [stack] implies join the file's own; the result is checked again (an implied
         // rule may clash with one the file defines differently).
-        let config = crate::stack::implied::add_implied(config);
+        let config = implied::add_implied(config);
         config
             .validate()
             .map_err(|(key, message)| invalid((key, format!("{message} (with the rules [stack] implies)"))))?;

@@ -21,48 +21,81 @@ const GOOD: &str = r#"
 "#;
 
 #[test]
-fn sni_section_defaults_and_errors() {
+fn tls_and_splitter_sections_defaults_and_errors() {
     let base = "[uplink]\ninterface = \"eth0\"\n[[steer]]\nname=\"web\"\nprotocol=\"tcp\"\nport=80\nbackend=\"10.0.0.12:8000\"\n";
-    let route = "[[sni.route]]\nname=\"web\"\nserver_names=[\"meet.example.org\", \"*.example.org\"]\nbackend=\"10.0.0.12:8443\"\n";
-    let c = parse(&format!("{base}[sni]\n{route}")).unwrap();
-    let sni = c.sni.unwrap();
-    assert_eq!(sni.listen.len(), 2);
-    assert_eq!((sni.max_hello_bytes, sni.hello_timeout_secs, sni.connect_timeout_secs), (16384, 10.0, 3.0));
-    assert!(sni.routes[0].transparent);
-    let cases: [(&str, &str); 10] = [
-        ("[sni]\ndefault=\"nope\"\n", "`sni.default`: no [[sni.route]] is named `nope`"),
-        ("[sni]\nlisten=[]\n", "`sni.listen`"),
-        ("[sni]\nmax_hello_bytes=100\n", "`sni.max_hello_bytes`"),
-        ("[sni]\nhello_timeout_secs=0\n", "`sni.hello_timeout_secs`"),
-        ("[sni]\nreply_mark=5\nsocket_mark=5\n", "`sni.reply_mark`"),
-        ("[sni]\nroute_table=254\n", "`sni.route_table`"),
+    let route = "[[tls.route]]\nname=\"web\"\nserver_names=[\"meet.example.org\", \"*.example.org\"]\nbackend=\"10.0.0.12:8443\"\n";
+    let c = parse(&format!("{base}[tls]\n{route}")).unwrap();
+    assert!(c.deprecations.is_empty());
+    let tls = c.tls.clone().unwrap();
+    assert_eq!(tls.listen.len(), 2);
+    assert_eq!((tls.max_hello_bytes, tls.hello_timeout_secs.get().as_secs_f64()), (16384, 10.0));
+    assert_eq!(c.splitter().unwrap().connect_timeout_secs.get().as_secs_f64(), 3.0);
+    assert!(tls.routes[0].transparent);
+    let cases: [(&str, &str); 11] = [
+        ("[tls]\ndefault=\"nope\"\n", "`tls.default`: no [[tls.route]] is named `nope`"),
+        ("[tls]\nlisten=[]\n", "`tls.listen`"),
+        ("[tls]\nmax_hello_bytes=100\n", "`tls.max_hello_bytes`"),
+        ("[tls]\nhello_timeout_secs=0\n", "`tls.hello_timeout_secs`"),
+        ("[splitter]\nconnect_timeout_secs=0\n", "`splitter.connect_timeout_secs`"),
+        ("[splitter]\nreply_mark=5\nsocket_mark=5\n", "`splitter.reply_mark`"),
+        ("[splitter]\nroute_table=254\n", "`splitter.route_table`"),
         (
-            "[sni]\n[[sni.route]]\nname=\"a\"\nserver_names=[\"a_b.org\"]\nbackend=\"10.0.0.1:1\"\n",
-            "`sni.route[0].server_names[0]`: `a_b.org`",
+            "[tls]\n[[tls.route]]\nname=\"a\"\nserver_names=[\"a_b.org\"]\nbackend=\"10.0.0.1:1\"\n",
+            "`tls.route[0].server_names`: `a_b.org`: only letters",
         ),
-        ("[sni]\n[[sni.route]]\nname=\"a\"\nbackend=\"10.0.0.1:1\"\n", "not the default: nothing would reach it"),
+        ("[tls]\n[[tls.route]]\nname=\"a\"\nbackend=\"10.0.0.1:1\"\n", "not the default: nothing would reach it"),
         (
-            "[sni]\n[[sni.route]]\nname=\"a\"\nserver_names=[\"x.org\"]\nbackend=\"10.0.0.12:8000\"\n",
+            "[tls]\n[[tls.route]]\nname=\"a\"\nserver_names=[\"x.org\"]\nbackend=\"10.0.0.12:8000\"\n",
             "also the backend of steering rule `web`",
         ),
-        ("[sni]\nbogus=1\n", "unknown field `bogus`"),
+        ("[tls]\nbogus=1\n", "unknown field `bogus`"),
     ];
     for (section, want) in cases {
         let e = err(&format!("{base}{section}"));
         assert!(e.contains(want), "{section:?}: {e}");
     }
-    let dup = format!("{base}[sni]\n{route}{}", route.replace("name=\"web\"", "name=\"web2\""));
+    let dup = format!("{base}[tls]\n{route}{}", route.replace("name=\"web\"", "name=\"web2\""));
     assert!(
-        err(&dup).contains("`sni.route[1].server_names[0]`: `meet.example.org` is already routed by `web`"),
+        err(&dup).contains("`tls.route[1].server_names[0]`: `meet.example.org` is already routed by `web`"),
         "{}",
         err(&dup)
     );
 }
 
+/// The former `[sni]` section still works: split into `[tls]` and `[splitter]`, with a
+/// deprecation naming the keys that moved; its errors point into it; next to the new
+/// sections it is refused.
 #[test]
-fn an_empty_sni_table_is_all_defaults() {
-    let sni: Sni = toml::from_str("").unwrap();
-    assert_eq!((sni.reply_mark, sni.route_table, sni.rule_priority), (0x4a17, 0x4a17, 90));
+fn the_former_sni_section_is_split_with_a_deprecation() {
+    let base = "[uplink]\ninterface = \"eth0\"\n";
+    let old = "[sni]\nmax_hello_bytes = 4096\nidle_timeout_secs = 30\nrelay = \"splice\"\n\
+               [[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.org\"]\nbackend = \"10.0.0.12:8443\"\n";
+    let c = parse(&format!("{base}{old}")).unwrap();
+    let (tls, splitter) = (c.tls.clone().unwrap(), c.splitter().unwrap());
+    assert_eq!((tls.max_hello_bytes, tls.routes[0].name.as_str()), (4096, "web"));
+    assert_eq!((splitter.idle_timeout_secs.get().as_secs_f64(), splitter.relay), (30.0, RelayMode::Splice));
+    assert_eq!(c.deprecations.len(), 1);
+    let d = &c.deprecations[0];
+    assert!(d.contains("`[sni]` is deprecated") && d.contains("`[tls]`"), "{d}");
+    assert!(d.contains("`idle_timeout_secs`, `relay` to `[splitter]`"), "{d}");
+    // Without connection settings nothing moves to [splitter].
+    let c = parse(&format!("{base}[sni]\n")).unwrap();
+    assert!(c.tls.is_some() && c.splitter.is_none() && !c.deprecations[0].contains("[splitter]`"));
+    // Errors name the new key and point at the old line.
+    let e = err(&format!("{base}[sni]\nroute_table = 254\n"));
+    assert!(e.starts_with("test.toml:4:1: `splitter.route_table`"), "{e}");
+    let e = err(&format!("{base}[sni]\nbogus = 1\n"));
+    assert!(e.contains("`sni.bogus`: unknown field `bogus`"), "{e}");
+    let e = err(&format!("{base}[sni]\n[tls]\n"));
+    assert!(e.contains("`sni`: `[sni]` is the former name of `[tls]` and `[splitter]`"), "{e}");
+}
+
+#[test]
+fn empty_splitter_and_tls_tables_are_all_defaults() {
+    let s: Splitter = toml::from_str("").unwrap();
+    assert_eq!((s.reply_mark, s.route_table, s.rule_priority), (0x4a17, 0x4a17, 90));
+    let t: Tls = toml::from_str("").unwrap();
+    assert_eq!(t.listen.iter().map(|a| a.port()).collect::<Vec<_>>(), [443, 443]);
 }
 
 #[test]
@@ -72,15 +105,17 @@ fn the_shipped_example_parses() {
     assert_eq!(c.uplink.interface, "eth0");
     let names: Vec<_> = c.steer.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["jvb", "turn"]);
-    let sni = c.sni.expect("the example has an [sni] section");
-    assert_eq!(sni.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web", "turn"]);
+    assert!(c.deprecations.is_empty(), "{:?}", c.deprecations);
+    let tls = c.tls.expect("the example has a [tls] section");
+    assert_eq!(tls.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web", "turn"]);
     let http = c.http.expect("the example has an [http] section");
     assert_eq!(
         http.routes.iter().map(|r| (r.name.as_str(), r.redirect_https)).collect::<Vec<_>>(),
         [("web-http", true)]
     );
     let acme = c.acme.expect("the example has an [acme] section");
-    assert_eq!((acme.names.as_slice(), acme.directory.as_str()), (&["turn.example.org".to_string()][..], LETS_ENCRYPT));
+    assert_eq!((acme.names[0].to_string(), acme.directory.as_str()), ("turn.example.org".to_string(), LETS_ENCRYPT));
+    assert_eq!(acme.names.len(), 1);
 }
 
 #[test]
@@ -158,14 +193,22 @@ fn locates_keys_in_the_file() {
     // A key that is absent (a default) points at its enclosing table.
     assert_eq!(locate::key(text, "uplink.nothing"), text.find("[uplink]"));
     assert_eq!(locate::key(text, "pin_dir"), None);
+    // And back: the key at an offset the parser reports.
+    let at = |needle: &str| locate::key_at(text, text.find(needle).unwrap());
+    assert_eq!(at("\"224").as_deref(), Some("uplink.addresses[1]"));
+    assert_eq!(at("interface").as_deref(), Some("uplink.interface"));
+    assert_eq!(at("[uplink]"), None);
+    let steer = "[[steer]]\nname = \"a\"\n[[steer]]\nname = \"b\"\nprotocol = \"sctp\"\n[tls]\n[[tls.route]]\nbackend = \"x\"\n";
+    assert_eq!(locate::key_at(steer, steer.find("\"sctp").unwrap()).as_deref(), Some("steer[1].protocol"));
+    assert_eq!(locate::key_at(steer, steer.find("\"x").unwrap()).as_deref(), Some("tls.route[0].backend"));
 }
 
 #[test]
 fn http_section_checks() {
     let base = "[uplink]\ninterface = \"eth0\"\n";
     let route = "[[http.route]]\nname = \"w\"\nhost_names = [\"www.example.org\"]\nbackend = \"10.0.0.9:80\"\n";
-    let e = err(&format!("{base}[sni]\nlisten = [\"0.0.0.0:80\"]\n[http]\n{route}"));
-    assert!(e.contains("`http.listen[0]`: 0.0.0.0:80 is also an [sni] listen address"), "{e}");
+    let e = err(&format!("{base}[tls]\nlisten = [\"0.0.0.0:80\"]\n[http]\n{route}"));
+    assert!(e.contains("`http.listen[0]`: 0.0.0.0:80 is also a [tls] listen address"), "{e}");
     let e = err(&format!("{base}[http]\ndefault = \"nope\"\n{route}"));
     assert!(e.contains("`http.default`: no [[http.route]] is named `nope`"), "{e}");
     let e = err(&format!("{base}[http]\nmax_head_bytes = 100\n{route}"));
@@ -176,9 +219,9 @@ fn http_section_checks() {
         "{base}[http]\n[acme]\nemail = \"a@b.org\"\ndirectory = \"http://ca/dir\"\nnames = [\"a.example.org\"]\n"
     ));
     assert!(e.contains("`acme.directory`"), "{e}");
-    // [http] alone runs the splitter with [sni]'s defaults and nothing on 443.
+    // [http] alone runs the splitter with [splitter]'s defaults and nothing on 443.
     let c = parse(&format!("{base}[http]\n{route}")).unwrap();
-    let s = c.splitter().unwrap();
-    assert!(s.listen.is_empty() && s.routes.is_empty());
+    assert_eq!(c.splitter().unwrap().reply_mark, 0x4a17);
+    assert!(c.tls.is_none());
     assert_eq!(c.transparent_backends().collect::<Vec<_>>(), ["10.0.0.9:80".parse().unwrap()]);
 }

@@ -8,7 +8,8 @@ use std::{
 
 use jitsi_common::RULE_NAME_LEN;
 
-use super::{Acme, Config, Http, Protocol, Sni, Stack};
+use super::{Acme, Config, Http, Protocol, Splitter, Stack, Tls};
+use crate::names::{NameTable, Pattern};
 
 /// Rule and route names: they are stored in the pinned maps (NUL-padded, 24 bytes).
 fn name_ok(name: &str) -> bool {
@@ -135,15 +136,18 @@ impl Config {
             return Err(invalid("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
         }
         let mut route_names = HashSet::new();
-        if let Some(sni) = &self.sni {
-            sni.validate(&backends_seen, &mut route_names)?;
+        if let Some(splitter) = &self.splitter {
+            splitter.validate()?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(&backends_seen, &mut route_names)?;
         }
         if let Some(http) = &self.http {
             http.validate(&backends_seen, &mut route_names)?;
             if let Some((i, a)) =
-                http.listen.iter().enumerate().find(|(_, a)| self.sni.iter().any(|s| s.listen.contains(a)))
+                http.listen.iter().enumerate().find(|(_, a)| self.tls.iter().any(|s| s.listen.contains(a)))
             {
-                return Err((format!("http.listen[{i}]"), format!("{a} is also an [sni] listen address")));
+                return Err((format!("http.listen[{i}]"), format!("{a} is also a [tls] listen address")));
             }
         }
         if let Some(acme) = &self.acme {
@@ -165,44 +169,17 @@ impl Config {
 }
 
 impl Config {
-    /// The backends the splitters connect to from the client's address ([sni] and [http]):
+    /// The backends the splitter connects to from the client's address ([tls] and [http]):
     /// their replies are marked by `reply_out` and routed back to the agent's sockets.
     pub fn transparent_backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        let sni = self.sni.iter().flat_map(Sni::transparent_backends);
-        sni.chain(self.http.iter().flat_map(Http::transparent_backends))
+        let tls = self.tls.iter().flat_map(Tls::transparent_backends);
+        tls.chain(self.http.iter().flat_map(Http::transparent_backends))
     }
 }
 
-impl Sni {
-    /// The backends of the routes that connect transparently (from the client's address).
-    pub fn transparent_backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
-        self.routes.iter().filter(|r| r.transparent).flat_map(|r| r.backend.as_slice().iter().copied())
-    }
-
-    /// Checks the section; `steer_backends` are the steering rules' backends (a TCP one cannot
-    /// also be an SNI backend: the TC program could not tell their replies apart).
-    fn validate<'a>(
-        &'a self,
-        steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
-        names: &mut HashSet<&'a str>,
-    ) -> Result<(), Invalid> {
-        let err = |k: String, m: String| Err((k, m));
-        if self.listen.is_empty() {
-            return err("sni.listen".into(), "needs at least one address".into());
-        }
-        if !(512..=65536).contains(&self.max_hello_bytes) {
-            return err("sni.max_hello_bytes".into(), "must be 512 to 65536".into());
-        }
-        for (k, v) in [
-            ("hello_timeout_secs", self.hello_timeout_secs),
-            ("connect_timeout_secs", self.connect_timeout_secs),
-            ("idle_timeout_secs", self.idle_timeout_secs),
-            ("drain_timeout_secs", self.drain_timeout_secs),
-        ] {
-            if !(v > 0.0 && v <= 86_400.0) {
-                return err(format!("sni.{k}"), "must be more than 0 and at most 86400 seconds".into());
-            }
-        }
+impl Splitter {
+    fn validate(&self) -> Result<(), Invalid> {
+        let err = |k: &str, m: &str| Err((format!("splitter.{k}"), m.to_owned()));
         if [
             self.max_connections,
             self.max_connections_per_client,
@@ -211,13 +188,37 @@ impl Sni {
         ]
         .contains(&0)
         {
-            return err("sni.max_connections".into(), "limits must be at least 1".into());
+            return err("max_connections", "limits must be at least 1");
         }
         if self.reply_mark == 0 || self.reply_mark == self.socket_mark {
-            return err("sni.reply_mark".into(), "must be non-zero and differ from socket_mark".into());
+            return err("reply_mark", "must be non-zero and differ from socket_mark");
         }
         if matches!(self.route_table, 0 | 253..=255) {
-            return err("sni.route_table".into(), "0, 253, 254 and 255 are the kernel's own tables".into());
+            return err("route_table", "0, 253, 254 and 255 are the kernel's own tables");
+        }
+        Ok(())
+    }
+}
+
+impl Tls {
+    /// The backends of the routes that connect transparently (from the client's address).
+    pub fn transparent_backends(&self) -> impl Iterator<Item = SocketAddr> + '_ {
+        self.routes.iter().filter(|r| r.transparent).flat_map(|r| r.backend.as_slice().iter().copied())
+    }
+
+    /// Checks the section; `steer_backends` are the steering rules' backends (a TCP one cannot
+    /// also be a splitter backend: the TC program could not tell their replies apart).
+    fn validate<'a>(
+        &'a self,
+        steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
+        names: &mut HashSet<&'a str>,
+    ) -> Result<(), Invalid> {
+        let err = |k: String, m: String| Err((k, m));
+        if self.listen.is_empty() {
+            return err("tls.listen".into(), "needs at least one address".into());
+        }
+        if !(512..=65536).contains(&self.max_hello_bytes) {
+            return err("tls.max_hello_bytes".into(), "must be 512 to 65536".into());
         }
         let routes: Vec<RouteView> = self
             .routes
@@ -231,21 +232,21 @@ impl Sni {
                 container_port: r.container_port,
             })
             .collect();
-        check_routes("sni", &routes, self.default.as_deref(), steer_backends, names)
+        check_routes("tls", &routes, self.default.as_deref(), steer_backends, names)
     }
 }
 
-/// What [[sni.route]] and [[http.route]] have in common, for one check of both.
+/// What [[tls.route]] and [[http.route]] have in common, for one check of both.
 struct RouteView<'a> {
     name: &'a str,
-    patterns: &'a [String],
+    patterns: &'a [Pattern],
     patterns_key: &'a str,
     backend: &'a super::OneOrMany,
     container: Option<&'a str>,
     container_port: Option<u16>,
 }
 
-/// Checks the routes of `section` (`sni` or `http`): names (unique within `names`, which the
+/// Checks the routes of `section` (`tls` or `http`): names (unique within `names`, which the
 /// other section's routes share: their counters are kept by name), name patterns, targets.
 fn check_routes<'a>(
     section: &str,
@@ -254,7 +255,6 @@ fn check_routes<'a>(
     steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
     names: &mut HashSet<&'a str>,
 ) -> Result<(), Invalid> {
-    use crate::sni::names::{NameTable, Pattern};
     let err = |k: String, m: String| Err((k, m));
     let mut table = NameTable::default();
     for (i, r) in routes.iter().enumerate() {
@@ -266,12 +266,11 @@ fn check_routes<'a>(
             );
         }
         if !names.insert(r.name) {
-            return err(key("name"), format!("`{}` is used by another [[sni.route]] or [[http.route]]", r.name));
+            return err(key("name"), format!("`{}` is used by another [[tls.route]] or [[http.route]]", r.name));
         }
         for (j, n) in r.patterns.iter().enumerate() {
             let pkey = key(&format!("{}[{j}]", r.patterns_key));
-            let p = Pattern::parse(n).map_err(|e| (pkey.clone(), format!("`{n}`: {e}")))?;
-            if let Some(other) = table.insert(p, i) {
+            if let Some(other) = table.insert(n.clone(), i) {
                 return err(pkey, format!("`{n}` is already routed by `{}`", routes[other].name));
             }
         }
@@ -320,9 +319,6 @@ impl Http {
         if !(1024..=65536).contains(&self.max_head_bytes) {
             return Err(("http.max_head_bytes".into(), "must be 1024 to 65536".into()));
         }
-        if !(self.head_timeout_secs > 0.0 && self.head_timeout_secs <= 86_400.0) {
-            return Err(("http.head_timeout_secs".into(), "must be more than 0 and at most 86400 seconds".into()));
-        }
         let routes: Vec<RouteView> = self
             .routes
             .iter()
@@ -342,7 +338,6 @@ impl Http {
 impl Acme {
     /// `stack`: with `[stack]`, the names default to the TURN name.
     fn validate(&self, stack: bool) -> Result<(), Invalid> {
-        use crate::sni::names::Pattern;
         let err = |k: &str, m: String| Err((format!("acme.{k}"), m));
         if !self.email.contains('@') || self.email.chars().any(|c| c.is_whitespace() || c == ',') {
             return err("email", format!("`{}` is not an e-mail address", self.email));
@@ -358,14 +353,8 @@ impl Acme {
         }
         let mut seen = HashSet::new();
         for (i, n) in self.names.iter().enumerate() {
-            match Pattern::parse(n) {
-                Ok(Pattern::Exact(name)) => {
-                    if !seen.insert(name) {
-                        return err(&format!("names[{i}]"), format!("`{n}` is listed twice"));
-                    }
-                }
-                Ok(_) => return err(&format!("names[{i}]"), format!("`{n}`: HTTP-01 cannot validate a wildcard")),
-                Err(e) => return err(&format!("names[{i}]"), format!("`{n}`: {e}")),
+            if !seen.insert(&n.0) {
+                return err(&format!("names[{i}]"), format!("`{n}` is listed twice"));
             }
         }
         if !self.state_dir.is_absolute() {
@@ -380,16 +369,8 @@ impl Acme {
 
 impl Stack {
     fn validate(&self) -> Result<(), Invalid> {
-        use crate::sni::names::Pattern;
         let err = |k: &str, m: String| Err((format!("stack.{k}"), m));
-        for (k, name) in [("meet_domain", &self.meet_domain), ("turn_domain", &self.turn_domain)] {
-            match Pattern::parse(name) {
-                Ok(Pattern::Exact(_)) => {}
-                Ok(_) => return err(k, format!("`{name}`: a host name, not a wildcard")),
-                Err(e) => return err(k, format!("`{name}`: {e}")),
-            }
-        }
-        if self.meet_domain.eq_ignore_ascii_case(&self.turn_domain) {
+        if self.meet_domain == self.turn_domain {
             return err("turn_domain", "must differ from meet_domain: TURN over 443 is told apart by its name".into());
         }
         if self.public_addresses.is_empty() {
@@ -405,9 +386,6 @@ impl Stack {
         }
         if !self.directory.is_absolute() {
             return err("directory", "must be an absolute path".into());
-        }
-        if let Err(m) = crate::stack::layout::Layout::parse(&self.subnet) {
-            return err("subnet", m);
         }
         for (k, v) in [
             ("image_repo", &self.image_repo),

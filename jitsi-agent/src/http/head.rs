@@ -4,10 +4,9 @@
 
 use std::net::IpAddr;
 
-use crate::sni::names::ServerName;
+use crate::names::ServerName;
 
-/// Default `[http] max_head_bytes`.
-pub const DEFAULT_MAX_HEAD: usize = 16 * 1024;
+pub use crate::config::DEFAULT_MAX_HEAD;
 /// Most header lines accepted.
 pub const MAX_HEADERS: usize = 100;
 

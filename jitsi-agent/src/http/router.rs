@@ -4,11 +4,7 @@
 //! configuration.
 
 use super::head::{Head, Host};
-use crate::{
-    acme::challenges::Challenges,
-    config::Http,
-    sni::{names::NameTable, router::Route as Target},
-};
+use crate::{acme::challenges::Challenges, config::Http, names::NameTable, splitter::target::Target};
 
 /// The path prefix of ACME HTTP-01 challenges (RFC 8555, 8.3).
 pub const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
@@ -114,7 +110,7 @@ pub fn response(status: u16, reason: &str, location: Option<&str>, body: &str) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{config::Config, http::head::Progress, http::head::examine, sni::names::ServerName};
+    use crate::{config::Config, http::head::Progress, http::head::examine, names::ServerName};
 
     fn router(default: bool) -> Router {
         let d = if default { "default = \"site\"\n" } else { "" };

@@ -32,6 +32,23 @@ const DIR_EVENTS: WatchMask = WatchMask::CREATE
 const FILE_EVENTS: WatchMask =
     WatchMask::CLOSE_WRITE.union(WatchMask::ATTRIB).union(WatchMask::DELETE_SELF).union(WatchMask::MOVE_SELF);
 
+/// Why inotify watching stopped (the agent falls back to polling).
+#[derive(Debug, thiserror::Error)]
+pub enum WatchError {
+    /// An inotify call failed (the instance or watch limit, for one).
+    #[error(transparent)]
+    Inotify(#[from] std::io::Error),
+    /// The path ends in `..` or `/`.
+    #[error("the path names no file")]
+    NoFileName,
+    /// The directory was removed or unmounted (its watch went away).
+    #[error("the configuration file's directory went away")]
+    DirectoryGone,
+    /// The kernel closed the event stream.
+    #[error("the event stream ended")]
+    StreamEnded,
+}
+
 /// Wakes the agent when the configuration file may have changed.
 pub enum FileWatch {
     Inotify(Watched),
@@ -59,7 +76,7 @@ impl FileWatch {
         }
     }
 
-    fn poll(path: &Path, e: &std::io::Error) -> Self {
+    fn poll(path: &Path, e: &WatchError) -> Self {
         warn!(path = %path.display(), error = %e, poll_secs = POLL.as_secs(),
             "cannot watch the configuration file with inotify; looking at it every few seconds");
         FileWatch::Poll(Instant::now() + POLL)
@@ -84,8 +101,8 @@ impl FileWatch {
 }
 
 impl Watched {
-    fn new(path: &Path) -> std::io::Result<Self> {
-        let name = path.file_name().ok_or_else(|| std::io::Error::other("the path names no file"))?.to_owned();
+    fn new(path: &Path) -> Result<Self, WatchError> {
+        let name = path.file_name().ok_or(WatchError::NoFileName)?.to_owned();
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -116,7 +133,7 @@ impl Watched {
         wd: &WatchDescriptor,
         mask: EventMask,
         name: Option<&std::ffi::OsStr>,
-    ) -> std::io::Result<bool> {
+    ) -> Result<bool, WatchError> {
         if mask.contains(EventMask::Q_OVERFLOW) {
             // Events were lost: assume the worst.
             self.watch_file();
@@ -124,7 +141,7 @@ impl Watched {
         }
         if *wd == self.dir {
             if mask.contains(EventMask::IGNORED) {
-                return Err(std::io::Error::other("the configuration file's directory went away"));
+                return Err(WatchError::DirectoryGone);
             }
             if name == Some(self.name.as_os_str()) {
                 self.watch_file();
@@ -140,7 +157,7 @@ impl Watched {
         Ok(false)
     }
 
-    async fn changed(&mut self) -> std::io::Result<()> {
+    async fn changed(&mut self) -> Result<(), WatchError> {
         loop {
             let next = match self.settle {
                 None => Some(self.stream.next().await),
@@ -152,7 +169,7 @@ impl Watched {
                     self.settle = None;
                     return Ok(());
                 }
-                Some(None) => return Err(std::io::Error::other("the event stream ended")),
+                Some(None) => return Err(WatchError::StreamEnded),
                 Some(Some(event)) => {
                     let event = event?;
                     if self.concerns(&event.wd, event.mask, event.name.as_deref())? {

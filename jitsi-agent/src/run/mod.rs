@@ -5,7 +5,7 @@
 mod backends;
 mod file_watch;
 mod maps_sync;
-mod sni;
+mod splitter;
 mod surroundings;
 
 use std::{
@@ -21,20 +21,23 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 pub use self::maps_sync::sync_maps;
-use self::{backends::Backends, file_watch::FileWatch, sni::SplitterRunning, surroundings::Surroundings};
+use self::{
+    backends::Backends,
+    file_watch::FileWatch,
+    splitter::{Sections, SplitterRunning},
+    surroundings::Surroundings,
+};
 use crate::{
     acme::{AcmeRunning, challenges::Challenges},
     config::Config,
     datapath::{Attach, Datapath},
     docker::{self, DockerWatch},
     error::{Error, Result},
-    handover,
     health::Task,
     listeners::Listeners,
     metrics::{MetricsServer, Shared},
     netlink::{self, Link},
-    sni::stats::Stats,
-    stack::layout::Layout,
+    splitter::{handover, stats::Stats},
 };
 
 /// How often backends are re-resolved, host addresses re-read and the splitter's counters
@@ -73,15 +76,15 @@ pub async fn run(path: &Path, listeners: Arc<Listeners>, control: mpsc::Receiver
 }
 
 /// Warns when the splitter's drain would outlast the service manager's watchdog: a reload that
-/// removes `[sni]` drains inside the main loop, and a stop drains before exiting (bounded by
-/// the unit's `TimeoutStopSec=`, which the process cannot see).
+/// removes both fronts drains inside the main loop, and a stop drains before exiting (bounded
+/// by the unit's `TimeoutStopSec=`, which the process cannot see).
 fn check_drain(config: &Config) {
-    let (Some(sni), Some(watchdog)) = (&config.sni, sd_notify::watchdog_enabled()) else { return };
-    if sni.drain_timeout_secs >= watchdog.as_secs_f64() {
+    let (Some(splitter), Some(watchdog)) = (config.splitter(), sd_notify::watchdog_enabled()) else { return };
+    if splitter.drain_timeout_secs.get() >= watchdog {
         warn!(
-            drain_timeout_secs = sni.drain_timeout_secs,
+            drain_timeout_secs = splitter.drain_timeout_secs.get().as_secs_f64(),
             watchdog_secs = watchdog.as_secs_f64(),
-            "sni.drain_timeout_secs is not below the unit's WatchdogSec=: raise WatchdogSec= and TimeoutStopSec= \
+            "splitter.drain_timeout_secs is not below the unit's WatchdogSec=: raise WatchdogSec= and TimeoutStopSec= \
              above it (a drop-in), or a drain is cut short by the service manager"
         );
     }
@@ -90,7 +93,11 @@ fn check_drain(config: &Config) {
 /// Reads the file and parses it (the text is kept to notice changes).
 async fn load(path: PathBuf) -> Result<(Config, String)> {
     let text = read(path.clone()).await?;
-    Ok((Config::parse(&text, &path)?, text))
+    let config = Config::parse(&text, &path)?;
+    for d in &config.deprecations {
+        warn!(file = %path.display(), "config: {d}");
+    }
+    Ok((config, text))
 }
 
 /// Reads the file off the async workers.
@@ -98,7 +105,7 @@ async fn read(path: PathBuf) -> Result<String> {
     let at = path.clone();
     tokio::task::spawn_blocking(move || std::fs::read_to_string(&at))
         .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        .map_err(|source| Error::Worker { what: "reading the configuration file", source })?
         .map_err(|source| Error::ConfigRead { path, source })
 }
 
@@ -156,7 +163,7 @@ impl Agent {
         stats.seed(&dp.maps.sni)?;
         let shared = Arc::new(Shared {
             pin_dir: config.pin_dir.clone(),
-            sni: stats,
+            splitter: stats,
             reloads_ok: Default::default(),
             reloads_failed: Default::default(),
             certificates: Default::default(),
@@ -205,10 +212,10 @@ impl Agent {
             agent.metrics = Some(MetricsServer::start(m.listen, agent.shared.clone()).await?);
             info!(listen = %m.listen, "metrics: serving /metrics");
         }
-        if let Some(sni) = agent.live.splitter() {
-            let (h, http, stats) = (&agent.h, agent.live.http.as_ref(), agent.shared.sni.clone());
+        if let Some(settings) = agent.live.splitter() {
+            let (s, stats) = (Sections::of(&settings, &agent.live), agent.shared.splitter.clone());
             let running =
-                SplitterRunning::start(h, &sni, http, &agent.listeners, stats, agent.challenges.clone()).await?;
+                SplitterRunning::start(&agent.h, s, &agent.listeners, stats, agent.challenges.clone()).await?;
             running.set_backend_nets(agent.surroundings.backend_nets.clone());
             if let Some(rx) = agent.listeners.take_handover() {
                 running.adopt(rx);
@@ -221,19 +228,19 @@ impl Agent {
         }
         let listening: Vec<_> = agent
             .config
-            .sni
+            .tls
             .iter()
             .flat_map(|s| s.listen.iter().copied())
             .chain(agent.config.http.iter().flat_map(|h| h.listen.iter().copied()))
             .collect();
         for addr in agent.listeners.unused(&listening) {
-            warn!(%addr, "the service manager passed a socket no [sni] or [http] listen address uses; it stays idle");
+            warn!(%addr, "the service manager passed a socket no [tls] or [http] listen address uses; it stays idle");
         }
         agent.follow_acme();
-        agent.flush_sni()?;
+        agent.flush_splitter()?;
         info!(
             rules = agent.config.steer.len(),
-            sni_routes = agent.config.sni.as_ref().map_or(0, |s| s.routes.len()),
+            tls_routes = agent.config.tls.as_ref().map_or(0, |s| s.routes.len()),
             http_routes = agent.config.http.as_ref().map_or(0, |h| h.routes.len()),
             adopted = agent.dp.adopted,
             "ready"
@@ -293,9 +300,9 @@ impl Agent {
 
     fn summary(&self) -> String {
         format!(
-            "steering {} rule(s); sni: {}; http: {}",
+            "steering {} rule(s); tls: {}; http: {}",
             self.config.steer.len(),
-            self.config.sni.as_ref().map_or("off".into(), |s| format!("{} route(s)", s.routes.len())),
+            self.config.tls.as_ref().map_or("off".into(), |s| format!("{} route(s)", s.routes.len())),
             self.config.http.as_ref().map_or("off".into(), |h| format!("{} route(s)", h.routes.len()))
         )
     }
@@ -360,7 +367,7 @@ impl Agent {
         self.shared.health.record(Task::AttachTc, outcome);
         let outcome = self.observe_surroundings(&gateways).await;
         self.shared.health.record(Task::Surroundings, outcome);
-        let outcome = self.flush_sni();
+        let outcome = self.flush_splitter();
         self.shared.health.record(Task::FlushCounters, outcome);
         self.summarise_refusals();
     }
@@ -431,11 +438,11 @@ impl Agent {
 
     /// Writes the splitters' counters and the tasks' health to the pins (each whatever the
     /// other's outcome).
-    fn flush_sni(&mut self) -> Result<()> {
-        let sni = self.config.sni.iter().flat_map(|s| s.routes.iter().map(|r| r.name.clone()));
+    fn flush_splitter(&mut self) -> Result<()> {
+        let tls = self.config.tls.iter().flat_map(|s| s.routes.iter().map(|r| r.name.clone()));
         let http = self.config.http.iter().flat_map(|h| h.routes.iter().map(|r| r.name.clone()));
-        let names: Vec<String> = sni.chain(http).collect();
-        let counters = self.shared.sni.flush(&mut self.dp.maps.sni, &names);
+        let names: Vec<String> = tls.chain(http).collect();
+        let counters = self.shared.splitter.flush(&mut self.dp.maps.sni, &names);
         let health = self.shared.health.flush(&mut self.dp.maps.task_health);
         counters.and(health)
     }
@@ -444,7 +451,7 @@ impl Agent {
         if self.refusals_logged.0.elapsed() < REFUSAL_SUMMARY {
             return;
         }
-        let by_reason = self.shared.sni.refusals();
+        let by_reason = self.shared.splitter.refusals();
         let total: u64 = by_reason.iter().map(|(_, n)| n).sum();
         if total > self.refusals_logged.1 {
             let reasons: Vec<String> =
@@ -452,7 +459,7 @@ impl Agent {
             warn!(
                 refused = total - self.refusals_logged.1,
                 totals = %reasons.join(" "),
-                "sni: connections refused in the last minute (RUST_LOG=jitsi_agent=debug logs each)"
+                "splitter: connections refused in the last minute (RUST_LOG=jitsi_agent=debug logs each)"
             );
         }
         self.refusals_logged = (Instant::now(), total);
@@ -576,12 +583,13 @@ impl Agent {
         // Listeners first: a port that cannot be bound refuses the whole reload.
         let splitter = async {
             match (&mut self.splitter, live.splitter()) {
-                (Some(running), Some(sni)) => running.update(&self.h, &sni, live.http.as_ref(), &self.listeners).await,
-                (None, Some(sni)) => {
-                    let (http, stats, challenges) =
-                        (live.http.as_ref(), self.shared.sni.clone(), self.challenges.clone());
+                (Some(running), Some(settings)) => {
+                    running.update(&self.h, Sections::of(&settings, &live), &self.listeners).await
+                }
+                (None, Some(settings)) => {
+                    let (s, stats) = (Sections::of(&settings, &live), self.shared.splitter.clone());
                     let running =
-                        SplitterRunning::start(&self.h, &sni, http, &self.listeners, stats, challenges).await?;
+                        SplitterRunning::start(&self.h, s, &self.listeners, stats, self.challenges.clone()).await?;
                     running.set_backend_nets(self.surroundings.backend_nets.clone());
                     self.splitter = Some(running);
                     Ok(())
@@ -634,8 +642,8 @@ impl Agent {
         self.live = live_config(&self.config, self.docker.as_ref(), &self.pinned_backends);
         self.backends.refresh(&self.h, &self.live).await;
         self.sync()?;
-        if let (Some(running), Some(sni)) = (&mut self.splitter, self.live.splitter()) {
-            running.update(&self.h, &sni, self.live.http.as_ref(), &self.listeners).await?;
+        if let (Some(running), Some(settings)) = (&mut self.splitter, self.live.splitter()) {
+            running.update(&self.h, Sections::of(&settings, &self.live), &self.listeners).await?;
         }
         self.attach_tc_recorded().await;
         Ok(())
@@ -675,7 +683,7 @@ impl Agent {
             Some(s) => s.stop(&self.h).await,
             None => Ok(()),
         };
-        self.flush_sni()?;
+        self.flush_splitter()?;
         stopped
     }
 }
@@ -711,7 +719,7 @@ async fn start_docker(config: &Config) -> (Option<DockerWatch>, Result<()>) {
     if names.is_empty() {
         return (None, Ok(()));
     }
-    let subnet = config.stack.as_ref().map(Layout::of);
+    let subnet = config.stack.as_ref().map(|s| s.subnet);
     let (watch, first) = DockerWatch::start(names, subnet).await;
     (Some(watch), first)
 }

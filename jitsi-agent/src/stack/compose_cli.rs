@@ -9,10 +9,8 @@ use crate::{
     config::Stack,
     docker,
     error::{Error, Result},
+    layout::PROJECT,
 };
-
-/// The Compose project name (`COMPOSE_PROJECT_NAME` in the generated `.env`).
-pub const PROJECT: &str = "jitsi";
 
 /// `docker compose` when the v2 plugin answers, else `docker-compose`.
 pub fn compose_program() -> Result<Vec<&'static str>> {
@@ -22,12 +20,10 @@ pub fn compose_program() -> Result<Vec<&'static str>> {
     } else if works(&["docker-compose", "version"]) {
         Ok(vec!["docker-compose"])
     } else {
-        Err(Error::io(
-            "running Docker Compose",
-            std::io::Error::other(
-                "neither `docker compose` nor `docker-compose` works (apt-get install docker-compose)",
-            ),
-        ))
+        Err(Error::Compose {
+            what: "running Docker Compose".into(),
+            problem: "neither `docker compose` nor `docker-compose` works (apt-get install docker-compose)".into(),
+        })
     }
 }
 
@@ -35,10 +31,10 @@ pub fn compose_program() -> Result<Vec<&'static str>> {
 pub fn compose(stack: &Stack, args: &[&str]) -> Result<()> {
     let dir = &stack.directory;
     if !dir.join("docker-compose.yml").exists() {
-        return Err(Error::io(
-            format!("{}/docker-compose.yml", dir.display()),
-            std::io::Error::other("missing: run `jitsi-agent stack init` first"),
-        ));
+        return Err(Error::Compose {
+            what: format!("{}/docker-compose.yml", dir.display()),
+            problem: "missing: run `jitsi-agent stack init` first".into(),
+        });
     }
     let program = compose_program()?;
     let status = Command::new(program[0])
@@ -51,10 +47,10 @@ pub fn compose(stack: &Stack, args: &[&str]) -> Result<()> {
         .status()
         .map_err(|e| Error::io(format!("running {}", program.join(" ")), e))?;
     if !status.success() {
-        return Err(Error::io(
-            format!("{} {}", program.join(" "), args.join(" ")),
-            std::io::Error::other(format!("exited with {status}")),
-        ));
+        return Err(Error::Compose {
+            what: format!("{} {}", program.join(" "), args.join(" ")),
+            problem: format!("exited with {status}"),
+        });
     }
     Ok(())
 }
@@ -85,7 +81,7 @@ pub async fn show() -> Result<Vec<Shown>> {
     let list = d
         .list_containers(Some(ListContainersOptions { all: true, filters: Some(filters), ..Default::default() }))
         .await
-        .map_err(|e| Error::io("docker: listing the stack's containers", std::io::Error::other(e)))?;
+        .map_err(|source| Error::Docker { what: "listing the stack's containers".into(), source })?;
     let mut out: Vec<Shown> = list
         .into_iter()
         .map(|c| Shown {

@@ -3,8 +3,11 @@
 
 use std::fmt::Write as _;
 
-use super::{layout::Layout, secrets::Secrets, secrets::TURN_SECRET};
-use crate::config::Stack;
+use super::secrets::{Secrets, TURN_SECRET};
+use crate::{
+    config::Stack,
+    layout::{Layout, Service},
+};
 
 /// Ranges relayed media must never reach (private, loopback, link-local, documentation,
 /// benchmarking, reserved, NAT64, 6to4, ULA...): the IANA special-purpose address registries
@@ -81,7 +84,7 @@ pub fn turnserver_conf(stack: &Stack, layout: &Layout, secrets: &Secrets) -> Str
         line(&format!("external-ip={only}"));
     } else {
         for a in v4 {
-            line(&format!("external-ip={a}/{}", layout.addr("coturn")));
+            line(&format!("external-ip={a}/{}", layout.addr(Service::Coturn)));
         }
     }
     line(&format!("min-port={}", stack.relay_ports.min));
@@ -98,6 +101,6 @@ pub fn turnserver_conf(stack: &Stack, layout: &Layout, secrets: &Secrets) -> Str
     }
     let last = layout.host_last();
     line(&format!("denied-peer-ip={}-{last}", layout.network));
-    line(&format!("allowed-peer-ip={}", layout.addr("jvb")));
+    line(&format!("allowed-peer-ip={}", layout.addr(Service::Jvb)));
     s
 }

@@ -3,11 +3,11 @@
 
 use std::{fmt::Write as _, net::IpAddr};
 
-use super::{
-    layout::Layout,
-    secrets::{PASSWORDS, Secrets, TURN_SECRET},
+use super::secrets::{PASSWORDS, Secrets, TURN_SECRET};
+use crate::{
+    config::Stack,
+    layout::{Layout, PROJECT, Service},
 };
-use crate::config::Stack;
 
 /// The addresses the videobridge advertises: the public IPv4 addresses, then the uplink's own
 /// (`lan`), as upstream's example lists a LAN address beside the public one (`env.example` at
@@ -32,7 +32,7 @@ pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets, lan: &[IpAddr
     let mut var = |k: &str, v: &str| {
         let _ = writeln!(s, "{k}={v}");
     };
-    var("COMPOSE_PROJECT_NAME", "jitsi");
+    var("COMPOSE_PROJECT_NAME", PROJECT);
     var("CONFIG", &stack.directory.join("config").display().to_string());
     var("TZ", &stack.timezone);
     var("JITSI_IMAGE_REPO", &stack.image_repo);
@@ -50,9 +50,9 @@ pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets, lan: &[IpAddr
     // Prosody's BOSH and websocket arrive through web's nginx: trust it for X-Forwarded-For
     // so prosody logs the client's address (prosody/rootfs/defaults/prosody.cfg.lua at
     // stable-11146-2: default "127.0.0.1,::1").
-    var("PROSODY_TRUSTED_PROXIES", &format!("127.0.0.1,::1,{}", layout.addr("web")));
+    var("PROSODY_TRUSTED_PROXIES", &format!("127.0.0.1,::1,{}", layout.addr(Service::Web)));
     var("ENABLE_LETSENCRYPT", if le.is_some() { "1" } else { "0" });
-    var("LETSENCRYPT_DOMAIN", &stack.meet_domain);
+    var("LETSENCRYPT_DOMAIN", stack.meet_domain.as_str());
     var("LETSENCRYPT_EMAIL", le.unwrap_or(""));
     // acme.sh 3.0.7 (web/Dockerfile) defaults to ZeroSSL; the web container's init passes
     // `--server $LETSENCRYPT_ACME_SERVER` (web/rootfs/etc/s6-overlay/scripts/config).
@@ -85,16 +85,16 @@ pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets, lan: &[IpAddr
     // prosody/rootfs/defaults/prosody.cfg.lua at stable-11146-2 (TURN_PORT and TURNS_PORT
     // default to 443, TURN_TRANSPORT to tcp: set here; external_service_secret =
     // TURN_CREDENTIALS).
-    var("TURN_HOST", &stack.turn_domain);
+    var("TURN_HOST", stack.turn_domain.as_str());
     var("TURN_PORT", "3478");
     var("TURN_TRANSPORT", "udp");
-    var("TURNS_HOST", &stack.turn_domain);
+    var("TURNS_HOST", stack.turn_domain.as_str());
     var("TURNS_PORT", "443");
-    var("STUN_HOST", &stack.turn_domain);
+    var("STUN_HOST", stack.turn_domain.as_str());
     var("STUN_PORT", "3478");
     var("STACK_SUBNET", &format!("{}/{}", layout.network, layout.prefix));
-    for (service, _) in super::layout::SERVICES {
-        var(&format!("{}_IP", service.to_uppercase()), &layout.addr(service).to_string());
+    for service in Service::ALL {
+        var(&format!("{}_IP", service.name().to_uppercase()), &layout.addr(service).to_string());
     }
     for name in PASSWORDS.iter().copied().chain([TURN_SECRET]) {
         var(name, secrets.get(name));

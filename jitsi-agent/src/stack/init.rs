@@ -10,7 +10,7 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use super::{compose, coturn, env, layout::Layout, secrets::Secrets};
+use super::{compose, coturn, env, secrets::Secrets};
 use crate::{
     config::Stack,
     error::{Error, Result},
@@ -139,7 +139,7 @@ pub fn init(stack: &Stack, lan: &[IpAddr], force: bool) -> Result<Report> {
 /// `init` with the owners policy.
 pub fn init_with(stack: &Stack, lan: &[IpAddr], force: bool, owners: Owners) -> Result<Report> {
     let dir = &stack.directory;
-    let layout = Layout::of(stack);
+    let layout = stack.subnet;
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     if owners == Owners::Set
         && let Some(parent) = dir.parent()
@@ -155,7 +155,7 @@ pub fn init_with(stack: &Stack, lan: &[IpAddr], force: bool, owners: Owners) -> 
         read(&manifest_path).and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default();
     let existing_env = read(&dir.join(".env"));
     let (secrets, drawn) = Secrets::complete(existing_env.as_deref())
-        .map_err(|e| Error::io("drawing secrets from the OS", std::io::Error::other(e.to_string())))?;
+        .map_err(|source| Error::Random { what: "drawing the stack's secrets", source })?;
     let mut report = Report { directory: dir.clone(), secrets_drawn: drawn, ..Report::default() };
     let dropped: Vec<String> = stack.public_addresses.iter().filter(|a| a.is_ipv6()).map(ToString::to_string).collect();
     if !dropped.is_empty() {
@@ -212,8 +212,9 @@ pub fn init_with(stack: &Stack, lan: &[IpAddr], force: bool, owners: Owners) -> 
     // self-signed placeholder until the agent's ACME client installs the real one.
     let cert = dir.join("coturn/certs/turn.crt");
     if read(&cert).is_none() {
-        let (chain, key) = crate::acme::cert::placeholder(&stack.turn_domain)
-            .map_err(|e| Error::io("making coturn's placeholder certificate", std::io::Error::other(e.to_string())))?;
+        let (chain, key) = crate::acme::cert::placeholder(stack.turn_domain.as_str()).map_err(|e| {
+            Error::Certificate { what: "making coturn's placeholder certificate".into(), source: e.into() }
+        })?;
         write(&dir.join("coturn/certs/turn.key"), &key, 0o640, coturn_group)?;
         write(&cert, &chain, 0o644, coturn_group)?;
         report.paths.push(("coturn/certs/turn.crt".into(), Action::Placeholder));

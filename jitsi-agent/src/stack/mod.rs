@@ -6,9 +6,7 @@ pub mod compose;
 pub mod compose_cli;
 pub mod coturn;
 pub mod env;
-pub mod implied;
 pub mod init;
-pub mod layout;
 pub mod preflight;
 pub mod secrets;
 

@@ -52,7 +52,7 @@ pub fn port_80_refusal(config: &Config) -> Option<String> {
             IpAddr::V6(a) if a.is_unspecified() => SocketAddr::new(Ipv6Addr::LOCALHOST.into(), listen.port()),
             _ => *listen,
         };
-        match redirect_from(addr, &stack.meet_domain) {
+        match redirect_from(addr, stack.meet_domain.as_str()) {
             Ok(()) => return None,
             Err(e) => tried.push(format!("{addr}: {e}")),
         }
@@ -60,11 +60,21 @@ pub fn port_80_refusal(config: &Config) -> Option<String> {
     Some(format!("nothing answers http://{}/ on port 80 ({})", stack.meet_domain, tried.join("; ")))
 }
 
-fn redirect_from(addr: SocketAddr, meet: &str) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET / HTTP/1.1\r\nHost: {meet}\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
+/// Why port 80 did not answer with the agent's redirect.
+#[derive(Debug, thiserror::Error)]
+enum NoRedirect {
+    /// Connecting, writing or reading failed.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// Something else answers.
+    #[error("answered `{0}`, not the agent's redirect")]
+    Other(String),
+}
+
+fn redirect_from(addr: SocketAddr, meet: &str) -> Result<(), NoRedirect> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(3)))?;
+    s.write_all(format!("GET / HTTP/1.1\r\nHost: {meet}\r\nConnection: close\r\n\r\n").as_bytes())?;
     let mut head = Vec::new();
     let _ = s.take(4096).read_to_end(&mut head);
     let head = String::from_utf8_lossy(&head);
@@ -72,6 +82,6 @@ fn redirect_from(addr: SocketAddr, meet: &str) -> Result<(), String> {
     if head.starts_with("HTTP/1.1 308") && head.to_ascii_lowercase().contains(&location) {
         Ok(())
     } else {
-        Err(format!("answered `{}`, not the agent's redirect", head.lines().next().unwrap_or("")))
+        Err(NoRedirect::Other(head.lines().next().unwrap_or("").to_owned()))
     }
 }

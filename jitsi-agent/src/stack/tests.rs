@@ -269,6 +269,11 @@ fn reruns_keep_secrets_and_edits_unless_forced() {
     assert_ne!(std::fs::read_to_string(&compose).unwrap(), edited);
 }
 
+/// Parsed names as the file writes them.
+fn strings(names: &[impl ToString]) -> Vec<String> {
+    names.iter().map(ToString::to_string).collect()
+}
+
 #[test]
 fn stack_section_errors_name_the_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +283,7 @@ fn stack_section_errors_name_the_key() {
         dir.path().display()
     );
     for (extra, want) in [
-        ("subnet = \"8.8.8.0/24\"\n", "`stack.subnet`: 8.8.8.0 is not a private"),
+        ("subnet = \"8.8.8.0/24\"\n", "t.toml:8:10: `stack.subnet`: 8.8.8.0 is not a private"),
         ("letsencrypt_email = \"nope\"\n", "`stack.letsencrypt_email`"),
     ] {
         let e = Config::parse(&format!("{base}{extra}"), Path::new("t.toml")).unwrap_err().to_string();
@@ -312,26 +317,26 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
     assert_eq!(http.listen, crate::config::Http::default().listen);
     let r = &http.routes[0];
     assert_eq!(
-        (r.name.as_str(), r.host_names.as_slice(), r.container.as_deref(), r.container_port, r.redirect_https),
-        ("web-http", &["meet.example.org".to_string()][..], Some("web"), Some(8000), true)
+        (r.name.as_str(), strings(&r.host_names), r.container.as_deref(), r.container_port, r.redirect_https),
+        ("web-http", vec!["meet.example.org".to_string()], Some("web"), Some(8000), true)
     );
     let acme = c.acme.as_ref().unwrap();
     assert_eq!(acme.email, "ops@example.org");
-    assert_eq!(acme.names, ["turn.example.org"]);
+    assert_eq!(strings(&acme.names), ["turn.example.org"]);
     assert_eq!(acme.directory, crate::config::LETS_ENCRYPT);
     assert_eq!(acme.reload_container.as_deref(), Some("coturn"));
-    let sni = c.sni.unwrap();
+    let sni = c.tls.unwrap();
     assert_eq!(sni.default.as_deref(), Some("web"));
-    let routes: Vec<(&str, &str, Option<&str>, Option<u16>)> = sni
+    let routes: Vec<(&str, String, Option<&str>, Option<u16>)> = sni
         .routes
         .iter()
-        .map(|r| (r.name.as_str(), r.server_names[0].as_str(), r.container.as_deref(), r.container_port))
+        .map(|r| (r.name.as_str(), r.server_names[0].to_string(), r.container.as_deref(), r.container_port))
         .collect();
     assert_eq!(
         routes,
         [
-            ("web", "meet.example.org", Some("web"), Some(8443)),
-            ("turn", "turn.example.org", Some("coturn"), Some(5349))
+            ("web", "meet.example.org".to_string(), Some("web"), Some(8443)),
+            ("turn", "turn.example.org".to_string(), Some("coturn"), Some(5349))
         ]
     );
     // A rule of the file's own for udp/10000 replaces the implied one.
@@ -351,7 +356,7 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
     let c = Config::parse(&own.replace("port = 80\n", "port = 8080\n"), Path::new("t.toml")).unwrap();
     let acme = c.acme.unwrap();
     assert_eq!(
-        (acme.names.as_slice(), acme.directory.as_str()),
-        (&["turn.example.org".to_string()][..], "https://ca.example.org/dir")
+        (strings(&acme.names), acme.directory.as_str()),
+        (vec!["turn.example.org".to_string()], "https://ca.example.org/dir")
     );
 }

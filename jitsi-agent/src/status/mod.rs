@@ -18,7 +18,7 @@ use crate::{
     datapath::Maps,
     error::{Error, Result},
     rules::{ip_from16, name_str},
-    sni::stats::REFUSALS,
+    splitter::stats::REFUSALS,
 };
 
 /// The whole status, as printed by `status --json` (stable: fields are only ever added).
@@ -35,8 +35,8 @@ pub struct Status {
     pub interval_secs: f64,
     /// Steering rules, by name.
     pub rules: Vec<RuleStatus>,
-    /// The SNI splitter's counters (as last written by the agent).
-    pub sni: SniStatus,
+    /// The splitter's counters, both fronts (as last written by the agent).
+    pub splitter: SplitterStatus,
     /// Pass/drop counters by reason, in reason order.
     pub reasons: Vec<ReasonStatus>,
     /// The certificates of `[acme]` (with `--config`): expiry from the files, the last error
@@ -63,28 +63,28 @@ pub struct TaskStatus {
 pub struct Counters {
     /// Steering rules, by name.
     pub rules: Vec<RuleStatus>,
-    /// SNI counters.
-    pub sni: SniStatus,
+    /// Splitter counters.
+    pub splitter: SplitterStatus,
     /// Reasons.
     pub reasons: Vec<ReasonStatus>,
     /// The periodic tasks.
     pub tasks: Vec<TaskStatus>,
 }
 
-/// `[sni]` counters.
+/// The splitter's counters (`[tls]` and `[http]`).
 #[derive(Debug, Default, Serialize)]
-pub struct SniStatus {
+pub struct SplitterStatus {
     /// Connections accepted on the listeners.
     pub accepted: u64,
     /// Per route, by name.
-    pub routes: Vec<SniRouteStatus>,
+    pub routes: Vec<RouteStatus>,
     /// Refusals by reason (every reason, zeros included).
-    pub refused: Vec<SniRefusal>,
+    pub refused: Vec<Refused>,
 }
 
-/// One `[[sni.route]]`.
+/// One `[[tls.route]]` or `[[http.route]]`.
 #[derive(Debug, Serialize)]
-pub struct SniRouteStatus {
+pub struct RouteStatus {
     /// Name from the configuration.
     pub name: String,
     /// Connections relayed.
@@ -101,7 +101,7 @@ pub struct SniRouteStatus {
 
 /// Refusals of one reason.
 #[derive(Debug, Serialize)]
-pub struct SniRefusal {
+pub struct Refused {
     /// Reason name (see the README).
     pub reason: &'static str,
     /// Connections.
@@ -202,7 +202,7 @@ pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
         attachments,
         interval_secs: interval.as_secs_f64(),
         rules: first.rules,
-        sni: first.sni,
+        splitter: first.splitter,
         reasons: first.reasons,
         certificates: Vec::new(),
         tasks: first.tasks,
@@ -212,7 +212,7 @@ pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
     }
     let before: HashMap<String, [u64; 4]> =
         st.rules.iter().map(|r| (r.name.clone(), [r.packets_in, r.bytes_in, r.packets_out, r.bytes_out])).collect();
-    let conns: HashMap<String, u64> = st.sni.routes.iter().map(|r| (r.name.clone(), r.connections)).collect();
+    let conns: HashMap<String, u64> = st.splitter.routes.iter().map(|r| (r.name.clone(), r.connections)).collect();
     tokio::time::sleep(interval).await;
     let second = read_maps(pin_dir)?;
     let secs = interval.as_secs_f64();
@@ -225,8 +225,8 @@ pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
         r.packets_out_per_sec = rate(r.packets_out, b[2]);
         r.bits_out_per_sec = rate(r.bytes_out, b[3]) * 8.0;
     }
-    st.sni = second.sni;
-    for r in &mut st.sni.routes {
+    st.splitter = second.splitter;
+    for r in &mut st.splitter.routes {
         r.connections_per_sec = rate(r.connections, conns.get(&r.name).copied().unwrap_or(r.connections));
     }
     st.reasons = second.reasons;
@@ -287,7 +287,12 @@ pub fn read_maps(pin_dir: &Path) -> Result<Counters> {
             bytes: per_cpu.iter().map(|s| s.bytes).sum(),
         });
     }
-    Ok(Counters { rules: rules.into_values().collect(), sni: read_sni(&maps)?, reasons, tasks: read_tasks(&maps)? })
+    Ok(Counters {
+        rules: rules.into_values().collect(),
+        splitter: read_splitter(&maps)?,
+        reasons,
+        tasks: read_tasks(&maps)?,
+    })
 }
 
 fn read_tasks(maps: &Maps) -> Result<Vec<TaskStatus>> {
@@ -300,12 +305,12 @@ fn read_tasks(maps: &Maps) -> Result<Vec<TaskStatus>> {
         .collect()
 }
 
-fn read_sni(maps: &Maps) -> Result<SniStatus> {
+fn read_splitter(maps: &Maps) -> Result<SplitterStatus> {
     let counter = |i: u32| maps.sni.counters.get(&i, 0).map_err(|source| Error::Map { map: "sni_counters", source });
     let mut routes = Vec::new();
     for entry in maps.sni.routes.iter() {
         let (k, v) = entry.map_err(|source| Error::Map { map: "sni_routes", source })?;
-        routes.push(SniRouteStatus {
+        routes.push(RouteStatus {
             name: name_str(&k.name),
             connections: v.connections,
             open: v.open,
@@ -317,7 +322,7 @@ fn read_sni(maps: &Maps) -> Result<SniStatus> {
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     let mut refused = Vec::new();
     for (i, r) in REFUSALS.iter().enumerate() {
-        refused.push(SniRefusal { reason: r.name(), connections: counter(i as u32 + 1)? });
+        refused.push(Refused { reason: r.name(), connections: counter(i as u32 + 1)? });
     }
-    Ok(SniStatus { accepted: counter(0)?, routes, refused })
+    Ok(SplitterStatus { accepted: counter(0)?, routes, refused })
 }

@@ -65,10 +65,10 @@ impl std::fmt::Display for Status {
             }
             writeln!(f)?;
         }
-        if !self.sni.routes.is_empty() || self.sni.accepted > 0 {
+        if !self.splitter.routes.is_empty() || self.splitter.accepted > 0 {
             write!(f, "\n{:<16} {:>12} {:>8} {:>14} {:>14}", "ROUTE", "CONNECTIONS", "OPEN", "BYTES UP", "BYTES DOWN")?;
             writeln!(f, "{}", if rates { format!(" {:>8}", "CONN/S") } else { String::new() })?;
-            for r in &self.sni.routes {
+            for r in &self.splitter.routes {
                 write!(
                     f,
                     "{:<16} {:>12} {:>8} {:>14} {:>14}",
@@ -77,7 +77,7 @@ impl std::fmt::Display for Status {
                 writeln!(f, "{}", if rates { format!(" {:>8.1}", r.connections_per_sec) } else { String::new() })?;
             }
             let refused: Vec<String> = self
-                .sni
+                .splitter
                 .refused
                 .iter()
                 .filter(|r| r.connections > 0)
@@ -86,7 +86,7 @@ impl std::fmt::Display for Status {
             writeln!(
                 f,
                 "accepted {}; refused: {}",
-                self.sni.accepted,
+                self.splitter.accepted,
                 if refused.is_empty() { "none".into() } else { refused.join(" ") }
             )?;
         }

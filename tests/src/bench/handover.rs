@@ -102,8 +102,8 @@ pub fn round(deb: &Path) -> Result<()> {
     let _backend = echo_backend(&web.ns, web.addr4(8443))?;
     let most = *COUNTS.iter().max().expect("counts");
     let config = format!(
-        "[uplink]\ninterface = \"up0\"\n\n[sni]\nmax_connections = {most}0\nmax_connections_per_client = {most}0\n\
-         max_pending_connections = {most}0\n\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\n\
+        "[uplink]\ninterface = \"up0\"\n\n[splitter]\nmax_connections = {most}0\nmax_connections_per_client = {most}0\n\
+         max_pending_connections = {most}0\n\n[tls]\n[[tls.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\n\
          backend = \"{}\"\n",
         web.addr4(8443)
     );

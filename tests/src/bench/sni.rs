@@ -123,8 +123,8 @@ fn setup(contender: &str, lab: &Lab) -> Result<Setup> {
     Ok(match contender {
         "agent" => {
             let config = lab.write_config(&format!(
-                "[sni]\nlisten = [\"203.0.113.1:443\"]\nmax_connections = 40000\nmax_connections_per_client = 40000\n\
-                 [[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"{BACKEND}\"\n"
+                "[splitter]\nmax_connections = 40000\nmax_connections_per_client = 40000\n[tls]\nlisten = [\"203.0.113.1:443\"]\n\
+                 [[tls.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"{BACKEND}\"\n"
             ))?;
             Setup::Agent(AgentProcess::start(&lab.host, &config)?)
         }

@@ -72,13 +72,13 @@ enum Cmd {
 
 /// The splitter on 443: meet -> web's TLS port, turn -> coturn's TLS port.
 const DEMO_SNI: &str = r#"
-[sni]
+[tls]
 listen = ["0.0.0.0:443", "[::]:443"]
-[[sni.route]]
+[[tls.route]]
 name = "web"
 server_names = ["meet.example.test"]
 backend = "192.0.2.12:8443"
-[[sni.route]]
+[[tls.route]]
 name = "turn"
 server_names = ["turn.example.test"]
 backend = "192.0.2.11:5349"
@@ -144,7 +144,7 @@ fn relay_bench(agent: PathBuf, mode: &str, mib: u32) -> Result<()> {
     let web = lab.backend("web");
     let _echo = servers::tcp(&web.ns, web.addr4(8443))?;
     let config = lab.write_config(&format!(
-        "[sni]\nlisten = [\"0.0.0.0:443\"]\nrelay = \"{mode}\"\n[[sni.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"192.0.2.10:8443\"\n"
+        "[splitter]\nrelay = \"{mode}\"\n[tls]\nlisten = [\"0.0.0.0:443\"]\n[[tls.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\nbackend = \"192.0.2.10:8443\"\n"
     ))?;
     let running = AgentProcess::start(&lab.host, &config)?;
     let hello =
@@ -303,8 +303,8 @@ fn demo(agent: PathBuf) -> Result<()> {
     })??;
     for line in body.lines().filter(|l| {
         l.starts_with("jitsi_agent_rule_packets_total{rule=\"jvb\"")
-            || l.starts_with("jitsi_agent_sni_connections_total")
-            || l.starts_with("jitsi_agent_sni_hello_read_seconds_count")
+            || l.starts_with("jitsi_agent_splitter_connections_total")
+            || l.starts_with("jitsi_agent_tls_hello_read_seconds_count")
             || l.starts_with("jitsi_agent_config_reloads_total")
     }) {
         println!("{line}");

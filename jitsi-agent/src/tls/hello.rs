@@ -11,10 +11,9 @@ use tls_parser::{
     parse_tls_message_handshake,
 };
 
-use super::names::{ServerName, ServerNameError};
+use crate::names::{ServerName, ServerNameError};
 
-/// Default upper bound on the bytes read before the hello is complete.
-pub const DEFAULT_MAX_HELLO: usize = 16 * 1024;
+pub use crate::config::DEFAULT_MAX_HELLO;
 
 const CONTENT_HANDSHAKE: u8 = 22;
 const HANDSHAKE_CLIENT_HELLO: u8 = 1;

@@ -3,9 +3,38 @@
 
 use std::collections::HashMap;
 
-/// A validated, lower-cased DNS host name (no trailing dot).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A validated, lower-cased DNS host name (no trailing dot). In the configuration, a string
+/// parsed when the file is read.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct ServerName(String);
+
+/// A name that is not one, as the configuration reports it: the text and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{text}`: {reason}")]
+pub struct InvalidName {
+    /// As written.
+    pub text: String,
+    /// What is wrong.
+    pub reason: ServerNameError,
+}
+
+impl TryFrom<String> for ServerName {
+    type Error = InvalidName;
+    fn try_from(text: String) -> Result<Self, InvalidName> {
+        if text.starts_with("*.") {
+            return Err(InvalidName { text, reason: ServerNameError::Wildcard });
+        }
+        ServerName::parse(text.as_bytes()).map_err(|reason| InvalidName { text, reason })
+    }
+}
+
+impl TryFrom<String> for Pattern {
+    type Error = InvalidName;
+    fn try_from(text: String) -> Result<Self, InvalidName> {
+        Pattern::parse(&text).map_err(|reason| InvalidName { text, reason })
+    }
+}
 
 /// Why a name is not a valid host name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -19,6 +48,9 @@ pub enum ServerNameError {
     /// A byte other than letters, digits, `-` and `.`, or a label starting or ending with `-`.
     #[error("only letters, digits and inner hyphens are allowed")]
     Character,
+    /// `*.domain` where one name is wanted.
+    #[error("a host name, not a wildcard")]
+    Wildcard,
 }
 
 impl ServerName {
@@ -55,7 +87,8 @@ impl std::fmt::Display for ServerName {
 }
 
 /// A configured pattern: an exact name or `*.suffix`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum Pattern {
     /// Matches this name only.
     Exact(ServerName),
@@ -91,12 +124,13 @@ pub struct NameTable {
 }
 
 impl NameTable {
-    /// The table of validated routes' patterns: route `i` gets every pattern of `routes[i]`.
-    pub fn compile<'a>(routes: impl Iterator<Item = &'a [String]>) -> Self {
+    /// The table of routes' patterns: route `i` gets every pattern of `routes[i]` (a pattern
+    /// listed twice keeps its first route; validation refuses that).
+    pub fn compile<'a>(routes: impl Iterator<Item = &'a [Pattern]>) -> Self {
         let mut table = NameTable::default();
         for (i, patterns) in routes.enumerate() {
             for p in patterns {
-                table.insert(Pattern::parse(p).expect("validated"), i);
+                table.insert(p.clone(), i);
             }
         }
         table

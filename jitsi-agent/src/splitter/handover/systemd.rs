@@ -89,7 +89,7 @@ pub async fn store(rx: &OwnedFd) -> Result<(), Error> {
         barrier()
     })
     .await
-    .map_err(|e| Error::Io { what: "storing the socket in systemd", source: std::io::Error::other(e) })??;
+    .map_err(|e| Error::Worker { what: "storing the socket in systemd", source: e })??;
     let stored = match tokio::time::timeout(ASK_TIMEOUT, stored()).await {
         Ok(n) => n?,
         Err(_) => return Err(Error::Format("systemd did not say in time whether it kept the socket".into())),

@@ -19,13 +19,13 @@ use tracing::warn;
 
 use serde::{Deserialize, Serialize};
 
-use crate::sni::{proxy::Front, relay::Resume};
+use crate::splitter::{front::FrontKind, relay::Resume};
 
 /// Which connection a pair is, for the next process: its front and route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PairState {
     /// The splitter the client came in through.
-    pub front: Front,
+    pub front: FrontKind,
     /// The route it was relayed to (its counters continue under that name).
     pub route: String,
 }
@@ -78,6 +78,15 @@ pub enum Error {
         found: u32,
         /// The one this build reads.
         expected: u32,
+    },
+    /// The worker thread doing blocking work failed.
+    #[error("handover: {what}: the worker thread failed")]
+    Worker {
+        /// What it was doing.
+        what: &'static str,
+        /// The runtime's error.
+        #[source]
+        source: tokio::task::JoinError,
     },
     /// Asking systemd over D-Bus failed.
     #[error("handover: asking systemd: {0}")]
@@ -192,7 +201,7 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::sni::relay::{Mode, Outcome, RelayState, Relayed, relay};
+    use crate::splitter::relay::{Mode, Outcome, RelayState, Relayed, relay};
 
     /// A backend that echoes every byte back.
     async fn echo_backend() -> std::net::SocketAddr {
@@ -220,11 +229,11 @@ mod tests {
         (client, accepted, upstream)
     }
 
-    fn pair_of(s: crate::sni::relay::Stopped, route: &str) -> Pair {
+    fn pair_of(s: crate::splitter::relay::Stopped, route: &str) -> Pair {
         Pair {
             client: s.client.into_std().unwrap().into(),
             backend: s.backend.into_std().unwrap().into(),
-            state: PairState { front: Front::Tls, route: route.into() },
+            state: PairState { front: FrontKind::Tls, route: route.into() },
             resume: s.resume,
         }
     }

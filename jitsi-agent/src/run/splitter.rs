@@ -1,5 +1,6 @@
-//! The running splitters (SNI on 443, Host on 80): their listeners, the policy routing they
-//! share, and changing both on a reload without disturbing connections already relayed.
+//! The running splitter and its two fronts (TLS on 443, HTTP on 80): their listeners, the
+//! policy routing they share, and changing them on a reload without disturbing connections
+//! already relayed.
 
 use std::{
     collections::BTreeMap,
@@ -16,16 +17,29 @@ use tracing::{info, warn};
 
 use crate::{
     acme::challenges::Challenges,
-    config::{Http, Sni},
+    config::{Http, Splitter, Tls},
     error::{Error, Result},
-    handover,
+    http::HttpFront,
     listeners::Listeners,
     policy_routing::PolicyRouting,
-    sni::{
-        proxy::{Front, Proxy},
-        stats::Stats,
-    },
+    splitter::{front::FrontKind, handover, proxy::Proxy, stats::Stats},
+    tls::TlsFront,
 };
+
+/// The sections the splitter runs from: `[splitter]` (or its defaults), `[tls]`, `[http]`.
+#[derive(Clone, Copy)]
+pub(super) struct Sections<'a> {
+    pub(super) splitter: &'a Splitter,
+    pub(super) tls: Option<&'a Tls>,
+    pub(super) http: Option<&'a Http>,
+}
+
+impl<'a> Sections<'a> {
+    /// `splitter` (from [`crate::config::Config::splitter`]) with `config`'s fronts.
+    pub(super) fn of(splitter: &'a Splitter, config: &'a crate::config::Config) -> Self {
+        Sections { splitter, tls: config.tls.as_ref(), http: config.http.as_ref() }
+    }
+}
 
 /// How long a handover waits for connections still reading their hello to be relayed (then
 /// handed over too); those still reading after it drain in the old process.
@@ -41,34 +55,37 @@ struct Listening {
     task: JoinHandle<()>,
 }
 
-/// The splitters and what was installed for them.
+/// The splitter, its fronts and what was installed for them.
 pub(super) struct SplitterRunning {
     proxy: Arc<Proxy>,
+    tls: Arc<TlsFront>,
+    http: Arc<HttpFront>,
     routing: PolicyRouting,
-    listening: BTreeMap<SocketAddr, (Front, Listening)>,
+    listening: BTreeMap<SocketAddr, (FrontKind, Listening)>,
     drain: Duration,
 }
 
-fn routing_for(sni: &Sni, http: Option<&Http>) -> PolicyRouting {
-    let http_backends = http.into_iter().flat_map(Http::transparent_backends);
+fn routing_for(s: Sections) -> PolicyRouting {
+    let tls_backends = s.tls.into_iter().flat_map(Tls::transparent_backends);
+    let http_backends = s.http.into_iter().flat_map(Http::transparent_backends);
     PolicyRouting {
-        mark: sni.reply_mark,
-        table: sni.route_table,
-        priority: sni.rule_priority,
-        loopback: sni.transparent_backends().chain(http_backends).any(|b| b.ip().is_loopback()),
+        mark: s.splitter.reply_mark,
+        table: s.splitter.route_table,
+        priority: s.splitter.rule_priority,
+        loopback: tls_backends.chain(http_backends).any(|b| b.ip().is_loopback()),
     }
 }
 
-/// The addresses to listen on, and for which splitter.
-fn wanted(sni: &Sni, http: Option<&Http>) -> Vec<(SocketAddr, Front)> {
-    let tls = sni.listen.iter().map(|a| (*a, Front::Tls));
-    tls.chain(http.into_iter().flat_map(|h| h.listen.iter().map(|a| (*a, Front::Http)))).collect()
+/// The addresses to listen on, and for which front.
+fn wanted(s: Sections) -> Vec<(SocketAddr, FrontKind)> {
+    let tls = s.tls.into_iter().flat_map(|t| t.listen.iter().map(|a| (*a, FrontKind::Tls)));
+    tls.chain(s.http.into_iter().flat_map(|h| h.listen.iter().map(|a| (*a, FrontKind::Http)))).collect()
 }
 
 /// Opens a listener for each of `addrs` (all or none: a failure closes the ones opened).
-type Opened = Vec<(SocketAddr, Front, tokio::net::TcpListener)>;
+type Opened = Vec<(SocketAddr, FrontKind, tokio::net::TcpListener)>;
 
-fn open_all(listeners: &Listeners, addrs: &[(SocketAddr, Front)]) -> Result<Opened> {
+fn open_all(listeners: &Listeners, addrs: &[(SocketAddr, FrontKind)]) -> Result<Opened> {
     addrs
         .iter()
         .map(|(a, f)| {
@@ -79,39 +96,43 @@ fn open_all(listeners: &Listeners, addrs: &[(SocketAddr, Front)]) -> Result<Open
 
 impl SplitterRunning {
     /// Listens first (if 443 or 80 is taken nothing has been installed yet), then installs the
-    /// policy routing, then accepts. `sni` holds the settings of both splitters (without an
-    /// `[sni]` section: the defaults, with no listen address).
+    /// policy routing, then accepts.
     pub(super) async fn start(
         h: &Handle,
-        sni: &Sni,
-        http: Option<&Http>,
+        s: Sections<'_>,
         listeners: &Listeners,
         stats: Arc<Stats>,
         challenges: Challenges,
     ) -> Result<Self> {
-        let opened = open_all(listeners, &wanted(sni, http))?;
-        let routing = routing_for(sni, http);
+        let opened = open_all(listeners, &wanted(s))?;
+        let routing = routing_for(s);
         routing.install(h).await?;
         let mut me = SplitterRunning {
-            proxy: Proxy::new(sni.clone(), http.cloned(), stats, challenges),
+            proxy: Proxy::new(s.splitter.clone(), stats.clone()),
+            tls: TlsFront::new(s.tls.cloned().unwrap_or_default(), stats.clone()),
+            http: HttpFront::new(s.http.cloned(), stats, challenges),
             routing,
             listening: BTreeMap::new(),
-            drain: Duration::from_secs_f64(sni.drain_timeout_secs),
+            drain: s.splitter.drain_timeout_secs.get(),
         };
         me.accept_on(opened, listeners);
-        info!(listen = ?sni.listen, routes = sni.routes.len(), http_listen = ?http.map(|h| &h.listen),
-            http_routes = http.map_or(0, |h| h.routes.len()), mark = format!("{:#x}", sni.reply_mark),
-            table = sni.route_table, "splitter: listening; policy routing installed");
+        info!(tls_listen = ?s.tls.map(|t| &t.listen), tls_routes = s.tls.map_or(0, |t| t.routes.len()),
+            http_listen = ?s.http.map(|h| &h.listen), http_routes = s.http.map_or(0, |h| h.routes.len()),
+            mark = format!("{:#x}", s.splitter.reply_mark), table = s.splitter.route_table,
+            "splitter: listening; policy routing installed");
         Ok(me)
     }
 
     fn accept_on(&mut self, opened: Opened, listeners: &Listeners) {
         for (addr, front, l) in opened {
             if !listeners.is_inherited(&addr) {
-                info!(%addr, ?front, "splitter: bound here (no socket from the service manager: connections arriving during a restart are refused)");
+                info!(%addr, %front, "splitter: bound here (no socket from the service manager: connections arriving during a restart are refused)");
             }
             let stop = CancellationToken::new();
-            let task = self.proxy.spawn_listener(l, front, stop.clone());
+            let task = match front {
+                FrontKind::Tls => self.proxy.spawn_listener(l, self.tls.clone(), stop.clone()),
+                FrontKind::Http => self.proxy.spawn_listener(l, self.http.clone(), stop.clone()),
+            };
             self.listening.insert(addr, (front, Listening { stop, task }));
         }
     }
@@ -121,20 +142,15 @@ impl SplitterRunning {
         self.proxy.set_backend_nets(nets);
     }
 
-    /// Applies a changed `[sni]` section: new listeners are opened before anything else changes
-    /// (a failure leaves the running splitter as it was), then the policy routing is replaced if
-    /// its settings changed, the routing table swapped, and listeners no longer configured closed.
-    pub(super) async fn update(
-        &mut self,
-        h: &Handle,
-        sni: &Sni,
-        http: Option<&Http>,
-        listeners: &Listeners,
-    ) -> Result<()> {
-        let wanted = wanted(sni, http);
+    /// Applies changed sections: new listeners are opened before anything else changes (a
+    /// failure leaves the running splitter as it was), then the policy routing is replaced if
+    /// its settings changed, the routing tables swapped, and listeners no longer configured
+    /// closed.
+    pub(super) async fn update(&mut self, h: &Handle, s: Sections<'_>, listeners: &Listeners) -> Result<()> {
+        let wanted = wanted(s);
         let added: Vec<_> = wanted.iter().filter(|(a, _)| !self.listening.contains_key(a)).copied().collect();
         let opened = open_all(listeners, &added)?;
-        let routing = routing_for(sni, http);
+        let routing = routing_for(s);
         if routing != self.routing {
             self.routing.remove(h).await?;
             if let Err(e) = routing.install(h).await {
@@ -148,8 +164,10 @@ impl SplitterRunning {
             info!(mark = format!("{:#x}", routing.mark), table = routing.table, "splitter: policy routing replaced");
             self.routing = routing;
         }
-        self.proxy.update(sni.clone(), http.cloned());
-        self.drain = Duration::from_secs_f64(sni.drain_timeout_secs);
+        self.proxy.update(s.splitter.clone());
+        self.tls.update(s.tls.cloned().unwrap_or_default());
+        self.http.update(s.http.cloned());
+        self.drain = s.splitter.drain_timeout_secs.get();
         self.accept_on(opened, listeners);
         let removed: Vec<SocketAddr> =
             self.listening.keys().filter(|a| !wanted.iter().any(|(w, _)| w == *a)).copied().collect();
@@ -201,7 +219,7 @@ impl SplitterRunning {
     }
 
     /// Stops for a restart: stops accepting, stops every relay at a clean point and hands the
-    /// connections to the next agent (see [`crate::handover`]); what cannot be handed over
+    /// connections to the next agent (see [`crate::splitter::handover`]); what cannot be handed over
     /// drains here as at [`SplitterRunning::stop`]. The policy routing stays when connections
     /// were handed over (they need it; the next agent installs the same).
     pub(super) async fn hand_over(mut self, h: &Handle) -> Result<()> {

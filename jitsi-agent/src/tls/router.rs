@@ -1,36 +1,8 @@
 //! From a ClientHello to a backend: exact names, then wildcards, then the default route.
 //! A backend is only ever one from the configuration, never derived from client input.
 
-use std::net::SocketAddr;
-
-use super::{hello::Hello, names::NameTable};
-use crate::config::Sni;
-
-/// One `[[sni.route]]`, ready to use.
-#[derive(Debug, Clone)]
-pub struct Route {
-    /// Its name.
-    pub name: String,
-    /// IPv4 backend.
-    pub v4: Option<SocketAddr>,
-    /// IPv6 backend.
-    pub v6: Option<SocketAddr>,
-    /// Connect from the client's address.
-    pub transparent: bool,
-}
-
-impl Route {
-    /// The backend for a client of `client`'s family, and whether the connection can be
-    /// transparent (a client is only ever connected transparently within its own family).
-    /// `None` while the route has no backend (its container is not running).
-    pub fn backend_for(&self, client: SocketAddr) -> Option<(SocketAddr, bool)> {
-        let (same, other) = if client.is_ipv4() { (self.v4, self.v6) } else { (self.v6, self.v4) };
-        match same {
-            Some(b) => Some((b, self.transparent)),
-            None => other.map(|b| (b, false)),
-        }
-    }
-}
+use super::hello::Hello;
+use crate::{config::Tls, names::NameTable, splitter::target::Target};
 
 /// What to do with a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,20 +20,25 @@ pub enum Decision {
 pub struct Router {
     table: NameTable,
     /// Routes, in configuration order.
-    pub routes: Vec<Route>,
+    pub routes: Vec<Target>,
     default: Option<usize>,
 }
 
 impl Router {
-    /// Compiles a validated `[sni]` section.
-    pub fn new(sni: &Sni) -> Self {
-        let table = NameTable::compile(sni.routes.iter().map(|r| r.server_names.as_slice()));
-        let routes: Vec<Route> = sni
+    /// Compiles a validated `[tls]` section.
+    pub fn new(tls: &Tls) -> Self {
+        let table = NameTable::compile(tls.routes.iter().map(|r| r.server_names.as_slice()));
+        let routes: Vec<Target> = tls
             .routes
             .iter()
-            .map(|r| Route { name: r.name.clone(), v4: r.backend.v4(), v6: r.backend.v6(), transparent: r.transparent })
+            .map(|r| Target {
+                name: r.name.clone(),
+                v4: r.backend.v4(),
+                v6: r.backend.v6(),
+                transparent: r.transparent,
+            })
             .collect();
-        let default = sni.default.as_ref().and_then(|d| routes.iter().position(|r| &r.name == d));
+        let default = tls.default.as_ref().and_then(|d| routes.iter().position(|r| &r.name == d));
         Router { table, routes, default }
     }
 
@@ -84,8 +61,10 @@ pub const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [21, 3, 3, 0, 2, 2, 112];
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+
     use super::*;
-    use crate::{config::Config, sni::names::ServerName};
+    use crate::{config::Config, names::ServerName};
 
     fn router(default: bool) -> Router {
         let d = if default { "default = \"web\"\n" } else { "" };
@@ -94,7 +73,7 @@ mod tests {
              backend=[\"192.0.2.12:8443\",\"[2001:db8::12]:8443\"]\n[[sni.route]]\nname=\"turn\"\n\
              server_names=[\"turn.example.org\",\"*.turn.example.org\"]\nbackend=\"192.0.2.11:5349\"\n"
         );
-        Router::new(Config::parse(&text, "t.toml".as_ref()).unwrap().sni.as_ref().unwrap())
+        Router::new(Config::parse(&text, "t.toml".as_ref()).unwrap().tls.as_ref().unwrap())
     }
 
     fn tls(name: Option<&str>) -> Hello {

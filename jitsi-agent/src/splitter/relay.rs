@@ -24,17 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::splice::Pipe;
 
-/// How bytes are moved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// Through a userspace buffer (default: measured as fast as splice in CPU and faster in
-    /// wall time; see bench/README.md).
-    #[default]
-    Copy,
-    /// With splice(2) through a pipe (zero-copy).
-    Splice,
-}
+/// How bytes are moved (`[splitter] relay`).
+pub use crate::config::RelayMode as Mode;
 
 /// How a relay ended.
 #[derive(Debug)]

@@ -19,7 +19,7 @@ use nix::sys::socket::{
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Pair, PairState, Received};
-use crate::sni::relay::{RelayState, Resume};
+use crate::splitter::relay::{RelayState, Resume};
 
 /// The format this build writes and reads.
 pub const VERSION: u32 = 1;
@@ -34,7 +34,7 @@ const MAX_FDS: usize = 2 * PAIRS_PER_MESSAGE;
 /// splice pipe each, at most 1 MiB; 64 KiB in copy mode), or the JSON of 126 pairs (route
 /// names are at most 23 bytes: about 20 KiB). A message above the socket's buffer fails, and
 /// the pairs not yet sent stay with the old process.
-pub const MAX_MESSAGE: usize = 2 * crate::sni::splice::PIPE_SIZE as usize + 64 * 1024;
+pub const MAX_MESSAGE: usize = 2 * crate::splitter::splice::PIPE_SIZE as usize + 64 * 1024;
 
 /// The sender's buffer: room for every message of 20,000 connections (two fronts at the
 /// default limit) several times over; a cap, not an allocation.

@@ -1,10 +1,13 @@
 //! With `[stack]`, the rules that wire it need not be written out: the videobridge's and
-//! coturn's UDP ports, the SNI routes for the meet and TURN names, port 80's Host route for the
+//! coturn's UDP ports, the TLS routes for the meet and TURN names, port 80's Host route for the
 //! meet name, and (with `letsencrypt_email`, or an `[acme]` section without names) the TURN
 //! name's certificate. Rules and routes the file defines itself (by name, or for the same
 //! protocol and port, or the same name) win.
 
-use crate::config::{Acme, Config, Http, HttpRoute, OneOrMany, Protocol, Sni, SniRoute, SteerRule};
+use crate::{
+    config::{Acme, CertName, Config, Http, HttpRoute, OneOrMany, Protocol, SteerRule, Tls, TlsRoute},
+    names::{Pattern, ServerName},
+};
 
 fn steer(name: &str, protocol: Protocol, port: u16, container: &str, container_port: u16) -> SteerRule {
     SteerRule {
@@ -17,10 +20,10 @@ fn steer(name: &str, protocol: Protocol, port: u16, container: &str, container_p
     }
 }
 
-fn route(name: &str, server_name: &str, container: &str, port: u16) -> SniRoute {
-    SniRoute {
+fn route(name: &str, server_name: &ServerName, container: &str, port: u16) -> TlsRoute {
+    TlsRoute {
         name: name.into(),
-        server_names: vec![server_name.to_string()],
+        server_names: vec![Pattern::Exact(server_name.clone())],
         backend: OneOrMany::default(),
         container: Some(container.into()),
         container_port: Some(port),
@@ -44,18 +47,16 @@ pub fn add_implied(mut config: Config) -> Config {
             config.steer.push(r);
         }
     }
-    let sni = config.sni.get_or_insert_with(Sni::default);
+    let tls = config.tls.get_or_insert_with(Tls::default);
     for r in [route("web", &stack.meet_domain, "web", 8443), route("turn", &stack.turn_domain, "coturn", 5349)] {
-        let taken = sni
-            .routes
-            .iter()
-            .any(|s| s.name == r.name || s.server_names.iter().any(|n| n.eq_ignore_ascii_case(&r.server_names[0])));
+        let taken =
+            tls.routes.iter().any(|s| s.name == r.name || s.server_names.iter().any(|n| *n == r.server_names[0]));
         if !taken {
-            sni.routes.push(r);
+            tls.routes.push(r);
         }
     }
-    if sni.default.is_none() && sni.routes.iter().any(|r| r.name == "web") {
-        sni.default = Some("web".into());
+    if tls.default.is_none() && tls.routes.iter().any(|r| r.name == "web") {
+        tls.default = Some("web".into());
     }
     // Port 80 through the Host splitter: the meet name to the web container's plain HTTP,
     // where its acme.sh answers the meet name's challenges; every other request to https://.
@@ -63,15 +64,12 @@ pub fn add_implied(mut config: Config) -> Config {
     let steers_80 = config.steer.iter().any(|s| s.protocol == Protocol::Tcp && s.port == 80);
     if !steers_80 {
         let http = config.http.get_or_insert_with(Http::default);
-        let meet = &stack.meet_domain;
-        let taken = http
-            .routes
-            .iter()
-            .any(|r| r.name == "web-http" || r.host_names.iter().any(|n| n.eq_ignore_ascii_case(meet)));
+        let meet = Pattern::Exact(stack.meet_domain.clone());
+        let taken = http.routes.iter().any(|r| r.name == "web-http" || r.host_names.contains(&meet));
         if !taken {
             http.routes.push(HttpRoute {
                 name: "web-http".into(),
-                host_names: vec![meet.clone()],
+                host_names: vec![meet],
                 backend: OneOrMany::default(),
                 container: Some("web".into()),
                 container_port: Some(8000),
@@ -88,9 +86,9 @@ pub fn add_implied(mut config: Config) -> Config {
     }
     if let Some(acme) = &mut config.acme {
         if acme.names.is_empty() {
-            acme.names.push(stack.turn_domain.clone());
+            acme.names.push(CertName(stack.turn_domain.clone()));
         }
-        if acme.reload_container.is_none() && acme.names.iter().any(|n| n.eq_ignore_ascii_case(&stack.turn_domain)) {
+        if acme.reload_container.is_none() && acme.names.iter().any(|n| n.0 == stack.turn_domain) {
             acme.reload_container = Some("coturn".into());
         }
     }

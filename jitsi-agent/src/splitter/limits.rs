@@ -19,7 +19,7 @@ use std::{
 
 use tokio_util::sync::CancellationToken;
 
-use super::{proxy::Front, stats::Refusal};
+use super::{front::FrontKind, stats::Refusal};
 
 /// The limits in force (from the settings at accept time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +32,18 @@ pub struct Caps {
     pub pending: usize,
     /// Relayed connections per front.
     pub relayed: usize,
+}
+
+impl Caps {
+    /// The caps `[splitter]` sets.
+    pub fn of(settings: &crate::config::Splitter) -> Self {
+        Caps {
+            per_client: settings.max_connections_per_client,
+            per_v6_48: settings.max_connections_per_ipv6_48,
+            pending: settings.max_pending_connections,
+            relayed: settings.max_connections,
+        }
+    }
 }
 
 /// Who a connection counts against.
@@ -110,17 +122,17 @@ pub struct Admission<'a> {
     pub evicted: CancellationToken,
 }
 
-fn front_index(front: Front) -> usize {
+fn front_index(front: FrontKind) -> usize {
     match front {
-        Front::Tls => 0,
-        Front::Http => 1,
+        FrontKind::Tls => 0,
+        FrontKind::Http => 1,
     }
 }
 
 impl Limits {
     /// Admits a connection from `ip` on `front` as pending, closing the front's oldest pending
     /// connection if the pool is full. Returns the admission and how many were evicted.
-    pub fn admit(&self, caps: &Caps, front: Front, ip: IpAddr) -> Result<(Admission<'_>, usize), Refusal> {
+    pub fn admit(&self, caps: &Caps, front: FrontKind, ip: IpAddr) -> Result<(Admission<'_>, usize), Refusal> {
         let (client, site) = keys(ip);
         let f = front_index(front);
         let mut s = self.state.lock().expect("limits lock");
@@ -147,7 +159,7 @@ impl Limits {
 
     /// Counts a connection a previous agent handed over as relayed on `front`, whatever the
     /// caps (it is established: refusing it would cut it).
-    pub fn adopt(&self, front: Front, ip: IpAddr) -> Admission<'_> {
+    pub fn adopt(&self, front: FrontKind, ip: IpAddr) -> Admission<'_> {
         let (client, site) = keys(ip);
         let f = front_index(front);
         let mut s = self.state.lock().expect("limits lock");
@@ -162,7 +174,7 @@ impl Limits {
     }
 
     /// Pending connections on `front` now.
-    pub fn pending(&self, front: Front) -> usize {
+    pub fn pending(&self, front: FrontKind) -> usize {
         self.state.lock().expect("limits lock").fronts[front_index(front)].pending.len()
     }
 }
@@ -229,30 +241,30 @@ mod tests {
     #[test]
     fn an_ipv6_64_is_one_client_and_a_48_is_capped() {
         let l = Limits::default();
-        let a = l.admit(&CAPS, Front::Tls, ip("2001:db8:1:1::1")).unwrap();
-        let b = l.admit(&CAPS, Front::Tls, ip("2001:db8:1:1::2")).unwrap();
-        assert_eq!(l.admit(&CAPS, Front::Tls, ip("2001:db8:1:1:ffff::3")).unwrap_err(), Refusal::OverClientLimit);
+        let a = l.admit(&CAPS, FrontKind::Tls, ip("2001:db8:1:1::1")).unwrap();
+        let b = l.admit(&CAPS, FrontKind::Tls, ip("2001:db8:1:1::2")).unwrap();
+        assert_eq!(l.admit(&CAPS, FrontKind::Tls, ip("2001:db8:1:1:ffff::3")).unwrap_err(), Refusal::OverClientLimit);
         // Another /64 of the same /48: one more, then the site is full.
-        let c = l.admit(&CAPS, Front::Http, ip("2001:db8:1:2::1")).unwrap();
-        assert_eq!(l.admit(&CAPS, Front::Http, ip("2001:db8:1:3::1")).unwrap_err(), Refusal::OverSiteLimit);
+        let c = l.admit(&CAPS, FrontKind::Http, ip("2001:db8:1:2::1")).unwrap();
+        assert_eq!(l.admit(&CAPS, FrontKind::Http, ip("2001:db8:1:3::1")).unwrap_err(), Refusal::OverSiteLimit);
         // Another /48 is not affected; IPv4 addresses are clients of their own.
-        let _d = l.admit(&CAPS, Front::Tls, ip("2001:db8:2::1")).unwrap();
-        let _e = l.admit(&CAPS, Front::Http, ip("198.51.100.1")).unwrap();
-        let _f = l.admit(&CAPS, Front::Http, ip("198.51.100.2")).unwrap();
+        let _d = l.admit(&CAPS, FrontKind::Tls, ip("2001:db8:2::1")).unwrap();
+        let _e = l.admit(&CAPS, FrontKind::Http, ip("198.51.100.1")).unwrap();
+        let _f = l.admit(&CAPS, FrontKind::Http, ip("198.51.100.2")).unwrap();
         drop((a, b, c));
-        assert!(l.admit(&CAPS, Front::Tls, ip("2001:db8:1:3::1")).is_ok(), "places given back");
+        assert!(l.admit(&CAPS, FrontKind::Tls, ip("2001:db8:1:3::1")).is_ok(), "places given back");
     }
 
     #[test]
     fn an_adopted_connection_counts_whatever_the_caps_and_gives_its_place_back() {
         let l = Limits::default();
         let caps = Caps { relayed: 1, ..CAPS };
-        let a = l.adopt(Front::Tls, ip("198.51.100.1"));
-        let b = l.adopt(Front::Tls, ip("198.51.100.1"));
-        let c = l.adopt(Front::Tls, ip("198.51.100.1"));
+        let a = l.adopt(FrontKind::Tls, ip("198.51.100.1"));
+        let b = l.adopt(FrontKind::Tls, ip("198.51.100.1"));
+        let c = l.adopt(FrontKind::Tls, ip("198.51.100.1"));
         assert_eq!(l.open(), 3, "over the client's cap of 2: counted all the same");
-        assert_eq!(l.admit(&caps, Front::Tls, ip("198.51.100.1")).unwrap_err(), Refusal::OverClientLimit);
-        let (mut d, _) = l.admit(&caps, Front::Tls, ip("198.51.100.2")).unwrap();
+        assert_eq!(l.admit(&caps, FrontKind::Tls, ip("198.51.100.1")).unwrap_err(), Refusal::OverClientLimit);
+        let (mut d, _) = l.admit(&caps, FrontKind::Tls, ip("198.51.100.2")).unwrap();
         assert_eq!(d.relay(&caps).unwrap_err(), Refusal::OverLimit, "the relayed pool holds the adopted ones");
         drop((a, b, c));
         assert_eq!(l.open(), 1);
@@ -263,17 +275,17 @@ mod tests {
     fn a_full_pending_pool_closes_its_oldest_and_the_fronts_are_separate() {
         let l = Limits::default();
         let caps = Caps { per_client: 100, ..CAPS };
-        let held: Vec<_> = (0..4).map(|_| l.admit(&caps, Front::Tls, ip("198.51.100.1")).unwrap().0).collect();
-        let (new, evicted) = l.admit(&caps, Front::Tls, ip("198.51.100.9")).unwrap();
+        let held: Vec<_> = (0..4).map(|_| l.admit(&caps, FrontKind::Tls, ip("198.51.100.1")).unwrap().0).collect();
+        let (new, evicted) = l.admit(&caps, FrontKind::Tls, ip("198.51.100.9")).unwrap();
         assert_eq!(evicted, 1);
         assert!(held[0].evicted.is_cancelled(), "the oldest was closed");
         assert!(!held[1].evicted.is_cancelled() && !new.evicted.is_cancelled());
-        assert_eq!(l.pending(Front::Tls), 4);
+        assert_eq!(l.pending(FrontKind::Tls), 4);
         // Port 80 has its own pool.
-        let (_http, evicted) = l.admit(&caps, Front::Http, ip("198.51.100.1")).unwrap();
+        let (_http, evicted) = l.admit(&caps, FrontKind::Http, ip("198.51.100.1")).unwrap();
         assert_eq!(evicted, 0);
         drop(held);
-        assert_eq!(l.pending(Front::Tls), 1);
+        assert_eq!(l.pending(FrontKind::Tls), 1);
         assert_eq!(l.open(), 2);
     }
 
@@ -283,17 +295,17 @@ mod tests {
         let caps = Caps { per_client: 100, ..CAPS };
         let mut relayed = Vec::new();
         for _ in 0..3 {
-            let (mut a, _) = l.admit(&caps, Front::Tls, ip("198.51.100.1")).unwrap();
+            let (mut a, _) = l.admit(&caps, FrontKind::Tls, ip("198.51.100.1")).unwrap();
             a.relay(&caps).unwrap();
             relayed.push(a);
         }
-        let (mut over, _) = l.admit(&caps, Front::Tls, ip("198.51.100.2")).unwrap();
+        let (mut over, _) = l.admit(&caps, FrontKind::Tls, ip("198.51.100.2")).unwrap();
         assert_eq!(over.relay(&caps).unwrap_err(), Refusal::OverLimit);
-        let (mut http, _) = l.admit(&caps, Front::Http, ip("198.51.100.2")).unwrap();
+        let (mut http, _) = l.admit(&caps, FrontKind::Http, ip("198.51.100.2")).unwrap();
         http.relay(&caps).unwrap();
-        let (mut acme, _) = l.admit(&caps, Front::Tls, ip("198.51.100.3")).unwrap();
+        let (mut acme, _) = l.admit(&caps, FrontKind::Tls, ip("198.51.100.3")).unwrap();
         acme.unpool();
-        assert_eq!(l.pending(Front::Tls), 1, "only `over` is still pending");
+        assert_eq!(l.pending(FrontKind::Tls), 1, "only `over` is still pending");
         relayed.pop();
         over.relay(&caps).unwrap();
     }

@@ -1,0 +1,51 @@
+//! Reading the first bytes of a connection (a ClientHello, a request head) under a deadline
+//! and a bound on reads, for either front.
+
+use tokio::{io::AsyncReadExt, net::TcpStream};
+
+/// Reads at most this many times for one hello or request head: real clients send it in one
+/// to a few segments; a client trickling it in more is refused, so it costs a bounded number
+/// of wake-ups and parses.
+pub const MAX_READS: usize = 64;
+
+/// Why reading stopped without a verdict.
+pub enum ReadFailure {
+    /// The deadline passed.
+    Timeout,
+    /// The client closed or failed.
+    Closed(String),
+    /// More than [`MAX_READS`] reads.
+    Trickled,
+}
+
+/// Reads from `s` into `buf` until `examine` has a verdict, at most [`MAX_READS`] times and
+/// about `max + 1` bytes, before `deadline`. `examine` runs only once `needed` bytes are there
+/// (or `max`): the bytes are read into the buffer's spare room, never zero-filled first.
+pub async fn read_until<T, E>(
+    s: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    deadline: tokio::time::Instant,
+    needed: impl Fn(&[u8]) -> usize,
+    examine: impl Fn(&[u8]) -> Result<Option<T>, E>,
+) -> Result<Result<T, E>, ReadFailure> {
+    for _ in 0..MAX_READS {
+        let want = (max + 1).saturating_sub(buf.len()).min(16 * 1024);
+        buf.reserve(want);
+        let read = tokio::time::timeout_at(deadline, s.read_buf(buf)).await;
+        match read {
+            Err(_) => return Err(ReadFailure::Timeout),
+            Ok(Ok(0)) => return Err(ReadFailure::Closed(format!("after {} bytes", buf.len()))),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ReadFailure::Closed(e.to_string())),
+        }
+        if buf.len() >= needed(buf).min(max) {
+            match examine(buf) {
+                Ok(Some(v)) => return Ok(Ok(v)),
+                Ok(None) => {}
+                Err(e) => return Ok(Err(e)),
+            }
+        }
+    }
+    Err(ReadFailure::Trickled)
+}

@@ -1,0 +1,136 @@
+//! The TLS front on 443: reads the ClientHello without terminating TLS, picks a `[[tls.route]]`
+//! by server name and hands the connection to the splitter core, which connects to the
+//! backend transparently (from the client's own address) and relays.
+
+pub mod hello;
+pub mod router;
+
+use std::{
+    sync::{Arc, RwLock},
+    time::Instant,
+};
+
+use tokio::{io::AsyncWriteExt, net::TcpStream};
+
+use self::{
+    hello::{Hello, HelloError, Progress, bytes_needed, examine},
+    router::{ALERT_UNRECOGNIZED_NAME, Decision, Router},
+};
+use crate::{
+    config::Tls,
+    splitter::{
+        front::FrontKind,
+        limits::Caps,
+        proxy::{Conn, Forward, Front},
+        read::{MAX_READS, ReadFailure, read_until},
+        stats::{Refusal, RouteStats, Stats},
+    },
+};
+
+/// One configuration's routing: settings, compiled routes and each route's counters.
+struct Table {
+    settings: Tls,
+    router: Router,
+    stats: Vec<Arc<RouteStats>>,
+}
+
+impl Table {
+    fn new(settings: Tls, stats: &Stats) -> Arc<Self> {
+        let router = Router::new(&settings);
+        let stats = router.routes.iter().map(|r| stats.route(&r.name)).collect();
+        Arc::new(Table { settings, router, stats })
+    }
+}
+
+/// The TLS front: the current `[tls]` table (swapped on reload).
+pub struct TlsFront {
+    table: RwLock<Arc<Table>>,
+    stats: Arc<Stats>,
+}
+
+impl TlsFront {
+    /// A front for a validated `[tls]` section, its routes counting into `stats`.
+    pub fn new(settings: Tls, stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(TlsFront { table: RwLock::new(Table::new(settings, &stats)), stats })
+    }
+
+    /// Swaps in a new `[tls]` section: new connections are routed by it, connections already
+    /// relayed keep going; counters of routes that keep their name continue.
+    pub fn update(&self, settings: Tls) {
+        *self.table.write().expect("table lock") = Table::new(settings, &self.stats);
+    }
+
+    fn table(&self) -> Arc<Table> {
+        self.table.read().expect("table lock").clone()
+    }
+}
+
+/// Reads until the hello is complete; returns the bytes read and the verdict.
+async fn read_hello(settings: &Tls, s: &mut TcpStream) -> Result<(Vec<u8>, Hello), (Refusal, String)> {
+    let deadline = tokio::time::Instant::now() + settings.hello_timeout_secs.get();
+    let mut buf = Vec::with_capacity(2048);
+    let max = settings.max_hello_bytes;
+    let verdict = read_until(
+        s,
+        &mut buf,
+        max,
+        deadline,
+        |b| bytes_needed(b, max),
+        |b| match examine(b, max)? {
+            Progress::Done(h) => Ok(Some(h)),
+            Progress::NeedMore => Ok(None),
+        },
+    )
+    .await;
+    match verdict {
+        Ok(Ok(h)) => Ok((buf, h)),
+        Ok(Err(e @ HelloError::TooLarge { .. })) => Err((Refusal::HelloTooLarge, e.to_string())),
+        Ok(Err(e @ HelloError::Malformed(_))) => Err((Refusal::MalformedHello, e.to_string())),
+        Err(ReadFailure::Timeout) => {
+            Err((Refusal::HelloTimeout, format!("{} bytes in {}", buf.len(), settings.hello_timeout_secs)))
+        }
+        Err(ReadFailure::Closed(detail)) => Err((Refusal::ClosedEarly, detail)),
+        Err(ReadFailure::Trickled) => Err((
+            Refusal::MalformedHello,
+            format!("ClientHello incomplete after {MAX_READS} reads ({} bytes)", buf.len()),
+        )),
+    }
+}
+
+impl Front for TlsFront {
+    const KIND: FrontKind = FrontKind::Tls;
+
+    async fn serve(&self, conn: Conn<'_, '_>) {
+        let Conn { proxy, settings, admission, mut client, peer } = conn;
+        let refuse = |reason, route: Option<&str>, detail: &dyn std::fmt::Display| {
+            proxy.refuse(Self::KIND, reason, route, peer, detail)
+        };
+        // The table at accept time routes this connection, whatever a reload does meanwhile.
+        let table = self.table();
+        let started = Instant::now();
+        let (hello_bytes, hello) = match read_hello(&table.settings, &mut client).await {
+            Ok(x) => x,
+            Err((reason, detail)) => return refuse(reason, None, &detail),
+        };
+        proxy.stats.hello_seconds.observe(started.elapsed().as_secs_f64());
+        let idx = match table.router.decide(&hello) {
+            Decision::Route(i) => i,
+            Decision::Alert => {
+                let _ = client.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+                let name = match &hello {
+                    Hello::Tls { server_name: Some(n), .. } => n.to_string(),
+                    _ => "(no server name)".into(),
+                };
+                return refuse(Refusal::NoRoute, None, &name);
+            }
+            Decision::Close => return refuse(Refusal::NoRoute, None, &"not TLS"),
+        };
+        drop(hello);
+        let route = &table.router.routes[idx];
+        if let Err(reason) = admission.relay(&Caps::of(settings)) {
+            return refuse(reason, Some(&route.name), &"limit reached");
+        }
+        let how = Forward::Relay(Self::KIND);
+        proxy.forward(settings, route, &table.stats[idx], client, peer, hello_bytes, how).await;
+    }
+}
