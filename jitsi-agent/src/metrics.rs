@@ -192,185 +192,189 @@ fn counter(v: u64) -> ConstCounter<u64> {
 
 impl Collector for AgentCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        use MetricType::{Counter, Gauge};
         let s = &self.0;
         match status::read_maps(&s.pin_dir) {
-            Ok(st) => {
-                let dir = |r: &status::RuleStatus| {
-                    [("in", r.packets_in, r.bytes_in), ("out", r.packets_out, r.bytes_out)]
-                        .map(|(d, p, b)| (vec![("rule", r.name.clone()), ("direction", d.to_string())], p, b))
-                };
-                let rows: Vec<_> = st.rules.iter().flat_map(dir).collect();
-                family(
-                    &mut enc,
-                    "jitsi_agent_rule_packets",
-                    "Packets steered (in) and replies sent (out) per [[steer]] rule",
-                    Counter,
-                    rows.iter().map(|(l, p, _)| (l.clone(), counter(*p))),
-                )?;
-                family(
-                    &mut enc,
-                    "jitsi_agent_rule_bytes",
-                    "Bytes (Ethernet frames) steered (in) and sent back (out) per rule",
-                    Counter,
-                    rows.iter().map(|(l, _, b)| (l.clone(), counter(*b))),
-                )?;
-                family(
-                    &mut enc,
-                    "jitsi_agent_backend_up",
-                    "1 when the rule's backend is resolved and steered to, 0 when its traffic is dropped as backend down",
-                    Gauge,
-                    st.rules.iter().flat_map(|r| {
-                        r.backends.iter().map(|b| {
-                            (
-                                vec![("rule", r.name.clone()), ("family", b.family.to_string())],
-                                ConstGauge::new(i64::from(b.state == "up")),
-                            )
-                        })
-                    }),
-                )?;
-                family(
-                    &mut enc,
-                    "jitsi_agent_datapath_packets",
-                    "Packets the XDP/TC programs passed or dropped, by reason",
-                    Counter,
-                    st.reasons.iter().map(|r| {
-                        (vec![("reason", r.reason.to_string()), ("action", r.action.to_string())], counter(r.packets))
-                    }),
-                )?;
-                family(
-                    &mut enc,
-                    "jitsi_agent_datapath_bytes",
-                    "Bytes the XDP/TC programs passed or dropped, by reason",
-                    Counter,
-                    st.reasons.iter().map(|r| {
-                        (vec![("reason", r.reason.to_string()), ("action", r.action.to_string())], counter(r.bytes))
-                    }),
-                )?;
-            }
+            Ok(st) => encode_datapath(&mut enc, &st)?,
             Err(e) => debug!(error = %e.report(), "metrics: cannot read the pinned maps"),
         }
-        let routes = s.splitter.routes();
-        family(
-            &mut enc,
-            "jitsi_agent_splitter_connections",
-            "Connections relayed per splitter route (TLS and HTTP)",
-            Counter,
-            routes.iter().map(|(n, r)| (vec![("route", n.clone())], counter(r.connections))),
-        )?;
-        family(
-            &mut enc,
-            "jitsi_agent_splitter_route_open_connections",
-            "Connections being relayed per splitter route",
-            Gauge,
-            routes.iter().map(|(n, r)| (vec![("route", n.clone())], ConstGauge::new(r.open as i64))),
-        )?;
-        family(
-            &mut enc,
-            "jitsi_agent_splitter_bytes",
-            "Bytes relayed per splitter route: up (client to backend, hello included) and down",
-            Counter,
-            routes.iter().flat_map(|(n, r)| {
-                [("up", r.bytes_up), ("down", r.bytes_down)]
-                    .map(|(d, v)| (vec![("route", n.clone()), ("direction", d.to_string())], counter(v)))
-            }),
-        )?;
-        single(
-            &mut enc,
+        encode_splitter(&mut enc, &s.splitter)?;
+        encode_agent(&mut enc, s)
+    }
+}
+
+/// The steering rules, their backends and the pass/drop reasons, from the pinned maps.
+fn encode_datapath(enc: &mut DescriptorEncoder, st: &status::Counters) -> std::fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let dir = |r: &status::RuleStatus| {
+        [("in", r.packets_in, r.bytes_in), ("out", r.packets_out, r.bytes_out)]
+            .map(|(d, p, b)| (vec![("rule", r.name.clone()), ("direction", d.to_string())], p, b))
+    };
+    let rows: Vec<_> = st.rules.iter().flat_map(dir).collect();
+    family(
+        enc,
+        "jitsi_agent_rule_packets",
+        "Packets steered (in) and replies sent (out) per [[steer]] rule",
+        Counter,
+        rows.iter().map(|(l, p, _)| (l.clone(), counter(*p))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_rule_bytes",
+        "Bytes (Ethernet frames) steered (in) and sent back (out) per rule",
+        Counter,
+        rows.iter().map(|(l, _, b)| (l.clone(), counter(*b))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_backend_up",
+        "1 when the rule's backend is resolved and steered to, 0 when its traffic is dropped as backend down",
+        Gauge,
+        st.rules.iter().flat_map(|r| {
+            r.backends.iter().map(|b| {
+                (
+                    vec![("rule", r.name.clone()), ("family", b.family.to_string())],
+                    ConstGauge::new(i64::from(b.state == "up")),
+                )
+            })
+        }),
+    )?;
+    let reason = |r: &status::ReasonStatus| vec![("reason", r.reason.to_string()), ("action", r.action.to_string())];
+    family(
+        enc,
+        "jitsi_agent_datapath_packets",
+        "Packets the XDP/TC programs passed or dropped, by reason",
+        Counter,
+        st.reasons.iter().map(|r| (reason(r), counter(r.packets))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_datapath_bytes",
+        "Bytes the XDP/TC programs passed or dropped, by reason",
+        Counter,
+        st.reasons.iter().map(|r| (reason(r), counter(r.bytes))),
+    )
+}
+
+/// The splitter's counters, per route and in all (both fronts).
+fn encode_splitter(enc: &mut DescriptorEncoder, stats: &Stats) -> std::fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let routes = stats.routes();
+    family(
+        enc,
+        "jitsi_agent_splitter_connections",
+        "Connections relayed per splitter route (TLS and HTTP)",
+        Counter,
+        routes.iter().map(|(n, r)| (vec![("route", n.clone())], counter(r.connections))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_splitter_route_open_connections",
+        "Connections being relayed per splitter route",
+        Gauge,
+        routes.iter().map(|(n, r)| (vec![("route", n.clone())], ConstGauge::new(r.open as i64))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_splitter_bytes",
+        "Bytes relayed per splitter route: up (client to backend, hello included) and down",
+        Counter,
+        routes.iter().flat_map(|(n, r)| {
+            [("up", r.bytes_up), ("down", r.bytes_down)]
+                .map(|(d, v)| (vec![("route", n.clone()), ("direction", d.to_string())], counter(v)))
+        }),
+    )?;
+    let totals = [
+        (
             "jitsi_agent_splitter_accepted_connections",
             "Connections accepted on the splitter's listeners (both fronts)",
-            Counter,
-            counter(s.splitter.accepted.load(Ordering::Relaxed)),
-        )?;
-        single(
-            &mut enc,
+            &stats.accepted,
+        ),
+        (
             "jitsi_agent_splitter_accept_errors",
             "Failed accepts on the splitters' listeners (out of descriptors...); logged once per burst",
-            Counter,
-            counter(s.splitter.accept_errors.load(Ordering::Relaxed)),
-        )?;
-        single(
-            &mut enc,
+            &stats.accept_errors,
+        ),
+        (
             "jitsi_agent_splitter_ephemeral_port_retries",
             "Transparent connections that used an ephemeral port because the client's was taken (TIME_WAIT)",
-            Counter,
-            counter(s.splitter.ephemeral_port_retries.load(Ordering::Relaxed)),
-        )?;
-        single(
-            &mut enc,
+            &stats.ephemeral_port_retries,
+        ),
+        (
             "jitsi_agent_splitter_hairpin_connections",
             "Connections from a backends' subnet, relayed from the host's address instead of the client's",
-            Counter,
-            counter(s.splitter.hairpin_connections.load(Ordering::Relaxed)),
-        )?;
-        single(
-            &mut enc,
+            &stats.hairpin_connections,
+        ),
+        (
             "jitsi_agent_splitter_handover_adopted",
             "Established connections taken up from the previous agent at this start (systemctl restart)",
-            Counter,
-            counter(s.splitter.handover_adopted.load(Ordering::Relaxed)),
-        )?;
-        single(
-            &mut enc,
+            &stats.handover_adopted,
+        ),
+        (
             "jitsi_agent_splitter_handover_lost",
             "Connections the previous agent handed over that could not be taken up (closed)",
-            Counter,
-            counter(s.splitter.handover_lost.load(Ordering::Relaxed)),
-        )?;
-        family(
-            &mut enc,
-            "jitsi_agent_splitter_refused_connections",
-            "Connections the splitter did not relay, by reason",
-            Counter,
-            s.splitter.refusals().into_iter().map(|(r, v)| (vec![("reason", r.to_string())], counter(v))),
-        )?;
-        single(
-            &mut enc,
-            "jitsi_agent_splitter_open_connections",
-            "Connections open on the splitter (reading a hello or head, or relayed)",
-            Gauge,
-            ConstGauge::new(s.splitter.open.load(Ordering::Relaxed) as i64),
-        )?;
-        let certs = s.certificates.lock().expect("certificates lock").clone();
-        family(
-            &mut enc,
-            "jitsi_agent_certificate_expiry_timestamp_seconds",
-            "When each [acme] certificate expires (Unix time); absent while there is none",
-            Gauge,
-            certs.iter().filter_map(|c| c.expires.map(|e| (vec![("name", c.name.clone())], ConstGauge::new(e)))),
-        )?;
-        family(
-            &mut enc,
-            "jitsi_agent_certificate_renewal_failing",
-            "1 while the last attempt to obtain an [acme] certificate failed",
-            Gauge,
-            certs.iter().map(|c| (vec![("name", c.name.clone())], ConstGauge::new(i64::from(c.last_error.is_some())))),
-        )?;
-        family(
-            &mut enc,
-            "jitsi_agent_config_reloads",
-            "Configuration reloads, by result",
-            Counter,
-            [("ok", &s.reloads_ok), ("failed", &s.reloads_failed)]
-                .map(|(r, v)| (vec![("result", r.to_string())], counter(v.load(Ordering::Relaxed)))),
-        )?;
-        let tasks = crate::health::TASKS.map(|t| (t.name(), s.health.get(t)));
-        family(
-            &mut enc,
-            "jitsi_agent_task_failures",
-            "Failed runs of the agent's periodic work, by task (each is retried every second)",
-            Counter,
-            tasks.map(|(t, (n, _))| (vec![("task", t.to_string())], counter(n))),
-        )?;
-        family(
-            &mut enc,
-            "jitsi_agent_task_failing",
-            "1 while the task's last run failed",
-            Gauge,
-            tasks.map(|(t, (_, failing))| (vec![("task", t.to_string())], ConstGauge::new(i64::from(failing)))),
-        )?;
-        Ok(())
+            &stats.handover_lost,
+        ),
+    ];
+    for (name, help, value) in totals {
+        single(enc, name, help, Counter, counter(value.load(Ordering::Relaxed)))?;
     }
+    family(
+        enc,
+        "jitsi_agent_splitter_refused_connections",
+        "Connections the splitter did not relay, by reason",
+        Counter,
+        stats.refusals().into_iter().map(|(r, v)| (vec![("reason", r.to_string())], counter(v))),
+    )?;
+    single(
+        enc,
+        "jitsi_agent_splitter_open_connections",
+        "Connections open on the splitter (reading a hello or head, or relayed)",
+        Gauge,
+        ConstGauge::new(stats.open.load(Ordering::Relaxed) as i64),
+    )
+}
+
+/// The agent's own state: certificates, reloads, the periodic tasks.
+fn encode_agent(enc: &mut DescriptorEncoder, s: &Shared) -> std::fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let certs = s.certificates.lock().expect("certificates lock").clone();
+    family(
+        enc,
+        "jitsi_agent_certificate_expiry_timestamp_seconds",
+        "When each [acme] certificate expires (Unix time); absent while there is none",
+        Gauge,
+        certs.iter().filter_map(|c| c.expires.map(|e| (vec![("name", c.name.clone())], ConstGauge::new(e)))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_certificate_renewal_failing",
+        "1 while the last attempt to obtain an [acme] certificate failed",
+        Gauge,
+        certs.iter().map(|c| (vec![("name", c.name.clone())], ConstGauge::new(i64::from(c.last_error.is_some())))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_config_reloads",
+        "Configuration reloads, by result",
+        Counter,
+        [("ok", &s.reloads_ok), ("failed", &s.reloads_failed)]
+            .map(|(r, v)| (vec![("result", r.to_string())], counter(v.load(Ordering::Relaxed)))),
+    )?;
+    let tasks = crate::health::TASKS.map(|t| (t.name(), s.health.get(t)));
+    family(
+        enc,
+        "jitsi_agent_task_failures",
+        "Failed runs of the agent's periodic work, by task (each is retried every second)",
+        Counter,
+        tasks.map(|(t, (n, _))| (vec![("task", t.to_string())], counter(n))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_task_failing",
+        "1 while the task's last run failed",
+        Gauge,
+        tasks.map(|(t, (_, failing))| (vec![("task", t.to_string())], ConstGauge::new(i64::from(failing)))),
+    )
 }
 
 #[cfg(test)]

@@ -52,104 +52,18 @@ pub(super) type Invalid = (String, String);
 
 impl Config {
     pub(super) fn validate(&self) -> Result<(), Invalid> {
-        let invalid = |key: String, message: String| (key, message);
         if !self.pin_dir.is_absolute() {
-            return Err(invalid("pin_dir".into(), "must be an absolute path on a bpffs".into()));
+            return Err(("pin_dir".into(), "must be an absolute path on a bpffs".into()));
         }
-        if self.uplink.interface.is_empty() || self.uplink.interface.len() > 15 {
-            return Err(invalid("uplink.interface".into(), "must be an interface name (1 to 15 bytes)".into()));
-        }
-        for (i, a) in self.uplink.addresses.iter().enumerate() {
-            if a.is_unspecified() || a.is_multicast() {
-                return Err(invalid(format!("uplink.addresses[{i}]"), format!("{a} is not a unicast host address")));
-            }
-        }
-        let mut names = HashSet::new();
-        let mut ports = HashSet::new();
-        let mut backends_seen = HashMap::new();
-        let mut containers = HashSet::new();
+        self.validate_uplink()?;
+        let mut steer = SteerSeen::default();
         for (i, rule) in self.steer.iter().enumerate() {
-            let key = |field: &str| format!("steer[{i}].{field}");
-            if !name_ok(&rule.name) {
-                return Err(invalid(
-                    key("name"),
-                    format!("`{}`: use 1 to {} letters, digits, `-` or `_`", rule.name, RULE_NAME_LEN - 1),
-                ));
-            }
-            if !names.insert(rule.name.as_str()) {
-                return Err(invalid(key("name"), format!("`{}` is used by another [[steer]] rule", rule.name)));
-            }
-            if rule.port == 0 {
-                return Err(invalid(key("port"), "must be 1 to 65535".into()));
-            }
-            if !ports.insert((rule.protocol, rule.port)) {
-                return Err(invalid(
-                    key("port"),
-                    format!("{}/{} is steered by another rule", rule.protocol, rule.port),
-                ));
-            }
-            if let Some(target) = container_target(
-                rule.container.as_deref(),
-                rule.container_port.or(Some(rule.port)),
-                &rule.backend,
-                &key,
-            )? {
-                if !containers.insert((rule.protocol, target.clone())) {
-                    return Err(invalid(
-                        key("container"),
-                        format!("{}/{}:{} is already the backend of another rule", rule.protocol, target.0, target.1),
-                    ));
-                }
-                continue;
-            }
-            let backends = rule.backend.as_slice();
-            let v4 = backends.iter().filter(|a| a.is_ipv4()).count();
-            let v6 = backends.iter().filter(|a| a.is_ipv6()).count();
-            if backends.is_empty() {
-                return Err(invalid(key("backend"), "needs at least one address".into()));
-            }
-            if v4 > 1 || v6 > 1 {
-                return Err(invalid(key("backend"), "at most one backend per address family".into()));
-            }
-            for a in backends {
-                // Replies are matched by (protocol, backend address, port): two rules cannot share one.
-                if let Some(other) = backends_seen.insert((rule.protocol, *a), rule.name.as_str()) {
-                    return Err(invalid(
-                        key("backend"),
-                        format!(
-                            "{}/{a} is already the backend of rule `{other}`; replies could not be told apart",
-                            rule.protocol
-                        ),
-                    ));
-                }
-                if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() || a.ip().is_loopback() {
-                    return Err(invalid(
-                        key("backend"),
-                        format!(
-                            "{a}: needs a unicast, non-loopback address and a port (XDP cannot redirect to loopback)"
-                        ),
-                    ));
-                }
-            }
+            steer.check(i, rule)?;
         }
         if self.steer.len() > jitsi_common::MAX_RULES as usize {
-            return Err(invalid("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
+            return Err(("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
         }
-        let mut route_names = HashSet::new();
-        if let Some(splitter) = &self.splitter {
-            splitter.validate()?;
-        }
-        if let Some(tls) = &self.tls {
-            tls.validate(&backends_seen, &mut route_names)?;
-        }
-        if let Some(http) = &self.http {
-            http.validate(&backends_seen, &mut route_names)?;
-            if let Some((i, a)) =
-                http.listen.iter().enumerate().find(|(_, a)| self.tls.iter().any(|s| s.listen.contains(a)))
-            {
-                return Err((format!("http.listen[{i}]"), format!("{a} is also a [tls] listen address")));
-            }
-        }
+        self.validate_splitter(&steer.backends)?;
         if let Some(acme) = &self.acme {
             acme.validate(self.stack.is_some())?;
             // With [stack], port 80's splitter is implied (unless the file steers tcp/80).
@@ -163,6 +77,109 @@ impl Config {
         }
         if let Some(stack) = &self.stack {
             stack.validate()?;
+        }
+        Ok(())
+    }
+
+    fn validate_uplink(&self) -> Result<(), Invalid> {
+        if self.uplink.interface.is_empty() || self.uplink.interface.len() > 15 {
+            return Err(("uplink.interface".into(), "must be an interface name (1 to 15 bytes)".into()));
+        }
+        for (i, a) in self.uplink.addresses.iter().enumerate() {
+            if a.is_unspecified() || a.is_multicast() {
+                return Err((format!("uplink.addresses[{i}]"), format!("{a} is not a unicast host address")));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[splitter]`, `[tls]` and `[http]`; `steer_backends` are the steering rules' backends.
+    fn validate_splitter(&self, steer_backends: &HashMap<(Protocol, SocketAddr), &str>) -> Result<(), Invalid> {
+        let mut route_names = HashSet::new();
+        if let Some(splitter) = &self.splitter {
+            splitter.validate()?;
+        }
+        if let Some(tls) = &self.tls {
+            tls.validate(steer_backends, &mut route_names)?;
+        }
+        if let Some(http) = &self.http {
+            http.validate(steer_backends, &mut route_names)?;
+            if let Some((i, a)) =
+                http.listen.iter().enumerate().find(|(_, a)| self.tls.iter().any(|s| s.listen.contains(a)))
+            {
+                return Err((format!("http.listen[{i}]"), format!("{a} is also a [tls] listen address")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the `[[steer]]` rules checked so far take: names, ports, backends, containers (each
+/// once).
+#[derive(Default)]
+struct SteerSeen<'a> {
+    names: HashSet<&'a str>,
+    ports: HashSet<(Protocol, u16)>,
+    /// Backend -> the rule that has it (a splitter route cannot share it either).
+    backends: HashMap<(Protocol, SocketAddr), &'a str>,
+    containers: HashSet<(Protocol, (String, u16))>,
+}
+
+impl<'a> SteerSeen<'a> {
+    /// Checks rule `i` against itself and the rules before it.
+    fn check(&mut self, i: usize, rule: &'a super::SteerRule) -> Result<(), Invalid> {
+        let key = |field: &str| format!("steer[{i}].{field}");
+        if !name_ok(&rule.name) {
+            return Err((
+                key("name"),
+                format!("`{}`: use 1 to {} letters, digits, `-` or `_`", rule.name, RULE_NAME_LEN - 1),
+            ));
+        }
+        if !self.names.insert(rule.name.as_str()) {
+            return Err((key("name"), format!("`{}` is used by another [[steer]] rule", rule.name)));
+        }
+        if rule.port == 0 {
+            return Err((key("port"), "must be 1 to 65535".into()));
+        }
+        if !self.ports.insert((rule.protocol, rule.port)) {
+            return Err((key("port"), format!("{}/{} is steered by another rule", rule.protocol, rule.port)));
+        }
+        let port = rule.container_port.or(Some(rule.port));
+        if let Some(target) = container_target(rule.container.as_deref(), port, &rule.backend, &key)? {
+            if !self.containers.insert((rule.protocol, target.clone())) {
+                return Err((
+                    key("container"),
+                    format!("{}/{}:{} is already the backend of another rule", rule.protocol, target.0, target.1),
+                ));
+            }
+            return Ok(());
+        }
+        let backends = rule.backend.as_slice();
+        let v4 = backends.iter().filter(|a| a.is_ipv4()).count();
+        let v6 = backends.iter().filter(|a| a.is_ipv6()).count();
+        if backends.is_empty() {
+            return Err((key("backend"), "needs at least one address".into()));
+        }
+        if v4 > 1 || v6 > 1 {
+            return Err((key("backend"), "at most one backend per address family".into()));
+        }
+        for a in backends {
+            // Replies are matched by (protocol, backend address, port): two rules cannot share one.
+            if let Some(other) = self.backends.insert((rule.protocol, *a), rule.name.as_str()) {
+                return Err((
+                    key("backend"),
+                    format!(
+                        "{}/{a} is already the backend of rule `{other}`; replies could not be told apart",
+                        rule.protocol
+                    ),
+                ));
+            }
+            if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() || a.ip().is_loopback() {
+                return Err((
+                    key("backend"),
+                    format!("{a}: needs a unicast, non-loopback address and a port (XDP cannot redirect to loopback)"),
+                ));
+            }
         }
         Ok(())
     }

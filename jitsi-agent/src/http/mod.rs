@@ -8,10 +8,7 @@
 pub mod head;
 pub mod router;
 
-use std::{
-    sync::{Arc, RwLock},
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
@@ -31,44 +28,28 @@ use crate::{
         limits::Caps,
         proxy::{Conn, Forward, Front},
         read::{MAX_READS, ReadFailure, read_until},
-        stats::{Refusal, RouteStats, Stats},
+        stats::{Refusal, Stats},
+        table::Tables,
     },
 };
 
-/// The `[http]` routing of one configuration.
-struct Table {
-    settings: Http,
-    router: Router,
-    stats: Vec<Arc<RouteStats>>,
-}
-
-impl Table {
-    fn new(settings: Option<Http>, stats: &Stats) -> Option<Arc<Self>> {
-        let settings = settings?;
-        let router = Router::new(&settings);
-        let stats = router.routes.iter().map(|r| stats.route(&r.target.name)).collect();
-        Some(Arc::new(Table { settings, router, stats }))
-    }
-}
-
-/// The HTTP front: the current `[http]` table (swapped on reload; `None` once the section is
+/// The HTTP front: the `[http]` routing in force (swapped on reload; none once the section is
 /// removed while a listener still drains) and the agent's own ACME challenges.
 pub struct HttpFront {
-    table: RwLock<Option<Arc<Table>>>,
+    tables: Tables<Router>,
     challenges: Challenges,
-    stats: Arc<Stats>,
 }
 
 impl HttpFront {
     /// A front for a validated `[http]` section, its routes counting into `stats`;
     /// `challenges` are the agent's own ACME tokens.
     pub fn new(settings: Option<Http>, stats: Arc<Stats>, challenges: Challenges) -> Arc<Self> {
-        Arc::new(HttpFront { table: RwLock::new(Table::new(settings, &stats)), challenges, stats })
+        Arc::new(HttpFront { tables: Tables::new(settings, stats), challenges })
     }
 
     /// Swaps in a new `[http]` section (or none).
     pub fn update(&self, settings: Option<Http>) {
-        *self.table.write().expect("table lock") = Table::new(settings, &self.stats);
+        self.tables.update(settings);
     }
 }
 
@@ -125,7 +106,7 @@ impl Front for HttpFront {
             proxy.refuse(Self::KIND, reason, route, peer, detail)
         };
         // The table at accept time routes this connection, whatever a reload does meanwhile.
-        let Some(http) = self.table.read().expect("table lock").clone() else {
+        let Some(http) = self.tables.current() else {
             return refuse(Refusal::NoHostRoute, None, &"[http] removed");
         };
         let (bytes, head) = match read_head(&http.settings, &mut client).await {

@@ -44,6 +44,18 @@ pub struct Router {
     default: Option<usize>,
 }
 
+impl crate::splitter::table::Router for Router {
+    type Settings = Http;
+
+    fn compile(http: &Http) -> Self {
+        Router::new(http)
+    }
+
+    fn route_names(&self) -> Vec<&str> {
+        self.routes.iter().map(|r| r.target.name.as_str()).collect()
+    }
+}
+
 impl Router {
     /// Compiles a validated `[http]` section.
     pub fn new(http: &Http) -> Self {

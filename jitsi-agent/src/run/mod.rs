@@ -90,6 +90,22 @@ fn check_drain(config: &Config) {
     }
 }
 
+/// The counters and health shared with the metrics endpoint, continued from the pins.
+fn shared_state(config: &Config, dp: &Datapath) -> Result<Arc<Shared>> {
+    let stats = Arc::new(Stats::default());
+    stats.seed(&dp.maps.sni)?;
+    let shared = Arc::new(Shared {
+        pin_dir: config.pin_dir.clone(),
+        splitter: stats,
+        reloads_ok: Default::default(),
+        reloads_failed: Default::default(),
+        certificates: Default::default(),
+        health: Default::default(),
+    });
+    shared.health.seed(&dp.maps.task_health)?;
+    Ok(shared)
+}
+
 /// Reads the file and parses it (the text is kept to notice changes).
 async fn load(path: PathBuf) -> Result<(Config, String)> {
     let text = read(path.clone()).await?;
@@ -159,17 +175,7 @@ impl Agent {
         let dp = Datapath::open(&config.pin_dir)?;
         // An adopted datapath's maps say what an earlier agent wrote: the baseline to change.
         let surroundings = surroundings::current(&dp.maps)?;
-        let stats = Arc::new(Stats::default());
-        stats.seed(&dp.maps.sni)?;
-        let shared = Arc::new(Shared {
-            pin_dir: config.pin_dir.clone(),
-            splitter: stats,
-            reloads_ok: Default::default(),
-            reloads_failed: Default::default(),
-            certificates: Default::default(),
-            health: Default::default(),
-        });
-        shared.health.seed(&dp.maps.task_health)?;
+        let shared = shared_state(&config, &dp)?;
         let (mut docker, first) = start_docker(&config).await;
         shared.health.record(Task::DockerEngine, first);
         if let Some(w) = &mut docker {
@@ -212,30 +218,7 @@ impl Agent {
             agent.metrics = Some(MetricsServer::start(m.listen, agent.shared.clone()).await?);
             info!(listen = %m.listen, "metrics: serving /metrics");
         }
-        if let Some(settings) = agent.live.splitter() {
-            let (s, stats) = (Sections::of(&settings, &agent.live), agent.shared.splitter.clone());
-            let running =
-                SplitterRunning::start(&agent.h, s, &agent.listeners, stats, agent.challenges.clone()).await?;
-            running.set_backend_nets(agent.surroundings.backend_nets.clone());
-            if let Some(rx) = agent.listeners.take_handover() {
-                running.adopt(rx);
-            }
-            agent.splitter = Some(running);
-        }
-        if let Some(rx) = agent.listeners.take_handover() {
-            let closed = handover::take(rx).pairs.len();
-            warn!(closed, "handover: no splitter is configured; the previous agent's connections are closed");
-        }
-        let listening: Vec<_> = agent
-            .config
-            .tls
-            .iter()
-            .flat_map(|s| s.listen.iter().copied())
-            .chain(agent.config.http.iter().flat_map(|h| h.listen.iter().copied()))
-            .collect();
-        for addr in agent.listeners.unused(&listening) {
-            warn!(%addr, "the service manager passed a socket no [tls] or [http] listen address uses; it stays idle");
-        }
+        agent.start_splitter().await?;
         agent.follow_acme();
         agent.flush_splitter()?;
         info!(
@@ -296,6 +279,31 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// At start: the splitter (taking up a previous agent's connections), or, without one,
+    /// what a previous agent handed over closed; sockets systemd passed that nothing uses
+    /// reported.
+    async fn start_splitter(&mut self) -> Result<()> {
+        if let Some(settings) = self.live.splitter() {
+            let (s, stats) = (Sections::of(&settings, &self.live), self.shared.splitter.clone());
+            let running = SplitterRunning::start(&self.h, s, &self.listeners, stats, self.challenges.clone()).await?;
+            running.set_backend_nets(self.surroundings.backend_nets.clone());
+            if let Some(rx) = self.listeners.take_handover() {
+                running.adopt(rx);
+            }
+            self.splitter = Some(running);
+        }
+        if let Some(rx) = self.listeners.take_handover() {
+            let closed = handover::take(rx).pairs.len();
+            warn!(closed, "handover: no splitter is configured; the previous agent's connections are closed");
+        }
+        let tls = self.config.tls.iter().flat_map(|s| s.listen.iter().copied());
+        let listening: Vec<_> = tls.chain(self.config.http.iter().flat_map(|h| h.listen.iter().copied())).collect();
+        for addr in self.listeners.unused(&listening) {
+            warn!(%addr, "the service manager passed a socket no [tls] or [http] listen address uses; it stays idle");
+        }
+        Ok(())
     }
 
     fn summary(&self) -> String {

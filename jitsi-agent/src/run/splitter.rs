@@ -109,7 +109,7 @@ impl SplitterRunning {
         routing.install(h).await?;
         let mut me = SplitterRunning {
             proxy: Proxy::new(s.splitter.clone(), stats.clone()),
-            tls: TlsFront::new(s.tls.cloned().unwrap_or_default(), stats.clone()),
+            tls: TlsFront::new(s.tls.cloned(), stats.clone()),
             http: HttpFront::new(s.http.cloned(), stats, challenges),
             routing,
             listening: BTreeMap::new(),
@@ -165,7 +165,7 @@ impl SplitterRunning {
             self.routing = routing;
         }
         self.proxy.update(s.splitter.clone());
-        self.tls.update(s.tls.cloned().unwrap_or_default());
+        self.tls.update(s.tls.cloned());
         self.http.update(s.http.cloned());
         self.drain = s.splitter.drain_timeout_secs.get();
         self.accept_on(opened, listeners);

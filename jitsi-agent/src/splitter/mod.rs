@@ -13,5 +13,6 @@ pub mod read;
 pub mod relay;
 pub mod splice;
 pub mod stats;
+pub mod table;
 pub mod target;
 pub mod transparent;

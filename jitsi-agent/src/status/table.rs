@@ -14,6 +14,25 @@ fn si(v: f64) -> String {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.fmt_datapath(f)?;
+        self.fmt_rules(f)?;
+        self.fmt_routes(f)?;
+        self.fmt_certificates(f)?;
+        for t in self.tasks.iter().filter(|t| t.failures > 0) {
+            let now = if t.failing { "FAILING now, retried every second" } else { "recovered" };
+            writeln!(f, "\nperiodic task {}: {} failure(s), {now} (see the log)", t.task, t.failures)?;
+        }
+        writeln!(f, "\n{:<28} {:<6} {:>12} {:>14}", "REASON", "ACTION", "PACKETS", "BYTES")?;
+        for r in self.reasons.iter().filter(|r| r.packets > 0) {
+            writeln!(f, "{:<28} {:<6} {:>12} {:>14}", r.reason, r.action, r.packets, r.bytes)?;
+        }
+        Ok(())
+    }
+}
+
+impl Status {
+    /// The build and where the programs are attached.
+    fn fmt_datapath(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.build {
             Some(build) => writeln!(f, "datapath pinned at {} (build {build})", self.pin_dir)?,
             None => writeln!(f, "datapath pinned at {} (build not recorded)", self.pin_dir)?,
@@ -24,6 +43,11 @@ impl std::fmt::Display for Status {
         for a in &self.attachments {
             writeln!(f, "  {:<24} on {:<16} {}", a.program, a.interface, a.mode)?;
         }
+        Ok(())
+    }
+
+    /// One line per steering rule, with rates when there are two readings.
+    fn fmt_rules(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let backends: Vec<String> = self
             .rules
             .iter()
@@ -65,6 +89,12 @@ impl std::fmt::Display for Status {
             }
             writeln!(f)?;
         }
+        Ok(())
+    }
+
+    /// One line per splitter route, then the totals and refusals.
+    fn fmt_routes(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rates = self.interval_secs > 0.0;
         if !self.splitter.routes.is_empty() || self.splitter.accepted > 0 {
             write!(f, "\n{:<16} {:>12} {:>8} {:>14} {:>14}", "ROUTE", "CONNECTIONS", "OPEN", "BYTES UP", "BYTES DOWN")?;
             writeln!(f, "{}", if rates { format!(" {:>8}", "CONN/S") } else { String::new() })?;
@@ -90,6 +120,11 @@ impl std::fmt::Display for Status {
                 if refused.is_empty() { "none".into() } else { refused.join(" ") }
             )?;
         }
+        Ok(())
+    }
+
+    /// The `[acme]` certificates.
+    fn fmt_certificates(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if !self.certificates.is_empty() {
             writeln!(f, "\n{:<28} {:<22} {:>9}  LAST ERROR", "CERTIFICATE", "EXPIRES (UTC)", "DAYS LEFT")?;
             let now =
@@ -101,14 +136,6 @@ impl std::fmt::Display for Status {
                 };
                 writeln!(f, "{:<28} {expires:<22} {left:>9}  {}", c.name, c.last_error.as_deref().unwrap_or("-"))?;
             }
-        }
-        for t in self.tasks.iter().filter(|t| t.failures > 0) {
-            let now = if t.failing { "FAILING now, retried every second" } else { "recovered" };
-            writeln!(f, "\nperiodic task {}: {} failure(s), {now} (see the log)", t.task, t.failures)?;
-        }
-        writeln!(f, "\n{:<28} {:<6} {:>12} {:>14}", "REASON", "ACTION", "PACKETS", "BYTES")?;
-        for r in self.reasons.iter().filter(|r| r.packets > 0) {
-            writeln!(f, "{:<28} {:<6} {:>12} {:>14}", r.reason, r.action, r.packets, r.bytes)?;
         }
         Ok(())
     }

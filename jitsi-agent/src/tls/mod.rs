@@ -5,10 +5,7 @@
 pub mod hello;
 pub mod router;
 
-use std::{
-    sync::{Arc, RwLock},
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use tokio::{io::AsyncWriteExt, net::TcpStream};
 
@@ -23,45 +20,27 @@ use crate::{
         limits::Caps,
         proxy::{Conn, Forward, Front},
         read::{MAX_READS, ReadFailure, read_until},
-        stats::{Refusal, RouteStats, Stats},
+        stats::{Refusal, Stats},
+        table::Tables,
     },
 };
 
-/// One configuration's routing: settings, compiled routes and each route's counters.
-struct Table {
-    settings: Tls,
-    router: Router,
-    stats: Vec<Arc<RouteStats>>,
-}
-
-impl Table {
-    fn new(settings: Tls, stats: &Stats) -> Arc<Self> {
-        let router = Router::new(&settings);
-        let stats = router.routes.iter().map(|r| stats.route(&r.name)).collect();
-        Arc::new(Table { settings, router, stats })
-    }
-}
-
-/// The TLS front: the current `[tls]` table (swapped on reload).
+/// The TLS front: the `[tls]` routing in force (swapped on reload).
 pub struct TlsFront {
-    table: RwLock<Arc<Table>>,
-    stats: Arc<Stats>,
+    tables: Tables<Router>,
 }
 
 impl TlsFront {
-    /// A front for a validated `[tls]` section, its routes counting into `stats`.
-    pub fn new(settings: Tls, stats: Arc<Stats>) -> Arc<Self> {
-        Arc::new(TlsFront { table: RwLock::new(Table::new(settings, &stats)), stats })
+    /// A front for a validated `[tls]` section, its routes counting into `stats`. Without the
+    /// section (only `[http]` configured) it has no route: a TLS client that still reaches it
+    /// (accepted just before a reload removed `[tls]`) gets an `unrecognized_name` alert.
+    pub fn new(settings: Option<Tls>, stats: Arc<Stats>) -> Arc<Self> {
+        Arc::new(TlsFront { tables: Tables::new(Some(settings.unwrap_or_default()), stats) })
     }
 
-    /// Swaps in a new `[tls]` section: new connections are routed by it, connections already
-    /// relayed keep going; counters of routes that keep their name continue.
-    pub fn update(&self, settings: Tls) {
-        *self.table.write().expect("table lock") = Table::new(settings, &self.stats);
-    }
-
-    fn table(&self) -> Arc<Table> {
-        self.table.read().expect("table lock").clone()
+    /// Swaps in a new `[tls]` section (or none).
+    pub fn update(&self, settings: Option<Tls>) {
+        self.tables.update(Some(settings.unwrap_or_default()));
     }
 }
 
@@ -106,7 +85,7 @@ impl Front for TlsFront {
             proxy.refuse(Self::KIND, reason, route, peer, detail)
         };
         // The table at accept time routes this connection, whatever a reload does meanwhile.
-        let table = self.table();
+        let table = self.tables.current().expect("the TLS front always has a table");
         let started = Instant::now();
         let (hello_bytes, hello) = match read_hello(&table.settings, &mut client).await {
             Ok(x) => x,

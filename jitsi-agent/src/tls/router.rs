@@ -24,6 +24,18 @@ pub struct Router {
     default: Option<usize>,
 }
 
+impl crate::splitter::table::Router for Router {
+    type Settings = Tls;
+
+    fn compile(tls: &Tls) -> Self {
+        Router::new(tls)
+    }
+
+    fn route_names(&self) -> Vec<&str> {
+        self.routes.iter().map(|r| r.name.as_str()).collect()
+    }
+}
+
 impl Router {
     /// Compiles a validated `[tls]` section.
     pub fn new(tls: &Tls) -> Self {
