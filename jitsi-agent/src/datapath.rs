@@ -3,7 +3,7 @@
 //! Pin layout under the pin directory (see the README):
 //! - maps: `rules`, `host_addrs`, `replies`, `return_paths`, `fallback_paths`,
 //!   `source_prefixes`, `rule_stats`, `reason_stats`, and
-//!   the SNI splitter's counters `sni_routes`, `sni_counters` and the periodic tasks' health
+//!   the splitter's counters `sni_routes`, `sni_counters` and the periodic tasks' health
 //!   `task_health` (written by the agent)
 //! - programs: `prog_steer_in` (XDP), `prog_reply_out` (TC)
 //! - links: `link_xdp_<ifname>`, `link_tc_<ifname>`

@@ -300,7 +300,7 @@ pub fn backend_of(c: Option<&ContainerAddrs>, port: u16) -> OneOrMany {
 /// `config` with every container reference replaced by the container's current addresses. A
 /// steering rule whose container does not run gets the unspecified addresses as its backend:
 /// the datapath then drops and counts its packets as `in_backend_down` instead of passing
-/// them to the host. An SNI route's gets no address: its connections are refused.
+/// them to the host. A splitter route's gets no address: its connections are refused.
 ///
 /// `unknown` (while the engine has not answered): a steering rule whose container is not
 /// known keeps these backends, by rule name (what the pinned maps said), instead of going down.

@@ -66,10 +66,10 @@ enum StackCommand {
 #[derive(Subcommand)]
 enum Command {
     /// The daemon: mount bpffs if needed, attach (or adopt) the pinned datapath, fill it from
-    /// the config, install the SNI splitter's routing and listen, then tell systemd it is ready.
+    /// the config, install the splitter's routing and listen, then tell systemd it is ready.
     ///
     /// SIGHUP, or a change to the file, reloads it: rules are added, changed and removed in the
-    /// maps without touching the others, SNI routes and listeners are swapped; an invalid file
+    /// maps without touching the others, splitter routes and listeners are swapped; an invalid file
     /// is refused and the running configuration stays. SIGTERM/SIGINT: stop accepting, let open
     /// connections finish (`splitter.drain_timeout_secs`), exit. The datapath stays attached, so
     /// media keeps flowing while the agent is stopped or restarting. Listening sockets passed by
@@ -83,7 +83,7 @@ enum Command {
     #[command(subcommand)]
     Stack(StackCommand),
     /// Remove everything the agent put on the host: unpin (and so detach) the XDP and TC
-    /// programs, remove the pinned maps and the SNI splitter's policy rules and routes.
+    /// programs, remove the pinned maps and the splitter's policy rules and routes.
     /// Run it after stopping the agent; traffic then flows as if it had never run.
     Teardown {
         /// Configuration file (for `pin_dir` and the `[splitter]` policy routing settings).
@@ -91,7 +91,7 @@ enum Command {
         config: PathBuf,
     },
     /// Print where the programs are attached and how, each rule with its backend, counters and
-    /// rates, the SNI routes' connections and refusals, and the pass/drop reasons, read from
+    /// rates, the splitter routes' connections and refusals, and the pass/drop reasons, read from
     /// the pinned maps (works whether or not the daemon runs).
     Status {
         /// Print JSON instead of a table.

@@ -1,5 +1,5 @@
 //! Prometheus metrics (`[metrics] listen`): the datapath's counters read from the pinned maps at
-//! each scrape, the SNI splitter's from the running agent, served as text at `/metrics`.
+//! each scrape, the splitter's from the running agent, served as text at `/metrics`.
 
 use std::{
     convert::Infallible,

@@ -100,7 +100,7 @@ pub struct Lab {
     work: WorkDir,
 }
 
-/// One SNI route: the meet name to the web backend's TLS port, transparent (the default
+/// One TLS route: the meet name to the web backend's TLS port, transparent (the default
 /// listen address, 443).
 pub const SNI_WEB: &str = r#"
 [tls]
@@ -213,7 +213,7 @@ impl Lab {
         serde_json::from_str(&out).with_context(|| format!("status --json is not JSON: {out}"))
     }
 
-    /// An SNI refusal count from `status --json`.
+    /// A splitter refusal count from `status --json`.
     pub fn splitter_refused(&self, reason: &str) -> u64 {
         let st = self.status().expect("status");
         st["splitter"]["refused"]

@@ -1,5 +1,5 @@
 //! A minimal STUN/TURN client (RFC 5389/5766) for the tests that talk to a real coturn: a
-//! Binding request over UDP, and an Allocate over TLS (through the agent's SNI splitter) with
+//! Binding request over UDP, and an Allocate over TLS (through the agent's TLS front) with
 //! coturn's REST-API credentials (`use-auth-secret`), so a test sees what coturn saw.
 
 use std::{

@@ -261,7 +261,7 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
     let greeting = tcp_echo(&lab.inet, host(443), recorded_hello("chromium-meet.bin")).unwrap().greeting;
     assert!(greeting.starts_with(&format!("seen {CLIENT_V4}:")), "web over 443: {greeting}");
 
-    // Port 80 through the Host splitter: the meet name is redirected to https://, except its
+    // Port 80 through the HTTP front: the meet name is redirected to https://, except its
     // ACME path, which reaches the web container (its acme.sh) with the client's address.
     let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: meet.example.test\r\n\r\n").into_bytes();
     let redirect = tcp_echo(&lab.inet, host(80), get("/room")).unwrap();

@@ -1,4 +1,4 @@
-//! Lab tests of the Host splitter on port 80 and of the certificates the agent obtains over
+//! Lab tests of the HTTP front on port 80 and of the certificates the agent obtains over
 //! ACME: requests from the "internet" namespace reach the backend their `Host` routes to, with
 //! the client's own address; a redirect route answers 308 except on the ACME path; and a real
 //! ACME round trip against Pebble (Let's Encrypt's test CA, from Debian's package) issues the

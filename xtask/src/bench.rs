@@ -1,4 +1,4 @@
-//! `cargo xtask bench sni-relay`: the SNI splitter's relay, `copy` against `splice`, in the
+//! `cargo xtask bench sni-relay`: the splitter's relay, `copy` against `splice`, in the
 //! same lab, alternating, several rounds. (The full benchmark suite is issue #6.)
 
 use std::process::Command;

@@ -34,7 +34,7 @@ Depends: {depends}
 Section: net
 Priority: optional
 Homepage: https://example.org/jitsi-agent
-Description: XDP/TC steering and SNI splitter for a self-hosted Jitsi Meet
+Description: XDP/TC steering and TLS/HTTP splitter for a self-hosted Jitsi Meet
  jitsi-agent lets one Linux host behind a NAT router with a single public
  address run a self-hosted Jitsi Meet: XDP steers the videobridge's and
  coturn's UDP ports straight to their containers, TC sends the replies back
@@ -228,7 +228,11 @@ pub fn deb() -> Result<PathBuf> {
     gzip(changelog.as_bytes(), &doc.join("changelog.Debian.gz"))?;
     let man = output(
         Command::new("help2man")
-            .args(["--no-info", "--section=8", "--name=XDP/TC steering and SNI splitter for a self-hosted Jitsi Meet"])
+            .args([
+                "--no-info",
+                "--section=8",
+                "--name=XDP/TC steering and TLS/HTTP splitter for a self-hosted Jitsi Meet",
+            ])
             .arg(&bin),
     )?;
     let man_dir = stage.join("usr/share/man/man8");

@@ -46,7 +46,7 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         fuzz_seconds: u32,
     },
-    /// Benchmarks. `sni-relay`: the SNI splitter's relay, copy against splice.
+    /// Benchmarks. `sni-relay`: the splitter's relay, copy against splice.
     Bench {
         /// What to measure: every suite (`all`), or one of them; `sni-relay` compares the
         /// splitter's `copy` and `splice` relays.
@@ -65,7 +65,7 @@ enum Command {
         #[arg(long)]
         from: Option<std::path::PathBuf>,
     },
-    /// Fuzz the SNI splitter's ClientHello reader (cargo fuzz) for a bounded time.
+    /// Fuzz the TLS front's ClientHello reader (cargo fuzz) for a bounded time.
     Fuzz {
         /// Seconds to run.
         #[arg(long, default_value_t = 60)]

@@ -1,6 +1,6 @@
 //! The HTTP-01 challenges being validated: token -> (name, key authorization). The ACME task
 //! adds a challenge before telling the server it is ready and removes it when the
-//! authorization is settled; the Host splitter answers from here.
+//! authorization is settled; the HTTP front answers from here.
 
 use std::{
     collections::HashMap,
@@ -9,7 +9,7 @@ use std::{
 
 use crate::names::ServerName;
 
-/// Shared between the ACME task and the Host splitter.
+/// Shared between the ACME task and the HTTP front.
 #[derive(Debug, Clone, Default)]
 pub struct Challenges {
     inner: Arc<RwLock<State>>,

@@ -32,13 +32,12 @@ pub enum AcmeError {
         detail: String,
     },
     /// The container to reload could not be signalled.
-    #[error("reloading `{container}`")]
+    #[error("reloading `{container}`: {}", cause.report())]
     Reload {
         /// The container.
         container: String,
-        /// The Docker error.
-        #[source]
-        source: Box<crate::error::Error>,
+        /// The Docker error (in the message with its causes: `status` shows the message).
+        cause: Box<crate::error::Error>,
     },
     /// A worker thread (blocking work off the async runtime) panicked or was cancelled.
     #[error("{what}: the worker thread failed")]

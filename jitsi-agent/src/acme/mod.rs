@@ -1,5 +1,5 @@
 //! Certificates the agent obtains and renews over ACME (RFC 8555) with HTTP-01 challenges,
-//! answered by the Host splitter on port 80.
+//! answered by the HTTP front on port 80.
 //!
 //! A background task checks each name's certificate file: missing, unreadable or expiring
 //! within `renew_before_days`, it orders a new one, installs it atomically and sends the
@@ -88,7 +88,7 @@ pub struct AcmeRunning {
 type Settings = (Acme, Option<(crate::names::ServerName, std::path::PathBuf)>);
 
 impl AcmeRunning {
-    /// Starts managing `acme`'s names (the Host splitter must answer `challenges` on 80);
+    /// Starts managing `acme`'s names (the HTTP front must answer `challenges` on 80);
     /// `published` gets the names' states after every round (for the metrics).
     pub fn start(acme: Acme, stack: Option<Stack>, challenges: Challenges, published: Published) -> Self {
         let settings = Self::key(&acme, stack.as_ref());
@@ -232,7 +232,7 @@ async fn reload(acme: &Acme, scope: Option<crate::layout::Layout>) -> Result<(),
         }
         Err(e) => {
             warn!(%container, error = %e.report(), "acme: could not signal the container");
-            Err(AcmeError::Reload { container: container.clone(), source: Box::new(e) })
+            Err(AcmeError::Reload { container: container.clone(), cause: Box::new(e) })
         }
     }
 }

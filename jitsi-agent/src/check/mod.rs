@@ -88,8 +88,8 @@ pub async fn check(path: &Path) -> Report {
     let config = match Config::load(path) {
         Ok(c) => {
             r.checks.push(Check::ok("config", format!("{} is valid", path.display())));
-            for d in &c.deprecations {
-                r.checks.push(Check::warn("config", d.clone(), "rename the section as the warning says"));
+            for d in &c.warnings {
+                r.checks.push(Check::warn("config", d.clone(), "change the file as the warning says"));
             }
             c
         }

@@ -58,7 +58,7 @@ pub fn add_implied(mut config: Config) -> Config {
     if tls.default.is_none() && tls.routes.iter().any(|r| r.name == "web") {
         tls.default = Some("web".into());
     }
-    // Port 80 through the Host splitter: the meet name to the web container's plain HTTP,
+    // Port 80 through the HTTP front: the meet name to the web container's plain HTTP,
     // where its acme.sh answers the meet name's challenges; every other request to https://.
     // (Unless the file steers tcp/80 in the kernel itself.)
     let steers_80 = config.steer.iter().any(|s| s.protocol == Protocol::Tcp && s.port == 80);

@@ -53,32 +53,54 @@ pub(super) fn key(text: &str, path: &str) -> Option<usize> {
 /// The key at byte `offset`, or whose value holds it (`steer[0].protocol`, `acme.names[1]`),
 /// for an error the parser reports there; `None` when no key or value holds it (a syntax
 /// error, a missing key).
-pub(super) fn key_at(text: &str, offset: usize) -> Option<String> {
+///
+/// The parser reports an error in a list element at the list: `value`, the text the message
+/// quotes, picks the element, and the offset returned is that element's.
+pub(super) fn key_at(text: &str, offset: usize, value: Option<&str>) -> Option<(String, usize)> {
     let doc = ImDocument::parse(text).ok()?;
-    find(doc.as_table(), offset)
+    let mut at = offset;
+    let key = find(doc.as_table(), offset, value, &mut at)?;
+    Some((key, at))
 }
 
-fn find(table: &Table, offset: usize) -> Option<String> {
+fn find(table: &Table, offset: usize, value: Option<&str>, at: &mut usize) -> Option<String> {
     let holds = |r: Option<Range<usize>>| r.is_some_and(|r| r.contains(&offset));
     for (name, item) in table.iter() {
         let key_holds = table.key(name).is_some_and(|k| holds(k.span()));
         match item {
             Item::Value(v) if key_holds || holds(v.span()) => {
-                let index = match v {
-                    Value::Array(a) => a.iter().position(|e| holds(e.span())).map(|i| format!("[{i}]")),
+                let element = match v {
+                    Value::Array(a) => a
+                        .iter()
+                        .position(|e| holds(e.span()))
+                        .or_else(|| a.iter().position(|e| value.is_some() && e.as_str() == value))
+                        .map(|i| (i, a.get(i).and_then(Value::span))),
                     _ => None,
                 };
-                return Some(format!("{name}{}", index.unwrap_or_default()));
+                return Some(match element {
+                    Some((i, span)) => {
+                        *at = span.map_or(*at, |r| r.start);
+                        format!("{name}[{i}]")
+                    }
+                    None => name.to_owned(),
+                });
             }
+            // A table's own span is its header: an error there (a missing key) names the table.
             Item::Table(t) => {
-                if let Some(rest) = find(t, offset) {
+                if let Some(rest) = find(t, offset, value, at) {
                     return Some(format!("{name}.{rest}"));
+                }
+                if holds(t.span()) {
+                    return Some(name.to_owned());
                 }
             }
             Item::ArrayOfTables(a) => {
                 for (i, t) in a.iter().enumerate() {
-                    if let Some(rest) = find(t, offset) {
+                    if let Some(rest) = find(t, offset, value, at) {
                         return Some(format!("{name}[{i}].{rest}"));
+                    }
+                    if holds(t.span()) {
+                        return Some(format!("{name}[{i}]"));
                     }
                 }
             }

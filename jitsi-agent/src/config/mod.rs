@@ -2,6 +2,7 @@
 //! anything on the host is touched.
 
 pub mod implied;
+mod legacy;
 mod locate;
 mod validate;
 
@@ -41,12 +42,13 @@ pub struct Config {
     /// The HTTP front on port 80, routing by `Host` (optional).
     pub http: Option<Http>,
     /// `[sni]`, the former name of `[tls]` and `[splitter]` together: accepted and split into
-    /// them, with a warning in [`Config::deprecations`].
+    /// them, with a warning in [`Config::warnings`].
     #[serde(rename = "sni", default, skip_serializing)]
-    legacy_sni: Option<toml::Table>,
-    /// Warnings about deprecated keys, for the operator (logged at start and by `check`).
+    legacy_sni: Option<legacy::LegacySni>,
+    /// What the operator should change though it works (a deprecated section, a section
+    /// with no effect): logged at start and on reload, printed by `check`.
     #[serde(skip)]
-    pub deprecations: Vec<String>,
+    pub warnings: Vec<String>,
     /// Certificates the agent obtains and renews over ACME (optional).
     pub acme: Option<Acme>,
     /// The Prometheus endpoint (optional; off without the section).
@@ -366,22 +368,6 @@ pub struct Splitter {
     #[serde(default)]
     pub relay: RelayMode,
 }
-
-/// The keys of the former `[sni]` that now belong to `[splitter]` (the others to `[tls]`).
-const SPLITTER_KEYS: [&str; 12] = [
-    "connect_timeout_secs",
-    "idle_timeout_secs",
-    "drain_timeout_secs",
-    "max_connections",
-    "max_connections_per_client",
-    "max_connections_per_ipv6_48",
-    "max_pending_connections",
-    "reply_mark",
-    "socket_mark",
-    "route_table",
-    "rule_priority",
-    "relay",
-];
 
 /// A time in seconds, as the file writes it (`hello_timeout_secs = 2.5`): more than 0 and at
 /// most a day.
@@ -709,29 +695,9 @@ impl Config {
                 "`[sni]` is the former name of `[tls]` and `[splitter]`: write only the new sections".into(),
             ));
         }
-        let (shared, tls): (toml::Table, toml::Table) =
-            sni.into_iter().partition(|(k, _)| SPLITTER_KEYS.contains(&k.as_str()));
-        let shared_keys: Vec<String> = shared.keys().cloned().collect();
-        let section = |e: toml::de::Error| {
-            let key = e.message().split('`').nth(1).map_or("sni".into(), |k| format!("sni.{k}"));
-            (key, e.message().trim_end().to_owned())
-        };
-        if !shared.is_empty() {
-            self.splitter = Some(Splitter::deserialize(shared).map_err(section)?);
-        }
-        self.tls = Some(Tls::deserialize(tls).map_err(section)?);
-        let moved = if shared_keys.is_empty() {
-            String::new()
-        } else {
-            format!(
-                ", and {} to `[splitter]`",
-                shared_keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ")
-            )
-        };
-        self.deprecations.push(format!(
-            "`[sni]` is deprecated and will be refused by a later release: rename it `[tls]` \
-             (`[[sni.route]]` becomes `[[tls.route]]`){moved}"
-        ));
+        let (tls, splitter, warning) = sni.split();
+        (self.tls, self.splitter) = (Some(tls), splitter);
+        self.warnings.push(warning);
         Ok(())
     }
 
@@ -746,12 +712,13 @@ impl Config {
         let mut config: Config = toml::from_str(text).map_err(|e| {
             let offset = e.span().map(|s| s.start);
             let message = e.message().trim_end();
-            Error::ConfigParse {
-                at: locate::at(path, text, offset),
-                message: match offset.and_then(|o| locate::key_at(text, o)) {
-                    Some(key) => format!("`{key}`: {message}"),
-                    None => message.to_owned(),
-                },
+            // A refused value is quoted first: `meet_example.org`: ...
+            let value = message.strip_prefix('`').and_then(|m| m.split_once("`:")).map(|(v, _)| v);
+            match offset.and_then(|o| locate::key_at(text, o, value)) {
+                Some((key, at)) => {
+                    Error::ConfigParse { at: locate::at(path, text, Some(at)), message: format!("`{key}`: {message}") }
+                }
+                None => Error::ConfigParse { at: locate::at(path, text, offset), message: message.to_owned() },
             }
         })?;
         // A key of [tls] or [splitter] may be written under the former [sni].
@@ -765,6 +732,9 @@ impl Config {
             message,
         };
         config.split_legacy_sni().map_err(invalid)?;
+        if config.splitter.is_some() && config.tls.is_none() && config.http.is_none() && config.stack.is_none() {
+            config.warnings.push("`[splitter]` has no effect without `[tls]` or `[http]`".into());
+        }
         config.validate().map_err(invalid)?;
         // The rules [stack] implies join the file's own; the result is checked again (an implied
         // rule may clash with one the file defines differently).

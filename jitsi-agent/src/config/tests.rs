@@ -25,7 +25,7 @@ fn tls_and_splitter_sections_defaults_and_errors() {
     let base = "[uplink]\ninterface = \"eth0\"\n[[steer]]\nname=\"web\"\nprotocol=\"tcp\"\nport=80\nbackend=\"10.0.0.12:8000\"\n";
     let route = "[[tls.route]]\nname=\"web\"\nserver_names=[\"meet.example.org\", \"*.example.org\"]\nbackend=\"10.0.0.12:8443\"\n";
     let c = parse(&format!("{base}[tls]\n{route}")).unwrap();
-    assert!(c.deprecations.is_empty());
+    assert!(c.warnings.is_empty());
     let tls = c.tls.clone().unwrap();
     assert_eq!(tls.listen.len(), 2);
     assert_eq!((tls.max_hello_bytes, tls.hello_timeout_secs.get().as_secs_f64()), (16384, 10.0));
@@ -41,7 +41,7 @@ fn tls_and_splitter_sections_defaults_and_errors() {
         ("[splitter]\nroute_table=254\n", "`splitter.route_table`"),
         (
             "[tls]\n[[tls.route]]\nname=\"a\"\nserver_names=[\"a_b.org\"]\nbackend=\"10.0.0.1:1\"\n",
-            "`tls.route[0].server_names`: `a_b.org`: only letters",
+            "`tls.route[0].server_names[0]`: `a_b.org`: only letters",
         ),
         ("[tls]\n[[tls.route]]\nname=\"a\"\nbackend=\"10.0.0.1:1\"\n", "not the default: nothing would reach it"),
         (
@@ -54,6 +54,11 @@ fn tls_and_splitter_sections_defaults_and_errors() {
         let e = err(&format!("{base}{section}"));
         assert!(e.contains(want), "{section:?}: {e}");
     }
+    // In a list written over several lines, the refused element's own line and index.
+    let e = err(
+        "[uplink]\ninterface = \"eth0\"\n[tls]\n[[tls.route]]\nname = \"a\"\nserver_names = [\n  \"ok.org\",\n  \"a_b.org\",\n]\nbackend = \"10.0.0.1:1\"\n",
+    );
+    assert!(e.starts_with("test.toml:8:3: `tls.route[0].server_names[1]`: `a_b.org`"), "{e}");
     let dup = format!("{base}[tls]\n{route}{}", route.replace("name=\"web\"", "name=\"web2\""));
     assert!(
         err(&dup).contains("`tls.route[1].server_names[0]`: `meet.example.org` is already routed by `web`"),
@@ -74,20 +79,33 @@ fn the_former_sni_section_is_split_with_a_deprecation() {
     let (tls, splitter) = (c.tls.clone().unwrap(), c.splitter().unwrap());
     assert_eq!((tls.max_hello_bytes, tls.routes[0].name.as_str()), (4096, "web"));
     assert_eq!((splitter.idle_timeout_secs.get().as_secs_f64(), splitter.relay), (30.0, RelayMode::Splice));
-    assert_eq!(c.deprecations.len(), 1);
-    let d = &c.deprecations[0];
+    assert_eq!(c.warnings.len(), 1);
+    let d = &c.warnings[0];
     assert!(d.contains("`[sni]` is deprecated") && d.contains("`[tls]`"), "{d}");
     assert!(d.contains("`idle_timeout_secs`, `relay` to `[splitter]`"), "{d}");
     // Without connection settings nothing moves to [splitter].
     let c = parse(&format!("{base}[sni]\n")).unwrap();
-    assert!(c.tls.is_some() && c.splitter.is_none() && !c.deprecations[0].contains("[splitter]`"));
+    assert!(c.tls.is_some() && c.splitter.is_none() && !c.warnings[0].contains("[splitter]`"));
     // Errors name the new key and point at the old line.
     let e = err(&format!("{base}[sni]\nroute_table = 254\n"));
     assert!(e.starts_with("test.toml:4:1: `splitter.route_table`"), "{e}");
     let e = err(&format!("{base}[sni]\nbogus = 1\n"));
-    assert!(e.contains("`sni.bogus`: unknown field `bogus`"), "{e}");
+    assert!(e.starts_with("test.toml:4:1: `sni.bogus`: unknown field `bogus`"), "{e}");
+    let e = err(&format!("{base}[sni]\nlisten = [\"0.0.0.0:443\"]\nhello_timeout_secs = 0\n"));
+    assert!(e.starts_with("test.toml:5:22: `sni.hello_timeout_secs`: 0: must be more than 0"), "{e}");
+    let e = err(&format!("{base}[sni]\nrelay = \"zero\"\n"));
+    assert!(e.starts_with("test.toml:4:9: `sni.relay`: unknown variant `zero`"), "{e}");
+    let e = err(&format!("{base}[sni]\n[[sni.route]]\nserver_names = [\"a.org\"]\n"));
+    assert!(e.contains("`sni.route[0]`: missing field `name`"), "{e}");
     let e = err(&format!("{base}[sni]\n[tls]\n"));
     assert!(e.contains("`sni`: `[sni]` is the former name of `[tls]` and `[splitter]`"), "{e}");
+}
+
+#[test]
+fn a_splitter_section_without_a_front_is_accepted_with_a_warning() {
+    let c = parse("[uplink]\ninterface = \"eth0\"\n[splitter]\nidle_timeout_secs = 5\n").unwrap();
+    assert_eq!(c.warnings, ["`[splitter]` has no effect without `[tls]` or `[http]`"]);
+    assert!(c.splitter().is_none());
 }
 
 #[test]
@@ -105,7 +123,7 @@ fn the_shipped_example_parses() {
     assert_eq!(c.uplink.interface, "eth0");
     let names: Vec<_> = c.steer.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["jvb", "turn"]);
-    assert!(c.deprecations.is_empty(), "{:?}", c.deprecations);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     let tls = c.tls.expect("the example has a [tls] section");
     assert_eq!(tls.routes.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["web", "turn"]);
     let http = c.http.expect("the example has an [http] section");
@@ -194,13 +212,19 @@ fn locates_keys_in_the_file() {
     assert_eq!(locate::key(text, "uplink.nothing"), text.find("[uplink]"));
     assert_eq!(locate::key(text, "pin_dir"), None);
     // And back: the key at an offset the parser reports.
-    let at = |needle: &str| locate::key_at(text, text.find(needle).unwrap());
+    let at = |needle: &str| locate::key_at(text, text.find(needle).unwrap(), None).map(|(k, _)| k);
     assert_eq!(at("\"224").as_deref(), Some("uplink.addresses[1]"));
     assert_eq!(at("interface").as_deref(), Some("uplink.interface"));
-    assert_eq!(at("[uplink]"), None);
+    assert_eq!(at("[uplink]").as_deref(), Some("uplink"), "a table's header names the table");
     let steer = "[[steer]]\nname = \"a\"\n[[steer]]\nname = \"b\"\nprotocol = \"sctp\"\n[tls]\n[[tls.route]]\nbackend = \"x\"\n";
-    assert_eq!(locate::key_at(steer, steer.find("\"sctp").unwrap()).as_deref(), Some("steer[1].protocol"));
-    assert_eq!(locate::key_at(steer, steer.find("\"x").unwrap()).as_deref(), Some("tls.route[0].backend"));
+    assert_eq!(
+        locate::key_at(steer, steer.find("\"sctp").unwrap(), None).map(|(k, _)| k).as_deref(),
+        Some("steer[1].protocol")
+    );
+    assert_eq!(
+        locate::key_at(steer, steer.find("\"x").unwrap(), None).map(|(k, _)| k).as_deref(),
+        Some("tls.route[0].backend")
+    );
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! `jitsi-agent run`: attach or adopt the datapath, keep its maps in line with the
-//! configuration and the backends' current link-layer paths, serve the SNI splitter and the
+//! configuration and the backends' current link-layer paths, serve the splitter and the
 //! metrics, reload on request or when the file changes, and drain on stop.
 
 mod backends;
@@ -43,7 +43,7 @@ use crate::{
 /// How often backends are re-resolved, host addresses re-read and the splitter's counters
 /// written to the pinned maps.
 const TICK: Duration = Duration::from_secs(1);
-/// How often refused SNI connections are summarised in the log (never one line each).
+/// How often refused splitter connections are summarised in the log (never one line each).
 const REFUSAL_SUMMARY: Duration = Duration::from_secs(60);
 
 /// What the daemon is asked to do (by signals, in `main`).
@@ -110,7 +110,7 @@ fn shared_state(config: &Config, dp: &Datapath) -> Result<Arc<Shared>> {
 async fn load(path: PathBuf) -> Result<(Config, String)> {
     let text = read(path.clone()).await?;
     let config = Config::parse(&text, &path)?;
-    for d in &config.deprecations {
+    for d in &config.warnings {
         warn!(file = %path.display(), "config: {d}");
     }
     Ok((config, text))

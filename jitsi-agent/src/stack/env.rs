@@ -59,7 +59,7 @@ pub fn env_file(stack: &Stack, layout: &Layout, secrets: &Secrets, lan: &[IpAddr
     var("LETSENCRYPT_ACME_SERVER", "letsencrypt");
     // `--staging` only when 1 (same script).
     var("LETSENCRYPT_USE_STAGING", "0");
-    // The agent's Host splitter answers port 80 with 308 to https:// itself, except for the
+    // The agent's HTTP front answers port 80 with 308 to https:// itself, except for the
     // ACME challenge path, which it relays to this container's acme.sh: the container must not
     // redirect that path, so it does not redirect at all (web/rootfs/defaults/default at
     // stable-11146-2: the redirect block only `if .Env.ENABLE_HTTP_REDIRECT`).

@@ -33,7 +33,7 @@ pub async fn uplink_addresses(config: &Config) -> (Vec<IpAddr>, Option<String>) 
 /// (`web/rootfs/etc/s6-overlay/scripts/config` at `stable-11146-2`), so a port 80 that nothing
 /// answers makes a restart loop that spends the CA's failed-validation limit.
 ///
-/// Port 80 counts as served when the agent's Host splitter answers a request for the meet name
+/// Port 80 counts as served when the agent's HTTP front answers a request for the meet name
 /// with its redirect (a `308` to `https://<meet name>/`), or when the file steers tcp/80 in the
 /// kernel (the operator's own arrangement).
 pub fn port_80_refusal(config: &Config) -> Option<String> {

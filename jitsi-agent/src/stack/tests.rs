@@ -311,7 +311,7 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
     assert_eq!(
         steer,
         [("jvb", 10000, Some("jvb"), Some(10000)), ("turn", 3478, Some("coturn"), Some(3478))],
-        "port 80 is not kernel-steered: it goes through the Host splitter"
+        "port 80 is not kernel-steered: it goes through the HTTP front"
     );
     let http = c.http.as_ref().unwrap();
     assert_eq!(http.listen, crate::config::Http::default().listen);
@@ -346,7 +346,7 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
     assert_eq!(c.steer.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["media", "turn"]);
     assert!(c.acme.is_none(), "no e-mail, no [acme]: no certificate is ordered");
     // An [acme] of the file's own without names gets the TURN name; a kernel rule for tcp/80
-    // keeps port 80 out of the Host splitter.
+    // keeps port 80 out of the HTTP front.
     let own = format!(
         "{own}[acme]\nemail = \"ops@example.org\"\ndirectory = \"https://ca.example.org/dir\"\n\
          [[steer]]\nname = \"www\"\nprotocol = \"tcp\"\nport = 80\nbackend = \"10.0.0.9:80\"\n"

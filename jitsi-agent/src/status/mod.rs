@@ -1,4 +1,4 @@
-//! `jitsi-agent status`: attach modes, rules, SNI routes and counters read from the pins (no
+//! `jitsi-agent status`: attach modes, rules, splitter routes and counters read from the pins (no
 //! running agent needed), with rates from two readings.
 
 mod attach;
@@ -21,7 +21,8 @@ use crate::{
     splitter::stats::REFUSALS,
 };
 
-/// The whole status, as printed by `status --json` (stable: fields are only ever added).
+/// The whole status, as printed by `status --json` (stable within a release series: fields are
+/// only ever added).
 #[derive(Debug, Serialize)]
 pub struct Status {
     /// Where the maps were read from.

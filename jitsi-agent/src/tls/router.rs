@@ -81,8 +81,8 @@ mod tests {
     fn router(default: bool) -> Router {
         let d = if default { "default = \"web\"\n" } else { "" };
         let text = format!(
-            "[uplink]\ninterface=\"eth0\"\n[sni]\n{d}[[sni.route]]\nname=\"web\"\nserver_names=[\"meet.example.org\"]\n\
-             backend=[\"192.0.2.12:8443\",\"[2001:db8::12]:8443\"]\n[[sni.route]]\nname=\"turn\"\n\
+            "[uplink]\ninterface=\"eth0\"\n[tls]\n{d}[[tls.route]]\nname=\"web\"\nserver_names=[\"meet.example.org\"]\n\
+             backend=[\"192.0.2.12:8443\",\"[2001:db8::12]:8443\"]\n[[tls.route]]\nname=\"turn\"\n\
              server_names=[\"turn.example.org\",\"*.turn.example.org\"]\nbackend=\"192.0.2.11:5349\"\n"
         );
         Router::new(Config::parse(&text, "t.toml".as_ref()).unwrap().tls.as_ref().unwrap())

@@ -55,7 +55,7 @@ enum Cmd {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Measure the SNI splitter's relay: echo `mib` MiB both ways through 443 and print one
+    /// Measure the splitter's relay: echo `mib` MiB both ways through 443 and print one
     /// JSON line with the wall time and the agent's CPU time.
     RelayBench {
         /// The jitsi-agent binary.
@@ -87,7 +87,7 @@ backend = "192.0.2.11:5349"
 listen = "127.0.0.1:9477"
 "#;
 
-/// The Host splitter on 80: the meet name redirected to https:// (its ACME path relayed to
+/// The HTTP front on 80: the meet name redirected to https:// (its ACME path relayed to
 /// web's plain HTTP port), another site on the host routed to it too.
 const DEMO_HTTP: &str = r#"
 [http]
@@ -198,7 +198,7 @@ fn demo(agent: PathBuf) -> Result<()> {
     ];
 
     section("agent configuration");
-    // The lab's UDP rules; port 80 goes through the Host splitter instead of the kernel rule.
+    // The lab's UDP rules; port 80 goes through the HTTP front instead of the kernel rule.
     let udp_rules = &LAB_RULES[..LAB_RULES.find("[[steer]]\nname = \"web\"").expect("the lab's web rule")];
     let config = lab.write_config(&format!("{udp_rules}{DEMO_SNI}{DEMO_HTTP}"))?;
     print!("{}", std::fs::read_to_string(&config)?);
@@ -230,7 +230,7 @@ fn demo(agent: PathBuf) -> Result<()> {
             }
         }
     }
-    // The Host splitter: the stand-in greets with the address it saw and echoes the request.
+    // The HTTP front: the stand-in greets with the address it saw and echoes the request.
     for host in [IpAddr::from(HOST_V4), HOST_V6.into()] {
         let to = SocketAddr::new(host, 80);
         for (host_header, path) in [
@@ -250,7 +250,7 @@ fn demo(agent: PathBuf) -> Result<()> {
         }
     }
 
-    // The SNI splitter: ClientHellos recorded from Chromium and curl, through 443.
+    // The TLS front: ClientHellos recorded from Chromium and curl, through 443.
     let hellos = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/clienthello");
     for (file, name) in [("chromium-meet.bin", "meet.example.test"), ("curl-turn.bin", "turn.example.test")] {
         let hello = std::fs::read(hellos.join(file))?;
