@@ -7,6 +7,7 @@ mod bench;
 mod bench_suite;
 mod build;
 mod dist;
+mod modules;
 mod prereq;
 mod run;
 mod toolchain;
@@ -73,6 +74,8 @@ enum Command {
     },
     /// Build everything, create the lab, run the agent in it and show what the backends saw.
     Demo,
+    /// Print the agent library's module graph and check its rules (no cycle, the fronts apart).
+    Modules,
     /// Extract the facts the generated stack must match from a docker-jitsi-meet snapshot at
     /// a tag into `jitsi-agent/data/docker-jitsi-meet.json`.
     UpstreamFacts {
@@ -99,6 +102,7 @@ fn main() -> Result<()> {
             (_, None) => bench_suite::run(&what, rounds, secs),
         },
         Command::Demo => run::demo(),
+        Command::Modules => modules::check(&build::workspace_root(), true),
         Command::UpstreamFacts { git_dir, tag } => upstream::facts(&git_dir, &tag),
     }
 }

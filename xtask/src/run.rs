@@ -98,6 +98,7 @@ pub fn test(lint: bool, filter: Option<&str>, fuzz_seconds: u32) -> Result<()> {
         ]))?;
         eprintln!("xtask: cargo clippy (jitsi-ebpf)");
         build::ebpf_clippy()?;
+        crate::modules::check(&build::workspace_root(), false)?;
     }
     let agent = build::agent()?;
     let obj = build::ebpf_object_path();
