@@ -138,7 +138,8 @@ pub fn run(what: &str, rounds: u32, secs: f64) -> Result<()> {
 }
 
 /// Writes the tables (`<date>.md` beside the JSON, and stdout) and the plots
-/// (`bench/udp.png`, `bench/sni.png`) of a results file.
+/// (`bench/udp.png`, `bench/sni.png`) of a results file; a plot whose suite the file does not
+/// hold (a run of other suites) is left as it is.
 pub fn render(json_path: &Path) -> Result<()> {
     let text = std::fs::read_to_string(json_path).with_context(|| format!("reading {}", json_path.display()))?;
     let doc: Value =
@@ -146,8 +147,9 @@ pub fn render(json_path: &Path) -> Result<()> {
     let md = tables(&doc);
     std::fs::write(json_path.with_extension("md"), &md)?;
     println!("{md}");
-    plots(&doc, &build::workspace_root().join("bench"))?;
-    eprintln!("xtask: wrote {} and bench/udp.png, bench/sni.png", json_path.with_extension("md").display());
+    let written = plots(&doc, &build::workspace_root().join("bench"))?;
+    let plots = if written.is_empty() { "no plot".to_string() } else { written.join(", ") };
+    eprintln!("xtask: wrote {} and {plots}", json_path.with_extension("md").display());
     Ok(())
 }
 
@@ -180,6 +182,9 @@ fn cell(r: Option<&Value>, f: &str, scale: f64, digits: usize) -> String {
     }
 }
 
+/// A table of the results file: the suites it shows, and how it is written.
+type Section = (&'static [&'static str], fn(&View, &mut String));
+
 fn tables(doc: &Value) -> String {
     let v = View(doc);
     let m = &doc["machine"];
@@ -194,6 +199,26 @@ fn tables(doc: &Value) -> String {
         m["kernel"].as_str().unwrap_or(""),
         doc["rounds"]
     );
+    // Only the suites the file holds: a run of one suite leaves the others' tables out.
+    let sections: [Section; 7] = [
+        (&["udp"], table_udp_saturation),
+        (&["udp"], table_udp_rates),
+        (&["udp-rtt"], table_udp_rtt),
+        (&["prog"], table_prog),
+        (&["sni-connections", "sni-bulk", "sni-idle"], table_sni),
+        (&["handover"], table_handover),
+        (&["control"], table_control),
+    ];
+    for (suites, table) in sections {
+        if suites.iter().any(|suite| !v.rows(suite).is_empty()) {
+            table(&v, &mut s);
+        }
+    }
+    s
+}
+
+/// UDP saturation, per contender.
+fn table_udp_saturation(v: &View, s: &mut String) {
     let udp = ["agent", "iptables-dnat", "docker-proxy", "xdp-drop"];
     let _ = writeln!(
         s,
@@ -224,6 +249,11 @@ fn tables(doc: &Value) -> String {
             cell(sat(c, 1200, 1000), pps(c), 1e-3, 0),
         );
     }
+}
+
+/// UDP at fixed rates: loss and CPU per packet.
+fn table_udp_rates(v: &View, s: &mut String) {
+    let udp = ["agent", "iptables-dnat", "docker-proxy", "xdp-drop"];
     let _ = writeln!(
         s,
         "\n**UDP at fixed offered rates** (1000 flows): loss %, and machine CPU per packet (ns; everything busy on both cores divided by the packets counted, sender and receiver included), then that minus the xdp-drop run's (the sender alone): the path under test plus the backend's receive, which is the same for every contender:\n"
@@ -255,6 +285,10 @@ fn tables(doc: &Value) -> String {
             );
         }
     }
+}
+
+/// UDP echo round trip.
+fn table_udp_rtt(v: &View, s: &mut String) {
     let _ = writeln!(s, "\n**UDP echo round trip** (100 B, 2,000 packets/s, 4,000 packets), µs:\n");
     let _ = writeln!(s, "| contender | p50 | p99 | answered |");
     let _ = writeln!(s, "|---|---|---|---|");
@@ -268,6 +302,10 @@ fn tables(doc: &Value) -> String {
             cell(r, "answered", 1.0, 0)
         );
     }
+}
+
+/// The steering program alone.
+fn table_prog(v: &View, s: &mut String) {
     let _ = writeln!(s, "\n**The steering program alone** (BPF_PROG_TEST_RUN, 1,000,000 repeats, ns per packet):\n");
     let _ = writeln!(s, "| program | frame | ns/packet |");
     let _ = writeln!(s, "|---|---|---|");
@@ -280,6 +318,10 @@ fn tables(doc: &Value) -> String {
             cell(Some(r), "ns_per_packet", 1.0, 1)
         );
     }
+}
+
+/// The TLS splitter against HAProxy and nginx.
+fn table_sni(v: &View, s: &mut String) {
     let sni = ["agent", "haproxy", "nginx", "direct"];
     let idle = v.find("sni-idle", "agent", |_| true).map_or(0, |r| r["params"]["connections"].as_u64().unwrap_or(0));
     let _ = writeln!(
@@ -309,6 +351,10 @@ fn tables(doc: &Value) -> String {
             if direct { "-".into() } else { cell(idle, "bytes_per_connection", 1.0, 0) },
         );
     }
+}
+
+/// The handover across a restart.
+fn table_handover(v: &View, s: &mut String) {
     let _ = writeln!(
         s,
         "\n**Handover across `systemctl restart`** (idle connections through 443 under the package's unit in a Debian 12 machine; ms; survived: connections still echoing afterwards):\n"
@@ -330,6 +376,10 @@ fn tables(doc: &Value) -> String {
             cell(Some(r), "survived", 1.0, 0),
         );
     }
+}
+
+/// The control plane.
+fn table_control(v: &View, s: &mut String) {
     let _ = writeln!(s, "\n**Control plane** (seconds):\n");
     let _ = writeln!(s, "| what | seconds |");
     let _ = writeln!(s, "|---|---|");
@@ -337,7 +387,6 @@ fn tables(doc: &Value) -> String {
         let _ =
             writeln!(s, "| {} | {} |", r["params"]["what"].as_str().unwrap_or(""), cell(Some(r), "seconds", 1.0, 3));
     }
-    s
 }
 
 /// Writes `data` and runs gnuplot on `script`.
@@ -361,8 +410,20 @@ fn gnuplot(dir: &Path, name: &str, data: &str, script: &str) -> Result<PathBuf> 
     Ok(png)
 }
 
-fn plots(doc: &Value, dir: &Path) -> Result<()> {
+/// The plots of the suites `doc` holds; returns the files written.
+fn plots(doc: &Value, dir: &Path) -> Result<Vec<String>> {
     let v = View(doc);
+    let mut written = Vec::new();
+    if !v.rows("udp").is_empty() {
+        written.push(plot_udp(&v, dir)?.display().to_string());
+    }
+    if !v.rows("sni-connections").is_empty() {
+        written.push(plot_sni(&v, dir)?.display().to_string());
+    }
+    Ok(written)
+}
+
+fn plot_udp(v: &View, dir: &Path) -> Result<PathBuf> {
     // Delivered against what the sender managed to send: the fixed rates, then saturation
     // (where each contender's own cost limits the sender too); 100-byte packets, 1000 flows.
     let contenders = ["agent", "iptables-dnat", "docker-proxy"];
@@ -389,8 +450,11 @@ fn plots(doc: &Value, dir: &Path) -> Result<()> {
          set xlabel 'sent, kpps'\nset ylabel 'delivered, kpps'\nset key top left\nset grid\nset xrange [0:*]\nset yrange [0:*]\n\
          names = 'agent iptables-dnat docker-proxy'\n\
          plot x title 'all delivered' dt 2 lc 'gray', for [i=0:2] 'DATA' index i using 1:2 with linespoints lw 2 pt 7 title word(names, i+1)",
-    )?;
-    // The splitters: new connections per second and TTFB p99.
+    )
+}
+
+/// The splitters: new connections per second and TTFB p99.
+fn plot_sni(v: &View, dir: &Path) -> Result<PathBuf> {
     let mut data = String::from("contender conn_per_s ttfb_p99_ms\n");
     for c in ["agent", "haproxy", "nginx", "direct"] {
         let r = v.find("sni-connections", c, |_| true);
@@ -409,6 +473,5 @@ fn plots(doc: &Value, dir: &Path) -> Result<()> {
          set style data histogram\nset style fill solid 0.7\nset boxwidth 0.6\nset grid y\n\
          set key top left\nset ylabel 'connections/s'\nset y2label 'TTFB p99, ms'\nset y2tics\nset ytics nomirror\nset yrange [0:*]\nset y2range [0:*]\n\
          plot 'DATA' using 2:xtic(1) title 'conn/s', '' using 0:3 axes x1y2 with points pt 7 ps 2 title 'TTFB p99'",
-    )?;
-    Ok(())
+    )
 }
