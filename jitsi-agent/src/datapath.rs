@@ -44,6 +44,7 @@ use jitsi_common::{
 use tracing::{info, warn};
 
 use crate::{
+    config::XdpModeSetting,
     ebpf_object,
     error::{Error, Result},
     netlink::Link,
@@ -581,16 +582,21 @@ impl Datapath {
         Ok(info.map_err(|e| Error::ebpf("reading program info", e))?.id())
     }
 
-    /// Attaches `steer_in` to `link` (driver mode, else generic) and pins the link, unless our
-    /// program is already attached there.
-    pub fn ensure_xdp(&mut self, link: &Link) -> Result<Attach> {
+    /// Attaches `steer_in` to `link` in `mode` and pins the link, unless our program is
+    /// already attached there in a mode `mode` accepts. Attached in another mode (the setting
+    /// changed), it is detached and attached again: steering pauses for that moment.
+    pub fn ensure_xdp(&mut self, link: &Link, mode: XdpModeSetting) -> Result<Attach> {
         let pin = self.pin_dir.join(format!("link_xdp_{}", link.name));
-        if link.xdp.map(|(id, _)| id) == Some(self.prog_id(true)?) && pin.exists() {
+        let mode_ok = link.xdp.is_none_or(|(_, m)| mode.accepts(m));
+        if link.xdp.map(|(id, _)| id) == Some(self.prog_id(true)?) && pin.exists() && mode_ok {
             return Ok(Attach::Adopted);
+        }
+        if !mode_ok && self.upgrade.is_some() {
+            return Err(Error::XdpModeDuringUpgrade { interface: link.name.clone() });
         }
         // Another build's program behind our pinned link: replaced in place. During an upgrade
         // a link that cannot be swapped is an error (never a detach and a fresh attach).
-        if pin.exists() && link.xdp.is_some() {
+        if pin.exists() && link.xdp.is_some() && mode_ok {
             match self.swap_xdp(&pin) {
                 Ok(_) => return Ok(Attach::Swapped),
                 Err(e) if self.upgrade.is_some() => return Err(e),
@@ -598,14 +604,29 @@ impl Datapath {
             }
         }
         let _ = fs::remove_file(&pin);
-        let (id, mode) = match self.steer_in.attach_to_if_index(link.index, XdpMode::Driver) {
-            Ok(id) => (id, "driver"),
-            Err(driver_err) => {
-                let id = self.steer_in.attach_to_if_index(link.index, XdpMode::Skb).map_err(|e| {
-                    Error::ebpf(format!("attaching XDP to {} (driver mode: {driver_err}; generic mode)", link.name), e)
+        let generic = |prog: &mut Xdp, why: String| {
+            prog.attach_to_if_index(link.index, XdpMode::Skb)
+                .map(|id| (id, "generic"))
+                .map_err(|e| Error::ebpf(format!("attaching XDP to {} in generic mode{why}", link.name), e))
+        };
+        let (id, mode) = match mode {
+            XdpModeSetting::Generic => generic(&mut self.steer_in, " (xdp_mode = \"generic\")".into())?,
+            XdpModeSetting::Driver => {
+                let id = self.steer_in.attach_to_if_index(link.index, XdpMode::Driver).map_err(|e| {
+                    Error::ebpf(
+                        format!(
+                            "attaching XDP to {} in driver mode (xdp_mode = \"driver\"; `auto` falls back to generic)",
+                            link.name
+                        ),
+                        e,
+                    )
                 })?;
-                (id, "generic")
+                (id, "driver")
             }
+            XdpModeSetting::Auto => match self.steer_in.attach_to_if_index(link.index, XdpMode::Driver) {
+                Ok(id) => (id, "driver"),
+                Err(driver_err) => generic(&mut self.steer_in, format!(" (driver mode: {driver_err})"))?,
+            },
         };
         let fd_link: FdLink = self
             .steer_in

@@ -43,8 +43,25 @@ pub struct Shared {
     pub reloads_failed: AtomicU64,
     /// The `[acme]` certificates as the certificate manager last saw them.
     pub certificates: Arc<std::sync::Mutex<Vec<crate::acme::CertState>>>,
+    /// The uplink and the mode `steer_in` is attached in there (`driver`, `generic`).
+    pub xdp: std::sync::Mutex<Option<(String, &'static str)>>,
     /// The periodic tasks' failures.
     pub health: crate::health::Health,
+}
+
+impl Shared {
+    /// Nothing counted yet but the splitter's `stats` (continued from the pins by the caller).
+    pub fn new(pin_dir: PathBuf, splitter: Arc<Stats>) -> Self {
+        Shared {
+            pin_dir,
+            splitter,
+            reloads_ok: Default::default(),
+            reloads_failed: Default::default(),
+            certificates: Default::default(),
+            xdp: Default::default(),
+            health: Default::default(),
+        }
+    }
 }
 
 /// The running endpoint.
@@ -334,9 +351,17 @@ fn encode_splitter(enc: &mut DescriptorEncoder, stats: &Stats) -> std::fmt::Resu
     )
 }
 
-/// The agent's own state: certificates, reloads, the periodic tasks.
+/// The agent's own state: the XDP mode, certificates, reloads, the periodic tasks.
 fn encode_agent(enc: &mut DescriptorEncoder, s: &Shared) -> std::fmt::Result {
     use MetricType::{Counter, Gauge};
+    let xdp = s.xdp.lock().expect("xdp lock").clone();
+    family(
+        enc,
+        "jitsi_agent_xdp_attached",
+        "1 for the uplink and the mode steer_in is attached in (driver: native, generic: skb)",
+        Gauge,
+        xdp.map(|(interface, mode)| (vec![("interface", interface), ("mode", mode.to_string())], ConstGauge::new(1))),
+    )?;
     let certs = s.certificates.lock().expect("certificates lock").clone();
     family(
         enc,
@@ -386,14 +411,7 @@ mod tests {
     use super::*;
 
     fn shared() -> Arc<Shared> {
-        Arc::new(Shared {
-            pin_dir: "/nonexistent".into(),
-            splitter: Arc::new(Stats::default()),
-            reloads_ok: Default::default(),
-            reloads_failed: Default::default(),
-            certificates: Default::default(),
-            health: Default::default(),
-        })
+        Arc::new(Shared::new("/nonexistent".into(), Arc::new(Stats::default())))
     }
 
     #[tokio::test]

@@ -237,8 +237,15 @@ impl Lab {
 
     /// Writes an agent configuration for this lab: `rules` are TOML `[[steer]]` blocks.
     pub fn write_config(&self, rules: &str) -> Result<PathBuf> {
+        self.write_config_xdp(None, rules)
+    }
+
+    /// [`Lab::write_config`] with `[uplink] xdp_mode = mode` (`auto`, `driver`, `generic`).
+    pub fn write_config_xdp(&self, mode: Option<&str>, rules: &str) -> Result<PathBuf> {
         let path = self.work.dir.join("agent.toml");
-        let text = format!("pin_dir = \"{}\"\n[uplink]\ninterface = \"{UPLINK}\"\n\n{rules}", self.pin_dir.display());
+        let mode = mode.map(|m| format!("xdp_mode = \"{m}\"\n")).unwrap_or_default();
+        let text =
+            format!("pin_dir = \"{}\"\n[uplink]\ninterface = \"{UPLINK}\"\n{mode}\n{rules}", self.pin_dir.display());
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }

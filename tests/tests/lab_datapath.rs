@@ -51,17 +51,40 @@ fn udp_exchange(sock: &UdpSocket, to: SocketAddr, client_ip: IpAddr, n: usize) -
     (bytes_in, bytes_out)
 }
 
+/// The mode `status` reports for `steer_in` on the uplink.
+fn xdp_mode_attached(lab: &Lab) -> String {
+    let st = status(lab);
+    let a = st["attachments"].as_array().unwrap().iter().find(|a| a["program"] == "steer_in (XDP)").cloned();
+    a.and_then(|a| a["mode"].as_str().map(str::to_owned)).unwrap_or_else(|| panic!("no steer_in in {st}"))
+}
+
+/// The mode `mode` asks for, as attached on the lab's veth uplink (whose driver runs XDP).
+fn expected_mode(mode: Option<&str>) -> &'static str {
+    if mode == Some("generic") { "generic" } else { "driver" }
+}
+
 #[test]
 fn udp_reaches_backends_with_the_client_address_ipv4_and_ipv6() {
+    udp_steering(None);
+}
+
+/// The same in generic (skb) XDP mode, as on a NIC whose driver has no XDP.
+#[test]
+fn udp_reaches_backends_with_the_client_address_in_generic_mode() {
+    udp_steering(Some("generic"));
+}
+
+fn udp_steering(mode: Option<&str>) {
     let lab = lab();
     let (jvb, turn) = (lab.backend("jvb"), lab.backend("turn"));
     let jvb4 = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
     let jvb6 = servers::udp(&jvb.ns, jvb.addr6(10000)).unwrap();
     let turn4 = servers::udp(&turn.ns, turn.addr4(3478)).unwrap();
     let turn6 = servers::udp(&turn.ns, turn.addr6(3478)).unwrap();
-    let config = lab.write_config(LAB_RULES).unwrap();
+    let config = lab.write_config_xdp(mode, LAB_RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     lab.assert_host_is_plain().unwrap();
+    assert_eq!(xdp_mode_attached(&lab), expected_mode(mode));
     // The backends' veths start with GRO off, as Docker's do; the agent turns it on so that
     // XDP_REDIRECT into them is delivered.
     for b in ["jvb", "turn"] {
@@ -132,13 +155,23 @@ fn tcp_exchange(ns: &NetNs, to: SocketAddr, client_ip: IpAddr) {
 
 #[test]
 fn tcp_exchange_through_port_80_ipv4_and_ipv6() {
+    tcp_steering(None);
+}
+
+#[test]
+fn tcp_exchange_through_port_80_in_generic_mode() {
+    tcp_steering(Some("generic"));
+}
+
+fn tcp_steering(mode: Option<&str>) {
     let lab = lab();
     let web = lab.backend("web");
     let web4 = servers::tcp(&web.ns, web.addr4(8000)).unwrap();
     let web6 = servers::tcp(&web.ns, web.addr6(8000)).unwrap();
-    let config = lab.write_config(LAB_RULES).unwrap();
+    let config = lab.write_config_xdp(mode, LAB_RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     lab.assert_host_is_plain().unwrap();
+    assert_eq!(xdp_mode_attached(&lab), expected_mode(mode));
     tcp_exchange(&lab.inet, SocketAddr::new(HOST_V4.into(), 80), CLIENT_V4.into());
     tcp_exchange(&lab.inet, SocketAddr::new(HOST_V6.into(), 80), CLIENT_V6.into());
     let deadline = Instant::now() + Duration::from_secs(3);
@@ -156,10 +189,19 @@ fn tcp_exchange_through_port_80_ipv4_and_ipv6() {
 
 #[test]
 fn restart_loses_no_packet_and_counters_continue() {
+    restart(None);
+}
+
+#[test]
+fn restart_in_generic_mode_loses_no_packet_and_counters_continue() {
+    restart(Some("generic"));
+}
+
+fn restart(mode: Option<&str>) {
     let lab = lab();
     let jvb = lab.backend("jvb");
     let sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
-    let config = lab.write_config(LAB_RULES).unwrap();
+    let config = lab.write_config_xdp(mode, LAB_RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     let client = udp_socket(&lab.inet, false).unwrap();
     let to = SocketAddr::new(HOST_V4.into(), 10000);
@@ -204,6 +246,47 @@ fn restart_loses_no_packet_and_counters_continue() {
     // Counters continued (warm-up packet + the stream), not reset by the restart.
     let st = status(&lab);
     assert_eq!(rule(&st, "jvb")["packets_in"].as_u64().unwrap(), sent + 1);
+    assert_eq!(xdp_mode_attached(&lab), expected_mode(mode), "the adopted program kept its mode");
+}
+
+/// A changed `xdp_mode` at a start re-attaches `steer_in` in the new mode (the pinned link of
+/// the old mode goes); `auto` keeps a program attached in either mode (a restart never
+/// detaches it); the metrics say which mode runs.
+#[test]
+fn a_changed_xdp_mode_reattaches_in_that_mode_and_metrics_say_so() {
+    let lab = lab();
+    let jvb = lab.backend("jvb");
+    let _sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let metrics = "[metrics]\nlisten = \"127.0.0.1:9477\"\n";
+    for (mode, want) in [("driver", "driver"), ("generic", "generic"), ("auto", "generic"), ("driver", "driver")] {
+        let config = lab.write_config_xdp(Some(mode), &format!("{LAB_RULES}{metrics}")).unwrap();
+        let agent = AgentProcess::start(&lab.host, &config).unwrap();
+        assert_eq!(xdp_mode_attached(&lab), want, "xdp_mode = {mode}");
+        // The kernel's own view: `xdpgeneric` for generic mode, `xdp` for driver mode.
+        let link = lab.host.ip(&["link", "show", "up0"]).unwrap();
+        assert_eq!(link.contains("xdpgeneric"), want == "generic", "xdp_mode = {mode}, `ip link`:\n{link}");
+        assert!(link.contains(" xdp"), "xdp_mode = {mode}, `ip link`:\n{link}");
+        let m = jitsi_tests::clients::scrape_metrics(&lab.host, "127.0.0.1:9477");
+        let line = format!("jitsi_agent_xdp_attached{{interface=\"up0\",mode=\"{want}\"}} 1");
+        assert!(m.contains(&line), "{line} in:\n{m}");
+        let client = udp_socket(&lab.inet, false).unwrap();
+        udp_exchange(&client, SocketAddr::new(HOST_V4.into(), 10000), CLIENT_V4.into(), 3);
+        agent.stop().unwrap();
+        // `check` judges the mode against the setting: generic asked for is no warning.
+        let out = jitsi_tests::agent::command_in(&lab.host, &jitsi_tests::agent::agent_bin())
+            .unwrap()
+            .args(["check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout);
+        let line = match (mode, want) {
+            ("generic", _) => "ok   xdp on up0: generic mode, as xdp_mode asks",
+            (_, "generic") => "warn xdp on up0: program #",
+            _ => "ok   xdp on up0: program #",
+        };
+        assert!(out.contains(line), "xdp_mode = {mode}: `{line}` in:\n{out}");
+    }
 }
 
 /// A UDP socket in `ns` bound to `ip` (any port), with a 2 s receive timeout.

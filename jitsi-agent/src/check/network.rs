@@ -3,7 +3,10 @@
 use aya::programs::XdpMode;
 
 use super::Check;
-use crate::{config::Config, datapath, netlink};
+use crate::{
+    config::{Config, XdpModeSetting},
+    datapath, netlink,
+};
 
 /// The uplink and its XDP mode.
 pub(super) async fn uplink(config: &Config) -> Vec<Check> {
@@ -35,23 +38,41 @@ pub(super) async fn uplink(config: &Config) -> Vec<Check> {
         let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         Check::ok(what, format!("index {}, steering packets sent to {}", link.index, list.join(", ")))
     });
-    out.push(xdp_mode(&link));
+    out.push(xdp_mode(&link, config.uplink.xdp_mode));
     out
 }
 
-/// Driver (native) XDP, or only generic. With a program already attached (the agent's), its
-/// mode is reported; otherwise a fresh, unpinned copy of `steer_in` (empty maps: it passes
-/// every packet) is attached in driver mode and detached at once.
-fn xdp_mode(link: &netlink::Link) -> Check {
+/// Driver (native) XDP, or only generic, against `[uplink] xdp_mode`. With a program already
+/// attached (the agent's), its mode is reported; otherwise a fresh, unpinned copy of
+/// `steer_in` (empty maps: it passes every packet) is attached in driver mode and detached at
+/// once. `generic` chosen in the file is not a warning.
+fn xdp_mode(link: &netlink::Link, setting: XdpModeSetting) -> Check {
     let what = format!("xdp on {}", link.name);
+    const NATIVE: &str =
+        "generic XDP works but costs more CPU per packet; a virtio-net/veth/mlx5/i40e/ixgbe NIC runs it natively";
+    if setting == XdpModeSetting::Generic {
+        return match link.xdp {
+            Some((id, mode)) if mode != "generic" => Check::warn(
+                what,
+                format!(
+                    "program #{id} attached in {mode} mode; xdp_mode = \"generic\" re-attaches it at the next start"
+                ),
+                "restart the agent",
+            ),
+            _ => Check::ok(what, "generic mode, as xdp_mode asks"),
+        };
+    }
     if let Some((id, mode)) = link.xdp {
         return match mode {
             "driver" => Check::ok(what, format!("program #{id} attached in driver mode")),
-            _ => Check::warn(
+            _ if setting == XdpModeSetting::Driver => Check::warn(
                 what,
-                format!("program #{id} attached in {mode} mode"),
-                "generic XDP works but costs more CPU per packet; a virtio-net/veth/mlx5/i40e/ixgbe NIC runs it natively",
+                format!(
+                    "program #{id} attached in {mode} mode; xdp_mode = \"driver\" re-attaches it at the next start"
+                ),
+                "restart the agent",
             ),
+            _ => Check::warn(what, format!("program #{id} attached in {mode} mode"), NATIVE),
         };
     }
     let mut bpf = match datapath::load_unattached() {
@@ -73,10 +94,11 @@ fn xdp_mode(link: &netlink::Link) -> Check {
             let _ = prog.detach(id);
             Check::ok(what, "the driver runs XDP natively")
         }
-        Err(e) => Check::warn(
+        Err(e) if setting == XdpModeSetting::Driver => Check::fail(
             what,
-            format!("driver mode refused ({e}); the agent falls back to generic mode"),
-            "generic XDP works but costs more CPU per packet; a virtio-net/veth/mlx5/i40e/ixgbe NIC runs it natively",
+            format!("driver mode refused ({e}); xdp_mode = \"driver\" does not fall back"),
+            "set xdp_mode = \"auto\" or \"generic\" in [uplink]",
         ),
+        Err(e) => Check::warn(what, format!("driver mode refused ({e}); the agent falls back to generic mode"), NATIVE),
     }
 }

@@ -199,6 +199,33 @@ pub struct Uplink {
     /// global addresses, read at start.
     #[serde(default)]
     pub addresses: Vec<IpAddr>,
+    /// How `steer_in` attaches: `auto` (driver mode, else generic), `driver` or `generic`.
+    #[serde(default)]
+    pub xdp_mode: XdpModeSetting,
+}
+
+/// `[uplink] xdp_mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Driver (native) mode where the driver supports it, else generic mode.
+    #[default]
+    Auto,
+    /// Driver mode only: the agent does not start if the driver refuses it.
+    Driver,
+    /// Generic (skb) mode, whatever the driver supports.
+    Generic,
+}
+
+impl XdpModeSetting {
+    /// Whether a program attached in `mode` (`driver`, `generic`) is what this asks for.
+    pub fn accepts(self, mode: &str) -> bool {
+        match self {
+            XdpModeSetting::Auto => true,
+            XdpModeSetting::Driver => mode == "driver",
+            XdpModeSetting::Generic => mode == "generic",
+        }
+    }
 }
 
 /// `udp` or `tcp`.

@@ -109,6 +109,18 @@ fn a_splitter_section_without_a_front_is_accepted_with_a_warning() {
 }
 
 #[test]
+fn xdp_mode_is_auto_by_default_and_refuses_other_words() {
+    let base = "[uplink]\ninterface = \"eth0\"\n";
+    assert_eq!(parse(base).unwrap().uplink.xdp_mode, XdpModeSetting::Auto);
+    let c = parse(&format!("{base}xdp_mode = \"generic\"\n")).unwrap();
+    assert_eq!(c.uplink.xdp_mode, XdpModeSetting::Generic);
+    assert!(XdpModeSetting::Generic.accepts("generic") && !XdpModeSetting::Generic.accepts("driver"));
+    assert!(XdpModeSetting::Auto.accepts("generic") && XdpModeSetting::Auto.accepts("driver"));
+    let e = err(&format!("{base}xdp_mode = \"native\"\n"));
+    assert!(e.starts_with("test.toml:3:12: `uplink.xdp_mode`: unknown variant `native`"), "{e}");
+}
+
+#[test]
 fn empty_splitter_and_tls_tables_are_all_defaults() {
     let s: Splitter = toml::from_str("").unwrap();
     assert_eq!((s.reply_mark, s.route_table, s.rule_priority), (0x4a17, 0x4a17, 90));

@@ -94,14 +94,7 @@ fn check_drain(config: &Config) {
 fn shared_state(config: &Config, dp: &Datapath) -> Result<Arc<Shared>> {
     let stats = Arc::new(Stats::default());
     stats.seed(&dp.maps.sni)?;
-    let shared = Arc::new(Shared {
-        pin_dir: config.pin_dir.clone(),
-        splitter: stats,
-        reloads_ok: Default::default(),
-        reloads_failed: Default::default(),
-        certificates: Default::default(),
-        health: Default::default(),
-    });
+    let shared = Arc::new(Shared::new(config.pin_dir.clone(), stats));
     shared.health.seed(&dp.maps.task_health)?;
     Ok(shared)
 }
@@ -245,15 +238,22 @@ impl Agent {
         if upgrading {
             self.attach_tc(gateways).await?;
         }
-        match self.dp.ensure_xdp(&self.uplink)? {
-            Attach::Attached(mode) => info!(interface = %self.uplink.name, mode, "attached steer_in (XDP)"),
+        let mode = match self.dp.ensure_xdp(&self.uplink, self.config.uplink.xdp_mode)? {
+            Attach::Attached(mode) => {
+                info!(interface = %self.uplink.name, mode, "attached steer_in (XDP)");
+                Some(mode)
+            }
             Attach::Adopted => {
-                info!(interface = %self.uplink.name, mode = self.uplink.xdp.map(|x| x.1), "adopted attached steer_in (XDP)")
+                let mode = self.uplink.xdp.map(|x| x.1);
+                info!(interface = %self.uplink.name, mode, "adopted attached steer_in (XDP)");
+                mode
             }
             Attach::Swapped => {
-                info!(interface = %self.uplink.name, "swapped in this build's steer_in (XDP link updated)")
+                info!(interface = %self.uplink.name, "swapped in this build's steer_in (XDP link updated)");
+                self.uplink.xdp.map(|x| x.1)
             }
-        }
+        };
+        *self.shared.xdp.lock().expect("xdp lock") = mode.map(|m| (self.uplink.name.clone(), m));
         if !upgrading {
             self.attach_tc(gateways).await?;
         }
@@ -547,6 +547,9 @@ impl Agent {
         }
         if new.uplink.interface != self.config.uplink.interface {
             return Err(restart("uplink.interface"));
+        }
+        if new.uplink.xdp_mode != self.config.uplink.xdp_mode {
+            return Err(restart("uplink.xdp_mode"));
         }
         // Containers: a new set of names means a new watch (whose first lookup must succeed);
         // the old one stays if the reload fails.
