@@ -26,7 +26,9 @@ impl Service {
     /// Every service, in address order.
     pub const ALL: [Service; 5] = [Service::Jvb, Service::Coturn, Service::Web, Service::Prosody, Service::Jicofo];
 
-    /// The Compose service name.
+    /// The Compose service name: `web`, `prosody`, `jicofo` and `jvb` are the services of
+    /// docker-jitsi-meet's `docker-compose.yml` at `stable-11146-2` (the stack's pinned
+    /// `image_tag`); `coturn` is the stack's own.
     pub fn name(self) -> &'static str {
         match self {
             Service::Jvb => "jvb",

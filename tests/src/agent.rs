@@ -222,6 +222,14 @@ impl Drop for AgentProcess {
     }
 }
 
+/// Runs `jitsi-agent check --config <config>` in `ns`: whether it passed, and what it printed
+/// (stdout, then stderr).
+pub fn check(ns: &NetNs, config: &Path) -> (bool, String) {
+    let out = command_in(ns, &agent_bin()).unwrap().args(["check", "--config"]).arg(config).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
 /// Runs `jitsi-agent <args>` (in the caller's namespace) and returns stdout.
 pub fn agent_cli(args: &[&str]) -> Result<String> {
     crate::netns::run(Command::new(agent_bin()).args(args))

@@ -11,7 +11,7 @@ use std::{
 };
 
 use jitsi_tests::{
-    agent::{AgentProcess, agent_bin, command_in},
+    agent::{AgentProcess, agent_bin, check, command_in},
     clients::{recorded_hello, scrape_metrics, sni_exchange, udp_round_trip, udp_socket, udp_stream},
     lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, UPLINK},
     netns::NetNs,
@@ -209,12 +209,6 @@ fn restart_under_tcp_connect_load_refuses_nothing_and_open_connections_finish() 
         failed.len(),
         &failed[..failed.len().min(5)]
     );
-}
-
-fn check(ns: &NetNs, config: &Path) -> (bool, String) {
-    let out = command_in(ns, &agent_bin()).unwrap().args(["check", "--config"]).arg(config).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    (out.status.success(), text)
 }
 
 #[test]

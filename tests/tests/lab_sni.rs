@@ -368,13 +368,7 @@ fn the_former_sni_section_still_routes_and_is_logged_as_deprecated() {
     assert!(log.contains("`idle_timeout_secs` to `[splitter]`"), "{log}");
     // `check` says it too.
     let config = l.lab.write_config(&format!("{LAB_RULES}{old}")).unwrap();
-    let out = jitsi_tests::agent::command_in(&l.lab.host, &jitsi_tests::agent::agent_bin())
-        .unwrap()
-        .args(["check", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&out.stdout);
+    let (_, out) = jitsi_tests::agent::check(&l.lab.host, &config);
     assert!(out.contains("warn config: `[sni]` is deprecated"), "{out}");
 }
 

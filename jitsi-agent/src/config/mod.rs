@@ -637,16 +637,16 @@ pub enum CertNameError {
     Wildcard(String),
     /// Not a host name.
     #[error(transparent)]
-    Invalid(#[from] crate::names::InvalidName),
+    Invalid(crate::names::InvalidName),
 }
 
 impl TryFrom<String> for CertName {
     type Error = CertNameError;
     fn try_from(text: String) -> std::result::Result<Self, CertNameError> {
-        if text.starts_with("*.") {
-            return Err(CertNameError::Wildcard(text));
-        }
-        Ok(CertName(ServerName::try_from(text)?))
+        ServerName::try_from(text).map(CertName).map_err(|e| match e.reason {
+            crate::names::ServerNameError::Wildcard => CertNameError::Wildcard(e.text),
+            _ => CertNameError::Invalid(e),
+        })
     }
 }
 
