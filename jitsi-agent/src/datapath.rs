@@ -603,6 +603,16 @@ impl Datapath {
                 Err(_) => {}
             }
         }
+        if !mode_ok && let Some((_, attached)) = link.xdp {
+            warn!(interface = %link.name, attached, wanted = ?mode, "steer_in is attached in another mode than xdp_mode asks: detaching it to attach again (steering pauses meanwhile)");
+        }
+        // Detached now, not when the kernel gets round to releasing the unpinned link: an
+        // attach in the other mode meanwhile fails with EEXIST.
+        if pin.exists()
+            && let Err(e) = detach_pinned_link(&pin)
+        {
+            warn!(pin = %pin.display(), error = %e, "could not detach the pinned XDP link; removing its pin");
+        }
         let _ = fs::remove_file(&pin);
         let generic = |prog: &mut Xdp, why: String| {
             prog.attach_to_if_index(link.index, XdpMode::Skb)
@@ -682,6 +692,35 @@ impl Datapath {
 }
 
 /// The id of the program a link runs.
+/// Detaches the bpf_link pinned at `path` from its hook at once, for every holder
+/// (`BPF_OBJ_GET` then `BPF_LINK_DETACH`, Linux 5.9; aya 0.14 has no call for it). The pin
+/// stays: an empty link.
+fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    // `union bpf_attr` (include/uapi/linux/bpf.h): the `BPF_OBJ_GET` member is
+    // { __aligned_u64 pathname; __u32 bpf_fd; __u32 file_flags; __s32 path_fd; }, the
+    // `BPF_LINK_DETACH` member { __u32 link_fd; }; the bytes past them must be zero.
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C, align(8))]
+    struct Attr([u8; 32]);
+    let bpf = |cmd: libc::c_long, attr: &Attr| {
+        // SAFETY: `attr` is a zero-padded bpf_attr of the size passed; the kernel reads it
+        // (and the path it points to, alive for the call) and returns a descriptor or 0.
+        let r = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *const Attr, std::mem::size_of::<Attr>()) };
+        if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(r as libc::c_int) }
+    };
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let mut get = Attr([0; 32]);
+    get.0[..8].copy_from_slice(&(path.as_ptr() as u64).to_ne_bytes());
+    // SAFETY: BPF_OBJ_GET returned a new descriptor this function now owns.
+    let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(bpf(BPF_OBJ_GET, &get)?) };
+    let mut detach = Attr([0; 32]);
+    detach.0[..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes());
+    bpf(BPF_LINK_DETACH, &detach).map(drop)
+}
+
 fn link_prog_id(link: &FdLink) -> Option<u32> {
     link.info().ok().map(|i| i.program_id())
 }

@@ -265,7 +265,8 @@ fn a_changed_xdp_mode_reattaches_in_that_mode_and_metrics_say_so() {
         // The kernel's own view: `xdpgeneric` for generic mode, `xdp` for driver mode.
         let link = lab.host.ip(&["link", "show", "up0"]).unwrap();
         assert_eq!(link.contains("xdpgeneric"), want == "generic", "xdp_mode = {mode}, `ip link`:\n{link}");
-        assert!(link.contains(" xdp"), "xdp_mode = {mode}, `ip link`:\n{link}");
+        let shown = if want == "generic" { " xdpgeneric " } else { " xdp " };
+        assert!(link.contains(shown), "xdp_mode = {mode}: `{shown}` in `ip link`:\n{link}");
         let m = jitsi_tests::clients::scrape_metrics(&lab.host, "127.0.0.1:9477");
         let line = format!("jitsi_agent_xdp_attached{{interface=\"up0\",mode=\"{want}\"}} 1");
         assert!(m.contains(&line), "{line} in:\n{m}");
@@ -273,13 +274,7 @@ fn a_changed_xdp_mode_reattaches_in_that_mode_and_metrics_say_so() {
         udp_exchange(&client, SocketAddr::new(HOST_V4.into(), 10000), CLIENT_V4.into(), 3);
         agent.stop().unwrap();
         // `check` judges the mode against the setting: generic asked for is no warning.
-        let out = jitsi_tests::agent::command_in(&lab.host, &jitsi_tests::agent::agent_bin())
-            .unwrap()
-            .args(["check", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&out.stdout);
+        let (_, out) = jitsi_tests::agent::check(&lab.host, &config);
         let line = match (mode, want) {
             ("generic", _) => "ok   xdp on up0: generic mode, as xdp_mode asks",
             (_, "generic") => "warn xdp on up0: program #",
