@@ -113,6 +113,8 @@ pub fn run(what: &str, rounds: u32, secs: f64) -> Result<()> {
         }
     }
     let date = today()?;
+    // A run of one suite is named after it, so that it never replaces a whole run's file.
+    let name = if what == "all" { date.clone() } else { format!("{date}-{what}") };
     let dir = build::workspace_root().join("bench/results");
     std::fs::create_dir_all(&dir)?;
     let results: Vec<Value> = order
@@ -131,7 +133,7 @@ pub fn run(what: &str, rounds: u32, secs: f64) -> Result<()> {
         })
         .collect();
     let doc = json!({"date": date, "machine": machine(), "rounds": rounds, "secs_per_run": secs, "results": results});
-    let json_path = dir.join(format!("{date}.json"));
+    let json_path = dir.join(format!("{name}.json"));
     std::fs::write(&json_path, serde_json::to_string_pretty(&doc)?)?;
     eprintln!("xtask: wrote {}", json_path.display());
     render(&json_path)

@@ -26,7 +26,7 @@ use crate::{
     splitter::{
         front::FrontKind,
         limits::Caps,
-        proxy::{Conn, Forward, Front},
+        proxy::{Conn, Forward, Front, Served},
         read::{MAX_READS, ReadFailure, read_until},
         stats::{Refusal, Stats},
         table::Tables,
@@ -100,7 +100,7 @@ async fn answer(client: &mut TcpStream, bytes: &[u8]) {
 impl Front for HttpFront {
     const KIND: FrontKind = FrontKind::Http;
 
-    async fn serve(&self, conn: Conn<'_, '_>) {
+    async fn serve(&self, conn: Conn<'_, '_>) -> Served {
         let Conn { proxy, settings, admission, mut client, peer } = conn;
         let refuse = |reason, route: Option<&str>, detail: &dyn std::fmt::Display| {
             proxy.refuse(Self::KIND, reason, route, peer, detail)
@@ -128,16 +128,19 @@ impl Front for HttpFront {
             Decision::ChallengeOnly(i) => (i, false),
             Decision::Redirect(i, location) => {
                 debug!(route = %http.router.routes[i].target.name, client = %peer, %location, "http: redirected");
-                return answer(&mut client, &response(308, "Permanent Redirect", Some(&location), "")).await;
+                answer(&mut client, &response(308, "Permanent Redirect", Some(&location), "")).await;
+                return None;
             }
             Decision::Challenge(Some(key_authorization)) => {
                 // The agent's own validation: out of the pending pool, which a flood churns.
                 admission.unpool();
                 info!(client = %peer, host = ?head.host.as_ref().map(ToString::to_string), "acme: answered an HTTP-01 challenge");
-                return answer(&mut client, &response(200, "OK", None, &key_authorization)).await;
+                answer(&mut client, &response(200, "OK", None, &key_authorization)).await;
+                return None;
             }
             Decision::Challenge(None) => {
-                return answer(&mut client, &response(404, "Not Found", None, "unknown challenge\n")).await;
+                answer(&mut client, &response(404, "Not Found", None, "unknown challenge\n")).await;
+                return None;
             }
             Decision::NoRoute => {
                 let host = head.host.as_ref().map_or("(none)".into(), ToString::to_string);
@@ -159,6 +162,6 @@ impl Front for HttpFront {
         }
         drop(head);
         let how = if whole { Forward::Relay(Self::KIND) } else { Forward::ChallengeOnly };
-        proxy.forward(settings, route, &http.stats[idx], client, peer, bytes, how).await;
+        proxy.forward(settings, route, &http.stats[idx], client, peer, bytes, how).await
     }
 }

@@ -54,9 +54,23 @@ pub trait Front: Send + Sync + 'static {
     /// Which front this is.
     const KIND: FrontKind;
 
-    /// Serves one admitted connection to its end.
-    fn serve(&self, conn: Conn<'_, '_>) -> impl Future<Output = ()> + Send;
+    /// Reads and routes one admitted connection: refuses or answers it, or returns it
+    /// connected to its backend (through [`Proxy::forward`]) for the core to relay.
+    fn serve(&self, conn: Conn<'_, '_>) -> impl Future<Output = Served> + Send;
 }
+
+/// A connection a front has routed and [`Proxy::forward`] has connected to its backend, the
+/// bytes read so far replayed: what the core relays.
+pub struct Established {
+    client: TcpStream,
+    backend: TcpStream,
+    stats: Arc<RouteStats>,
+    state: PairState,
+    peer: SocketAddr,
+}
+
+/// How a front's [`Front::serve`] ends: a connection to relay, or none (refused, answered).
+pub type Served = Option<Established>;
 
 /// What [`Proxy::forward`] does once connected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,6 +228,7 @@ impl Proxy {
     }
 
     /// Counts a refusal of a connection on `front` and logs it (debug) with its detail.
+    /// Returns no connection to relay, for a front to `return proxy.refuse(..)`.
     pub fn refuse(
         &self,
         front: FrontKind,
@@ -221,9 +236,10 @@ impl Proxy {
         route: Option<&str>,
         client: SocketAddr,
         detail: &dyn std::fmt::Display,
-    ) {
+    ) -> Served {
         self.stats.refuse(reason);
         debug!(%front, reason = reason.name(), route = route.unwrap_or("-"), client = %client, detail = %detail, "splitter: connection refused");
+        None
     }
 
     async fn handle<F: Front>(self: Arc<Self>, client: TcpStream, peer: SocketAddr, front: &F) {
@@ -232,7 +248,10 @@ impl Proxy {
         let settings = self.settings();
         let (mut admission, evicted) = match self.limits.admit(&Caps::of(&settings), F::KIND, peer.ip()) {
             Ok(a) => a,
-            Err(reason) => return self.refuse(F::KIND, reason, None, peer, &"limit reached"),
+            Err(reason) => {
+                self.refuse(F::KIND, reason, None, peer, &"limit reached");
+                return;
+            }
         };
         for _ in 0..evicted {
             self.refuse(
@@ -247,27 +266,32 @@ impl Proxy {
         let _ = client.set_nodelay(true);
         let evicted = admission.evicted.clone();
         let conn = Conn { proxy: &self, settings: &settings, admission: &mut admission, client, peer };
-        tokio::select! {
-            () = front.serve(conn) => {}
-            () = evicted.cancelled() => {}
+        // Boxed: what the front needs to read and route (its buffers, timers and parser
+        // state) is freed before the relay, which is what a long-lived connection keeps.
+        let served = tokio::select! {
+            e = Box::pin(front.serve(conn)) => e,
+            () = evicted.cancelled() => None,
+        };
+        if let Some(e) = served {
+            self.relay_pair(&settings, &e.stats, (e.client, e.backend), e.state, Resume::default(), e.peer).await;
         }
     }
 
     /// Connects to `route`'s backend (from the client's address where it can), replays the
-    /// bytes already read (then frees them: a long-lived connection keeps no copy) and relays
-    /// until the connection ends; or, for [`Forward::ChallengeOnly`], sends only those bytes,
-    /// closes the way to the backend and passes its answer back.
+    /// bytes already read (then frees them: a long-lived connection keeps no copy) and returns
+    /// the connection for the core to relay; or, for [`Forward::ChallengeOnly`], sends only
+    /// those bytes, closes the way to the backend and passes its answer back.
     #[expect(clippy::too_many_arguments, reason = "one call per front; `how` is the only difference")]
     pub async fn forward(
         &self,
         settings: &Splitter,
         route: &Target,
-        stats: &RouteStats,
+        stats: &Arc<RouteStats>,
         client: TcpStream,
         peer: SocketAddr,
         first: Vec<u8>,
         how: Forward,
-    ) {
+    ) -> Served {
         let front = how.front();
         let Some((backend, transparent)) = route.backend_for(peer) else {
             return self.refuse(
@@ -313,11 +337,11 @@ impl Proxy {
             let down = tokio::time::timeout(CHALLENGE_DEADLINE, answer_only(client, upstream)).await.unwrap_or(0);
             stats.bytes_down.fetch_add(down, Ordering::Relaxed);
             debug!(route = %route.name, client = %peer, down, "splitter: relayed one ACME challenge request");
-            return;
+            return None;
         };
         debug!(route = %route.name, client = %peer, backend = %backend, "splitter: relaying");
         let state = PairState { front, route: route.name.clone() };
-        self.relay_pair(settings, stats, (client, upstream), state, Resume::default(), peer).await;
+        Some(Established { client, backend: upstream, stats: stats.clone(), state, peer })
     }
 
     /// Relays an established pair until it ends; a handover stops it and keeps it (or, once

@@ -12,15 +12,27 @@
 //! and are written first there. What the peers send meanwhile waits in the kernel's socket
 //! buffers, which move with the descriptors. The relay then returns both sockets, its
 //! [`RelayState`] and those bytes ([`Resume`]).
+//!
+//! The relay is one small state machine ([`Relay`]) polled by the connection's task: it
+//! waits on the sockets' own readiness slots, holds one timer, set again only when it fires
+//! (not on every byte), and no buffer while idle; an idle relayed connection costs the task,
+//! this struct and the two sockets' registrations.
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
-    time::{Duration, Instant},
+    future::Future,
+    io,
+    pin::Pin,
+    task::{Context, Poll, ready},
+    time::Duration,
 };
 
 use serde::Deserialize;
-use tokio::{io::Interest, net::TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio::{
+    io::Interest,
+    net::TcpStream,
+    time::{Instant, Sleep},
+};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::splice::Pipe;
 
@@ -95,232 +107,263 @@ enum Done {
     Stopped(Vec<u8>),
 }
 
-/// One direction's sockets and shared state.
-#[derive(Clone, Copy)]
-struct Way<'a> {
-    src: &'a TcpStream,
-    dst: &'a TcpStream,
-    bytes: &'a AtomicU64,
-    activity: &'a Activity,
-    stop: &'a CancellationToken,
-}
-
-impl Way<'_> {
-    /// Writes `data` to `dst`; stopped part way, returns what is left.
-    async fn write_out(&self, data: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-        let mut sent = 0;
-        while sent < data.len() {
-            tokio::select! {
-                biased;
-                () = self.stop.cancelled() => return Ok(Some(data[sent..].to_vec())),
-                r = self.dst.writable() => r?,
-            }
-            match self.dst.try_write(&data[sent..]) {
-                Ok(m) => sent += m,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        if !data.is_empty() {
-            self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
-            self.activity.touch();
-        }
-        Ok(None)
-    }
-
-    /// Waits until `src` is readable; `false` once `stop` is cancelled (checked first: nothing
-    /// has been read then).
-    async fn readable(&self) -> std::io::Result<bool> {
-        tokio::select! {
-            biased;
-            () = self.stop.cancelled() => Ok(false),
-            r = self.src.readable() => r.map(|()| true),
-        }
-    }
-}
-
 const BUF: usize = 64 * 1024;
 
-struct Activity {
-    clock: Instant,
-    last_ms: AtomicU64,
-    /// Directions that reached EOF.
-    ended: AtomicU64,
+/// One direction: what it has read and not yet written, and how it finished.
+#[derive(Default)]
+struct Way {
+    /// Bytes to write out: `buf[pos..]` (copy mode, and the bytes a handover left).
+    buf: Vec<u8>,
+    pos: usize,
+    /// Splice mode: the pipe (made when the first bytes arrive) and how many bytes it holds.
+    pipe: Option<Pipe>,
+    in_pipe: usize,
+    /// Bytes written out.
+    bytes: u64,
+    /// How it finished, once it has.
+    done: Option<Done>,
 }
 
-impl Activity {
-    /// Called by a direction at EOF: true for the first one, which must pass the half-close
-    /// on; the second needs no `shutdown` (both sockets are closed right after, with a FIN).
-    fn first_to_end(&self) -> bool {
-        self.ended.fetch_add(1, Ordering::Relaxed) == 0
-    }
-
-    fn touch(&self) {
-        self.last_ms.store(self.clock.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-
-    fn idle_for(&self) -> Duration {
-        self.clock.elapsed().saturating_sub(Duration::from_millis(self.last_ms.load(Ordering::Relaxed)))
-    }
+/// The two sockets as one direction sees them.
+struct Ends<'a> {
+    src: &'a TcpStream,
+    dst: &'a TcpStream,
 }
 
-/// Copies `src` to `dst` until EOF (then shuts `dst` down for writing) or `stop`, writing
-/// `pending` first. The buffer is allocated when the first bytes arrive (an idle connection
-/// holds none) and never zeroed: reads go into its spare capacity.
-async fn copy(w: Way<'_>, pending: Vec<u8>) -> std::io::Result<Done> {
-    if let Some(left) = w.write_out(&pending).await? {
-        return Ok(Done::Stopped(left));
+impl Way {
+    fn pending(&self) -> &[u8] {
+        &self.buf[self.pos..]
     }
-    let mut buf = pending;
-    loop {
-        if !w.readable().await? {
-            return Ok(Done::Stopped(Vec::new()));
-        }
-        // At most BUF bytes in hand: what a stop hands over stays bounded.
-        buf.clear();
-        if buf.capacity() > BUF {
-            buf.shrink_to(BUF);
-        }
-        buf.reserve_exact(BUF);
-        match w.src.try_read_buf(&mut buf) {
-            Ok(0) => return end(w.dst, w.activity),
-            Ok(_) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
-        }
-        if let Some(left) = w.write_out(&buf).await? {
-            return Ok(Done::Stopped(left));
-        }
-    }
-}
 
-/// EOF from the other side: passed on as a half-close, unless the other direction has ended
-/// already.
-fn end(dst: &TcpStream, activity: &Activity) -> std::io::Result<Done> {
-    if activity.first_to_end() {
-        socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
-    }
-    Ok(Done::Eof)
-}
-
-/// Splices `src` to `dst` through a pipe until EOF (then shuts `dst` down for writing) or
-/// `stop`, writing `pending` first; stopped while the pipe holds bytes, they are read out and
-/// returned. The pipe is created when the first bytes arrive: an idle connection holds none.
-async fn splice(w: Way<'_>, pending: Vec<u8>) -> std::io::Result<Done> {
-    if let Some(left) = w.write_out(&pending).await? {
-        return Ok(Done::Stopped(left));
-    }
-    if !w.readable().await? {
-        return Ok(Done::Stopped(Vec::new()));
-    }
-    let pipe = Pipe::new()?;
-    loop {
-        let n = loop {
-            if !w.readable().await? {
-                return Ok(Done::Stopped(Vec::new()));
+    /// Writes what is pending; `Ready(Ok(true))` once all is written, `Ok(false)` when it
+    /// must stop (with what is left handed over).
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>, e: &Ends<'_>, t: &mut Shared) -> Poll<io::Result<bool>> {
+        while !self.pending().is_empty() {
+            if t.stopping {
+                self.done = Some(Done::Stopped(self.pending().to_vec()));
+                return Poll::Ready(Ok(false));
             }
-            match w.src.try_io(Interest::READABLE, || pipe.fill_from(w.src)) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        if n == 0 {
-            return end(w.dst, w.activity);
-        }
-        let mut left = n;
-        while left > 0 {
-            tokio::select! {
-                biased;
-                () = w.stop.cancelled() => {
-                    let rest = pipe.read_out(left)?;
-                    w.bytes.fetch_add((n - left) as u64, Ordering::Relaxed);
-                    return Ok(Done::Stopped(rest));
+            ready!(e.dst.poll_write_ready(cx))?;
+            match e.dst.try_write(self.pending()) {
+                Ok(m) => {
+                    self.pos += m;
+                    self.bytes += m as u64;
+                    t.touch();
                 }
-                r = w.dst.writable() => r?,
-            }
-            match w.dst.try_io(Interest::WRITABLE, || pipe.drain_to(w.dst, left)) {
-                Ok(m) => left -= m,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Poll::Ready(Err(err)),
             }
         }
-        w.bytes.fetch_add(n as u64, Ordering::Relaxed);
-        w.activity.touch();
+        Ok(true).into()
+    }
+
+    /// Copies `src` to `dst` until EOF, an error or a stop (`Ready` then, with `done` set).
+    /// The buffer is allocated when the first bytes arrive and never zeroed.
+    fn poll_copy(&mut self, cx: &mut Context<'_>, e: &Ends<'_>, t: &mut Shared) -> Poll<io::Result<()>> {
+        loop {
+            if !ready!(self.poll_write_pending(cx, e, t))? {
+                return Ok(()).into();
+            }
+            if t.stopping {
+                return self.stop_empty();
+            }
+            ready!(e.src.poll_read_ready(cx))?;
+            // At most BUF bytes in hand: what a stop hands over stays bounded.
+            self.buf.clear();
+            self.pos = 0;
+            if self.buf.capacity() > BUF {
+                self.buf.shrink_to(BUF);
+            }
+            self.buf.reserve_exact(BUF);
+            match e.src.try_read_buf(&mut self.buf) {
+                Ok(0) => return self.end(e.dst, t).into(),
+                Ok(_) => {}
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+
+    /// Splices `src` to `dst` through a pipe (bytes a handover left are written first);
+    /// stopped while the pipe holds bytes, they are read out and handed over.
+    fn poll_splice(&mut self, cx: &mut Context<'_>, e: &Ends<'_>, t: &mut Shared) -> Poll<io::Result<()>> {
+        if !ready!(self.poll_write_pending(cx, e, t))? {
+            return Ok(()).into();
+        }
+        loop {
+            while self.in_pipe > 0 {
+                let pipe = self.pipe.as_ref().expect("bytes in the pipe");
+                if t.stopping {
+                    self.done = Some(Done::Stopped(pipe.read_out(self.in_pipe)?));
+                    return Ok(()).into();
+                }
+                ready!(e.dst.poll_write_ready(cx))?;
+                match e.dst.try_io(Interest::WRITABLE, || pipe.drain_to(e.dst, self.in_pipe)) {
+                    Ok(m) => {
+                        self.in_pipe -= m;
+                        self.bytes += m as u64;
+                        t.touch();
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Poll::Ready(Err(err)),
+                }
+            }
+            if t.stopping {
+                return self.stop_empty();
+            }
+            ready!(e.src.poll_read_ready(cx))?;
+            if self.pipe.is_none() {
+                self.pipe = Some(Pipe::new()?);
+            }
+            let pipe = self.pipe.as_ref().expect("made above");
+            match e.src.try_io(Interest::READABLE, || pipe.fill_from(e.src)) {
+                Ok(0) => return self.end(e.dst, t).into(),
+                Ok(n) => self.in_pipe = n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                Err(err) => return Poll::Ready(Err(err)),
+            }
+        }
+    }
+
+    /// Stopped with nothing in hand.
+    fn stop_empty(&mut self) -> Poll<io::Result<()>> {
+        self.done = Some(Done::Stopped(Vec::new()));
+        Ok(()).into()
+    }
+
+    /// EOF from `src`: passed on as a half-close, unless the other direction has ended
+    /// already (both sockets are closed right after, with a FIN).
+    fn end(&mut self, dst: &TcpStream, t: &mut Shared) -> io::Result<()> {
+        t.ended += 1;
+        if t.ended == 1 {
+            socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write)?;
+        }
+        self.done = Some(Done::Eof);
+        Ok(())
+    }
+}
+
+/// What both directions share: the idle clock, the half-closes seen, and whether a handover
+/// asked the relay to stop.
+struct Shared {
+    /// When bytes last moved.
+    last: Instant,
+    /// Directions that reached EOF.
+    ended: u8,
+    /// The handover token was cancelled.
+    stopping: bool,
+}
+
+impl Shared {
+    fn touch(&mut self) {
+        self.last = Instant::now();
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A relay in progress (see [`relay`]).
+    pub struct Relay<'s> {
+        sockets: Option<(TcpStream, TcpStream)>,
+        up: Way,
+        down: Way,
+        mode: Mode,
+        idle: Duration,
+        timing: Shared,
+        #[pin]
+        stop: WaitForCancellationFuture<'s>,
+        // Fires at the earliest moment the idle timeout could pass; when it fires early
+        // (bytes moved since), it is set again from the last activity.
+        #[pin]
+        timer: Sleep,
     }
 }
 
 /// Relays until both directions are done, an error occurs, `idle` passes without traffic, or
 /// `stop` is cancelled (then both sockets come back in [`Outcome::Stopped`]). `resume` is
 /// where an earlier process left the relay (default for a new one).
-pub async fn relay(
+pub fn relay(
     client: TcpStream,
     backend: TcpStream,
     idle: Duration,
     mode: Mode,
     resume: Resume,
     stop: &CancellationToken,
-) -> Outcome {
+) -> Relay<'_> {
     let Resume { state, to_backend, to_client } = resume;
     let quiet = Duration::from_millis(state.idle_ms).min(idle);
-    let clock = Instant::now().checked_sub(quiet).unwrap_or_else(Instant::now);
-    let ended_before = u64::from(state.up_ended) + u64::from(state.down_ended);
-    let activity = Activity { clock, last_ms: AtomicU64::new(0), ended: AtomicU64::new(ended_before) };
-    let (up_bytes, down_bytes) = (AtomicU64::new(0), AtomicU64::new(0));
-    let ended = |idle, error| Relayed {
-        up: up_bytes.load(Ordering::Relaxed),
-        down: down_bytes.load(Ordering::Relaxed),
+    let now = Instant::now();
+    let last = now.checked_sub(quiet).unwrap_or(now);
+    let way = |buf: Vec<u8>, ended: bool| Way { buf, done: ended.then_some(Done::Eof), ..Way::default() };
+    Relay {
+        sockets: Some((client, backend)),
+        up: way(to_backend, state.up_ended),
+        down: way(to_client, state.down_ended),
+        mode,
         idle,
-        error,
-    };
-    // Each direction: None while running, then how it finished. The futures borrow the
-    // sockets: they are dropped at the end of this block, before the sockets are handed back.
-    let (up_done, down_done) = {
-        let up_way = Way { src: &client, dst: &backend, bytes: &up_bytes, activity: &activity, stop };
-        let down_way = Way { src: &backend, dst: &client, bytes: &down_bytes, activity: &activity, stop };
-        let (up, down) = match mode {
-            Mode::Copy => (
-                futures::future::Either::Left(copy(up_way, to_backend)),
-                futures::future::Either::Left(copy(down_way, to_client)),
-            ),
-            Mode::Splice => (
-                futures::future::Either::Right(splice(up_way, to_backend)),
-                futures::future::Either::Right(splice(down_way, to_client)),
-            ),
-        };
-        tokio::pin!(up, down);
-        let mut up_done = state.up_ended.then_some(Done::Eof);
-        let mut down_done = state.down_ended.then_some(Done::Eof);
-        while up_done.is_none() || down_done.is_none() {
-            let wait = idle.saturating_sub(activity.idle_for());
-            tokio::select! {
-                r = &mut up, if up_done.is_none() => match r {
-                    Ok(d) => up_done = Some(d),
-                    Err(e) => return Outcome::Ended(ended(false, Some(e))),
-                },
-                r = &mut down, if down_done.is_none() => match r {
-                    Ok(d) => down_done = Some(d),
-                    Err(e) => return Outcome::Ended(ended(false, Some(e))),
-                },
-                () = tokio::time::sleep(wait) => {
-                    if activity.idle_for() >= idle {
-                        return Outcome::Ended(ended(true, None));
-                    }
-                }
+        timing: Shared { last, ended: u8::from(state.up_ended) + u8::from(state.down_ended), stopping: false },
+        stop: stop.cancelled(),
+        timer: tokio::time::sleep_until(last + idle),
+    }
+}
+
+impl Future for Relay<'_> {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut me = self.project();
+        if !me.timing.stopping && me.stop.as_mut().poll(cx).is_ready() {
+            me.timing.stopping = true;
+        }
+        let (client, backend) = me.sockets.as_ref().expect("polled after it returned");
+        for up in [true, false] {
+            let (way, e) = if up {
+                (&mut *me.up, Ends { src: client, dst: backend })
+            } else {
+                (&mut *me.down, Ends { src: backend, dst: client })
+            };
+            if way.done.is_some() {
+                continue;
+            }
+            let r = match me.mode {
+                Mode::Copy => way.poll_copy(cx, &e, me.timing),
+                Mode::Splice => way.poll_splice(cx, &e, me.timing),
+            };
+            if let Poll::Ready(Err(error)) = r {
+                return Poll::Ready(Outcome::Ended(ended(me.up, me.down, false, Some(error))));
             }
         }
-        (up_done, down_done)
-    };
-    let (up_done, down_done) = (up_done.expect("finished"), down_done.expect("finished"));
-    let rest = |d: Done| match d {
-        Done::Eof => (true, Vec::new()),
-        Done::Stopped(left) => (false, left),
-    };
-    if up_done == Done::Eof && down_done == Done::Eof {
-        return Outcome::Ended(ended(false, None));
+        match (&me.up.done, &me.down.done) {
+            (Some(Done::Eof), Some(Done::Eof)) => {
+                return Poll::Ready(Outcome::Ended(ended(me.up, me.down, false, None)));
+            }
+            (Some(_), Some(_)) => {
+                let (client, backend) = me.sockets.take().expect("polled after it returned");
+                return Poll::Ready(Outcome::Stopped(stopped(client, backend, me.up, me.down, me.timing)));
+            }
+            _ => {}
+        }
+        while me.timer.as_mut().poll(cx).is_ready() {
+            let deadline = me.timing.last + *me.idle;
+            if Instant::now() >= deadline {
+                return Poll::Ready(Outcome::Ended(ended(me.up, me.down, true, None)));
+            }
+            me.timer.as_mut().reset(deadline);
+        }
+        Poll::Pending
     }
-    let ((up_ended, to_backend), (down_ended, to_client)) = (rest(up_done), rest(down_done));
-    let state = RelayState { up_ended, down_ended, idle_ms: activity.idle_for().as_millis() as u64 };
-    let (up, down) = (up_bytes.load(Ordering::Relaxed), down_bytes.load(Ordering::Relaxed));
-    Outcome::Stopped(Stopped { client, backend, resume: Resume { state, to_backend, to_client }, up, down })
+}
+
+fn ended(up: &Way, down: &Way, idle: bool, error: Option<io::Error>) -> Relayed {
+    Relayed { up: up.bytes, down: down.bytes, idle, error }
+}
+
+/// Both directions done, not both at EOF: stopped for a handover.
+fn stopped(client: TcpStream, backend: TcpStream, up: &mut Way, down: &mut Way, t: &Shared) -> Stopped {
+    let rest = |w: &mut Way| match w.done.take() {
+        Some(Done::Stopped(left)) => (false, left),
+        _ => (true, Vec::new()),
+    };
+    let ((up_ended, to_backend), (down_ended, to_client)) = (rest(up), rest(down));
+    let state = RelayState { up_ended, down_ended, idle_ms: t.last.elapsed().as_millis() as u64 };
+    Stopped { client, backend, resume: Resume { state, to_backend, to_client }, up: up.bytes, down: down.bytes }
 }

@@ -18,7 +18,7 @@ use crate::{
     splitter::{
         front::FrontKind,
         limits::Caps,
-        proxy::{Conn, Forward, Front},
+        proxy::{Conn, Forward, Front, Served},
         read::{MAX_READS, ReadFailure, read_until},
         stats::{Refusal, Stats},
         table::Tables,
@@ -79,7 +79,7 @@ async fn read_hello(settings: &Tls, s: &mut TcpStream) -> Result<(Vec<u8>, Hello
 impl Front for TlsFront {
     const KIND: FrontKind = FrontKind::Tls;
 
-    async fn serve(&self, conn: Conn<'_, '_>) {
+    async fn serve(&self, conn: Conn<'_, '_>) -> Served {
         let Conn { proxy, settings, admission, mut client, peer } = conn;
         let refuse = |reason, route: Option<&str>, detail: &dyn std::fmt::Display| {
             proxy.refuse(Self::KIND, reason, route, peer, detail)
@@ -110,6 +110,6 @@ impl Front for TlsFront {
             return refuse(reason, Some(&route.name), &"limit reached");
         }
         let how = Forward::Relay(Self::KIND);
-        proxy.forward(settings, route, &table.stats[idx], client, peer, hello_bytes, how).await;
+        proxy.forward(settings, route, &table.stats[idx], client, peer, hello_bytes, how).await
     }
 }
