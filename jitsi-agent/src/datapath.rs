@@ -34,7 +34,7 @@ use aya::{
         LinkOrder, ProgramInfo, SchedClassifier, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions, TcAttachType},
-        xdp::XdpLink,
+        xdp::{XdpLink, XdpLinkId},
     },
 };
 use aya_obj::programs::XdpAttachType;
@@ -584,25 +584,35 @@ impl Datapath {
 
     /// Attaches `steer_in` to `link` in `mode` and pins the link, unless our program is
     /// already attached there in a mode `mode` accepts. Attached in another mode (the setting
-    /// changed), it is detached and attached again: steering pauses for that moment.
+    /// changed), it is detached and attached again: steering pauses for that moment; if the
+    /// new mode is refused, it is attached again in the mode it ran in and the error returned.
+    /// During an upgrade in place the program stays in the mode it runs in (an upgrade never
+    /// detaches it): the new mode applies at the next start.
     pub fn ensure_xdp(&mut self, link: &Link, mode: XdpModeSetting) -> Result<Attach> {
         let pin = self.pin_dir.join(format!("link_xdp_{}", link.name));
         let mode_ok = link.xdp.is_none_or(|(_, m)| mode.accepts(m));
-        if link.xdp.map(|(id, _)| id) == Some(self.prog_id(true)?) && pin.exists() && mode_ok {
-            return Ok(Attach::Adopted);
+        let upgrading = self.upgrade.is_some();
+        if !mode_ok
+            && upgrading
+            && let Some((_, attached)) = link.xdp
+        {
+            warn!(interface = %link.name, attached, wanted = ?mode, "steer_in stays in the mode it runs in during this upgrade in place; xdp_mode applies at the next start");
         }
-        if !mode_ok && self.upgrade.is_some() {
-            return Err(Error::XdpModeDuringUpgrade { interface: link.name.clone() });
+        let keep_mode = mode_ok || upgrading;
+        if link.xdp.map(|(id, _)| id) == Some(self.prog_id(true)?) && pin.exists() && keep_mode {
+            return Ok(Attach::Adopted);
         }
         // Another build's program behind our pinned link: replaced in place. During an upgrade
         // a link that cannot be swapped is an error (never a detach and a fresh attach).
-        if pin.exists() && link.xdp.is_some() && mode_ok {
+        if pin.exists() && link.xdp.is_some() && keep_mode {
             match self.swap_xdp(&pin) {
                 Ok(_) => return Ok(Attach::Swapped),
-                Err(e) if self.upgrade.is_some() => return Err(e),
+                Err(e) if upgrading => return Err(e),
                 Err(_) => {}
             }
         }
+        // The mode our pinned link runs in, to go back to if the new one is refused.
+        let previous = link.xdp.filter(|_| pin.exists()).map(|(_, m)| m);
         if !mode_ok && let Some((_, attached)) = link.xdp {
             warn!(interface = %link.name, attached, wanted = ?mode, "steer_in is attached in another mode than xdp_mode asks: detaching it to attach again (steering pauses meanwhile)");
         }
@@ -614,12 +624,27 @@ impl Datapath {
             warn!(pin = %pin.display(), error = %e, "could not detach the pinned XDP link; removing its pin");
         }
         let _ = fs::remove_file(&pin);
+        let (id, attached) = match self.attach_xdp_in(link, mode) {
+            Ok(x) => x,
+            Err(e) => {
+                if let Some(previous) = previous.filter(|_| !mode_ok) {
+                    self.restore_xdp(link, previous, &pin);
+                }
+                return Err(e);
+            }
+        };
+        self.pin_xdp(link, id, &pin)?;
+        Ok(Attach::Attached(attached))
+    }
+
+    /// Attaches `steer_in` to `link` as `mode` asks; returns the link and the mode it runs in.
+    fn attach_xdp_in(&mut self, link: &Link, mode: XdpModeSetting) -> Result<(XdpLinkId, &'static str)> {
         let generic = |prog: &mut Xdp, why: String| {
             prog.attach_to_if_index(link.index, XdpMode::Skb)
                 .map(|id| (id, "generic"))
                 .map_err(|e| Error::ebpf(format!("attaching XDP to {} in generic mode{why}", link.name), e))
         };
-        let (id, mode) = match mode {
+        Ok(match mode {
             XdpModeSetting::Generic => generic(&mut self.steer_in, " (xdp_mode = \"generic\")".into())?,
             XdpModeSetting::Driver => {
                 let id = self.steer_in.attach_to_if_index(link.index, XdpMode::Driver).map_err(|e| {
@@ -637,18 +662,36 @@ impl Datapath {
                 Ok(id) => (id, "driver"),
                 Err(driver_err) => generic(&mut self.steer_in, format!(" (driver mode: {driver_err})"))?,
             },
-        };
+        })
+    }
+
+    /// Pins the XDP link `id` at `pin` (the link outlives the agent).
+    fn pin_xdp(&mut self, link: &Link, id: XdpLinkId, pin: &Path) -> Result<()> {
         let fd_link: FdLink = self
             .steer_in
             .take_link(id)
             .map_err(|e| Error::ebpf("taking the XDP link", e))?
             .try_into()
             .map_err(|e| Error::ebpf(format!("XDP on {} is not a bpf_link (kernel < 5.9?)", link.name), e))?;
-        fd_link.pin(&pin).map_err(|e| Error::ebpf(format!("pinning {}", pin.display()), e))?;
+        fd_link.pin(pin).map_err(|e| Error::ebpf(format!("pinning {}", pin.display()), e))?;
         if let Some(u) = self.upgrade.as_mut() {
-            u.attached.push(pin);
+            u.attached.push(pin.to_owned());
         }
-        Ok(Attach::Attached(mode))
+        Ok(())
+    }
+
+    /// After a refused change of mode: `steer_in` attached again in the mode it ran in
+    /// (`driver` or `generic`), so that steering goes on while the error is reported.
+    fn restore_xdp(&mut self, link: &Link, previous: &str, pin: &Path) {
+        let back = if previous == "generic" { XdpModeSetting::Generic } else { XdpModeSetting::Driver };
+        match self.attach_xdp_in(link, back).and_then(|(id, m)| self.pin_xdp(link, id, pin).map(|()| m)) {
+            Ok(m) => {
+                warn!(interface = %link.name, mode = m, "the new xdp_mode was refused: steer_in attached again in the mode it ran in")
+            }
+            Err(e) => {
+                warn!(interface = %link.name, error = %e.report(), "the new xdp_mode was refused, and steer_in could not be attached again: steering has stopped")
+            }
+        }
     }
 
     /// Attaches `reply_out` to the TCX ingress of `link` and pins the link, unless our program

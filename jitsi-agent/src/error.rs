@@ -156,15 +156,6 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    /// `[uplink] xdp_mode` changed while the datapath is being upgraded in place.
-    #[error(
-        "{interface}: steer_in is attached in another mode than `xdp_mode` asks, and an upgrade in place \
-         never detaches it; start this build with the former `xdp_mode`, then change it"
-    )]
-    XdpModeDuringUpgrade {
-        /// The uplink.
-        interface: String,
-    },
     /// A system call failed.
     #[error("{what}")]
     Io {

@@ -276,12 +276,52 @@ fn a_changed_xdp_mode_reattaches_in_that_mode_and_metrics_say_so() {
         // `check` judges the mode against the setting: generic asked for is no warning.
         let (_, out) = jitsi_tests::agent::check(&lab.host, &config);
         let line = match (mode, want) {
-            ("generic", _) => "ok   xdp on up0: generic mode, as xdp_mode asks",
+            ("generic", _) => "ok   xdp on up0: program #",
             (_, "generic") => "warn xdp on up0: program #",
             _ => "ok   xdp on up0: program #",
         };
         assert!(out.contains(line), "xdp_mode = {mode}: `{line}` in:\n{out}");
+        if mode == "generic" {
+            assert!(out.contains("attached in generic mode, as xdp_mode asks"), "{out}");
+        }
     }
+}
+
+/// A mode the driver refuses, asked for at a start, leaves `steer_in` attached in the mode it
+/// ran in: the agent does not start and says why, and steering goes on meanwhile. The lab's
+/// veth refuses driver mode once its peer's MTU is above what one page holds (the kernel's
+/// "Peer MTU is too large to set XDP"); generic mode takes any MTU.
+#[test]
+fn a_refused_xdp_mode_leaves_steer_in_attached_in_the_mode_it_ran_in() {
+    let lab = lab();
+    let jvb = lab.backend("jvb");
+    let _sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let to = SocketAddr::new(HOST_V4.into(), 10000);
+    let generic = lab.write_config_xdp(Some("generic"), LAB_RULES).unwrap();
+    AgentProcess::start(&lab.host, &generic).unwrap().stop().unwrap();
+    assert_eq!(xdp_mode_attached(&lab), "generic");
+    lab.inet.ip(&["link", "set", "eth0", "mtu", "9000"]).unwrap();
+
+    let driver = lab.write_config_xdp(Some("driver"), LAB_RULES).unwrap();
+    let out = jitsi_tests::agent::command_in(&lab.host, &jitsi_tests::agent::agent_bin())
+        .unwrap()
+        .args(["run", "--config"])
+        .arg(&driver)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "driver mode refused must stop the start:\n{log}");
+    assert!(log.contains("attaching XDP to up0 in driver mode"), "the refusal is named:\n{log}");
+    assert!(log.contains("steer_in attached again in the mode it ran in"), "{log}");
+    let link = lab.host.ip(&["link", "show", "up0"]).unwrap();
+    assert!(link.contains(" xdpgeneric "), "steer_in back in generic mode, `ip link`:\n{link}");
+    assert_eq!(xdp_mode_attached(&lab), "generic");
+    // Steering goes on without the agent (the datapath is pinned): the backend answers with
+    // the client's address seen.
+    let client = udp_socket(&lab.inet, false).unwrap();
+    udp_exchange(&client, to, CLIENT_V4.into(), 3);
 }
 
 /// A UDP socket in `ns` bound to `ip` (any port), with a 2 s receive timeout.

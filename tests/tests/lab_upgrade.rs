@@ -168,9 +168,19 @@ fn an_agent_of_another_build_swaps_the_programs_in_place_losing_nothing_and_coun
         std::fs::read_dir(&pins).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().starts_with("staged_"))
     );
 
-    // And back: the embedded build swaps in again the same way.
+    // And back: the embedded build swaps in again the same way, also when `xdp_mode` changed
+    // meanwhile (an upgrade never detaches steer_in: it stays in driver mode until the next
+    // start).
+    let config = lab.write_config_xdp(Some("generic"), &format!("{LAB_RULES}{SNI_WEB}")).unwrap();
     let third = restart_onto(&lab, &jvb_sink, &config, held.as_raw_fd(), second, None);
     assert!(third.log().contains("upgraded the datapath in place"), "{}", third.log());
+    assert!(
+        third.log().contains("steer_in stays in the mode it runs in during this upgrade in place"),
+        "{}",
+        third.log()
+    );
+    let link = lab.host.ip(&["link", "show", "up0"]).unwrap();
+    assert!(link.contains(" xdp ") && !link.contains("xdpgeneric"), "still driver mode, `ip link`:\n{link}");
     assert_eq!(task_health(&pins).0, jitsi_common::TASK_SLOTS);
     assert_eq!(lab.status().unwrap()["build"].as_str().unwrap(), build);
     let back = pinned_prog(&pins, "prog_steer_in");

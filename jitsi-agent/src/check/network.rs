@@ -59,7 +59,8 @@ fn xdp_mode(link: &netlink::Link, setting: XdpModeSetting) -> Check {
                 ),
                 "restart the agent",
             ),
-            _ => Check::ok(what, "generic mode, as xdp_mode asks"),
+            Some((id, _)) => Check::ok(what, format!("program #{id} attached in generic mode, as xdp_mode asks")),
+            None => Check::ok(what, "nothing attached yet; the agent attaches in generic mode, as xdp_mode asks"),
         };
     }
     if let Some((id, mode)) = link.xdp {
