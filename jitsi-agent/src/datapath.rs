@@ -734,7 +734,6 @@ impl Datapath {
     }
 }
 
-/// The id of the program a link runs.
 /// Detaches the bpf_link pinned at `path` from its hook at once, for every holder
 /// (`BPF_OBJ_GET` then `BPF_LINK_DETACH`, Linux 5.9; aya 0.14 has no call for it). The pin
 /// stays: an empty link.
@@ -764,6 +763,7 @@ fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
     bpf(BPF_LINK_DETACH, &detach).map(drop)
 }
 
+/// The id of the program a link runs.
 fn link_prog_id(link: &FdLink) -> Option<u32> {
     link.info().ok().map(|i| i.program_id())
 }

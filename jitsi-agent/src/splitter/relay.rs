@@ -15,8 +15,9 @@
 //!
 //! The relay is one small state machine ([`Relay`]) polled by the connection's task: it
 //! waits on the sockets' own readiness slots, holds one timer, set again only when it fires
-//! (not on every byte), and no buffer while idle; an idle relayed connection costs the task,
-//! this struct and the two sockets' registrations.
+//! (not on every byte), and no buffer until bytes arrive; a relayed connection that has
+//! moved nothing since its first bytes costs the task, this struct and the two sockets'
+//! registrations (one that has moved data keeps its copy buffer, up to 64 KiB a direction).
 
 use std::{
     future::Future,
