@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod bench;
+pub mod cgroup;
 pub mod clients;
 pub mod docker;
 pub mod lab;

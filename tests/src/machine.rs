@@ -2,8 +2,8 @@
 //! (cached under `target/systemd-root/`), booted with `systemd-nspawn -b` inside one of the
 //! lab's network namespaces. Where no systemd runs as PID 1 nspawn cannot register with one,
 //! hence `--register=no --keep-unit`; its own seccomp filter would refuse `bpf(2)`, hence the
-//! `--system-call-filter` additions. Each machine boots from its own copy of the cached root
-//! and is powered off and removed on drop.
+//! `--system-call-filter` additions. Each machine boots from its own copy of the cached root,
+//! in a cgroup of its own ([`OwnCgroup`]), and is powered off and removed on drop.
 
 use std::{
     path::{Path, PathBuf},
@@ -13,7 +13,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{NetNs, run, unique_name};
+use crate::{
+    cgroup::OwnCgroup,
+    netns::{NetNs, run, unique_name},
+};
 
 /// Where the debootstrapped root is cached.
 fn cache_dir() -> PathBuf {
@@ -73,6 +76,8 @@ pub struct Machine {
     root: PathBuf,
     nspawn: Child,
     pid1: u32,
+    // Dropped after the fields above: removed once the machine is powered off.
+    _cgroup: OwnCgroup,
 }
 
 impl Machine {
@@ -91,13 +96,16 @@ impl Machine {
         let deb_in_root = Path::new("/root").join(deb.file_name().context("a .deb file name")?);
         std::fs::copy(deb, root.join(deb_in_root.strip_prefix("/")?))?;
         let machine_name = unique_name("jl-machine");
-        let install = Command::new("systemd-nspawn")
+        let cgroup = OwnCgroup::create(&machine_name)?;
+        let mut install = Command::new("systemd-nspawn");
+        install
             .args(["-q", "--register=no", "--keep-unit", "-M", &machine_name, "-D"])
             .arg(&root)
             .args(["apt-get", "install", "-y", "-q"])
             .arg(&deb_in_root)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .output()?;
+            .env("DEBIAN_FRONTEND", "noninteractive");
+        cgroup.enter_on_spawn(&mut install)?;
+        let install = install.output()?;
         if !install.status.success() {
             bail!(
                 "apt-get install {} failed:\n{}{}",
@@ -107,7 +115,8 @@ impl Machine {
             );
         }
         prepare(&root)?;
-        let nspawn = Command::new("systemd-nspawn")
+        let mut nspawn = Command::new("systemd-nspawn");
+        nspawn
             .args(["-q", "--register=no", "--keep-unit", "-M", &machine_name, "-D"])
             .arg(&root)
             .arg(format!("--network-namespace-path=/run/netns/{}", ns.name()))
@@ -116,11 +125,11 @@ impl Machine {
             .arg("-b")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("running systemd-nspawn (Debian package systemd-container)")?;
+            .stderr(Stdio::null());
+        cgroup.enter_on_spawn(&mut nspawn)?;
+        let nspawn = nspawn.spawn().context("running systemd-nspawn (Debian package systemd-container)")?;
         drop(guard.disarm());
-        let mut m = Machine { root, nspawn, pid1: 0 };
+        let mut m = Machine { root, nspawn, pid1: 0, _cgroup: cgroup };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if m.pid1 == 0 {
@@ -134,6 +143,11 @@ impl Machine {
                 let nspid = status.lines().find_map(|l| l.strip_prefix("NSpid:")).unwrap_or("");
                 if child != 0 && nspid.split_whitespace().last() == Some("1") {
                     m.pid1 = child;
+                    // Its units live below its own cgroup, apart from any other machine's.
+                    let cgroups = std::fs::read_to_string(format!("/proc/{child}/cgroup")).unwrap_or_default();
+                    if !cgroups.lines().any(|l| l.starts_with("0::") && l.contains(&format!("/{machine_name}/"))) {
+                        bail!("the machine's systemd is not in its own cgroup {machine_name}:\n{cgroups}");
+                    }
                 }
             }
             if m.pid1 != 0 {
@@ -191,10 +205,19 @@ impl Machine {
                 args.join(" "),
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
-                self.journal("jitsi-agent")
+                self.boot_journal()
             );
         }
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// The last 80 lines of the machine's whole journal since boot (the service manager's own
+    /// messages too: a unit's failing child logs why under the manager, not always under the
+    /// unit), with monotonic times.
+    pub fn boot_journal(&self) -> String {
+        self.exec("journalctl", &["-b", "-n", "80", "--no-pager", "-o", "short-monotonic"])
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     /// `journalctl -u unit` inside the machine, as plain text.

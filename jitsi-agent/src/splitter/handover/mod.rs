@@ -411,9 +411,11 @@ mod tests {
         assert!(e.contains("1 pairs with 0 descriptors"), "{e}");
     }
 
-    /// A backend that does not read while the client sends 4 MiB: the relay is stopped while
-    /// blocked writing, hands over the bytes it holds, and the next relay writes them first;
-    /// the backend, reading at last, gets every byte once and in order. Both modes.
+    /// A backend that does not read while the client sends 24 MiB (more than every socket
+    /// buffer on the way can take, autotuned): once the client's writes stall, the relay is
+    /// blocked writing; it is stopped then, hands over the bytes it holds, and the next relay
+    /// writes them first; the backend, reading at last, gets every byte once and in order.
+    /// Both modes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_relay_blocked_writing_hands_over_the_bytes_it_holds() {
         for mode in [Mode::Copy, Mode::Splice] {
@@ -433,18 +435,32 @@ mod tests {
                 let stop = stop.clone();
                 tokio::spawn(async move { relay(a, b, Duration::from_secs(60), mode, Resume::default(), &stop).await })
             };
-            let data: Vec<u8> = (0..4u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+            let data: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
             let (_, mut w) = client.into_split();
+            let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let writer = {
-                let data = data.clone();
+                let (data, written) = (data.clone(), written.clone());
                 tokio::spawn(async move {
-                    w.write_all(&data).await.unwrap();
+                    for chunk in data.chunks(64 << 10) {
+                        w.write_all(chunk).await.unwrap();
+                        written.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                    }
                     w.shutdown().await.unwrap();
                     w
                 })
             };
-            // Long enough for every socket buffer on the way to fill.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Every buffer on the way full: the client's writes stall (not a fixed wait, which a
+            // loaded machine outlasts before the bytes get there).
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let now = written.load(std::sync::atomic::Ordering::Relaxed);
+                assert!(now < data.len(), "{mode:?}: the socket buffers took all {now} bytes");
+                if now == last && now > 0 {
+                    break;
+                }
+                last = now;
+            }
             stop.cancel();
             let Outcome::Stopped(s) = task.await.unwrap() else { panic!("{mode:?}: the relay ended") };
             assert!(!s.resume.to_backend.is_empty(), "{mode:?}: stopped while holding bytes");
