@@ -15,9 +15,10 @@
 //!
 //! The relay is one small state machine ([`Relay`]) polled by the connection's task: it
 //! waits on the sockets' own readiness slots, holds one timer, set again only when it fires
-//! (not on every byte), and no buffer until bytes arrive; a relayed connection that has
-//! moved nothing since its first bytes costs the task, this struct and the two sockets'
-//! registrations (one that has moved data keeps its copy buffer, up to 64 KiB a direction).
+//! (not on every byte), and a copy buffer only while bytes are in hand (taken when they
+//! arrive, freed once they are written and the next read would wait); a quiet relayed
+//! connection costs the task, this struct and the two sockets' registrations (in splice mode
+//! also its pipes). The two directions take turns at being polled first.
 
 use std::{
     future::Future,
@@ -159,7 +160,8 @@ impl Way {
     }
 
     /// Copies `src` to `dst` until EOF, an error or a stop (`Ready` then, with `done` set).
-    /// The buffer is allocated when the first bytes arrive and never zeroed.
+    /// The buffer is allocated when bytes arrive (never zeroed) and freed when all of them
+    /// are written and the next read would wait.
     fn poll_copy(&mut self, cx: &mut Context<'_>, e: &Ends<'_>, t: &mut Shared) -> Poll<io::Result<()>> {
         loop {
             if !ready!(self.poll_write_pending(cx, e, t))? {
@@ -168,7 +170,11 @@ impl Way {
             if t.stopping {
                 return self.stop_empty();
             }
-            ready!(e.src.poll_read_ready(cx))?;
+            if e.src.poll_read_ready(cx)?.is_pending() {
+                // Everything read is written: a quiet connection keeps no buffer.
+                self.release();
+                return Poll::Pending;
+            }
             // At most BUF bytes in hand: what a stop hands over stays bounded.
             self.buf.clear();
             self.pos = 0;
@@ -191,6 +197,8 @@ impl Way {
         if !ready!(self.poll_write_pending(cx, e, t))? {
             return Ok(()).into();
         }
+        // What a handover left is written: splicing needs no buffer.
+        self.release();
         loop {
             while self.in_pipe > 0 {
                 let pipe = self.pipe.as_ref().expect("bytes in the pipe");
@@ -223,6 +231,15 @@ impl Way {
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                 Err(err) => return Poll::Ready(Err(err)),
             }
+        }
+    }
+
+    /// Frees the buffer; only called with nothing pending in it.
+    fn release(&mut self) {
+        debug_assert!(self.pending().is_empty());
+        if self.buf.capacity() != 0 {
+            self.buf = Vec::new();
+            self.pos = 0;
         }
     }
 
@@ -268,6 +285,9 @@ pin_project_lite::pin_project! {
         up: Way,
         down: Way,
         mode: Mode,
+        // Which direction is polled first; it alternates, so that one flooding its way cannot
+        // spend the task's whole budget every time while the other waits.
+        up_first: bool,
         idle: Duration,
         timing: Shared,
         #[pin]
@@ -300,6 +320,7 @@ pub fn relay(
         up: way(to_backend, state.up_ended),
         down: way(to_client, state.down_ended),
         mode,
+        up_first: true,
         idle,
         timing: Shared { last, ended: u8::from(state.up_ended) + u8::from(state.down_ended), stopping: false },
         stop: stop.cancelled(),
@@ -316,7 +337,9 @@ impl Future for Relay<'_> {
             me.timing.stopping = true;
         }
         let (client, backend) = me.sockets.as_ref().expect("polled after it returned");
-        for up in [true, false] {
+        let first = *me.up_first;
+        *me.up_first = !first;
+        for up in [first, !first] {
             let (way, e) = if up {
                 (&mut *me.up, Ends { src: client, dst: backend })
             } else {
@@ -367,4 +390,133 @@ fn stopped(client: TcpStream, backend: TcpStream, up: &mut Way, down: &mut Way, 
     let ((up_ended, to_backend), (down_ended, to_client)) = (rest(up), rest(down));
     let state = RelayState { up_ended, down_ended, idle_ms: t.last.elapsed().as_millis() as u64 };
     Stopped { client, backend, resume: Resume { state, to_backend, to_client }, up: up.bytes, down: down.bytes }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::poll_fn;
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A client, the relay's two sockets (its accepted end and its connection to the
+    /// backend) and the backend's end.
+    async fn sockets() -> (TcpStream, TcpStream, TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let upstream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (backend, _) = listener.accept().await.unwrap();
+        (client, accepted, upstream, backend)
+    }
+
+    async fn read_to_end(s: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        got
+    }
+
+    #[tokio::test]
+    async fn each_sides_eof_is_passed_on_and_the_relay_ends_once_both_have_closed() {
+        for mode in [Mode::Copy, Mode::Splice] {
+            let (mut client, a, b, mut backend) = sockets().await;
+            let stop = CancellationToken::new();
+            let relay = tokio::spawn(async move {
+                let Outcome::Ended(r) = relay(a, b, Duration::from_secs(60), mode, Resume::default(), &stop).await
+                else {
+                    panic!("not stopped")
+                };
+                r
+            });
+            client.write_all(b"ping").await.unwrap();
+            client.shutdown().await.unwrap();
+            assert_eq!(read_to_end(&mut backend).await, b"ping", "{mode:?}: the client's bytes, then its FIN");
+            // Half-closed: the other way still carries bytes.
+            backend.write_all(b"pong!").await.unwrap();
+            backend.shutdown().await.unwrap();
+            assert_eq!(read_to_end(&mut client).await, b"pong!", "{mode:?}: the backend's bytes, then its FIN");
+            let r = relay.await.unwrap();
+            assert_eq!((r.up, r.down, r.idle), (4, 5, false), "{mode:?}");
+            assert!(r.error.is_none(), "{mode:?}: {:?}", r.error);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_from_the_backend_ends_the_relay_with_the_error_and_closes_the_client() {
+        let (mut client, a, b, backend) = sockets().await;
+        let stop = CancellationToken::new();
+        let relay =
+            tokio::spawn(
+                async move { relay(a, b, Duration::from_secs(60), Mode::Copy, Resume::default(), &stop).await },
+            );
+        socket2::SockRef::from(&backend).set_linger(Some(Duration::ZERO)).unwrap();
+        drop(backend);
+        let Outcome::Ended(r) = relay.await.unwrap() else { panic!("not stopped") };
+        assert_eq!(r.error.map(|e| e.kind()), Some(io::ErrorKind::ConnectionReset));
+        assert!(read_to_end(&mut client).await.is_empty(), "the client's connection is closed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_quiet_both_ways_for_the_idle_timeout_ends_and_bytes_put_it_off() {
+        let (mut client, a, b, mut backend) = sockets().await;
+        let stop = CancellationToken::new();
+        let start = Instant::now();
+        let relay = tokio::spawn(async move {
+            let out = relay(a, b, Duration::from_secs(60), Mode::Copy, Resume::default(), &stop).await;
+            (out, start.elapsed())
+        });
+        tokio::time::sleep(Duration::from_secs(40)).await;
+        client.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        backend.read_exact(&mut one).await.unwrap();
+        let (out, after) = relay.await.unwrap();
+        let Outcome::Ended(r) = out else { panic!("not stopped") };
+        assert!(r.idle && r.error.is_none() && r.up == 1, "{r:?}");
+        assert!(after >= Duration::from_secs(100), "60 s after the last byte (at 40 s), not {after:?}");
+        assert!(after < Duration::from_secs(101), "{after:?}");
+        assert!(read_to_end(&mut client).await.is_empty() && read_to_end(&mut backend).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_relay_that_moved_bytes_and_went_quiet_holds_no_copy_buffer() {
+        let (mut client, a, b, mut backend) = sockets().await;
+        let stop = CancellationToken::new();
+        let mut relay = Box::pin(relay(a, b, Duration::from_secs(60), Mode::Copy, Resume::default(), &stop));
+        client.write_all(&[7u8; 3000]).await.unwrap();
+        backend.write_all(&[9u8; 2000]).await.unwrap();
+        let (mut up, mut down) = (vec![0u8; 3000], vec![0u8; 2000]);
+        tokio::select! {
+            _ = relay.as_mut() => panic!("the relay ended"),
+            r = async { tokio::join!(backend.read_exact(&mut up), client.read_exact(&mut down)) } => {
+                r.0.unwrap();
+                r.1.unwrap();
+            }
+        }
+        assert!(up == [7u8; 3000] && down == [9u8; 2000]);
+        // Polled again with nothing to read: both directions let their buffer go.
+        assert!(poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx).is_pending())).await);
+        let me = relay.as_mut().project();
+        assert_eq!((me.up.buf.capacity(), me.down.buf.capacity()), (0, 0));
+        assert_eq!((me.up.bytes, me.down.bytes), (3000, 2000));
+    }
+
+    #[tokio::test]
+    async fn a_splice_relay_frees_the_bytes_a_handover_left_once_it_has_written_them() {
+        let (_client, a, b, mut backend) = sockets().await;
+        let stop = CancellationToken::new();
+        let resume = Resume { to_backend: vec![5u8; 100_000], ..Resume::default() };
+        let mut relay = Box::pin(relay(a, b, Duration::from_secs(60), Mode::Splice, resume, &stop));
+        let mut got = vec![0u8; 100_000];
+        tokio::select! {
+            _ = relay.as_mut() => panic!("the relay ended"),
+            r = backend.read_exact(&mut got) => { r.unwrap(); }
+        }
+        assert!(got == [5u8; 100_000]);
+        assert!(poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx).is_pending())).await);
+        assert_eq!(relay.as_mut().project().up.buf.capacity(), 0);
+    }
 }
