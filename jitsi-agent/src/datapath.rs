@@ -212,6 +212,15 @@ pub fn load_unattached() -> Result<Ebpf> {
     Ok(bpf)
 }
 
+/// The id of the `steer_in` program pinned in `pin_dir`, if there is one (the agent's, running
+/// or not).
+pub fn pinned_steer_in_id(pin_dir: &Path) -> Option<u32> {
+    Xdp::from_pin(pin_dir.join("prog_steer_in"), XdpAttachType::Interface)
+        .ok()
+        .and_then(|p| p.info().ok())
+        .map(|i| i.id())
+}
+
 /// The `steer_in` program of a loaded object.
 pub fn xdp_program(bpf: &mut Ebpf) -> Result<&mut Xdp> {
     bpf.program_mut(PROG_STEER_IN)
@@ -228,16 +237,16 @@ pub fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .map_err(|e| Error::ebpf("reply_out", e))
 }
 
-/// Whether a program was attached now or found attached.
+/// Whether a program was attached now or found attached, and the mode it runs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attach {
-    /// Attached by this agent, in this mode.
+    /// Attached by this agent.
     Attached(&'static str),
     /// Already attached (pinned link), left alone.
-    Adopted,
+    Adopted(&'static str),
     /// Another build's program was attached through the pinned link; this one replaced it
     /// there atomically.
-    Swapped,
+    Swapped(&'static str),
 }
 
 /// An upgrade in place under way: staged by [`Datapath::open`], finished by
@@ -590,30 +599,48 @@ impl Datapath {
     /// detaches it): the new mode applies at the next start.
     pub fn ensure_xdp(&mut self, link: &Link, mode: XdpModeSetting) -> Result<Attach> {
         let pin = self.pin_dir.join(format!("link_xdp_{}", link.name));
-        let mode_ok = link.xdp.is_none_or(|(_, m)| mode.accepts(m));
+        // Ours: this build's program, or the one behind our pinned link (another build's).
+        // Any other is someone else's and left alone: one offloaded to the NIC beside ours (the
+        // kernel takes offload beside driver or generic mode, never driver and generic
+        // together), or one in the mode we want (then our attach fails, naming the kernel's
+        // refusal).
+        let current = self.prog_id(true)?;
+        let pinned = pin.exists().then(|| PinnedLink::from_pin(&pin).ok().and_then(|l| link_prog_id(&l.into())));
+        let ours = link.xdp.iter().copied().find(|&(id, _)| id == current || Some(id) == pinned.flatten());
+        for &(id, attached) in link.xdp.iter().filter(|&&(id, _)| Some(id) != ours.map(|(o, _)| o)) {
+            warn!(interface = %link.name, program = id, mode = attached, "another XDP program is attached to the interface (offloaded to the NIC it sees packets before steer_in; in driver or generic mode it keeps steer_in out); `bpftool net` shows it");
+        }
+        let mode_ok = ours.is_none_or(|(_, m)| mode.accepts(m));
         let upgrading = self.upgrade.is_some();
         if !mode_ok
             && upgrading
-            && let Some((_, attached)) = link.xdp
+            && let Some((_, attached)) = ours
         {
             warn!(interface = %link.name, attached, wanted = ?mode, "steer_in stays in the mode it runs in during this upgrade in place; xdp_mode applies at the next start");
         }
         let keep_mode = mode_ok || upgrading;
-        if link.xdp.map(|(id, _)| id) == Some(self.prog_id(true)?) && pin.exists() && keep_mode {
-            return Ok(Attach::Adopted);
+        if let Some((id, attached)) = ours
+            && id == current
+            && pin.exists()
+            && keep_mode
+        {
+            return Ok(Attach::Adopted(attached));
         }
         // Another build's program behind our pinned link: replaced in place. During an upgrade
         // a link that cannot be swapped is an error (never a detach and a fresh attach).
-        if pin.exists() && link.xdp.is_some() && keep_mode {
+        if pin.exists()
+            && let Some((_, attached)) = ours
+            && keep_mode
+        {
             match self.swap_xdp(&pin) {
-                Ok(_) => return Ok(Attach::Swapped),
+                Ok(_) => return Ok(Attach::Swapped(attached)),
                 Err(e) if upgrading => return Err(e),
                 Err(_) => {}
             }
         }
         // The mode our pinned link runs in, to go back to if the new one is refused.
-        let previous = link.xdp.filter(|_| pin.exists()).map(|(_, m)| m);
-        if !mode_ok && let Some((_, attached)) = link.xdp {
+        let previous = ours.filter(|_| pin.exists()).map(|(_, m)| m);
+        if !mode_ok && let Some((_, attached)) = ours {
             warn!(interface = %link.name, attached, wanted = ?mode, "steer_in is attached in another mode than xdp_mode asks: detaching it to attach again (steering pauses meanwhile)");
         }
         // Detached now, not when the kernel gets round to releasing the unpinned link: an
@@ -703,12 +730,12 @@ impl Datapath {
             .map(|(_, progs)| progs.iter().any(|p| p.id() == ours))
             .unwrap_or(false);
         if attached && pin.exists() {
-            return Ok(Attach::Adopted);
+            return Ok(Attach::Adopted("tcx"));
         }
         if pin.exists() && interface_exists(&link.name) {
             match self.swap_tc(&pin) {
-                Ok(true) => return Ok(Attach::Swapped),
-                Ok(false) if self.upgrade.is_some() => return Ok(Attach::Adopted),
+                Ok(true) => return Ok(Attach::Swapped("tcx")),
+                Ok(false) if self.upgrade.is_some() => return Ok(Attach::Adopted("tcx")),
                 Err(e) if self.upgrade.is_some() => return Err(e),
                 _ => {}
             }

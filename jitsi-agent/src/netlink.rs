@@ -39,14 +39,47 @@ pub struct Link {
     pub mac: [u8; 6],
     /// Whether it is a Linux bridge.
     pub is_bridge: bool,
-    /// The attached XDP program id and mode ("driver", "generic", ...), if any.
-    pub xdp: Option<(u32, &'static str)>,
+    /// The XDP programs attached: id and mode ("driver", "generic", "offload"), one per mode
+    /// at most, driver first.
+    pub xdp: Vec<(u32, &'static str)>,
+}
+
+impl Link {
+    /// The mode in which program `id` is attached, if it is.
+    pub fn xdp_mode_of(&self, id: u32) -> Option<&'static str> {
+        self.xdp.iter().find(|(p, _)| *p == id).map(|(_, m)| *m)
+    }
+}
+
+/// The programs an `IFLA_XDP` nest reports: each attached program's id comes in
+/// `IFLA_XDP_{DRV,SKB,HW}_PROG_ID`; `IFLA_XDP_ATTACHED` names the mode and `IFLA_XDP_PROG_ID`
+/// the id only when there is one program (several: `XDP_ATTACHED_MULTI` and no
+/// `IFLA_XDP_PROG_ID`; Linux's net/core/rtnetlink.c, rtnl_xdp_fill).
+fn xdp_programs(nest: Vec<LinkXdp>) -> Vec<(u32, &'static str)> {
+    let (mut single, mut id, mut per_mode) = (None, None, [None; 3]);
+    for x in nest {
+        match x {
+            LinkXdp::Attached(XdpAttached::Driver) => single = Some("driver"),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => single = Some("generic"),
+            LinkXdp::Attached(XdpAttached::Hardware) => single = Some("offload"),
+            LinkXdp::ProgId(p) => id = Some(p),
+            LinkXdp::DrvProgId(p) => per_mode[0] = Some(p),
+            LinkXdp::SkbProgId(p) => per_mode[1] = Some(p),
+            LinkXdp::HwProgId(p) => per_mode[2] = Some(p),
+            _ => {}
+        }
+    }
+    let each: Vec<_> =
+        per_mode.into_iter().zip(["driver", "generic", "offload"]).filter_map(|(p, m)| Some((p?, m))).collect();
+    match (id, single) {
+        (Some(id), Some(mode)) if each.is_empty() => vec![(id, mode)],
+        _ => each,
+    }
 }
 
 fn link_from(msg: LinkMessage) -> Link {
-    let mut link = Link { index: msg.header.index, name: String::new(), mac: [0; 6], is_bridge: false, xdp: None };
-    let mut mode = None;
-    let mut prog = None;
+    let mut link =
+        Link { index: msg.header.index, name: String::new(), mac: [0; 6], is_bridge: false, xdp: Vec::new() };
     for attr in msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => link.name = n,
@@ -54,22 +87,10 @@ fn link_from(msg: LinkMessage) -> Link {
             LinkAttribute::LinkInfo(infos) => {
                 link.is_bridge = infos.iter().any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge)));
             }
-            LinkAttribute::Xdp(xdp) => {
-                for x in xdp {
-                    match x {
-                        LinkXdp::Attached(XdpAttached::Driver) => mode = Some("driver"),
-                        LinkXdp::Attached(XdpAttached::SocketBuffer) => mode = Some("generic"),
-                        LinkXdp::Attached(XdpAttached::Hardware) => mode = Some("offload"),
-                        LinkXdp::Attached(XdpAttached::Multiple) => mode = Some("multiple"),
-                        LinkXdp::ProgId(id) => prog = Some(id),
-                        _ => {}
-                    }
-                }
-            }
+            LinkAttribute::Xdp(xdp) => link.xdp = xdp_programs(xdp),
             _ => {}
         }
     }
-    link.xdp = prog.zip(mode);
     link
 }
 
@@ -293,4 +314,30 @@ pub async fn fdb_port(h: &Handle, bridge: u32, mac: [u8; 6]) -> Result<Option<u3
         }
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_attached_xdp_program_is_read_with_its_mode() {
+        // One program, as the kernel reports it (its per-mode id too).
+        let one = vec![LinkXdp::SkbProgId(41), LinkXdp::Attached(XdpAttached::SocketBuffer), LinkXdp::ProgId(41)];
+        assert_eq!(xdp_programs(one), [(41, "generic")]);
+        // Only the single-program attributes (an older kernel's shape).
+        assert_eq!(xdp_programs(vec![LinkXdp::Attached(XdpAttached::Driver), LinkXdp::ProgId(7)]), [(7, "driver")]);
+        // Two, in generic and driver mode: no IFLA_XDP_PROG_ID.
+        let two = vec![LinkXdp::SkbProgId(9), LinkXdp::DrvProgId(8), LinkXdp::Attached(XdpAttached::Multiple)];
+        assert_eq!(xdp_programs(two), [(8, "driver"), (9, "generic")]);
+        assert!(xdp_programs(vec![LinkXdp::Attached(XdpAttached::None)]).is_empty());
+        let link = Link {
+            index: 1,
+            name: "up0".into(),
+            mac: [0; 6],
+            is_bridge: false,
+            xdp: vec![(8, "driver"), (9, "generic")],
+        };
+        assert_eq!((link.xdp_mode_of(9), link.xdp_mode_of(10)), (Some("generic"), None));
+    }
 }

@@ -191,7 +191,7 @@ mod tests {
             rule("turn", 3478, &["192.0.2.11:3478"]),
         ];
         let slots = BTreeMap::from([("jvb".to_string(), 0), ("turn".to_string(), 1)]);
-        let link = Link { index: 7, name: "br0".into(), mac: [2, 0, 0, 0, 0, 1], is_bridge: true, xdp: None };
+        let link = Link { index: 7, name: "br0".into(), mac: [2, 0, 0, 0, 0, 1], is_bridge: true, xdp: Vec::new() };
         let resolved = HashMap::from([(
             "192.0.2.10".parse().unwrap(),
             Resolved { port_ifindex: 9, backend_mac: [2, 0, 0, 0, 0, 0x10], gateway_mac: link.mac, gateway: link },

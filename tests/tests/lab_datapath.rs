@@ -404,3 +404,54 @@ fn spoofed_packets_cannot_redirect_replies_and_unseen_clients_go_through_the_gat
     assert_eq!(dropped, Some(5), "{st}");
     agent.stop().unwrap();
 }
+
+/// Someone else's XDP program in driver mode on the uplink (the kernel takes no second one in
+/// driver or generic mode): `check` fails naming it and how to detach it, the agent does not
+/// start and says why; with it gone, the agent starts and steers.
+#[test]
+fn a_foreign_xdp_program_on_the_uplink_is_named_by_check_and_the_start() {
+    let lab = lab();
+    let jvb = lab.backend("jvb");
+    let _sink = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let config = lab.write_config(LAB_RULES).unwrap();
+    // The foreign program: a copy of steer_in with empty maps (it passes every packet),
+    // attached through a link that dropping `foreign` detaches.
+    let foreign = lab
+        .host
+        .enter(|| -> anyhow::Result<aya::Ebpf> {
+            let mut bpf = jitsi_agent::datapath::load_unattached()?;
+            jitsi_agent::datapath::xdp_program(&mut bpf)?.attach("up0", aya::programs::XdpMode::Driver)?;
+            Ok(bpf)
+        })
+        .unwrap()
+        .unwrap();
+    let agent = |args: &[&str]| {
+        let out = jitsi_tests::agent::command_in(&lab.host, &jitsi_tests::agent::agent_bin())
+            .unwrap()
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let (ok, check) = agent(&["check"]);
+    assert!(!ok, "check must fail:\n{check}");
+    let line = check.lines().find(|l| l.contains("xdp on up0")).unwrap_or_else(|| panic!("{check}"));
+    assert!(line.contains("FAIL") && line.contains("is not the agent's steer_in"), "{line}");
+    assert!(check.contains("ip link set dev up0 xdpdrv off"), "{check}");
+    let (ok, log) = agent(&["run"]);
+    assert!(!ok, "the agent cannot attach beside it:\n{log}");
+    assert!(log.contains("another XDP program is attached to the interface"), "{log}");
+    assert!(log.contains("attaching XDP to up0 in generic mode"), "the kernel's refusal named:\n{log}");
+
+    drop(foreign);
+    let agent = AgentProcess::start(&lab.host, &config).unwrap();
+    assert_eq!(xdp_mode_attached(&lab), "driver");
+    let client = udp_socket(&lab.inet, false).unwrap();
+    udp_exchange(&client, SocketAddr::new(HOST_V4.into(), 10000), CLIENT_V4.into(), 3);
+    agent.stop().unwrap();
+}

@@ -90,7 +90,7 @@ struct Env {
 }
 
 fn resolved(ip: &str, mac: [u8; 6], ifindex: u32) -> (std::net::IpAddr, Resolved) {
-    let gateway = Link { index: 3, name: "br0".into(), mac: BRIDGE_MAC, is_bridge: true, xdp: None };
+    let gateway = Link { index: 3, name: "br0".into(), mac: BRIDGE_MAC, is_bridge: true, xdp: Vec::new() };
     (ip.parse().unwrap(), Resolved { port_ifindex: ifindex, backend_mac: mac, gateway_mac: BRIDGE_MAC, gateway })
 }
 

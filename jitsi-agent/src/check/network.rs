@@ -38,20 +38,60 @@ pub(super) async fn uplink(config: &Config) -> Vec<Check> {
         let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         Check::ok(what, format!("index {}, steering packets sent to {}", link.index, list.join(", ")))
     });
-    out.push(xdp_mode(&link, config.uplink.xdp_mode));
+    let ours = datapath::pinned_steer_in_id(&config.pin_dir);
+    out.push(foreign_xdp(&link, ours).unwrap_or_else(|| xdp_mode(&link, ours, config.uplink.xdp_mode)));
     out
 }
 
-/// Driver (native) XDP, or only generic, against `[uplink] xdp_mode`. With a program already
-/// attached (the agent's), its mode is reported; otherwise a fresh, unpinned copy of
+/// Another XDP program on the uplink than the agent's pinned `steer_in`: one in driver or
+/// generic mode keeps `steer_in` out (the kernel takes one program in those, never both
+/// modes at once), one offloaded to the NIC sees packets first.
+fn foreign_xdp(link: &netlink::Link, ours: Option<u32>) -> Option<Check> {
+    let what = format!("xdp on {}", link.name);
+    let (id, mode) = link.xdp.iter().copied().find(|&(id, _)| Some(id) != ours)?;
+    let detach = format!(
+        "detach it with the tool that attached it (`bpftool net` shows it; `ip link set dev {} xdp{} off` removes one attached through netlink)",
+        link.name,
+        match mode {
+            "generic" => "generic",
+            "offload" => "offload",
+            _ => "drv",
+        }
+    );
+    Some(match link.xdp.iter().find(|&&(p, _)| Some(p) == ours) {
+        Some((o, m)) => Check::warn(
+            what,
+            format!("program #{id} in {mode} mode beside the agent's steer_in (#{o}, {m} mode) sees packets first"),
+            detach,
+        ),
+        None if mode == "offload" => Check::warn(
+            what,
+            format!(
+                "program #{id} is offloaded to the NIC and is not the agent's: it will see packets before steer_in"
+            ),
+            detach,
+        ),
+        None => Check::fail(
+            what,
+            format!(
+                "program #{id} attached in {mode} mode is not the agent's steer_in: the agent cannot attach beside it"
+            ),
+            detach,
+        ),
+    })
+}
+
+/// Driver (native) XDP, or only generic, against `[uplink] xdp_mode`. With the agent's
+/// program already attached, its mode is reported; otherwise a fresh, unpinned copy of
 /// `steer_in` (empty maps: it passes every packet) is attached in driver mode and detached at
 /// once. `generic` chosen in the file is not a warning.
-fn xdp_mode(link: &netlink::Link, setting: XdpModeSetting) -> Check {
+fn xdp_mode(link: &netlink::Link, ours: Option<u32>, setting: XdpModeSetting) -> Check {
     let what = format!("xdp on {}", link.name);
     const NATIVE: &str =
         "generic XDP works but costs more CPU per packet; a virtio-net/veth/mlx5/i40e/ixgbe NIC runs it natively";
+    let attached = ours.and_then(|id| Some((id, link.xdp_mode_of(id)?)));
     if setting == XdpModeSetting::Generic {
-        return match link.xdp {
+        return match attached {
             Some((id, mode)) if mode != "generic" => Check::warn(
                 what,
                 format!(
@@ -63,7 +103,7 @@ fn xdp_mode(link: &netlink::Link, setting: XdpModeSetting) -> Check {
             None => Check::ok(what, "nothing attached yet; the agent attaches in generic mode, as xdp_mode asks"),
         };
     }
-    if let Some((id, mode)) = link.xdp {
+    if let Some((id, mode)) = attached {
         return match mode {
             "driver" => Check::ok(what, format!("program #{id} attached in driver mode")),
             _ if setting == XdpModeSetting::Driver => Check::warn(

@@ -243,14 +243,13 @@ impl Agent {
                 info!(interface = %self.uplink.name, mode, "attached steer_in (XDP)");
                 Some(mode)
             }
-            Attach::Adopted => {
-                let mode = self.uplink.xdp.map(|x| x.1);
+            Attach::Adopted(mode) => {
                 info!(interface = %self.uplink.name, mode, "adopted attached steer_in (XDP)");
-                mode
+                Some(mode)
             }
-            Attach::Swapped => {
-                info!(interface = %self.uplink.name, "swapped in this build's steer_in (XDP link updated)");
-                self.uplink.xdp.map(|x| x.1)
+            Attach::Swapped(mode) => {
+                info!(interface = %self.uplink.name, mode, "swapped in this build's steer_in (XDP link updated)");
+                Some(mode)
             }
         };
         *self.shared.xdp.lock().expect("xdp lock") = mode.map(|m| (self.uplink.name.clone(), m));
@@ -430,8 +429,8 @@ impl Agent {
             // are attached meanwhile.
             match self.dp.ensure_tc(g) {
                 Ok(Attach::Attached(mode)) => info!(interface = %g.name, mode, "attached reply_out (TC ingress)"),
-                Ok(Attach::Adopted) => info!(interface = %g.name, "adopted attached reply_out (TC ingress)"),
-                Ok(Attach::Swapped) => {
+                Ok(Attach::Adopted(_)) => info!(interface = %g.name, "adopted attached reply_out (TC ingress)"),
+                Ok(Attach::Swapped(_)) => {
                     info!(interface = %g.name, "swapped in this build's reply_out (TCX link updated)")
                 }
                 Err(e) => {

@@ -3,8 +3,7 @@
 
 use std::path::Path;
 
-use aya::programs::{SchedClassifier, Xdp, tc::TcAttachType};
-use aya_obj::programs::XdpAttachType;
+use aya::programs::{SchedClassifier, tc::TcAttachType};
 use serde::Serialize;
 
 use crate::{
@@ -31,10 +30,7 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     names.sort();
     // Our programs' ids (None when a pin is missing: every link then reads as detached).
-    let steer_in = Xdp::from_pin(pin_dir.join("prog_steer_in"), XdpAttachType::Interface)
-        .ok()
-        .and_then(|p| p.info().ok())
-        .map(|i| i.id());
+    let steer_in = crate::datapath::pinned_steer_in_id(pin_dir);
     let reply_out =
         SchedClassifier::from_pin(pin_dir.join("prog_reply_out")).ok().and_then(|p| p.info().ok()).map(|i| i.id());
     let h = netlink::connect()?;
@@ -42,10 +38,7 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     for name in names {
         if let Some(ifname) = name.strip_prefix("link_xdp_") {
             let mode = match netlink::link_by_name(&h, ifname).await {
-                Ok(l) => match l.xdp {
-                    Some((id, mode)) if Some(id) == steer_in => mode.to_string(),
-                    _ => "detached".into(),
-                },
+                Ok(l) => steer_in.and_then(|id| l.xdp_mode_of(id)).unwrap_or("detached").to_string(),
                 Err(_) => "detached".into(),
             };
             out.push(Attachment { interface: ifname.into(), program: "steer_in (XDP)", mode });
