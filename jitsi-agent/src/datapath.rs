@@ -212,13 +212,17 @@ pub fn load_unattached() -> Result<Ebpf> {
     Ok(bpf)
 }
 
-/// The id of the `steer_in` program pinned in `pin_dir`, if there is one (the agent's, running
-/// or not).
-pub fn pinned_steer_in_id(pin_dir: &Path) -> Option<u32> {
-    Xdp::from_pin(pin_dir.join("prog_steer_in"), XdpAttachType::Interface)
+/// The ids the agent's `steer_in` can have on `ifname`, from the pins in `pin_dir`: the pinned
+/// program's, and the one behind the pinned link on that interface (another build's, until an
+/// upgrade in place has swapped it). Empty when nothing is pinned.
+pub fn pinned_steer_in_ids(pin_dir: &Path, ifname: &str) -> Vec<u32> {
+    let prog = Xdp::from_pin(pin_dir.join("prog_steer_in"), XdpAttachType::Interface)
         .ok()
         .and_then(|p| p.info().ok())
-        .map(|i| i.id())
+        .map(|i| i.id());
+    let linked =
+        PinnedLink::from_pin(pin_dir.join(format!("link_xdp_{ifname}"))).ok().and_then(|l| link_prog_id(&l.into()));
+    prog.into_iter().chain(linked).collect()
 }
 
 /// The `steer_in` program of a loaded object.
@@ -605,8 +609,8 @@ impl Datapath {
         // together), or one in the mode we want (then our attach fails, naming the kernel's
         // refusal).
         let current = self.prog_id(true)?;
-        let pinned = pin.exists().then(|| PinnedLink::from_pin(&pin).ok().and_then(|l| link_prog_id(&l.into())));
-        let ours = link.xdp.iter().copied().find(|&(id, _)| id == current || Some(id) == pinned.flatten());
+        let pinned = PinnedLink::from_pin(&pin).ok().and_then(|l| link_prog_id(&l.into()));
+        let ours = link.xdp.iter().copied().find(|&(id, _)| id == current || Some(id) == pinned);
         for &(id, attached) in link.xdp.iter().filter(|&&(id, _)| Some(id) != ours.map(|(o, _)| o)) {
             warn!(interface = %link.name, program = id, mode = attached, "another XDP program is attached to the interface (offloaded to the NIC it sees packets before steer_in; in driver or generic mode it keeps steer_in out); `bpftool net` shows it");
         }
@@ -627,9 +631,11 @@ impl Datapath {
             return Ok(Attach::Adopted(attached));
         }
         // Another build's program behind our pinned link: replaced in place. During an upgrade
-        // a link that cannot be swapped is an error (never a detach and a fresh attach).
+        // a link that cannot be swapped is an error (never a detach and a fresh attach), also
+        // when the link could not be read to tell its program among those attached.
+        let swap_mode = ours.map(|(_, m)| m).or_else(|| link.xdp.first().map(|&(_, m)| m).filter(|_| upgrading));
         if pin.exists()
-            && let Some((_, attached)) = ours
+            && let Some(attached) = swap_mode
             && keep_mode
         {
             match self.swap_xdp(&pin) {

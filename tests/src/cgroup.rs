@@ -41,8 +41,8 @@ impl OwnCgroup {
                 _ => continue,
             };
             let Some((mount_root, mount_point)) = cgroup_mount(&mounts, unified) else { continue };
-            let relative = path.strip_prefix(mount_root.as_str()).unwrap_or(path).trim_start_matches('/');
-            let dir = mount_point.join(relative).join(name);
+            let relative = Path::new(path).strip_prefix(&mount_root).unwrap_or(Path::new(path));
+            let dir = mount_point.join(relative.strip_prefix("/").unwrap_or(relative)).join(name);
             std::fs::create_dir(&dir).with_context(|| format!("making the cgroup {}", dir.display()))?;
             made.dirs.push(dir);
         }
@@ -118,13 +118,29 @@ fn remove_tree(dir: &Path, deadline: Instant) {
     }
 }
 
-impl Drop for OwnCgroup {
-    /// Called once the machine is powered off (or its nspawn killed): whatever of it is left
-    /// is killed (`cgroup.kill`, cgroup v2), then the cgroups are removed.
-    fn drop(&mut self) {
+impl OwnCgroup {
+    /// Kills whatever is left in these cgroups (`cgroup.kill`, cgroup v2) and waits up to 10 s
+    /// for the last process to be gone (`populated 0`). For after the machine's poweroff, or
+    /// its nspawn killed, before its root is removed.
+    pub fn kill(&self) {
         for dir in &self.dirs {
-            let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+            if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
+                continue;
+            }
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::fs::read_to_string(dir.join("cgroup.events")).is_ok_and(|e| e.contains("populated 1"))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
+    }
+}
+
+impl Drop for OwnCgroup {
+    /// Kills what is left (see [`OwnCgroup::kill`]) and removes the cgroups.
+    fn drop(&mut self) {
+        self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
         for dir in &self.dirs {
             remove_tree(dir, deadline);

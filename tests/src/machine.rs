@@ -76,8 +76,8 @@ pub struct Machine {
     root: PathBuf,
     nspawn: Child,
     pid1: u32,
-    // Dropped after the fields above: removed once the machine is powered off.
-    _cgroup: OwnCgroup,
+    // Emptied before the root is removed, and removed last.
+    cgroup: OwnCgroup,
 }
 
 impl Machine {
@@ -129,7 +129,7 @@ impl Machine {
         cgroup.enter_on_spawn(&mut nspawn)?;
         let nspawn = nspawn.spawn().context("running systemd-nspawn (Debian package systemd-container)")?;
         drop(guard.disarm());
-        let mut m = Machine { root, nspawn, pid1: 0, _cgroup: cgroup };
+        let mut m = Machine { root, nspawn, pid1: 0, cgroup };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if m.pid1 == 0 {
@@ -145,7 +145,7 @@ impl Machine {
                     m.pid1 = child;
                     // Its units live below its own cgroup, apart from any other machine's.
                     let cgroups = std::fs::read_to_string(format!("/proc/{child}/cgroup")).unwrap_or_default();
-                    if !cgroups.lines().any(|l| l.starts_with("0::") && l.contains(&format!("/{machine_name}/"))) {
+                    if !cgroups.lines().any(|l| l.contains(&format!("/{machine_name}/"))) {
                         bail!("the machine's systemd is not in its own cgroup {machine_name}:\n{cgroups}");
                     }
                 }
@@ -288,6 +288,8 @@ impl Drop for Machine {
             let _ = self.exec("systemctl", &["poweroff", "--no-block"]);
         }
         crate::netns::reap(&mut self.nspawn, Duration::from_secs(20));
+        // Nothing of the machine left running to write into its root while it goes.
+        self.cgroup.kill();
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

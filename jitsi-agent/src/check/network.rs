@@ -38,17 +38,17 @@ pub(super) async fn uplink(config: &Config) -> Vec<Check> {
         let list: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         Check::ok(what, format!("index {}, steering packets sent to {}", link.index, list.join(", ")))
     });
-    let ours = datapath::pinned_steer_in_id(&config.pin_dir);
-    out.push(foreign_xdp(&link, ours).unwrap_or_else(|| xdp_mode(&link, ours, config.uplink.xdp_mode)));
+    let ours = datapath::pinned_steer_in_ids(&config.pin_dir, &link.name);
+    out.push(foreign_xdp(&link, &ours).unwrap_or_else(|| xdp_mode(&link, &ours, config.uplink.xdp_mode)));
     out
 }
 
 /// Another XDP program on the uplink than the agent's pinned `steer_in`: one in driver or
 /// generic mode keeps `steer_in` out (the kernel takes one program in those, never both
 /// modes at once), one offloaded to the NIC sees packets first.
-fn foreign_xdp(link: &netlink::Link, ours: Option<u32>) -> Option<Check> {
+fn foreign_xdp(link: &netlink::Link, ours: &[u32]) -> Option<Check> {
     let what = format!("xdp on {}", link.name);
-    let (id, mode) = link.xdp.iter().copied().find(|&(id, _)| Some(id) != ours)?;
+    let (id, mode) = link.xdp.iter().copied().find(|(id, _)| !ours.contains(id))?;
     let detach = format!(
         "detach it with the tool that attached it (`bpftool net` shows it; `ip link set dev {} xdp{} off` removes one attached through netlink)",
         link.name,
@@ -58,7 +58,7 @@ fn foreign_xdp(link: &netlink::Link, ours: Option<u32>) -> Option<Check> {
             _ => "drv",
         }
     );
-    Some(match link.xdp.iter().find(|&&(p, _)| Some(p) == ours) {
+    Some(match link.xdp.iter().find(|(p, _)| ours.contains(p)) {
         Some((o, m)) => Check::warn(
             what,
             format!("program #{id} in {mode} mode beside the agent's steer_in (#{o}, {m} mode) sees packets first"),
@@ -85,11 +85,11 @@ fn foreign_xdp(link: &netlink::Link, ours: Option<u32>) -> Option<Check> {
 /// program already attached, its mode is reported; otherwise a fresh, unpinned copy of
 /// `steer_in` (empty maps: it passes every packet) is attached in driver mode and detached at
 /// once. `generic` chosen in the file is not a warning.
-fn xdp_mode(link: &netlink::Link, ours: Option<u32>, setting: XdpModeSetting) -> Check {
+fn xdp_mode(link: &netlink::Link, ours: &[u32], setting: XdpModeSetting) -> Check {
     let what = format!("xdp on {}", link.name);
     const NATIVE: &str =
         "generic XDP works but costs more CPU per packet; a virtio-net/veth/mlx5/i40e/ixgbe NIC runs it natively";
-    let attached = ours.and_then(|id| Some((id, link.xdp_mode_of(id)?)));
+    let attached = ours.iter().find_map(|&id| Some((id, link.xdp_mode_of(id)?)));
     if setting == XdpModeSetting::Generic {
         return match attached {
             Some((id, mode)) if mode != "generic" => Check::warn(

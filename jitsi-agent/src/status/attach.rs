@@ -30,7 +30,7 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     names.sort();
     // Our programs' ids (None when a pin is missing: every link then reads as detached).
-    let steer_in = crate::datapath::pinned_steer_in_id(pin_dir);
+
     let reply_out =
         SchedClassifier::from_pin(pin_dir.join("prog_reply_out")).ok().and_then(|p| p.info().ok()).map(|i| i.id());
     let h = netlink::connect()?;
@@ -38,7 +38,11 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     for name in names {
         if let Some(ifname) = name.strip_prefix("link_xdp_") {
             let mode = match netlink::link_by_name(&h, ifname).await {
-                Ok(l) => steer_in.and_then(|id| l.xdp_mode_of(id)).unwrap_or("detached").to_string(),
+                Ok(l) => crate::datapath::pinned_steer_in_ids(pin_dir, ifname)
+                    .into_iter()
+                    .find_map(|id| l.xdp_mode_of(id))
+                    .unwrap_or("detached")
+                    .to_string(),
                 Err(_) => "detached".into(),
             };
             out.push(Attachment { interface: ifname.into(), program: "steer_in (XDP)", mode });

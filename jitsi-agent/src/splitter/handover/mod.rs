@@ -411,31 +411,40 @@ mod tests {
         assert!(e.contains("1 pairs with 0 descriptors"), "{e}");
     }
 
-    /// A backend that does not read while the client sends 24 MiB (more than every socket
-    /// buffer on the way can take, autotuned): once the client's writes stall, the relay is
-    /// blocked writing; it is stopped then, hands over the bytes it holds, and the next relay
-    /// writes them first; the backend, reading at last, gets every byte once and in order.
-    /// Both modes.
+    /// A backend that does not read while the client sends 8 MiB (every socket buffer on the
+    /// way is set to 128 KiB, so they cannot take it all whatever the host's autotuning
+    /// limits): once the client's writes stall, the relay is blocked writing; it is stopped
+    /// then, hands over the bytes it holds, and the next relay writes them first; the backend,
+    /// reading at last, gets every byte once and in order. Both modes.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_relay_blocked_writing_hands_over_the_bytes_it_holds() {
         for mode in [Mode::Copy, Mode::Splice] {
             let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let backend = l.local_addr().unwrap();
             let (go_on, wait) = tokio::sync::oneshot::channel::<()>();
+            let small = |s: &TcpStream| {
+                let s = socket2::SockRef::from(s);
+                s.set_send_buffer_size(128 << 10).unwrap();
+                s.set_recv_buffer_size(128 << 10).unwrap();
+            };
             let server = tokio::spawn(async move {
                 let (mut s, _) = l.accept().await.unwrap();
+                small(&s);
                 wait.await.unwrap();
                 let mut got = Vec::new();
                 s.read_to_end(&mut got).await.unwrap();
                 got
             });
             let (client, a, b) = relayed_pair(backend).await;
+            for s in [&client, &a, &b] {
+                small(s);
+            }
             let stop = CancellationToken::new();
             let task = {
                 let stop = stop.clone();
                 tokio::spawn(async move { relay(a, b, Duration::from_secs(60), mode, Resume::default(), &stop).await })
             };
-            let data: Vec<u8> = (0..24u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+            let data: Vec<u8> = (0..8u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
             let (_, mut w) = client.into_split();
             let written = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
             let writer = {
@@ -449,16 +458,16 @@ mod tests {
                     w
                 })
             };
-            // Every buffer on the way full: the client's writes stall (not a fixed wait, which a
-            // loaded machine outlasts before the bytes get there).
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
+            // Every buffer on the way full: the client's writes stall for three looks in a row
+            // (not a fixed wait, which a loaded machine outlasts before the bytes get there).
+            let (mut last, mut same) = (0, 0);
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while same < 3 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 let now = written.load(std::sync::atomic::Ordering::Relaxed);
-                assert!(now < data.len(), "{mode:?}: the socket buffers took all {now} bytes");
-                if now == last && now > 0 {
-                    break;
-                }
+                assert!(!writer.is_finished(), "{mode:?}: the writer ended after {now} bytes");
+                assert!(std::time::Instant::now() < deadline, "{mode:?}: no stall within 30 s ({now} bytes)");
+                same = if now == last && now > 0 { same + 1 } else { 0 };
                 last = now;
             }
             stop.cancel();
