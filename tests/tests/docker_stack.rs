@@ -366,13 +366,14 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
             .as_u64()
             .unwrap()
     };
-    // The rule turns to "down" in the pinned map (status shows it) right after the event.
+    // The rule turns to "down" in the pinned map (status shows it) after the event (10 s: a
+    // bound for a loaded CI machine, not a speed target).
     let jvb_state = |st: &serde_json::Value| {
         st["rules"].as_array().unwrap().iter().find(|r| r["name"] == "jvb").unwrap()["backends"][0]["state"].clone()
     };
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while jvb_state(&lab.status().unwrap()) != "down" {
-        assert!(Instant::now() < deadline, "jvb not marked down: {}", lab.status().unwrap());
+        assert!(Instant::now() < deadline, "jvb not marked down: {}\n{}", lab.status().unwrap(), agent.log());
         std::thread::sleep(Duration::from_millis(20));
     }
     let down_before = down(&lab.status().unwrap());
