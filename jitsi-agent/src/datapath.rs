@@ -610,7 +610,7 @@ impl Datapath {
         // refusal).
         let current = self.prog_id(true)?;
         let pinned = PinnedLink::from_pin(&pin).ok().and_then(|l| link_prog_id(&l.into()));
-        let ours = link.xdp.iter().copied().find(|&(id, _)| id == current || Some(id) == pinned);
+        let ours = link.xdp_among(&[Some(current), pinned].into_iter().flatten().collect::<Vec<_>>());
         for &(id, attached) in link.xdp.iter().filter(|&&(id, _)| Some(id) != ours.map(|(o, _)| o)) {
             warn!(interface = %link.name, program = id, mode = attached, "another XDP program is attached to the interface (offloaded to the NIC it sees packets before steer_in; in driver or generic mode it keeps steer_in out); `bpftool net` shows it");
         }

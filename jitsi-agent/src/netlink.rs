@@ -45,9 +45,9 @@ pub struct Link {
 }
 
 impl Link {
-    /// The mode in which program `id` is attached, if it is.
-    pub fn xdp_mode_of(&self, id: u32) -> Option<&'static str> {
-        self.xdp.iter().find(|(p, _)| *p == id).map(|(_, m)| *m)
+    /// The first attached program that is one of `ids`, with its mode.
+    pub fn xdp_among(&self, ids: &[u32]) -> Option<(u32, &'static str)> {
+        self.xdp.iter().copied().find(|(p, _)| ids.contains(p))
     }
 }
 
@@ -338,6 +338,6 @@ mod tests {
             is_bridge: false,
             xdp: vec![(8, "driver"), (9, "generic")],
         };
-        assert_eq!((link.xdp_mode_of(9), link.xdp_mode_of(10)), (Some("generic"), None));
+        assert_eq!((link.xdp_among(&[10, 9]), link.xdp_among(&[10])), (Some((9, "generic")), None));
     }
 }

@@ -230,6 +230,20 @@ pub fn check(ns: &NetNs, config: &Path) -> (bool, String) {
     (out.status.success(), text)
 }
 
+/// Runs `jitsi-agent run --config <config>` in `ns` to its end (for starts that must fail):
+/// whether it exited with success, and its log (stderr, `info` level, no colours).
+pub fn run_once(ns: &NetNs, config: &Path) -> (bool, String) {
+    let out = command_in(ns, &agent_bin())
+        .unwrap()
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
 /// Runs `jitsi-agent <args>` (in the caller's namespace) and returns stdout.
 pub fn agent_cli(args: &[&str]) -> Result<String> {
     crate::netns::run(Command::new(agent_bin()).args(args))

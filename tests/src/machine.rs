@@ -71,6 +71,15 @@ pub fn debian_root() -> Result<PathBuf> {
     Ok(root)
 }
 
+/// `systemd-nspawn` for the machine `name` in `root`, unregistered, entering `cgroup` when it
+/// starts; the caller adds what it runs.
+fn nspawn(name: &str, root: &Path, cgroup: &OwnCgroup) -> Result<Command> {
+    let mut cmd = Command::new("systemd-nspawn");
+    cmd.args(["-q", "--register=no", "--keep-unit", "-M", name, "-D"]).arg(root);
+    cgroup.enter_on_spawn(&mut cmd)?;
+    Ok(cmd)
+}
+
 /// A booted Debian 12 with a real systemd as its PID 1.
 pub struct Machine {
     root: PathBuf,
@@ -97,15 +106,11 @@ impl Machine {
         std::fs::copy(deb, root.join(deb_in_root.strip_prefix("/")?))?;
         let machine_name = unique_name("jl-machine");
         let cgroup = OwnCgroup::create(&machine_name)?;
-        let mut install = Command::new("systemd-nspawn");
-        install
-            .args(["-q", "--register=no", "--keep-unit", "-M", &machine_name, "-D"])
-            .arg(&root)
+        let install = nspawn(&machine_name, &root, &cgroup)?
             .args(["apt-get", "install", "-y", "-q"])
             .arg(&deb_in_root)
-            .env("DEBIAN_FRONTEND", "noninteractive");
-        cgroup.enter_on_spawn(&mut install)?;
-        let install = install.output()?;
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .output()?;
         if !install.status.success() {
             bail!(
                 "apt-get install {} failed:\n{}{}",
@@ -115,19 +120,16 @@ impl Machine {
             );
         }
         prepare(&root)?;
-        let mut nspawn = Command::new("systemd-nspawn");
-        nspawn
-            .args(["-q", "--register=no", "--keep-unit", "-M", &machine_name, "-D"])
-            .arg(&root)
+        let nspawn = nspawn(&machine_name, &root, &cgroup)?
             .arg(format!("--network-namespace-path=/run/netns/{}", ns.name()))
             .args(["--capability=all", "--system-call-filter=bpf perf_event_open setns mount", "--bind=/run/netns"])
             .args(binds.iter().map(|b| format!("--bind={b}")))
             .arg("-b")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        cgroup.enter_on_spawn(&mut nspawn)?;
-        let nspawn = nspawn.spawn().context("running systemd-nspawn (Debian package systemd-container)")?;
+            .stderr(Stdio::null())
+            .spawn()
+            .context("running systemd-nspawn (Debian package systemd-container)")?;
         drop(guard.disarm());
         let mut m = Machine { root, nspawn, pid1: 0, cgroup };
         let deadline = Instant::now() + Duration::from_secs(60);

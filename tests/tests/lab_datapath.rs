@@ -303,16 +303,8 @@ fn a_refused_xdp_mode_leaves_steer_in_attached_in_the_mode_it_ran_in() {
     lab.inet.ip(&["link", "set", "eth0", "mtu", "9000"]).unwrap();
 
     let driver = lab.write_config_xdp(Some("driver"), LAB_RULES).unwrap();
-    let out = jitsi_tests::agent::command_in(&lab.host, &jitsi_tests::agent::agent_bin())
-        .unwrap()
-        .args(["run", "--config"])
-        .arg(&driver)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "driver mode refused must stop the start:\n{log}");
+    let (ok, log) = jitsi_tests::agent::run_once(&lab.host, &driver);
+    assert!(!ok, "driver mode refused must stop the start:\n{log}");
     assert!(log.contains("attaching XDP to up0 in driver mode"), "the refusal is named:\n{log}");
     assert!(log.contains("steer_in attached again in the mode it ran in"), "{log}");
     let link = lab.host.ip(&["link", "show", "up0"]).unwrap();
@@ -425,25 +417,12 @@ fn a_foreign_xdp_program_on_the_uplink_is_named_by_check_and_the_start() {
         })
         .unwrap()
         .unwrap();
-    let agent = |args: &[&str]| {
-        let out = jitsi_tests::agent::command_in(&lab.host, &jitsi_tests::agent::agent_bin())
-            .unwrap()
-            .args(args)
-            .arg("--config")
-            .arg(&config)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), text)
-    };
-    let (ok, check) = agent(&["check"]);
+    let (ok, check) = jitsi_tests::agent::check(&lab.host, &config);
     assert!(!ok, "check must fail:\n{check}");
     let line = check.lines().find(|l| l.contains("xdp on up0")).unwrap_or_else(|| panic!("{check}"));
     assert!(line.contains("FAIL") && line.contains("is not the agent's steer_in"), "{line}");
     assert!(check.contains("ip link set dev up0 xdpdrv off"), "{check}");
-    let (ok, log) = agent(&["run"]);
+    let (ok, log) = jitsi_tests::agent::run_once(&lab.host, &config);
     assert!(!ok, "the agent cannot attach beside it:\n{log}");
     assert!(log.contains("another XDP program is attached to the interface"), "{log}");
     assert!(log.contains("attaching XDP to up0 in generic mode"), "the kernel's refusal named:\n{log}");

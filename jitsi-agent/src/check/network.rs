@@ -58,7 +58,7 @@ fn foreign_xdp(link: &netlink::Link, ours: &[u32]) -> Option<Check> {
             _ => "drv",
         }
     );
-    Some(match link.xdp.iter().find(|(p, _)| ours.contains(p)) {
+    Some(match link.xdp_among(ours) {
         Some((o, m)) => Check::warn(
             what,
             format!("program #{id} in {mode} mode beside the agent's steer_in (#{o}, {m} mode) sees packets first"),
@@ -89,7 +89,7 @@ fn xdp_mode(link: &netlink::Link, ours: &[u32], setting: XdpModeSetting) -> Chec
     let what = format!("xdp on {}", link.name);
     const NATIVE: &str =
         "generic XDP works but costs more CPU per packet; a virtio-net/veth/mlx5/i40e/ixgbe NIC runs it natively";
-    let attached = ours.iter().find_map(|&id| Some((id, link.xdp_mode_of(id)?)));
+    let attached = link.xdp_among(ours);
     if setting == XdpModeSetting::Generic {
         return match attached {
             Some((id, mode)) if mode != "generic" => Check::warn(

@@ -29,8 +29,8 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     let entries = std::fs::read_dir(pin_dir).map_err(|e| Error::io(format!("reading {}", pin_dir.display()), e))?;
     let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     names.sort();
-    // Our programs' ids (None when a pin is missing: every link then reads as detached).
-
+    // reply_out's id (None when its pin is missing: every TC link then reads as detached);
+    // steer_in's ids are read per interface, with its pinned link's.
     let reply_out =
         SchedClassifier::from_pin(pin_dir.join("prog_reply_out")).ok().and_then(|p| p.info().ok()).map(|i| i.id());
     let h = netlink::connect()?;
@@ -38,10 +38,9 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     for name in names {
         if let Some(ifname) = name.strip_prefix("link_xdp_") {
             let mode = match netlink::link_by_name(&h, ifname).await {
-                Ok(l) => crate::datapath::pinned_steer_in_ids(pin_dir, ifname)
-                    .into_iter()
-                    .find_map(|id| l.xdp_mode_of(id))
-                    .unwrap_or("detached")
+                Ok(l) => l
+                    .xdp_among(&crate::datapath::pinned_steer_in_ids(pin_dir, ifname))
+                    .map_or("detached", |(_, mode)| mode)
                     .to_string(),
                 Err(_) => "detached".into(),
             };
