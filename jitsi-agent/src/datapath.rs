@@ -1,7 +1,8 @@
 //! Loading, pinning, attaching and adopting the eBPF datapath.
 //!
 //! Pin layout under the pin directory (see the README):
-//! - maps: `rules`, `host_addrs`, `replies`, `return_paths`, `fallback_paths`,
+//! - maps: `rules`, `rule_ranges`, `host_addrs`, `replies`, `reply_ranges`, `return_paths`,
+//!   `fallback_paths`,
 //!   `source_prefixes`, `rule_stats`, `reason_stats`, and
 //!   the splitter's counters `sni_routes`, `sni_counters` and the periodic tasks' health
 //!   `task_health` (written by the agent)
@@ -39,7 +40,8 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use jitsi_common::{
-    ClientKey, HostAddrKey, Manifest, ReasonStats, Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats, SourcePrefix,
+    ClientKey, HostAddrKey, Manifest, RangeKey, ReasonStats, Reply, ReplyKey, ReplyRange, ReplyRangeKey, ReturnPath,
+    Rule, RuleKey, RuleRange, RuleStats, SourcePrefix,
 };
 use tracing::{info, warn};
 
@@ -52,7 +54,7 @@ use crate::{
 };
 
 /// Names of the maps, as pinned.
-pub const MAP_NAMES: [&str; 12] = [
+pub const MAP_NAMES: [&str; 14] = [
     "rules",
     "host_addrs",
     "replies",
@@ -65,6 +67,8 @@ pub const MAP_NAMES: [&str; 12] = [
     "sni_counters",
     "task_health",
     "manifest",
+    "rule_ranges",
+    "reply_ranges",
 ];
 
 /// The schema version of each map in [`MAP_NAMES`] order. Bump a map's entry when the meaning
@@ -106,6 +110,10 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 pub struct Maps {
     /// `rules`.
     pub rules: HashMap<MapData, RuleKey, Rule>,
+    /// `rule_ranges` (LPM trie): the rules that steer a range of ports.
+    pub rule_ranges: LpmTrie<MapData, RangeKey, RuleRange>,
+    /// `reply_ranges` (LPM trie): their backends' ports.
+    pub reply_ranges: LpmTrie<MapData, ReplyRangeKey, ReplyRange>,
     /// `host_addrs`.
     pub host_addrs: HashMap<MapData, HostAddrKey, u32>,
     /// `replies`.
@@ -161,6 +169,8 @@ impl Maps {
     fn from_maps(mut get: impl FnMut(&'static str) -> Result<Map>) -> Result<Self> {
         Ok(Maps {
             rules: HashMap::try_from(get("rules")?).map_err(map_err("rules"))?,
+            rule_ranges: LpmTrie::try_from(get("rule_ranges")?).map_err(map_err("rule_ranges"))?,
+            reply_ranges: LpmTrie::try_from(get("reply_ranges")?).map_err(map_err("reply_ranges"))?,
             host_addrs: HashMap::try_from(get("host_addrs")?).map_err(map_err("host_addrs"))?,
             replies: HashMap::try_from(get("replies")?).map_err(map_err("replies"))?,
             return_paths: HashMap::try_from(get("return_paths")?).map_err(map_err("return_paths"))?,

@@ -8,8 +8,9 @@ use std::{
 };
 
 use jitsi_common::{
-    FAMILY_V4, FAMILY_V6, HostAddrKey, MAX_RULES, PROTO_TCP, REPLY_MARK_LOCAL, RULE_HAS_BACKEND, RULE_NAME_LEN,
-    RULE_RESOLVED, Reply, ReplyKey, Rule, RuleKey,
+    FAMILY_V4, FAMILY_V6, HostAddrKey, MAX_RULES, PROTO_TCP, RANGE_KEY_FIXED_BITS, REPLY_MARK_LOCAL,
+    REPLY_RANGE_KEY_FIXED_BITS, RULE_HAS_BACKEND, RULE_NAME_LEN, RULE_RESOLVED, RangeKey, Reply, ReplyKey, ReplyRange,
+    ReplyRangeKey, Rule, RuleKey, RuleRange,
 };
 
 use crate::{config::SteerRule, resolve::Resolved};
@@ -73,13 +74,18 @@ pub fn assign_slots<'a>(
     (out, fresh)
 }
 
-/// Everything the three configuration maps should contain.
+/// Everything the configuration maps should contain.
 #[derive(Debug, Default, PartialEq)]
 pub struct Desired {
-    /// `rules`.
+    /// `rules`: a rule for one port, and the first port of a range (the rule's entry that
+    /// `status` reads).
     pub rules: Vec<(RuleKey, Rule)>,
-    /// `replies`.
+    /// `replies`, likewise.
     pub replies: Vec<(ReplyKey, Reply)>,
+    /// `rule_ranges`: (prefix length, key) of each prefix of a range.
+    pub rule_ranges: Vec<((u32, RangeKey), RuleRange)>,
+    /// `reply_ranges`: (prefix length, key) of each prefix of a range's backend ports.
+    pub reply_ranges: Vec<((u32, ReplyRangeKey), ReplyRange)>,
     /// `host_addrs` (value: the uplink's ifindex).
     pub host_addrs: Vec<(HostAddrKey, u32)>,
 }
@@ -105,16 +111,27 @@ pub fn desired(
     for rule in steer {
         let slot = slots[&rule.name];
         let protocol = rule.protocol.number();
+        let range = (!rule.port.is_single()).then_some(rule.port);
         for (family, backend) in [(FAMILY_V4, rule.backend.v4()), (FAMILY_V6, rule.backend.v6())] {
-            let key = RuleKey { port: rule.port, protocol, family };
-            d.rules.push((key, rule_value(&rule.name, slot, backend, resolved)));
+            let key = RuleKey { port: rule.port.min, protocol, family };
+            let value = rule_value(&rule.name, slot, backend, resolved);
+            d.rules.push((key, value));
+            for (start, bits) in range.iter().flat_map(|r| r.prefixes()) {
+                let key = RangeKey { protocol, family, port: start.to_be_bytes() };
+                let v = RuleRange { rule: value, public_min: rule.port.min, public_max: rule.port.max };
+                d.rule_ranges.push(((RANGE_KEY_FIXED_BITS + bits, key), v));
+            }
             // A container that is down has the unspecified address: no replies to expect.
             if let Some(b) = backend.filter(|b| !b.ip().is_unspecified()) {
                 let (addr, family) = addr16(b.ip());
-                d.replies.push((
-                    ReplyKey { addr, port: b.port(), protocol, family },
-                    Reply { public_port: rule.port, flags: 0, slot, mark: 0 },
-                ));
+                let reply = Reply { public_port: rule.port.min, flags: 0, slot, mark: 0 };
+                d.replies.push((ReplyKey { addr, port: b.port(), protocol, family }, reply));
+                // Validation made sure the backend's ports fit below 65536.
+                for (start, bits) in range.and_then(|r| r.moved_to(b.port())).iter().flat_map(|r| r.prefixes()) {
+                    let key = ReplyRangeKey { protocol, family, addr, port: start.to_be_bytes() };
+                    let v = ReplyRange { reply, backend_min: b.port(), _pad: [0; 2] };
+                    d.reply_ranges.push(((REPLY_RANGE_KEY_FIXED_BITS + bits, key), v));
+                }
             }
         }
     }
@@ -159,7 +176,7 @@ fn rule_value(name: &str, slot: u32, backend: Option<SocketAddr>, resolved: &Has
 mod tests {
     use super::*;
     use crate::{
-        config::{OneOrMany, Protocol},
+        config::{OneOrMany, PortRange, Protocol},
         netlink::Link,
     };
 
@@ -167,7 +184,7 @@ mod tests {
         SteerRule {
             name: name.into(),
             protocol: Protocol::Udp,
-            port,
+            port: PortRange::one(port),
             backend: OneOrMany::Many(backends.iter().map(|b| b.parse().unwrap()).collect()),
             container: None,
             container_port: None,
@@ -210,6 +227,33 @@ mod tests {
         assert_eq!(turn6.flags, 0, "no IPv6 backend");
         assert_eq!(d.replies.len(), 3);
         assert!(d.replies.iter().any(|(k, v)| k.port == 3478 && v.public_port == 3478 && v.slot == 1));
+    }
+
+    #[test]
+    fn a_range_is_its_first_port_in_rules_and_its_prefixes_in_the_tries() {
+        let mut relay = rule("turn-relay", 0, &["192.0.2.11:40000"]);
+        relay.port = PortRange { min: 61000, max: 65535 };
+        let slots = BTreeMap::from([("turn-relay".to_string(), 5)]);
+        let d = desired(&[relay], None, &[], 4, &slots, &HashMap::new());
+        let v4 = d.rules.iter().find(|(k, _)| k.family == FAMILY_V4).unwrap();
+        assert_eq!((v4.0.port, v4.1.backend_port, v4.1.slot), (61000, 40000, 5));
+        // 61000-65535: 61000/13, 61008/12, ... 61440/4 (6 prefixes), per family.
+        let prefixes = PortRange { min: 61000, max: 65535 }.prefixes();
+        assert_eq!(d.rule_ranges.len(), 2 * prefixes.len());
+        let covered: u32 =
+            d.rule_ranges.iter().filter(|(k, _)| k.1.family == FAMILY_V4).map(|(k, _)| 1 << (32 - k.0)).sum();
+        assert_eq!(covered, 4536);
+        assert!(d.rule_ranges.iter().all(|(_, v)| v.public_min == 61000 && v.public_max == 65535));
+        // Replies: the backend's 40000-44535, leaving from 61000 + offset.
+        let (k, v) = d.reply_ranges.iter().find(|(k, _)| u16::from_be_bytes(k.1.port) == 40000).unwrap();
+        assert_eq!(
+            (k.0, v.backend_min, v.reply.public_port, v.reply.slot),
+            (REPLY_RANGE_KEY_FIXED_BITS + 10, 40000, 61000, 5)
+        );
+        let last =
+            d.reply_ranges.iter().map(|(k, _)| u32::from(u16::from_be_bytes(k.1.port)) + (1 << (160 - k.0))).max();
+        assert_eq!(last, Some(44536), "the backend's range ends at 44535");
+        assert_eq!(d.replies.len(), 1, "no IPv6 backend: no IPv6 reply entries");
     }
 
     #[test]

@@ -69,6 +69,68 @@ pub struct Rule {
     pub name: [u8; RULE_NAME_LEN],
 }
 
+/// Capacity of `rule_ranges` and of `reply_ranges`: a port range is stored as the prefixes
+/// that cover it (at most 30 for any range), per address family.
+pub const MAX_RANGE_PREFIXES: u32 = 8192;
+/// Bits of a [`RangeKey`] before its port (protocol and family): an entry's prefix length is
+/// this plus the port prefix's length.
+pub const RANGE_KEY_FIXED_BITS: u32 = 16;
+/// Bits of a [`ReplyRangeKey`] before its port (protocol, family and address).
+pub const REPLY_RANGE_KEY_FIXED_BITS: u32 = 16 + 128;
+
+/// Data of a `rule_ranges` LPM-trie key: a port prefix of a rule that steers a range of ports
+/// (the range's first port is also in `rules`, as the rule's entry for `status`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RangeKey {
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Public port, network byte order (the prefix runs from its high bit).
+    pub port: [u8; 2],
+}
+
+/// Value of `rule_ranges`: the rule, whose `backend_port` is where the range starts on the
+/// backend; public port `p` goes to `backend_port + (p - public_min)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RuleRange {
+    /// The rule (as in `rules`).
+    pub rule: Rule,
+    /// First public port of the range.
+    pub public_min: u16,
+    /// Last public port of the range (for `bpftool` readers; the programs do not use it).
+    pub public_max: u16,
+}
+
+/// Data of a `reply_ranges` LPM-trie key: a backend address and a prefix of its port range.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ReplyRangeKey {
+    /// [`PROTO_TCP`] or [`PROTO_UDP`].
+    pub protocol: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Backend address.
+    pub addr: [u8; 16],
+    /// Backend (source) port, network byte order.
+    pub port: [u8; 2],
+}
+
+/// Value of `reply_ranges`: backend port `p` leaves from public port
+/// `reply.public_port + (p - backend_min)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyRange {
+    /// As in `replies`, with the range's first public port.
+    pub reply: Reply,
+    /// First port of the range on the backend.
+    pub backend_min: u16,
+    /// Zero.
+    pub _pad: [u8; 2],
+}
+
 /// Key of the `host_addrs` map: the uplink addresses packets must be sent to to be steered.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -264,6 +326,10 @@ mod pod {
     unsafe impl aya::Pod for SniRouteKey {}
     unsafe impl aya::Pod for SniRouteStats {}
     unsafe impl aya::Pod for Manifest {}
+    unsafe impl aya::Pod for RangeKey {}
+    unsafe impl aya::Pod for RuleRange {}
+    unsafe impl aya::Pod for ReplyRangeKey {}
+    unsafe impl aya::Pod for ReplyRange {}
 }
 
 /// Compile-time layout checks: no implicit padding anywhere.
@@ -278,4 +344,8 @@ const _: () = {
     assert!(core::mem::size_of::<ClientKey>() == 16 + 2 + 1 + 1);
     assert!(core::mem::size_of::<ReturnPath>() == 32);
     assert!(core::mem::size_of::<RuleStats>() == 32);
+    assert!(core::mem::size_of::<RangeKey>() * 8 == RANGE_KEY_FIXED_BITS as usize + 16);
+    assert!(core::mem::size_of::<RuleRange>() == core::mem::size_of::<Rule>() + 4);
+    assert!(core::mem::size_of::<ReplyRangeKey>() * 8 == REPLY_RANGE_KEY_FIXED_BITS as usize + 16);
+    assert!(core::mem::size_of::<ReplyRange>() == 16);
 };

@@ -6,6 +6,7 @@
 
 mod bench;
 mod csum;
+mod lookup;
 mod maps;
 mod packet;
 mod reply_out;

@@ -6,14 +6,24 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use jitsi_common::{
-    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES, MAX_SOURCE_PREFIXES,
-    REASON_COUNT, ReasonStats, Reply, ReplyKey, ReturnPath, Rule, RuleKey, RuleStats, SniRouteKey, SniRouteStats,
-    SourcePrefix,
+    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RANGE_PREFIXES, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES,
+    MAX_SOURCE_PREFIXES, REASON_COUNT, RangeKey, ReasonStats, Reply, ReplyKey, ReplyRange, ReplyRangeKey, ReturnPath,
+    Rule, RuleKey, RuleRange, RuleStats, SniRouteKey, SniRouteStats, SourcePrefix,
 };
 
 /// (protocol, family, public port) -> backend.
 #[btf_map(name = "rules")]
 pub static RULES: HashMap<RuleKey, Rule, { MAX_RULES as usize * 2 }> = HashMap::new();
+
+/// (protocol, family, public port prefix) -> backend, for rules that steer a port range (looked
+/// up when `rules` has no entry for the port).
+#[btf_map(name = "rule_ranges")]
+pub static RULE_RANGES: LpmTrie<RangeKey, RuleRange, { MAX_RANGE_PREFIXES as usize }> = LpmTrie::new();
+
+/// (protocol, family, backend address, backend port prefix) -> public ports, for the replies of
+/// rules that steer a port range (looked up when `replies` has no entry).
+#[btf_map(name = "reply_ranges")]
+pub static REPLY_RANGES: LpmTrie<ReplyRangeKey, ReplyRange, { MAX_RANGE_PREFIXES as usize }> = LpmTrie::new();
 
 /// Addresses of the uplink that steered packets must be addressed to.
 #[btf_map(name = "host_addrs")]

@@ -13,14 +13,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use jitsi_common::{
-    ClientKey, FALLBACK_V4, FALLBACK_V6, FAMILY_V4, FAMILY_V6, HostAddrKey, PROTO_TCP, PROTO_UDP, RULE_HAS_BACKEND,
-    RULE_RESOLVED, Reason, ReturnPath, Rule, RuleKey, SOURCE_ON_LINK, SOURCE_SPOOFED,
+    ClientKey, FALLBACK_V4, FALLBACK_V6, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason, ReturnPath, Rule,
+    SOURCE_ON_LINK, SOURCE_SPOOFED,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
     csum,
-    maps::{FALLBACK_PATHS, HOST_ADDRS, RETURN_PATHS, RULES, SOURCE_PREFIXES, count_reason, count_rule_in},
+    lookup::{is_local, rule_for},
+    maps::{FALLBACK_PATHS, RETURN_PATHS, SOURCE_PREFIXES, count_reason, count_rule_in},
     packet::*,
 };
 
@@ -77,26 +78,6 @@ fn is_v4_mapped(a: &[u8; 16]) -> bool {
     a[10] == 0xff && a[11] == 0xff
 }
 
-#[inline(always)]
-fn is_local(addr: [u8; 16], family: u8) -> bool {
-    HOST_ADDRS.get_ptr(HostAddrKey { addr, family, _pad: [0; 3] }).is_some()
-}
-
-/// The rule for (protocol, family, port) if it can steer; otherwise why not.
-#[inline(always)]
-fn rule_for(protocol: u8, family: u8, port: u16) -> Result<Rule, Miss> {
-    let ptr = RULES.get_ptr(RuleKey { port, protocol, family }).ok_or(Reason::InNoRule)?;
-    // SAFETY: a valid map value pointer; copied out before any map update.
-    let rule = unsafe { *ptr };
-    if rule.flags & RULE_HAS_BACKEND == 0 {
-        return Err(Reason::InNoBackendForFamily);
-    }
-    if rule.flags & RULE_RESOLVED == 0 {
-        return Err(Reason::InBackendDown);
-    }
-    Ok(rule)
-}
-
 /// Records how to reach the flow `key` (the frame's sender) for the TC reply path, once: an
 /// entry is never overwritten (a spoofed packet cannot redirect a live flow's replies), and a
 /// flow whose path is the family's fallback path is not written at all (a flood through the
@@ -132,18 +113,6 @@ fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, key: ClientKey, on_li
         }
     }
     let _ = RETURN_PATHS.insert(key, path, u64::from(BPF_NOEXIST));
-}
-
-#[inline(always)]
-fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
 }
 
 #[inline(always)]
@@ -234,20 +203,20 @@ fn steer_v4(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss>
         let p = *ports;
         (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
     };
-    let rule = rule_for(protocol, FAMILY_V4, port)?;
+    let (rule, backend_port) = rule_for(protocol, FAMILY_V4, port)?;
     let on_link = source_on_link(mapped_v4(src))?;
     let new_dst = addr4(&rule.backend_addr);
 
     let key = ClientKey { addr: addr16_v4(src), port: sport, protocol, family: FAMILY_V4 };
     learn_return_path(ctx, eth, key, on_link, addr16_v4(dst));
-    rewrite_l4(ctx, l4_off, protocol, &dst, &new_dst, rule.backend_port)?;
+    rewrite_l4(ctx, l4_off, protocol, &dst, &new_dst, backend_port)?;
     // SAFETY: the IPv4 header is bounds checked above.
     unsafe {
         let acc = csum::replace_bytes(csum::start(u16::from_be_bytes((*ip).check)), &dst, &new_dst);
         (*ip).check = csum::finish(acc).to_be_bytes();
         (*ip).dst_addr = new_dst;
     }
-    set_macs(eth, &rule);
+    set_macs(eth, rule);
     count_rule_in(rule.slot, frame);
     // SAFETY: plain helper call.
     Ok(unsafe { bpf_redirect(rule.ifindex, 0) } as u32)
@@ -293,7 +262,7 @@ fn steer_v6(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss>
         let p = *ports;
         (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
     };
-    let rule = rule_for(next, FAMILY_V6, port)?;
+    let (rule, backend_port) = rule_for(next, FAMILY_V6, port)?;
     if is_v4_mapped(&src) {
         return Err(Reason::InSpoofedSource);
     }
@@ -302,10 +271,10 @@ fn steer_v6(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss>
 
     let key = ClientKey { addr: src, port: sport, protocol: next, family: FAMILY_V6 };
     learn_return_path(ctx, eth, key, on_link, dst);
-    rewrite_l4(ctx, l4_off, next, &dst, &new_dst, rule.backend_port)?;
+    rewrite_l4(ctx, l4_off, next, &dst, &new_dst, backend_port)?;
     // SAFETY: bounds checked above.
     unsafe { (*ip).dst_addr = new_dst };
-    set_macs(eth, &rule);
+    set_macs(eth, rule);
     count_rule_in(rule.slot, frame);
     // SAFETY: plain helper call.
     Ok(unsafe { bpf_redirect(rule.ifindex, 0) } as u32)

@@ -213,6 +213,13 @@ impl Lab {
         serde_json::from_str(&out).with_context(|| format!("status --json is not JSON: {out}"))
     }
 
+    /// `status` as a person reads it (the table).
+    pub fn status_text(&self) -> Result<String> {
+        let mut cmd = crate::agent::command_in(&self.host, &crate::agent::agent_bin())?;
+        cmd.args(["status", "--interval", "0", "--pin-dir"]).arg(&self.pin_dir);
+        run(&mut cmd)
+    }
+
     /// A splitter refusal count from `status --json`.
     pub fn splitter_refused(&self, reason: &str) -> u64 {
         let st = self.status().expect("status");

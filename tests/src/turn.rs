@@ -27,6 +27,20 @@ const NONCE: u16 = 0x0015;
 const XOR_RELAYED: u16 = 0x0016;
 const TRANSPORT: u16 = 0x0019;
 const XOR_MAPPED: u16 = 0x0020;
+const CREATE_PERMISSION: u16 = 0x0008;
+const SEND_INDICATION: u16 = 0x0016;
+const DATA_INDICATION: u16 = 0x0017;
+const XOR_PEER: u16 = 0x0012;
+const DATA: u16 = 0x0013;
+
+/// An IPv4 address as an XOR-*-ADDRESS attribute value.
+fn xor_v4(a: SocketAddr) -> Result<Vec<u8>> {
+    let IpAddr::V4(ip) = a.ip() else { bail!("{a}: only IPv4 peers here") };
+    let mut v = vec![0, 1];
+    v.extend_from_slice(&(a.port() ^ (MAGIC >> 16) as u16).to_be_bytes());
+    v.extend_from_slice(&(u32::from(ip) ^ MAGIC).to_be_bytes());
+    Ok(v)
+}
 
 /// A STUN message being built.
 struct Msg(Vec<u8>);
@@ -125,6 +139,16 @@ impl Response {
     pub fn relayed(&self) -> Option<SocketAddr> {
         self.xor_addr(XOR_RELAYED)
     }
+
+    /// XOR-PEER-ADDRESS: the peer a Data indication came from.
+    pub fn peer(&self) -> Option<SocketAddr> {
+        self.xor_addr(XOR_PEER)
+    }
+
+    /// DATA: what a Data indication carries.
+    pub fn data(&self) -> Option<&[u8]> {
+        self.get(DATA)
+    }
 }
 
 /// A Binding request over UDP from `sock` to `to`: the address the server saw.
@@ -147,7 +171,20 @@ pub fn rest_credentials(secret: &str, user: &str) -> (String, String) {
 
 /// A TLS connection from `ns` to `to` for `server_name`, verified against the PEM roots in
 /// `roots` (the connection fails if the served certificate does not chain to them).
-pub struct TurnTls(rustls::StreamOwned<rustls::ClientConnection, TcpStream>);
+pub struct TurnTls {
+    stream: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    /// After a successful Allocate: what the requests that follow authenticate with.
+    auth: Option<Auth>,
+}
+
+/// USERNAME, REALM, NONCE and the long-term key of an allocation.
+#[derive(Clone)]
+struct Auth {
+    user: Vec<u8>,
+    realm: Vec<u8>,
+    nonce: Vec<u8>,
+    key: Vec<u8>,
+}
 
 impl TurnTls {
     /// Connects and completes the handshake.
@@ -170,17 +207,49 @@ impl TurnTls {
         while s.conn.is_handshaking() {
             s.conn.complete_io(&mut s.sock).context("TLS handshake")?;
         }
-        Ok(TurnTls(s))
+        Ok(TurnTls { stream: s, auth: None })
+    }
+
+    /// The next STUN message from the server.
+    pub fn read(&mut self) -> Result<Response> {
+        let mut head = [0u8; 20];
+        self.stream.read_exact(&mut head).context("reading a STUN header")?;
+        let len = u16::from_be_bytes([head[2], head[3]]) as usize;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Response::parse(&[&head[..], &body].concat())
     }
 
     fn exchange(&mut self, msg: &[u8]) -> Result<Response> {
-        self.0.write_all(msg)?;
-        let mut head = [0u8; 20];
-        self.0.read_exact(&mut head).context("reading a STUN header")?;
-        let len = u16::from_be_bytes([head[2], head[3]]) as usize;
-        let mut body = vec![0u8; len];
-        self.0.read_exact(&mut body)?;
-        Response::parse(&[&head[..], &body].concat())
+        self.stream.write_all(msg)?;
+        self.read()
+    }
+
+    /// A CreatePermission for `peer` (after a successful [`Self::allocate`]). Returns the answer.
+    pub fn create_permission(&mut self, peer: SocketAddr) -> Result<Response> {
+        let Auth { user, realm, nonce, key } = self.auth.clone().context("no allocation yet")?;
+        let msg = Msg::new(CREATE_PERMISSION)
+            .attr(XOR_PEER, &xor_v4(peer)?)
+            .attr(USERNAME, &user)
+            .attr(REALM, &realm)
+            .attr(NONCE, &nonce)
+            .integrity(&key);
+        self.exchange(&msg)
+    }
+
+    /// A Send indication: `data` to `peer` through the allocation's relay.
+    pub fn send(&mut self, peer: SocketAddr, data: &[u8]) -> Result<()> {
+        let msg = Msg::new(SEND_INDICATION).attr(XOR_PEER, &xor_v4(peer)?).attr(DATA, data);
+        Ok(self.stream.write_all(&msg.0)?)
+    }
+
+    /// The next Data indication: (the peer it came from, its data).
+    pub fn receive(&mut self) -> Result<(SocketAddr, Vec<u8>)> {
+        let m = self.read()?;
+        if m.kind != DATA_INDICATION {
+            bail!("expected a Data indication, got message type {:#06x}", m.kind);
+        }
+        Ok((m.peer().context("no XOR-PEER-ADDRESS")?, m.data().context("no DATA")?.to_vec()))
     }
 
     /// An Allocate for a UDP relay; with `creds`, answered with the realm and nonce of the
@@ -198,6 +267,10 @@ impl TurnTls {
             .attr(REALM, &realm)
             .attr(NONCE, &nonce)
             .integrity(&key);
-        self.exchange(&msg)
+        let answer = self.exchange(&msg)?;
+        if answer.error().is_none() {
+            self.auth = Some(Auth { user: user.as_bytes().to_vec(), realm, nonce, key: key.to_vec() });
+        }
+        Ok(answer)
     }
 }

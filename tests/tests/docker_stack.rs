@@ -140,6 +140,63 @@ fn browser_meets_the_bridge(lab: &Lab, engine: &DockerEngine, stack_dir: &Path, 
     std::fs::remove_file(stack_dir.join("config/jvb/standin-media-off")).unwrap();
 }
 
+/// Two participants that can only use TURN, each with its own allocation over TURN/TLS on 443,
+/// send to each other's relayed address on the public address (coturn relays from one to the
+/// other itself); and a peer on the internet that does not relay sends straight to a
+/// participant's relayed address, through the agent's steering of coturn's relay range
+/// (`turn-relay`), and gets the answer from that address. Each sees the other at the address
+/// it sent to.
+fn relay_only_participants_reach_each_other(lab: &Lab, engine: &DockerEngine, secret: &str, roots: &Path) {
+    let coturn_log = || engine.docker(&["logs", "jitsi_coturn_1"]).unwrap_or_default();
+    let allocate = |who: &str| {
+        let mut tls =
+            turn::TurnTls::connect(&lab.inet, SocketAddr::new(HOST_V4.into(), 443), "turn.example.test", roots)
+                .unwrap();
+        let (user, password) = turn::rest_credentials(secret, who);
+        let ok = tls.allocate(Some((&user, &password))).unwrap();
+        assert_eq!(ok.error(), None, "{who}'s allocation: {ok:?}");
+        let relayed = ok.relayed().unwrap();
+        (tls, relayed)
+    };
+    let (mut alice, alice_relay) = allocate("alice");
+    let (mut bob, bob_relay) = allocate("bob");
+    assert_ne!(alice_relay, bob_relay);
+    let carol = jitsi_tests::clients::udp_socket(&lab.inet, false).unwrap();
+    let carol_addr = SocketAddr::new(CLIENT_V4.into(), carol.local_addr().unwrap().port());
+    let permit = |tls: &mut turn::TurnTls, peer: SocketAddr| {
+        let answer = tls.create_permission(peer).unwrap();
+        assert_eq!(answer.error(), None, "permission for {peer}: {answer:?}\n{}", coturn_log());
+    };
+    permit(&mut alice, bob_relay);
+    permit(&mut bob, alice_relay);
+    permit(&mut alice, carol_addr);
+    let pass = |from: &mut turn::TurnTls, from_relay, to: &mut turn::TurnTls, to_relay, what: &str| {
+        from.send(to_relay, what.as_bytes()).unwrap();
+        let (peer, data) = to.receive().unwrap_or_else(|e| panic!("{what}: {e:#}\n{}", coturn_log()));
+        assert_eq!((peer, data.as_slice()), (from_relay, what.as_bytes()), "arrived from the sender's relay address");
+    };
+    pass(&mut alice, alice_relay, &mut bob, bob_relay, "to bob");
+    pass(&mut bob, bob_relay, &mut alice, alice_relay, "to alice");
+
+    let (in_before, out_before) = rule_packets(lab, "turn-relay");
+    carol.send_to(b"carol to alice", alice_relay).unwrap();
+    let (peer, data) = alice.receive().unwrap_or_else(|e| panic!("carol to alice: {e:#}\n{}", coturn_log()));
+    assert_eq!((peer, data.as_slice()), (carol_addr, &b"carol to alice"[..]), "coturn saw carol's own address");
+    alice.send(carol_addr, b"alice to carol").unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = carol.recv_from(&mut buf).unwrap_or_else(|e| panic!("alice to carol: {e}\n{}", coturn_log()));
+    assert_eq!((from, &buf[..n]), (alice_relay, &b"alice to carol"[..]), "from alice's relay address");
+    assert_eq!(rule_packets(lab, "turn-relay"), (in_before + 1, out_before + 1), "steered by turn-relay");
+}
+
+/// (`packets_in`, `packets_out`) of a steering rule, from `status`.
+fn rule_packets(lab: &Lab, name: &str) -> (u64, u64) {
+    let st = lab.status().unwrap();
+    let rules = st["rules"].as_array().unwrap();
+    let r = rules.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("no rule {name}: {st}"));
+    (r["packets_in"].as_u64().unwrap(), r["packets_out"].as_u64().unwrap())
+}
+
 #[test]
 fn the_generated_stack_runs_is_steered_to_and_followed() {
     let lab = Lab::new(&[]).expect("lab");
@@ -164,6 +221,11 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
     let c = config.display().to_string();
     let init = agent_cli(&lab, &engine, &["stack", "init", "--config", &c]);
     assert!(init.contains("secrets drawn") && init.contains("placeholder"), "{init}");
+    // The lab's "internet" is a documentation prefix, which coturn rightly refuses as a peer:
+    // let it relay to the lab's one client address (a real client has a public address).
+    let conf = stack_dir.join("coturn/turnserver.conf");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&conf).unwrap();
+    std::io::Write::write_all(&mut f, format!("allowed-peer-ip={CLIENT_V4}\n").as_bytes()).unwrap();
 
     // Nothing serves port 80 yet: `stack up` refuses (the web container's acme.sh would fail
     // at every start), and says what to do.
@@ -315,9 +377,10 @@ fn the_generated_stack_runs_is_steered_to_and_followed() {
     assert_eq!((ok.kind, ok.error()), (0x0103, None), "{ok:?}");
     let relayed = ok.relayed().unwrap();
     assert_eq!(relayed.ip(), std::net::IpAddr::from(HOST_V4), "relay announced on the public address");
-    assert!((49152..=65535).contains(&relayed.port()), "coturn's default range: {relayed}");
+    assert!((61000..=65535).contains(&relayed.port()), "the stack's relay range: {relayed}");
     assert_eq!(ok.mapped().unwrap().ip(), std::net::IpAddr::from(CLIENT_V4), "coturn saw the client's address");
     drop(tls);
+    relay_only_participants_reach_each_other(&lab, &engine, &secret, &roots);
 
     // A real browser: headless Chromium in the internet namespace opens a data channel to a
     // WebRTC videobridge stand-in in the jvb container's namespace (bound to 10000/udp,

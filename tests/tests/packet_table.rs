@@ -52,6 +52,16 @@ name = "down"
 protocol = "udp"
 port = 5000
 backend = "192.0.2.13:5000"
+[[steer]]
+name = "relay"
+protocol = "udp"
+port = "61000-65535"
+backend = ["192.0.2.11:61000", "[2001:db8:b::11]:61000"]
+[[steer]]
+name = "shifted"
+protocol = "udp"
+port = "20000-20050"
+backend = "192.0.2.10:30000"
 
 [splitter]
 reply_mark = 0x4a17
@@ -105,6 +115,7 @@ fn setup() -> Env {
         resolved("192.0.2.10", JVB_MAC, 7),
         resolved("2001:db8:b::10", JVB_MAC, 7),
         resolved("192.0.2.11", TURN_MAC, 8),
+        resolved("2001:db8:b::11", TURN_MAC, 8),
         resolved("192.0.2.12", WEB_MAC, 9),
         resolved("2001:db8:b::12", WEB_MAC, 9),
     ]);
@@ -118,6 +129,12 @@ fn setup() -> Env {
     }
     for (k, v) in d.host_addrs {
         maps.host_addrs.insert(k, v, 0).unwrap();
+    }
+    for ((len, k), v) in d.rule_ranges {
+        maps.rule_ranges.insert(&aya::maps::lpm_trie::Key::new(len, k), v, 0).unwrap();
+    }
+    for ((len, k), v) in d.reply_ranges {
+        maps.reply_ranges.insert(&aya::maps::lpm_trie::Key::new(len, k), v, 0).unwrap();
     }
     // The flows the TC rows reply to, as the XDP program learns them (ifindex 1: BPF_PROG_TEST_RUN
     // runs XDP on the loopback device).
@@ -465,6 +482,142 @@ fn rows() -> Vec<Row> {
         TC_ACT_REDIRECT,
         Some(to_client(synack6, "2001:db8:c::1", 80)),
         Rule("web", false),
+    );
+
+    // --- port ranges: 1:1, the same cost for any port of the range ---
+    for port in [61000, 61001, 63000, 65535] {
+        let name = match port {
+            61000 => "v4 udp/61000 (a range's first port) -> coturn:61000",
+            61001 => "v4 udp/61001 -> coturn:61001",
+            63000 => "v4 udp/63000 -> coturn:63000",
+            _ => "v4 udp/65535 (a range's last port) -> coturn:65535",
+        };
+        row(
+            name,
+            Xdp,
+            udp_in(port).build(),
+            XDP_REDIRECT,
+            Some(steered(udp_in(port), "192.0.2.11", port, TURN_MAC)),
+            Rule("relay", true),
+        );
+    }
+    row(
+        "v6 udp/64000 -> coturn:64000",
+        Xdp,
+        udp6_in(64000).build(),
+        XDP_REDIRECT,
+        Some(steered(udp6_in(64000), "2001:db8:b::11", 64000, TURN_MAC)),
+        Rule("relay", true),
+    );
+    row(
+        "v4 udp/20050 -> jvb:30050 (a range moved on the backend)",
+        Xdp,
+        udp_in(20050).build(),
+        XDP_REDIRECT,
+        Some(steered(udp_in(20050), "192.0.2.10", 30050, JVB_MAC)),
+        Rule("shifted", true),
+    );
+    row("v4 udp/20051, past a range", Xdp, udp_in(20051).build(), XDP_PASS, None, R(InNoRule));
+    row("v4 udp/60999, before a range", Xdp, udp_in(60999).build(), XDP_PASS, None, R(InNoRule));
+    row(
+        "v4 tcp/63000, a UDP range's port",
+        Xdp,
+        Pkt::tcp(client, 40001, "203.0.113.1", 63000, 0x02, b"").build(),
+        XDP_PASS,
+        None,
+        R(InNoRule),
+    );
+    let from_relay = Pkt::udp("192.0.2.11", 63000, client, 40000, b"relayed").macs(BRIDGE_MAC, TURN_MAC);
+    row(
+        "v4 udp reply from coturn:63000 leaves from :63000",
+        Tc,
+        from_relay.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(from_relay.clone(), "203.0.113.1", 63000)),
+        Rule("relay", false),
+    );
+    let from_shifted = Pkt::udp("192.0.2.10", 30025, client, 40000, b"sip").macs(BRIDGE_MAC, JVB_MAC);
+    row(
+        "v4 udp reply from jvb:30025 leaves from :20025",
+        Tc,
+        from_shifted.build(),
+        TC_ACT_REDIRECT,
+        Some(to_client(from_shifted, "203.0.113.1", 20025)),
+        Rule("shifted", false),
+    );
+    row(
+        "from coturn's address but a port outside the range",
+        Tc,
+        from_relay.clone().from("192.0.2.11", 60999).build(),
+        TC_ACT_OK,
+        None,
+        R(OutNotBackend),
+    );
+
+    // --- reply_out: a backend sending to a steered port of a host address is turned around ---
+    let back_in = |p: Pkt, src: &str, sport, dst: &str, dport, mac| {
+        p.from(src, sport).to(dst, dport).macs(mac, BRIDGE_MAC).build()
+    };
+    let relay_to_relay = Pkt::udp("192.0.2.11", 63000, "203.0.113.1", 64000, b"relay").macs(BRIDGE_MAC, TURN_MAC);
+    row(
+        "v4 coturn:63000 to the host's :64000 -> coturn:64000 from the host's :63000",
+        Tc,
+        relay_to_relay.build(),
+        TC_ACT_REDIRECT,
+        Some(back_in(relay_to_relay, "203.0.113.1", 63000, "192.0.2.11", 64000, TURN_MAC)),
+        Rule("relay", true),
+    );
+    let jvb_to_relay = Pkt::udp("192.0.2.10", 10000, "203.0.113.1", 63000, b"media").macs(BRIDGE_MAC, JVB_MAC);
+    row(
+        "v4 jvb:10000 to the host's :63000 -> coturn:63000 from the host's :10000",
+        Tc,
+        jvb_to_relay.build(),
+        TC_ACT_REDIRECT,
+        Some(back_in(jvb_to_relay.clone(), "203.0.113.1", 10000, "192.0.2.11", 63000, TURN_MAC)),
+        Rule("jvb", false),
+    );
+    let relay_to_jvb = Pkt::udp("192.0.2.11", 62000, "203.0.113.1", 10000, b"media").macs(BRIDGE_MAC, TURN_MAC);
+    row(
+        "v4 coturn:62000 to the host's :10000 -> jvb:10000 from the host's :62000",
+        Tc,
+        relay_to_jvb.build(),
+        TC_ACT_REDIRECT,
+        Some(back_in(relay_to_jvb, "203.0.113.1", 62000, "192.0.2.10", 10000, JVB_MAC)),
+        Rule("jvb", true),
+    );
+    let syn_to_80 = Pkt::tcp("192.0.2.12", 8000, "203.0.113.1", 80, 0x02, b"").macs(BRIDGE_MAC, WEB_MAC);
+    row(
+        "v4 tcp web:8000 to the host's :80 -> web:8000 from the host's :80",
+        Tc,
+        syn_to_80.build(),
+        TC_ACT_REDIRECT,
+        Some(back_in(syn_to_80, "203.0.113.1", 80, "192.0.2.12", 8000, WEB_MAC)),
+        Rule("web", true),
+    );
+    let relay6 = Pkt::udp("2001:db8:b::11", 63000, "2001:db8:c::1", 64000, b"relay6").macs(BRIDGE_MAC, TURN_MAC);
+    row(
+        "v6 coturn:63000 to the host's :64000 -> coturn:64000",
+        Tc,
+        relay6.build(),
+        TC_ACT_REDIRECT,
+        Some(back_in(relay6, "2001:db8:c::1", 63000, "2001:db8:b::11", 64000, TURN_MAC)),
+        Rule("relay", true),
+    );
+    row(
+        "v4 coturn:63000 to the host's unsteered :9999: passed",
+        Tc,
+        jvb_to_relay.clone().from("192.0.2.11", 63000).to("203.0.113.1", 9999).build(),
+        TC_ACT_OK,
+        None,
+        R(OutUnknownClient),
+    );
+    row(
+        "v4 coturn:63000 to the host's :5000, whose backend is down: passed",
+        Tc,
+        jvb_to_relay.clone().from("192.0.2.11", 63000).to("203.0.113.1", 5000).build(),
+        TC_ACT_OK,
+        None,
+        R(OutUnknownClient),
     );
 
     // --- reply_out: SNI backends' replies are marked for local delivery, not rewritten ---

@@ -4,7 +4,10 @@
 use bollard::query_parameters::ListContainersOptions;
 
 use super::Check;
-use crate::{config::Config, docker};
+use crate::{
+    config::{Config, PortRange},
+    docker,
+};
 
 /// The Docker checks (none when Docker is neither needed nor present).
 pub(super) async fn docker(config: &Config) -> Vec<Check> {
@@ -41,11 +44,11 @@ pub(super) async fn docker(config: &Config) -> Vec<Check> {
         }
         Err(e) => out.push(Check::fail("docker", e.report(), "check the Docker engine")),
     }
-    let ours: Vec<(String, u16)> = config
+    let ours: Vec<(String, PortRange)> = config
         .steer
         .iter()
         .map(|r| (r.protocol.to_string(), r.port))
-        .chain(config.tls.iter().flat_map(|s| s.listen.iter().map(|a| ("tcp".to_string(), a.port()))))
+        .chain(config.tls.iter().flat_map(|s| s.listen.iter().map(|a| ("tcp".to_string(), PortRange::one(a.port())))))
         .collect();
     if let Ok(list) = d.list_containers(Some(ListContainersOptions::default())).await {
         for c in list {
@@ -54,7 +57,7 @@ pub(super) async fn docker(config: &Config) -> Vec<Check> {
             for p in c.ports.iter().flatten() {
                 let proto = p.typ.map(|t| t.to_string()).unwrap_or_default();
                 if let Some(public) = p.public_port
-                    && ours.contains(&(proto.clone(), public))
+                    && ours.iter().any(|(p, r)| *p == proto && r.contains(public))
                 {
                     out.push(Check::fail(
                         format!("port {proto}/{public}"),

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use super::Check;
-use crate::config::{Config, Protocol};
+use crate::config::{Config, PortRange, Protocol};
 
 /// A socket from `/proc/net/{tcp,tcp6,udp,udp6}`.
 struct Bound {
@@ -52,9 +52,9 @@ fn owner(inode: u64) -> Option<(u32, String)> {
     None
 }
 
-fn holders(proto: Protocol, port: u16) -> Vec<(u32, String)> {
+fn holders(proto: Protocol, ports: PortRange) -> Vec<(u32, String)> {
     let set: BTreeSet<(u32, String)> =
-        bound(proto).iter().filter(|b| b.port == port).filter_map(|b| owner(b.inode)).collect();
+        bound(proto).iter().filter(|b| ports.contains(b.port)).filter_map(|b| owner(b.inode)).collect();
     set.into_iter().collect()
 }
 
@@ -107,8 +107,8 @@ fn nat_ports() -> Option<Vec<(Protocol, u16, String)>> {
 pub(super) fn ports(config: &Config) -> Vec<Check> {
     let mut out = Vec::new();
     let nat = nat_ports();
-    let dnat_on = |proto: Protocol, port: u16| -> Vec<String> {
-        nat.iter().flatten().filter(|(p, n, _)| *p == proto && *n == port).map(|(_, _, c)| c.clone()).collect()
+    let dnat_on = |proto: Protocol, ports: PortRange| -> Vec<String> {
+        nat.iter().flatten().filter(|(p, n, _)| *p == proto && ports.contains(*n)).map(|(_, _, c)| c.clone()).collect()
     };
     let mut listen: BTreeSet<(u16, &str)> = BTreeSet::new();
     for a in config.tls.iter().flat_map(|s| s.listen.iter()) {
@@ -119,7 +119,7 @@ pub(super) fn ports(config: &Config) -> Vec<Check> {
     }
     for (port, splitter) in listen {
         let what = format!("port tcp/{port} ({splitter})");
-        let h = holders(Protocol::Tcp, port);
+        let h = holders(Protocol::Tcp, PortRange::one(port));
         let agent_or_systemd = h.iter().all(|(pid, c)| c == "jitsi-agent" || *pid == 1);
         out.push(if h.is_empty() {
             Check::ok(what.clone(), "free")
@@ -132,7 +132,7 @@ pub(super) fn ports(config: &Config) -> Vec<Check> {
                 "stop or move that service (HAProxy on 443 and nginx on 80 are what the splitters replace)",
             )
         });
-        let chains = dnat_on(Protocol::Tcp, port);
+        let chains = dnat_on(Protocol::Tcp, PortRange::one(port));
         if !chains.is_empty() {
             out.push(Check::fail(
                 what,
@@ -165,12 +165,13 @@ pub(super) fn ports(config: &Config) -> Vec<Check> {
             )
         });
     }
+    out.extend(ephemeral_overlaps(config));
     if nat.is_none() {
         out.push(Check::ok("nftables", "`nft` not available: no nftables rules checked"));
     }
     if let Some(m) = &config.metrics {
         let what = format!("port tcp/{} (metrics)", m.listen.port());
-        let h = holders(Protocol::Tcp, m.listen.port());
+        let h = holders(Protocol::Tcp, PortRange::one(m.listen.port()));
         out.push(if h.is_empty() || h.iter().all(|(_, c)| c == "jitsi-agent") {
             Check::ok(what, "free")
         } else {
@@ -178,4 +179,35 @@ pub(super) fn ports(config: &Config) -> Vec<Check> {
         });
     }
     out
+}
+
+/// The host's ephemeral port range (`net.ipv4.ip_local_port_range`, which IPv6 shares).
+fn ephemeral_range() -> Option<PortRange> {
+    let text = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok()?;
+    let mut it = text.split_whitespace().map(|p| p.parse::<u16>().ok());
+    Some(PortRange { min: it.next()??, max: it.next()?? })
+}
+
+/// Steered ranges that overlap the ephemeral range: the steering has no connection tracking,
+/// so a reply to the host's (or a container's: their namespaces default to the same range)
+/// own outgoing flow on such a port, a DNS answer say, would be steered to the backend.
+fn ephemeral_overlaps(config: &Config) -> Vec<Check> {
+    let Some(eph) = ephemeral_range() else { return Vec::new() };
+    config
+        .steer
+        .iter()
+        .filter(|r| !r.port.is_single() && r.port.overlaps(&eph))
+        .map(|r| {
+            Check::warn(
+                format!("port {}/{} (steer {})", r.protocol, r.port, r.name),
+                format!(
+                    "overlaps the ephemeral ports {eph} (net.ipv4.ip_local_port_range): replies to the host's and \
+                     the containers' own outgoing {} flows on those ports (DNS) would be steered to the backend",
+                    r.protocol
+                ),
+                "move the range out of it (coturn: [stack] relay_ports, default 61000-65535), or shrink the \
+                 ephemeral range with sysctl net.ipv4.ip_local_port_range",
+            )
+        })
+        .collect()
 }

@@ -1,15 +1,15 @@
 //! With `[stack]`, the rules that wire it need not be written out: the videobridge's and
-//! coturn's UDP ports, the TLS routes for the meet and TURN names, port 80's Host route for the
+//! coturn's UDP ports (coturn's relay range included), the TLS routes for the meet and TURN names, port 80's Host route for the
 //! meet name, and (with `letsencrypt_email`, or an `[acme]` section without names) the TURN
 //! name's certificate. Rules and routes the file defines itself (by name, or for the same
 //! protocol and port, or the same name) win.
 
 use crate::{
-    config::{Acme, CertName, Config, Http, HttpRoute, OneOrMany, Protocol, SteerRule, Tls, TlsRoute},
+    config::{Acme, CertName, Config, Http, HttpRoute, OneOrMany, PortRange, Protocol, SteerRule, Tls, TlsRoute},
     names::{Pattern, ServerName},
 };
 
-fn steer(name: &str, protocol: Protocol, port: u16, container: &str, container_port: u16) -> SteerRule {
+fn steer(name: &str, protocol: Protocol, port: PortRange, container: &str, container_port: u16) -> SteerRule {
     SteerRule {
         name: name.into(),
         protocol,
@@ -39,10 +39,17 @@ pub fn add_implied(mut config: Config) -> Config {
     // `EXPOSE 8000 8443`), coturn's 3478 and 5349 (the listening ports `stack init` writes,
     // coturn's defaults: `EXPOSE 3478 3478/udp 5349 5349/udp` in docker/coturn/debian/Dockerfile
     // at docker/4.17.0-r0).
-    let implied =
-        vec![steer("jvb", Protocol::Udp, 10000, "jvb", 10000), steer("turn", Protocol::Udp, 3478, "coturn", 3478)];
+    // coturn's relay ports, 1:1 (coturn announces them as they are, on the public address), so
+    // that a peer, or another relay of the same coturn, reaches a participant's relay address.
+    let relay = stack.relay_ports;
+    let implied = vec![
+        steer("jvb", Protocol::Udp, PortRange::one(10000), "jvb", 10000),
+        steer("turn", Protocol::Udp, PortRange::one(3478), "coturn", 3478),
+        steer("turn-relay", Protocol::Udp, relay, "coturn", relay.min),
+    ];
     for r in implied {
-        let taken = config.steer.iter().any(|s| s.name == r.name || (s.protocol == r.protocol && s.port == r.port));
+        let taken =
+            config.steer.iter().any(|s| s.name == r.name || (s.protocol == r.protocol && s.port.overlaps(&r.port)));
         if !taken {
             config.steer.push(r);
         }
@@ -61,7 +68,7 @@ pub fn add_implied(mut config: Config) -> Config {
     // Port 80 through the HTTP front: the meet name to the web container's plain HTTP,
     // where its acme.sh answers the meet name's challenges; every other request to https://.
     // (Unless the file steers tcp/80 in the kernel itself.)
-    let steers_80 = config.steer.iter().any(|s| s.protocol == Protocol::Tcp && s.port == 80);
+    let steers_80 = config.steer.iter().any(|s| s.protocol == Protocol::Tcp && s.port.contains(80));
     if !steers_80 {
         let http = config.http.get_or_insert_with(Http::default);
         let meet = Pattern::Exact(stack.meet_domain.clone());

@@ -4,6 +4,7 @@
 pub mod implied;
 mod legacy;
 mod locate;
+mod port_range;
 mod validate;
 
 use std::{
@@ -13,6 +14,8 @@ use std::{
 
 use jitsi_common::{PROTO_TCP, PROTO_UDP};
 use serde::Deserialize;
+
+pub use port_range::{PortRange, PortRangeError};
 
 use crate::{
     error::{Error, Result},
@@ -90,62 +93,11 @@ pub struct Stack {
     /// Time zone of the containers.
     #[serde(default = "default_tz")]
     pub timezone: String,
-    /// coturn's relay ports (`min-port`/`max-port`); coturn's own default range.
-    #[serde(default)]
+    /// coturn's relay ports (`min-port`/`max-port`), steered 1:1 to coturn (rule `turn-relay`).
+    /// Default 61000-65535: above Linux's default ephemeral range (`ip_local_port_range`
+    /// 32768-60999), whose ports the host's and the containers' own UDP flows (DNS) use.
+    #[serde(default = "default_relay_ports")]
     pub relay_ports: PortRange,
-}
-
-/// An inclusive range of ports, written `"49152-65535"` (or one port, `"20000"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
-pub struct PortRange {
-    /// First port.
-    pub min: u16,
-    /// Last port (>= `min`).
-    pub max: u16,
-}
-
-impl Default for PortRange {
-    /// coturn's default relay range (`min-port=49152`, `max-port=65535`:
-    /// `examples/etc/turnserver.conf` at coturn 4.17.0).
-    fn default() -> Self {
-        PortRange { min: 49152, max: 65535 }
-    }
-}
-
-/// Why a port range was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PortRangeError {
-    /// A part that is not 1 to 65535.
-    #[error("`{0}` is not a port (1-65535)")]
-    Port(String),
-    /// `max` below `min`.
-    #[error("`{0}`: the first port is above the last")]
-    Reversed(String),
-}
-
-impl TryFrom<String> for PortRange {
-    type Error = PortRangeError;
-    fn try_from(s: String) -> std::result::Result<Self, PortRangeError> {
-        let port = |p: &str| match p.trim().parse::<u16>() {
-            Ok(0) | Err(_) => Err(PortRangeError::Port(p.to_owned())),
-            Ok(n) => Ok(n),
-        };
-        let (min, max) = match s.split_once('-') {
-            Some((a, b)) => (port(a)?, port(b)?),
-            None => (port(&s)?, port(&s)?),
-        };
-        if min > max {
-            return Err(PortRangeError::Reversed(s));
-        }
-        Ok(PortRange { min, max })
-    }
-}
-
-impl std::fmt::Display for PortRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.min, self.max)
-    }
 }
 
 fn default_stack_dir() -> PathBuf {
@@ -164,6 +116,13 @@ fn default_coturn_image() -> String {
 }
 fn default_stack_subnet() -> Layout {
     Layout::parse("172.18.0.0/24").expect("literal")
+}
+fn default_relay_ports() -> PortRange {
+    // Not coturn's own default (49152-65535, `examples/etc/turnserver.conf` at coturn 4.17.0):
+    // the XDP steering has no connection tracking, so a steered port must never be one the
+    // host or a container picks for its own outgoing UDP (Linux's default
+    // `net.ipv4.ip_local_port_range` is 32768-60999); 4536 ports, one per allocation.
+    PortRange { min: 61000, max: 65535 }
 }
 fn default_tz() -> String {
     "UTC".into()
@@ -329,7 +288,8 @@ impl OneOrMany {
     }
 }
 
-/// `[[steer]]`: packets for `protocol`/`port` on a host address go to `backend`.
+/// `[[steer]]`: packets for `protocol`/`port` on a host address go to `backend`. A range of
+/// ports is steered 1:1: its first port to the backend's port, the next to the next.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SteerRule {
@@ -337,15 +297,15 @@ pub struct SteerRule {
     pub name: String,
     /// `udp` or `tcp`.
     pub protocol: Protocol,
-    /// Public port on the uplink.
-    pub port: u16,
+    /// Public port on the uplink, or an inclusive range (`"20000-20050"`).
+    pub port: PortRange,
     /// Backend address(es), at most one per address family (or `container`).
     #[serde(default)]
     pub backend: OneOrMany,
     /// A Docker container (Compose service or container name) whose address(es) are the
     /// backend, followed through the Docker Engine API.
     pub container: Option<String>,
-    /// The container's port (default: `port`).
+    /// The container's port (default: `port`; for a range, where it starts on the container).
     pub container_port: Option<u16>,
 }
 

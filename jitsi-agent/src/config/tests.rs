@@ -176,7 +176,21 @@ fn rejects_bad_input_with_the_key() {
     let dup = format!(
         "{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.1:1\"\n[[steer]]\nname=\"b\"\nprotocol=\"udp\"\nport=1\nbackend=\"10.0.0.2:1\""
     );
-    assert!(err(&dup).contains("`steer[1].port`: udp/1 is steered by another rule"));
+    assert!(err(&dup).contains("`steer[1].port`: udp/1 is steered by rule `a` too"));
+    let steer = |name: &str, port: &str, backend: &str| {
+        format!("[[steer]]\nname=\"{name}\"\nprotocol=\"udp\"\nport={port}\nbackend=\"{backend}\"\n")
+    };
+    let ok =
+        format!("{base}{}{}", steer("a", "\"20000-20050\"", "10.0.0.1:20000"), steer("b", "20051", "10.0.0.1:20051"));
+    let c = Config::parse(&ok, Path::new("t.toml")).unwrap();
+    assert_eq!(c.steer[0].port, crate::config::PortRange { min: 20000, max: 20050 });
+    let overlap = format!("{base}{}{}", steer("a", "\"20000-20050\"", "10.0.0.1:1"), steer("b", "20050", "10.0.0.2:1"));
+    assert!(err(&overlap).contains("`steer[1].port`: udp/20050 is steered by rule `a` too"), "{}", err(&overlap));
+    let past = format!("{base}{}", steer("a", "\"20000-20050\"", "10.0.0.1:65500"));
+    assert!(err(&past).contains("`steer[0].backend`: 51 ports from 65500 run past 65535"), "{}", err(&past));
+    let shared =
+        format!("{base}{}{}", steer("a", "\"20000-20050\"", "10.0.0.1:30000"), steer("b", "1", "10.0.0.1:30050"));
+    assert!(err(&shared).contains("is already the backend of rule `a`"), "{}", err(&shared));
     let two_v4 =
         format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=[\"10.0.0.1:1\",\"10.0.0.2:1\"]");
     assert!(err(&two_v4).contains("at most one backend per address family"));

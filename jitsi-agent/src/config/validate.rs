@@ -2,13 +2,13 @@
 //! to do; `Config::parse` adds the file, line and column.
 
 use std::{
-    collections::{HashMap, HashSet},
-    net::SocketAddr,
+    collections::HashSet,
+    net::{IpAddr, SocketAddr},
 };
 
 use jitsi_common::RULE_NAME_LEN;
 
-use super::{Acme, Config, Http, Protocol, Splitter, Stack, Tls};
+use super::{Acme, Config, Http, PortRange, Protocol, Splitter, Stack, Tls};
 use crate::names::{NameTable, Pattern};
 
 /// Rule and route names: they are stored in the pinned maps (NUL-padded, 24 bytes).
@@ -63,11 +63,24 @@ impl Config {
         if self.steer.len() > jitsi_common::MAX_RULES as usize {
             return Err(("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
         }
+        // Each range is stored as the prefixes that cover it, once per address family.
+        let prefixes: usize =
+            self.steer.iter().filter(|r| !r.port.is_single()).map(|r| 2 * r.port.prefixes().len()).sum();
+        if prefixes > jitsi_common::MAX_RANGE_PREFIXES as usize {
+            return Err((
+                "steer".into(),
+                format!(
+                    "the port ranges need {prefixes} map entries, more than {}: use fewer ranges, or ranges that start \
+                     and end on round numbers (a power of two)",
+                    jitsi_common::MAX_RANGE_PREFIXES
+                ),
+            ));
+        }
         self.validate_splitter(&steer.backends)?;
         if let Some(acme) = &self.acme {
             acme.validate(self.stack.is_some())?;
             // With [stack], port 80's splitter is implied (unless the file steers tcp/80).
-            let steers_80 = self.steer.iter().any(|r| r.protocol == Protocol::Tcp && r.port == 80);
+            let steers_80 = self.steer.iter().any(|r| r.protocol == Protocol::Tcp && r.port.contains(80));
             if self.http.is_none() && (self.stack.is_none() || steers_80) {
                 return Err((
                     "acme".into(),
@@ -94,7 +107,7 @@ impl Config {
     }
 
     /// `[splitter]`, `[tls]` and `[http]`; `steer_backends` are the steering rules' backends.
-    fn validate_splitter(&self, steer_backends: &HashMap<(Protocol, SocketAddr), &str>) -> Result<(), Invalid> {
+    fn validate_splitter(&self, steer_backends: &SteerBackends<'_>) -> Result<(), Invalid> {
         let mut route_names = HashSet::new();
         if let Some(splitter) = &self.splitter {
             splitter.validate()?;
@@ -114,15 +127,32 @@ impl Config {
     }
 }
 
+/// The steering rules' backends: (protocol, address, the ports it receives, the rule). A
+/// splitter route cannot share one either: replies are told apart by (protocol, address, port).
+#[derive(Default)]
+pub(super) struct SteerBackends<'a>(Vec<(Protocol, IpAddr, PortRange, &'a str)>);
+
+impl<'a> SteerBackends<'a> {
+    /// The rule whose backend ports on `a`'s address include `a`'s port.
+    fn owner(&self, protocol: Protocol, a: SocketAddr) -> Option<&'a str> {
+        self.overlapping(protocol, a.ip(), PortRange::one(a.port()))
+    }
+
+    fn overlapping(&self, protocol: Protocol, ip: IpAddr, ports: PortRange) -> Option<&'a str> {
+        self.0.iter().find(|(p, i, r, _)| *p == protocol && *i == ip && r.overlaps(&ports)).map(|(.., n)| *n)
+    }
+}
+
 /// What the `[[steer]]` rules checked so far take: names, ports, backends, containers (each
 /// once).
 #[derive(Default)]
 struct SteerSeen<'a> {
     names: HashSet<&'a str>,
-    ports: HashSet<(Protocol, u16)>,
-    /// Backend -> the rule that has it (a splitter route cannot share it either).
-    backends: HashMap<(Protocol, SocketAddr), &'a str>,
-    containers: HashSet<(Protocol, (String, u16))>,
+    ports: Vec<(Protocol, PortRange, &'a str)>,
+    /// Backends and the rules that have them (a splitter route cannot share one either).
+    backends: SteerBackends<'a>,
+    /// (protocol, container, its ports, rule) of the rules that name a container.
+    containers: Vec<(Protocol, String, PortRange, &'a str)>,
 }
 
 impl<'a> SteerSeen<'a> {
@@ -138,20 +168,30 @@ impl<'a> SteerSeen<'a> {
         if !self.names.insert(rule.name.as_str()) {
             return Err((key("name"), format!("`{}` is used by another [[steer]] rule", rule.name)));
         }
-        if rule.port == 0 {
-            return Err((key("port"), "must be 1 to 65535".into()));
+        if let Some((.., other)) = self.ports.iter().find(|(p, r, _)| *p == rule.protocol && r.overlaps(&rule.port)) {
+            return Err((key("port"), format!("{}/{} is steered by rule `{other}` too", rule.protocol, rule.port)));
         }
-        if !self.ports.insert((rule.protocol, rule.port)) {
-            return Err((key("port"), format!("{}/{} is steered by another rule", rule.protocol, rule.port)));
-        }
-        let port = rule.container_port.or(Some(rule.port));
-        if let Some(target) = container_target(rule.container.as_deref(), port, &rule.backend, &key)? {
-            if !self.containers.insert((rule.protocol, target.clone())) {
+        self.ports.push((rule.protocol, rule.port, rule.name.as_str()));
+        let port = rule.container_port.or(Some(rule.port.min));
+        let ranges_fit = |first: u16| {
+            rule.port.moved_to(first).ok_or_else(|| {
+                (
+                    key(if rule.container.is_some() { "container_port" } else { "backend" }),
+                    format!("{} ports from {first} run past 65535", rule.port.count()),
+                )
+            })
+        };
+        if let Some((container, first)) = container_target(rule.container.as_deref(), port, &rule.backend, &key)? {
+            let ports = ranges_fit(first)?;
+            if let Some((.., other)) =
+                self.containers.iter().find(|(p, c, r, _)| *p == rule.protocol && *c == container && r.overlaps(&ports))
+            {
                 return Err((
                     key("container"),
-                    format!("{}/{}:{} is already the backend of another rule", rule.protocol, target.0, target.1),
+                    format!("{}/{container}:{ports} is already the backend of rule `{other}`", rule.protocol),
                 ));
             }
+            self.containers.push((rule.protocol, container, ports, rule.name.as_str()));
             return Ok(());
         }
         let backends = rule.backend.as_slice();
@@ -164,22 +204,25 @@ impl<'a> SteerSeen<'a> {
             return Err((key("backend"), "at most one backend per address family".into()));
         }
         for a in backends {
-            // Replies are matched by (protocol, backend address, port): two rules cannot share one.
-            if let Some(other) = self.backends.insert((rule.protocol, *a), rule.name.as_str()) {
-                return Err((
-                    key("backend"),
-                    format!(
-                        "{}/{a} is already the backend of rule `{other}`; replies could not be told apart",
-                        rule.protocol
-                    ),
-                ));
-            }
             if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() || a.ip().is_loopback() {
                 return Err((
                     key("backend"),
                     format!("{a}: needs a unicast, non-loopback address and a port (XDP cannot redirect to loopback)"),
                 ));
             }
+            let ports = ranges_fit(a.port())?;
+            // Replies are matched by (protocol, backend address, port): two rules cannot share one.
+            if let Some(other) = self.backends.overlapping(rule.protocol, a.ip(), ports) {
+                return Err((
+                    key("backend"),
+                    format!(
+                        "{}/{a} ({} port(s)) is already the backend of rule `{other}`; replies could not be told apart",
+                        rule.protocol,
+                        ports.count()
+                    ),
+                ));
+            }
+            self.backends.0.push((rule.protocol, a.ip(), ports, rule.name.as_str()));
         }
         Ok(())
     }
@@ -225,11 +268,7 @@ impl Tls {
 
     /// Checks the section; `steer_backends` are the steering rules' backends (a TCP one cannot
     /// also be a splitter backend: the TC program could not tell their replies apart).
-    fn validate<'a>(
-        &'a self,
-        steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
-        names: &mut HashSet<&'a str>,
-    ) -> Result<(), Invalid> {
+    fn validate<'a>(&'a self, steer_backends: &SteerBackends<'_>, names: &mut HashSet<&'a str>) -> Result<(), Invalid> {
         let err = |k: String, m: String| Err((k, m));
         if self.listen.is_empty() {
             return err("tls.listen".into(), "needs at least one address".into());
@@ -269,7 +308,7 @@ fn check_routes<'a>(
     section: &str,
     routes: &[RouteView<'a>],
     default: Option<&str>,
-    steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
+    steer_backends: &SteerBackends<'_>,
     names: &mut HashSet<&'a str>,
 ) -> Result<(), Invalid> {
     let err = |k: String, m: String| Err((k, m));
@@ -306,7 +345,7 @@ fn check_routes<'a>(
             if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
                 return err(key("backend"), format!("{a}: needs a unicast address and a port"));
             }
-            if let Some(rule) = steer_backends.get(&(Protocol::Tcp, *a)) {
+            if let Some(rule) = steer_backends.owner(Protocol::Tcp, *a) {
                 return err(key("backend"), format!("{a} is also the backend of steering rule `{rule}`"));
             }
         }
@@ -325,11 +364,7 @@ impl Http {
         self.routes.iter().filter(|r| r.transparent).flat_map(|r| r.backend.as_slice().iter().copied())
     }
 
-    fn validate<'a>(
-        &'a self,
-        steer_backends: &HashMap<(Protocol, SocketAddr), &str>,
-        names: &mut HashSet<&'a str>,
-    ) -> Result<(), Invalid> {
+    fn validate<'a>(&'a self, steer_backends: &SteerBackends<'_>, names: &mut HashSet<&'a str>) -> Result<(), Invalid> {
         if self.listen.is_empty() {
             return Err(("http.listen".into(), "needs at least one address".into()));
         }

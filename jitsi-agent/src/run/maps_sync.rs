@@ -17,7 +17,7 @@ use crate::{
     status::existing_slots,
 };
 
-/// Brings the `rules`, `replies` and `host_addrs` maps in line with the configuration. New
+/// Brings the `rules`, `rule_ranges`, `replies`, `reply_ranges` and `host_addrs` maps in line with the configuration. New
 /// and changed entries are written first, stale ones removed last; entries that are already
 /// right are not touched, so their traffic never sees a gap.
 pub fn sync_maps(
@@ -31,10 +31,21 @@ pub fn sync_maps(
     let (slots, fresh) = rules::assign_slots(&existing, config.steer.iter().map(|r| r.name.as_str()));
     zero_rule_stats(maps, &fresh)?;
     let marked = config.splitter().map(|s| (s.reply_mark, config.transparent_backends().collect()));
-    let Desired { rules, replies, host_addrs } =
-        rules::desired(&config.steer, marked, host_addrs, uplink_ifindex, &slots, resolved);
+    // The stack's public addresses too: behind NAT they are the router's, and a backend's packet
+    // to a steered port there (coturn to a relay address, jvb to one) is turned around in the
+    // kernel instead of leaving for a router whose NAT may not send it back.
+    let mut addrs = host_addrs.to_vec();
+    for a in config.stack.iter().flat_map(|s| &s.public_addresses) {
+        if !addrs.contains(a) {
+            addrs.push(*a);
+        }
+    }
+    let Desired { rules, replies, rule_ranges, reply_ranges, host_addrs } =
+        rules::desired(&config.steer, marked, &addrs, uplink_ifindex, &slots, resolved);
     sync_hash("rules", &mut maps.rules, rules)?;
+    sync_lpm("rule_ranges", &mut maps.rule_ranges, rule_ranges)?;
     sync_hash("replies", &mut maps.replies, replies)?;
+    sync_lpm("reply_ranges", &mut maps.reply_ranges, reply_ranges)?;
     sync_hash("host_addrs", &mut maps.host_addrs, host_addrs)?;
     Ok(())
 }
@@ -68,6 +79,32 @@ where
     }
     for k in have.keys().filter(|k| !wanted.contains(k)) {
         map.remove(k).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// [`sync_hash`] for an LPM trie, its keys given as (prefix length, data).
+fn sync_lpm<K, V>(
+    name: &'static str,
+    map: &mut aya::maps::lpm_trie::LpmTrie<aya::maps::MapData, K, V>,
+    want: Vec<((u32, K), V)>,
+) -> Result<()>
+where
+    K: aya::Pod + Eq + std::hash::Hash + Ord,
+    V: aya::Pod + PartialEq,
+{
+    use aya::maps::lpm_trie::Key;
+    let err = |source| Error::Map { map: name, source };
+    let have: BTreeMap<(u32, K), V> =
+        map.iter().map(|r| r.map(|(k, v)| ((k.prefix_len(), k.data()), v))).collect::<Result<_, _>>().map_err(err)?;
+    let wanted: HashSet<(u32, K)> = want.iter().map(|(k, _)| *k).collect();
+    for ((len, data), v) in &want {
+        if have.get(&(*len, *data)) != Some(v) {
+            map.insert(&Key::new(*len, *data), v, 0).map_err(err)?;
+        }
+    }
+    for (len, data) in have.keys().filter(|k| !wanted.contains(k)) {
+        map.remove(&Key::new(*len, *data)).map_err(err)?;
     }
     Ok(())
 }

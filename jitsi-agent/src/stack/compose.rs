@@ -229,8 +229,9 @@ fn services() -> Vec<Service> {
     };
     let coturn = Service {
         name: "coturn",
-        comment: "Not part of docker-jitsi-meet. 3478/udp and 5349/tcp: steered / SNI-routed by\n\
-                  jitsi-agent (see the top of this file). The directory is mounted, not single files:\n\
+        comment: "Not part of docker-jitsi-meet. 3478/udp, the relay ports (min-port..max-port in\n\
+                  coturn/turnserver.conf) and 5349/tcp: steered / SNI-routed by jitsi-agent (see the\n\
+                  top of this file). The directory is mounted, not single files:\n\
                   a renewed certificate (renamed into place) is seen by the running container.",
         image: "${COTURN_IMAGE}".into(),
         jitsi: false,
@@ -257,8 +258,8 @@ pub fn compose_yml() -> String {
     );
     s.push_str(
         "#\n\
-         # No `ports:` for 80/tcp, 443/tcp, 10000/udp or 3478/udp: jitsi-agent receives those on the\n\
-         # uplink and hands them to the fixed addresses below itself (XDP for UDP, its Host and SNI\n\
+         # No `ports:` for 80/tcp, 443/tcp, 10000/udp, 3478/udp or coturn's relay ports: jitsi-agent\n\
+         # receives those on the uplink and hands them to the fixed addresses below itself (XDP for UDP, its Host and SNI\n\
          # splitters for 80 and 443), so every container sees the client's real address. Publishing\n\
          # them here would add docker-proxy and DNAT rules that the steered traffic never passes\n\
          # through, and on 80/443 would take connections away from the agent. The fixed subnet and\n\

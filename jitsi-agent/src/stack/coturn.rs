@@ -79,8 +79,7 @@ pub fn turnserver_conf(stack: &Stack, layout: &Layout, secrets: &Secrets) -> Str
     line("# announced for IPv4 allocations).");
     let v4: Vec<_> = stack.public_addresses.iter().filter(|a| a.is_ipv4()).collect();
     if let [only] = v4.as_slice() {
-        // One address: the plain form. The `public/private` form would also put coturn's own
-        // address on its allow list ("Whitelisting external-ip private part").
+        // One address: the plain form (coturn maps it to its relay address all the same).
         line(&format!("external-ip={only}"));
     } else {
         for a in v4 {
@@ -95,12 +94,20 @@ pub fn turnserver_conf(stack: &Stack, layout: &Layout, secrets: &Secrets) -> Str
     line("# The image has no syslog: log to the container's output (`docker logs`), as coturn's own");
     line("# image does (`CMD [\"--log-file=stdout\", ...]`).");
     line("log-file=stdout");
-    line("# Relayed media may reach public addresses and the videobridge, nothing else private.");
+    line("# Relayed media may reach public addresses, the videobridge and other relays of this coturn,");
+    line("# nothing else private.");
     for r in DENIED_PEERS {
         line(&format!("denied-peer-ip={r}"));
     }
     let last = layout.host_last();
     line(&format!("denied-peer-ip={}-{last}", layout.network));
     line(&format!("allowed-peer-ip={}", layout.addr(Service::Jvb)));
+    // coturn maps a peer on its external IP to its own address before it checks the peer
+    // (`map_addr_from_public_to_private`, `src/client/ns_turn_ioaddr.c`, the mapping made for
+    // every `external-ip` in `src/apps/relay/mainrelay.c`, at 4.17.0).
+    line("# coturn itself: a participant's relay address (on the public address) is mapped back to this");
+    line("# container's own address before the peer check, so two participants who both relay need it.");
+    line("# Its listening and relay ports are public anyway.");
+    line(&format!("allowed-peer-ip={}", layout.addr(Service::Coturn)));
     s
 }

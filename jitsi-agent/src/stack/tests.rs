@@ -119,7 +119,7 @@ fn env_and_coturn_carry_what_the_images_expect() {
         "tls-listening-port=5349",
         "external-ip=198.51.100.7",
         "denied-peer-ip=172.18.0.0-172.18.0.255",
-        "min-port=49152",
+        "min-port=61000",
         "max-port=65535",
         "log-file=stdout",
         "cert=/etc/coturn/certs/turn.crt",
@@ -130,10 +130,15 @@ fn env_and_coturn_carry_what_the_images_expect() {
         "denied-peer-ip=127.0.0.0-127.255.255.255",
         "denied-peer-ip=fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
         "allowed-peer-ip=172.18.0.10",
+        "allowed-peer-ip=172.18.0.11",
     ] {
         assert!(lines.contains(&want), "turnserver.conf lacks `{want}`");
     }
-    assert_eq!(lines.iter().filter(|l| l.starts_with("allowed-peer-ip")).count(), 1, "only the bridge");
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("allowed-peer-ip")).count(),
+        2,
+        "only the bridge and coturn itself"
+    );
     assert!(!lines.contains(&"syslog"), "no syslog in coturn's image");
     assert_eq!(mode(&dir.path().join(".env")), 0o600);
     assert_eq!(mode(&dir.path().join("coturn/turnserver.conf")), 0o640);
@@ -306,12 +311,19 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
         );
         Config::parse(&text, Path::new("t.toml")).unwrap()
     };
-    let steer: Vec<(&str, u16, Option<&str>, Option<u16>)> =
-        c.steer.iter().map(|r| (r.name.as_str(), r.port, r.container.as_deref(), r.container_port)).collect();
+    let steer: Vec<(&str, String, Option<&str>, Option<u16>)> = c
+        .steer
+        .iter()
+        .map(|r| (r.name.as_str(), r.port.to_string(), r.container.as_deref(), r.container_port))
+        .collect();
     assert_eq!(
         steer,
-        [("jvb", 10000, Some("jvb"), Some(10000)), ("turn", 3478, Some("coturn"), Some(3478))],
-        "port 80 is not kernel-steered: it goes through the HTTP front"
+        [
+            ("jvb", "10000".into(), Some("jvb"), Some(10000)),
+            ("turn", "3478".into(), Some("coturn"), Some(3478)),
+            ("turn-relay", "61000-65535".into(), Some("coturn"), Some(61000)),
+        ],
+        "port 80 is not kernel-steered: it goes through the HTTP front; coturn's relay range is"
     );
     let http = c.http.as_ref().unwrap();
     assert_eq!(http.listen, crate::config::Http::default().listen);
@@ -343,7 +355,7 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
     let own = "[uplink]\ninterface = \"eth0\"\n[[steer]]\nname = \"media\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"10.0.0.9:10000\"\n\
                [stack]\nmeet_domain = \"meet.example.org\"\nturn_domain = \"turn.example.org\"\npublic_addresses = [\"198.51.100.7\"]\n";
     let c = Config::parse(own, Path::new("t.toml")).unwrap();
-    assert_eq!(c.steer.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["media", "turn"]);
+    assert_eq!(c.steer.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["media", "turn", "turn-relay"]);
     assert!(c.acme.is_none(), "no e-mail, no [acme]: no certificate is ordered");
     // An [acme] of the file's own without names gets the TURN name; a kernel rule for tcp/80
     // keeps port 80 out of the HTTP front.

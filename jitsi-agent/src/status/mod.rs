@@ -116,8 +116,10 @@ pub struct RuleStatus {
     pub name: String,
     /// `udp` or `tcp`.
     pub protocol: Protocol,
-    /// Public port.
+    /// Public port (the first of a range).
     pub port: u16,
+    /// Last public port of a range (`port` for one port).
+    pub port_last: u16,
     /// Counter slot (index into `rule_stats`).
     pub slot: u32,
     /// One entry per address family the rule has a backend for.
@@ -246,6 +248,7 @@ pub fn read_maps(pin_dir: &Path) -> Result<Counters> {
             name,
             protocol: Protocol::from_number(k.protocol).unwrap_or(Protocol::Udp),
             port: k.port,
+            port_last: k.port,
             slot: v.slot,
             backends: vec![],
             packets_in: 0,
@@ -266,6 +269,12 @@ pub fn read_maps(pin_dir: &Path) -> Result<Counters> {
                 ifindex: v.ifindex,
             });
             r.backends.sort_by_key(|b| b.family);
+        }
+    }
+    for entry in maps.rule_ranges.iter() {
+        let (_, v) = entry.map_err(|source| Error::Map { map: "rule_ranges", source })?;
+        if let Some(r) = rules.get_mut(&name_str(&v.rule.name)) {
+            r.port_last = r.port_last.max(v.public_max);
         }
     }
     for r in rules.values_mut() {

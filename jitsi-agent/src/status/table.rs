@@ -63,7 +63,7 @@ impl Status {
         let rates = self.interval_secs > 0.0;
         write!(
             f,
-            "\n{:<16} {:<10} {:<w$} {:>10} {:>12} {:>10} {:>12}",
+            "\n{:<16} {:<15} {:<w$} {:>10} {:>12} {:>10} {:>12}",
             "RULE", "PORT", "BACKEND", "PKTS IN", "BYTES IN", "PKTS OUT", "BYTES OUT"
         )?;
         if rates {
@@ -71,10 +71,14 @@ impl Status {
         }
         writeln!(f)?;
         for (r, b) in self.rules.iter().zip(&backends) {
-            let port = format!("{}/{}", r.protocol, r.port);
+            let port = if r.port_last > r.port {
+                format!("{}/{}-{}", r.protocol, r.port, r.port_last)
+            } else {
+                format!("{}/{}", r.protocol, r.port)
+            };
             write!(
                 f,
-                "{:<16} {port:<10} {b:<w$} {:>10} {:>12} {:>10} {:>12}",
+                "{:<16} {port:<15} {b:<w$} {:>10} {:>12} {:>10} {:>12}",
                 r.name, r.packets_in, r.bytes_in, r.packets_out, r.bytes_out
             )?;
             if rates {

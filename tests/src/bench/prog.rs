@@ -16,12 +16,21 @@ use crate::{agent::AgentProcess, lab::Lab, packet::Pkt};
 const REPEAT: u32 = 1_000_000;
 const XDP_REDIRECT: u32 = 4;
 
-/// (what, frame): a frame to the steered port, and one to a port without a rule.
+/// The rules: one port, a range of 2 ports and one of 16,384 ports (not aligned: 40000-56383
+/// is 9 prefixes in the trie), all to the same backend, each range 1:1.
+const RULES: &str = "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"192.0.2.10:10000\"\n\
+                     [[steer]]\nname = \"range2\"\nprotocol = \"udp\"\nport = \"30000-30001\"\nbackend = \"192.0.2.10:30000\"\n\
+                     [[steer]]\nname = \"range16k\"\nprotocol = \"udp\"\nport = \"40000-56383\"\nbackend = \"192.0.2.10:40000\"\n";
+
+/// (what, frame): frames to the steered ports, and one to a port without a rule.
 fn frames() -> Vec<(&'static str, Vec<u8>)> {
     let payload = [0x5au8; 100];
+    let to = |port| Pkt::udp("203.0.113.2", 40000, "203.0.113.1", port, &payload).build();
     vec![
-        ("steered udp/10000, 100-byte payload", Pkt::udp("203.0.113.2", 40000, "203.0.113.1", 10000, &payload).build()),
-        ("unsteered udp/12345 (passed)", Pkt::udp("203.0.113.2", 40000, "203.0.113.1", 12345, &payload).build()),
+        ("steered udp/10000, 100-byte payload", to(10000)),
+        ("steered udp/30001, a 2-port range", to(30001)),
+        ("steered udp/50000, a 16,384-port range", to(50000)),
+        ("unsteered udp/12345 (passed)", to(12345)),
     ]
 }
 
@@ -49,9 +58,7 @@ pub fn round() -> Result<()> {
     // A repeated run works on the same buffer, rewritten by the run before: the backend's
     // address is made a host address too, so every repetition is steered again (the full path:
     // parse, lookups, return path, rewrite, checksums, redirect) instead of passing as not local.
-    let config = lab.write_config(
-        "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"192.0.2.10:10000\"\n",
-    )?;
+    let config = lab.write_config(RULES)?;
     let text = std::fs::read_to_string(&config)?.replace(
         "[uplink]\ninterface = \"up0\"\n",
         "[uplink]\ninterface = \"up0\"\naddresses = [\"203.0.113.1\", \"192.0.2.10\"]\n",
@@ -77,12 +84,15 @@ pub fn round() -> Result<()> {
         }
         Ok(out)
     })??;
-    // Every repetition of the steered frame was steered: its rule counted them all.
-    let steered = results.iter().find(|r| r.0 == "steer_in" && r.1.starts_with("steered")).map(|r| r.3);
+    // Every repetition of each steered frame was steered: its rule counted them all.
     let st = lab.status()?;
-    let counted = st["rules"][0]["packets_in"].as_u64().unwrap_or(0);
-    if steered != Some(XDP_REDIRECT) || counted < u64::from(REPEAT) {
-        anyhow::bail!("steer_in did not steer every repetition (returned {steered:?}, counted {counted}): {st}");
+    for rule in st["rules"].as_array().context("rules in status")? {
+        let counted = rule["packets_in"].as_u64().unwrap_or(0);
+        let steered =
+            results.iter().filter(|r| r.0 == "steer_in" && r.1.starts_with("steered")).all(|r| r.3 == XDP_REDIRECT);
+        if !steered || counted < u64::from(REPEAT) {
+            anyhow::bail!("steer_in did not steer every repetition (counted {counted} for {}): {st}", rule["name"]);
+        }
     }
     drop(running.stop()?);
     for (program, frame, ns, rv) in results {
