@@ -1,5 +1,5 @@
-//! The lookups both programs share: is an address the host's, which rule steers a port, which
-//! rule a backend's packet replies for. A rule for one port is an exact `rules`/`replies`
+//! The rule lookups: is an address the host's and which rule steers a port (`steer_in`), which
+//! rule a backend's packet replies for (`reply_out`). A rule for one port is an exact `rules`/`replies`
 //! entry; a port range is found in the `rule_ranges`/`reply_ranges` LPM tries, at the same
 //! cost whatever the range's size (one trie walk over at most 32 or 160 key bits).
 

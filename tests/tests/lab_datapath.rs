@@ -435,19 +435,12 @@ fn a_foreign_xdp_program_on_the_uplink_is_named_by_check_and_the_start() {
     agent.stop().unwrap();
 }
 
-/// A UDP socket bound to `addr` in `ns`, with a 2 s receive timeout.
-fn udp_bound(ns: &NetNs, addr: SocketAddr) -> UdpSocket {
-    let s = ns.enter(move || UdpSocket::bind(addr)).unwrap().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s
-}
-
 /// A port range is steered 1:1 (a TURN server's relay ports): every port of it reaches the
-/// backend's same port with the client's address, replies leave from that public port, and
-/// one relay port sending to another on the host's public address reaches it (turned around
-/// in the kernel) from the public address and port. Without the rule, none of it works.
+/// backend's same port with the client's address, over IPv4 and IPv6, and replies leave from
+/// that public port; the port after the range is not steered. Without the rule, nothing of it
+/// arrives.
 #[test]
-fn a_port_range_is_steered_one_to_one_and_a_relay_reaches_another_on_the_public_address() {
+fn a_port_range_is_steered_one_to_one() {
     let lab = lab();
     let turn = lab.backend("turn");
     let servers: Vec<_> = [40000, 40050, 40099]
@@ -458,46 +451,37 @@ fn a_port_range_is_steered_one_to_one_and_a_relay_reaches_another_on_the_public_
     let c4 = udp_socket(&lab.inet, false).unwrap();
     let c6 = udp_socket(&lab.inet, true).unwrap();
     let host4 = |p| SocketAddr::new(HOST_V4.into(), p);
-    let relay_a = udp_bound(&turn.ns, turn.addr4(40010));
 
     // Without the range rule: nothing answers on the relay ports.
     let config = lab.write_config(LAB_RULES).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     assert!(udp_round_trip(&c4, host4(40050), "before").is_err(), "reached a relay port without a rule");
-    assert!(udp_round_trip(&relay_a, host4(40050), "before").is_err(), "one relay reached another without a rule");
     agent.stop().unwrap();
+    assert_eq!(servers[1].count(), 0);
 
     let range = "[[steer]]\nname = \"relay\"\nprotocol = \"udp\"\nport = \"40000-40099\"\n\
                  backend = [\"192.0.2.11:40000\", \"[2001:db8:b::11]:40000\"]\n";
     let config = lab.write_config(&format!("{LAB_RULES}\n{range}")).unwrap();
     let agent = AgentProcess::start(&lab.host, &config).unwrap();
     let n = 5;
-    let mut sent = 0;
+    let (mut bytes_in, mut bytes_out) = (0, 0);
     for p in [40000, 40050, 40099] {
-        udp_exchange(&c4, host4(p), CLIENT_V4.into(), n);
-        sent += n;
+        let (i, o) = udp_exchange(&c4, host4(p), CLIENT_V4.into(), n);
+        (bytes_in, bytes_out) = (bytes_in + i, bytes_out + o);
     }
-    udp_exchange(&c6, SocketAddr::new(HOST_V6.into(), 40050), CLIENT_V6.into(), n);
-    sent += n;
+    let (i, o) = udp_exchange(&c6, SocketAddr::new(HOST_V6.into(), 40050), CLIENT_V6.into(), n);
+    (bytes_in, bytes_out) = (bytes_in + i, bytes_out + o);
     for s in &servers {
         assert_eq!(s.count(), n, "{} received every datagram", s.addr);
     }
     assert!(udp_round_trip(&c4, host4(40100), "past the range").is_err(), "the port after the range was steered");
 
-    // coturn's relay 40010 sends to the relay address 203.0.113.1:40050: it arrives at 40050
-    // from the public address and 40010, and the answer comes back the same way.
-    let (from, reply) = udp_round_trip(&relay_a, host4(40050), "relayed").unwrap();
-    assert_eq!(from, host4(40050), "the answer came from the relay address");
-    assert_eq!(reply, format!("seen {} relayed", host4(40010)), "40050 saw the sender's relay address");
-
+    // One rule, one set of counters, whatever port of the range.
     let st = status(&lab);
     let r = rule(&st, "relay");
     assert_eq!((r["port"].as_u64(), r["port_last"].as_u64()), (Some(40000), Some(40099)), "{r}");
-    // In: the client's datagrams and the turned-around one and its answer; out: the answers
-    // to the client and the two turned-around ones (each is the sender's reply and the
-    // receiver's steered packet).
-    assert_eq!(r["packets_in"].as_u64(), Some(sent as u64 + 2), "{r}");
-    assert_eq!(r["packets_out"].as_u64(), Some(sent as u64 + 2), "{r}");
+    assert_eq!((r["packets_in"].as_u64(), r["packets_out"].as_u64()), (Some(4 * n as u64), Some(4 * n as u64)), "{r}");
+    assert_eq!((r["bytes_in"].as_u64(), r["bytes_out"].as_u64()), (Some(bytes_in), Some(bytes_out)), "{r}");
     let shown = lab.status_text().unwrap();
     assert!(shown.contains("udp/40000-40099"), "{shown}");
     agent.stop().unwrap();

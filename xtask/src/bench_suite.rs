@@ -221,10 +221,10 @@ fn tables(doc: &Value) -> String {
 
 /// UDP saturation, per contender.
 fn table_udp_saturation(v: &View, s: &mut String) {
-    let udp = ["agent", "iptables-dnat", "docker-proxy", "xdp-drop"];
+    let udp = ["agent", "agent-generic", "iptables-dnat", "docker-proxy", "xdp-drop"];
     let _ = writeln!(
         s,
-        "**UDP 10000 -> backend, saturation** (one sender thread, unlimited rate; kpps delivered to the backend; xdp-drop: kpps the sender pushed, the ceiling):\n"
+        "**UDP 10000 -> backend, saturation** (one sender thread, unlimited rate; kpps delivered to the backend; agent: `steer_in` in driver mode, agent-generic: in generic mode; xdp-drop: kpps the sender pushed, the ceiling):\n"
     );
     let _ = writeln!(
         s,
@@ -255,7 +255,7 @@ fn table_udp_saturation(v: &View, s: &mut String) {
 
 /// UDP at fixed rates: loss and CPU per packet.
 fn table_udp_rates(v: &View, s: &mut String) {
-    let udp = ["agent", "iptables-dnat", "docker-proxy", "xdp-drop"];
+    let udp = ["agent", "agent-generic", "iptables-dnat", "docker-proxy", "xdp-drop"];
     let _ = writeln!(
         s,
         "\n**UDP at fixed offered rates** (1000 flows): loss %, and machine CPU per packet (ns; everything busy on both cores divided by the packets counted, sender and receiver included), then that minus the xdp-drop run's (the sender alone): the path under test plus the backend's receive, which is the same for every contender:\n"
@@ -294,7 +294,7 @@ fn table_udp_rtt(v: &View, s: &mut String) {
     let _ = writeln!(s, "\n**UDP echo round trip** (100 B, 2,000 packets/s, 4,000 packets), µs:\n");
     let _ = writeln!(s, "| contender | p50 | p99 | answered |");
     let _ = writeln!(s, "|---|---|---|---|");
-    for c in ["agent", "iptables-dnat", "docker-proxy"] {
+    for c in ["agent", "agent-generic", "iptables-dnat", "docker-proxy"] {
         let r = v.find("udp-rtt", c, |_| true);
         let _ = writeln!(
             s,
@@ -428,7 +428,7 @@ fn plots(doc: &Value, dir: &Path) -> Result<Vec<String>> {
 fn plot_udp(v: &View, dir: &Path) -> Result<PathBuf> {
     // Delivered against what the sender managed to send: the fixed rates, then saturation
     // (where each contender's own cost limits the sender too); 100-byte packets, 1000 flows.
-    let contenders = ["agent", "iptables-dnat", "docker-proxy"];
+    let contenders = ["agent", "agent-generic", "iptables-dnat", "docker-proxy"];
     let mut data = String::new();
     for c in contenders {
         let _ = writeln!(data, "# {c}");
@@ -450,8 +450,8 @@ fn plot_udp(v: &View, dir: &Path) -> Result<PathBuf> {
         &data,
         "set title 'UDP 10000 -> backend: delivered vs sent (100 B, 1000 flows, median; last point: saturation)'\n\
          set xlabel 'sent, kpps'\nset ylabel 'delivered, kpps'\nset key top left\nset grid\nset xrange [0:*]\nset yrange [0:*]\n\
-         names = 'agent iptables-dnat docker-proxy'\n\
-         plot x title 'all delivered' dt 2 lc 'gray', for [i=0:2] 'DATA' index i using 1:2 with linespoints lw 2 pt 7 title word(names, i+1)",
+         names = 'agent agent-generic iptables-dnat docker-proxy'\n\
+         plot x title 'all delivered' dt 2 lc 'gray', for [i=0:3] 'DATA' index i using 1:2 with linespoints lw 2 pt 7 title word(names, i+1)",
     )
 }
 

@@ -188,26 +188,66 @@ fn ephemeral_range() -> Option<PortRange> {
     Some(PortRange { min: it.next()??, max: it.next()?? })
 }
 
-/// Steered ranges that overlap the ephemeral range: the steering has no connection tracking,
-/// so a reply to the host's (or a container's: their namespaces default to the same range)
-/// own outgoing flow on such a port, a DNS answer say, would be steered to the backend.
+/// The kernel's default ephemeral range: what every container's network namespace has,
+/// whatever the host sets in its own (the sysctl is per namespace).
+const CONTAINER_EPHEMERAL: PortRange = PortRange { min: 32768, max: 60999 };
+
+/// Steered ranges that overlap an ephemeral range, the host's or the containers': the steering
+/// has no connection tracking, so a reply to the host's or a container's own outgoing flow on
+/// such a port (a DNS answer) would be steered to the backend.
 fn ephemeral_overlaps(config: &Config) -> Vec<Check> {
-    let Some(eph) = ephemeral_range() else { return Vec::new() };
-    config
-        .steer
-        .iter()
-        .filter(|r| !r.port.is_single() && r.port.overlaps(&eph))
-        .map(|r| {
-            Check::warn(
-                format!("port {}/{} (steer {})", r.protocol, r.port, r.name),
-                format!(
-                    "overlaps the ephemeral ports {eph} (net.ipv4.ip_local_port_range): replies to the host's and \
-                     the containers' own outgoing {} flows on those ports (DNS) would be steered to the backend",
-                    r.protocol
-                ),
-                "move the range out of it (coturn: [stack] relay_ports, default 61000-65535), or shrink the \
-                 ephemeral range with sysctl net.ipv4.ip_local_port_range",
-            )
-        })
-        .collect()
+    let ranges: Vec<(PortRange, &str)> = match ephemeral_range() {
+        Some(h) if h == CONTAINER_EPHEMERAL => vec![(h, "the host's and the containers'")],
+        Some(h) => vec![(h, "the host's"), (CONTAINER_EPHEMERAL, "the containers'")],
+        None => vec![(CONTAINER_EPHEMERAL, "the containers'")],
+    };
+    let mut out = Vec::new();
+    for r in config.steer.iter().filter(|r| !r.port.is_single()) {
+        let hits: Vec<String> = ranges
+            .iter()
+            .filter(|(e, _)| r.port.overlaps(e))
+            .map(|(e, whose)| format!("{whose} ephemeral ports {e}"))
+            .collect();
+        if hits.is_empty() {
+            continue;
+        }
+        out.push(Check::warn(
+            format!("port {}/{} (steer {})", r.protocol, r.port, r.name),
+            format!(
+                "overlaps {}: replies to the host's and the containers' own outgoing {} flows on those ports (DNS) \
+                 would be steered to the backend",
+                hits.join(" and "),
+                r.protocol
+            ),
+            "move the range above 60999 (coturn: [stack] relay_ports, default 61000-65535); containers keep \
+             32768-60999 whatever the host's net.ipv4.ip_local_port_range says",
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(port: &str) -> Config {
+        let text = format!(
+            "[uplink]\ninterface = \"eth0\"\n[[steer]]\nname = \"relay\"\nprotocol = \"udp\"\nport = {port}\n\
+             backend = \"192.0.2.11:40000\"\n"
+        );
+        Config::parse(&text, "t.toml".as_ref()).unwrap()
+    }
+
+    #[test]
+    fn a_range_over_the_containers_ephemeral_ports_is_named_whatever_the_host_says() {
+        let warned = ephemeral_overlaps(&config("\"40000-40100\""));
+        assert_eq!(warned.len(), 1);
+        assert!(warned[0].detail.contains("the containers' ephemeral ports 32768-60999"), "{}", warned[0].detail);
+        assert!(warned[0].fix.as_deref().unwrap_or_default().contains("above 60999"));
+        assert!(ephemeral_overlaps(&config("40000")).is_empty(), "one port is not a range");
+        let host = ephemeral_range().unwrap();
+        if !host.overlaps(&PortRange { min: 61000, max: 61010 }) {
+            assert!(ephemeral_overlaps(&config("\"61000-61010\"")).is_empty());
+        }
+    }
 }

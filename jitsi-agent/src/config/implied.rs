@@ -48,8 +48,9 @@ pub fn add_implied(mut config: Config) -> Config {
         steer("turn-relay", Protocol::Udp, relay, "coturn", relay.min),
     ];
     for r in implied {
-        let taken =
-            config.steer.iter().any(|s| s.name == r.name || (s.protocol == r.protocol && s.port.overlaps(&r.port)));
+        // Replaced by a rule of the same name or the very same ports; a rule that only overlaps
+        // is kept beside it, and validation refuses the overlap (never a silent half).
+        let taken = config.steer.iter().any(|s| s.name == r.name || (s.protocol == r.protocol && s.port == r.port));
         if !taken {
             config.steer.push(r);
         }

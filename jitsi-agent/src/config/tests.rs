@@ -191,6 +191,17 @@ fn rejects_bad_input_with_the_key() {
     let shared =
         format!("{base}{}{}", steer("a", "\"20000-20050\"", "10.0.0.1:30000"), steer("b", "1", "10.0.0.1:30050"));
     assert!(err(&shared).contains("is already the backend of rule `a`"), "{}", err(&shared));
+    // 128 ranges of 510 ports between round numbers per protocol: 16 prefixes each, per family.
+    let many: String = (1..=128u32)
+        .flat_map(|i| ["udp", "tcp"].map(move |p| (i, p)))
+        .map(|(i, p)| {
+            let (first, last) = (i * 512 - 511, i * 512 - 2);
+            steer(&format!("{p}{i}"), &format!("\"{first}-{last}\""), &format!("10.0.0.1:{first}"))
+                .replace("\"udp\"", &format!("\"{p}\""))
+        })
+        .collect();
+    let e = err(&format!("{base}{many}"));
+    assert!(e.contains("`steer`: the port ranges need") && e.contains("more than 4096"), "{e}");
     let two_v4 =
         format!("{base}[[steer]]\nname=\"a\"\nprotocol=\"udp\"\nport=1\nbackend=[\"10.0.0.1:1\",\"10.0.0.2:1\"]");
     assert!(err(&two_v4).contains("at most one backend per address family"));

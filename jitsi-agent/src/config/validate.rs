@@ -63,20 +63,20 @@ impl Config {
         if self.steer.len() > jitsi_common::MAX_RULES as usize {
             return Err(("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
         }
-        // Each range is stored as the prefixes that cover it, once per address family.
-        let prefixes: usize =
-            self.steer.iter().filter(|r| !r.port.is_single()).map(|r| 2 * r.port.prefixes().len()).sum();
-        if prefixes > jitsi_common::MAX_RANGE_PREFIXES as usize {
-            return Err((
-                "steer".into(),
-                format!(
-                    "the port ranges need {prefixes} map entries, more than {}: use fewer ranges, or ranges that start \
-                     and end on round numbers (a power of two)",
-                    jitsi_common::MAX_RANGE_PREFIXES
-                ),
-            ));
-        }
+        self.validate_range_entries()?;
         self.validate_splitter(&steer.backends)?;
+        // XDP takes a steered port before any socket: a splitter could never see its own.
+        let listen = self.tls.iter().flat_map(|t| &t.listen).chain(self.http.iter().flat_map(|h| &h.listen));
+        for a in listen {
+            if let Some((i, r)) =
+                self.steer.iter().enumerate().find(|(_, r)| r.protocol == Protocol::Tcp && r.port.contains(a.port()))
+            {
+                return Err((
+                    format!("steer[{i}].port"),
+                    format!("tcp/{} is a splitter's listen port ({a}): rule `{}` would take it first", r.port, r.name),
+                ));
+            }
+        }
         if let Some(acme) = &self.acme {
             acme.validate(self.stack.is_some())?;
             // With [stack], port 80's splitter is implied (unless the file steers tcp/80).
@@ -90,6 +90,35 @@ impl Config {
         }
         if let Some(stack) = &self.stack {
             stack.validate()?;
+        }
+        Ok(())
+    }
+
+    /// The port ranges' entries in `rule_ranges` and `reply_ranges`: each range is stored as the
+    /// prefixes that cover it, per address family, on the public side and on each backend's
+    /// (where it may start elsewhere). At most half of each map, so that a reload that moves
+    /// every range can write the new entries before it removes the old.
+    fn validate_range_entries(&self) -> Result<(), Invalid> {
+        let ranges = self.steer.iter().filter(|r| !r.port.is_single());
+        let public: usize = ranges.clone().map(|r| 2 * r.port.prefixes().len()).sum();
+        let backend: usize = ranges
+            .map(|r| {
+                let starts: Vec<u16> = match r.container_port.or(r.container.as_ref().map(|_| r.port.min)) {
+                    Some(p) => vec![p, p],
+                    None => r.backend.as_slice().iter().map(SocketAddr::port).collect(),
+                };
+                starts.iter().filter_map(|&p| r.port.moved_to(p)).map(|m| m.prefixes().len()).sum::<usize>()
+            })
+            .sum();
+        let most = jitsi_common::MAX_RANGE_PREFIXES as usize / 2;
+        if let Some(need) = [public, backend].into_iter().find(|n| *n > most) {
+            return Err((
+                "steer".into(),
+                format!(
+                    "the port ranges need {need} map entries, more than {most}: use fewer ranges, or ranges that \
+                     start and end on round numbers (a power of two)"
+                ),
+            ));
         }
         Ok(())
     }
@@ -438,6 +467,14 @@ impl Stack {
         }
         if !self.directory.is_absolute() {
             return err("directory", "must be an absolute path".into());
+        }
+        // coturn's own listening port (3478, and 5349 for TLS: coturn also listens on UDP there)
+        // and the videobridge's are steered to them by rules of their own.
+        if let Some(p) = [3478, 5349, 10000].into_iter().find(|p| self.relay_ports.contains(*p)) {
+            return err(
+                "relay_ports",
+                format!("{}: includes port {p}, which coturn or the videobridge listens on", self.relay_ports),
+            );
         }
         for (k, v) in [
             ("image_repo", &self.image_repo),

@@ -17,9 +17,9 @@ use crate::{
     status::existing_slots,
 };
 
-/// Brings the `rules`, `rule_ranges`, `replies`, `reply_ranges` and `host_addrs` maps in line with the configuration. New
-/// and changed entries are written first, stale ones removed last; entries that are already
-/// right are not touched, so their traffic never sees a gap.
+/// Brings the `rules`, `rule_ranges`, `replies`, `reply_ranges` and `host_addrs` maps in line
+/// with the configuration. New and changed entries are written first, stale ones removed last;
+/// entries that are already right are not touched, so their traffic never sees a gap.
 pub fn sync_maps(
     maps: &mut Maps,
     config: &Config,
@@ -31,17 +31,8 @@ pub fn sync_maps(
     let (slots, fresh) = rules::assign_slots(&existing, config.steer.iter().map(|r| r.name.as_str()));
     zero_rule_stats(maps, &fresh)?;
     let marked = config.splitter().map(|s| (s.reply_mark, config.transparent_backends().collect()));
-    // The stack's public addresses too: behind NAT they are the router's, and a backend's packet
-    // to a steered port there (coturn to a relay address, jvb to one) is turned around in the
-    // kernel instead of leaving for a router whose NAT may not send it back.
-    let mut addrs = host_addrs.to_vec();
-    for a in config.stack.iter().flat_map(|s| &s.public_addresses) {
-        if !addrs.contains(a) {
-            addrs.push(*a);
-        }
-    }
     let Desired { rules, replies, rule_ranges, reply_ranges, host_addrs } =
-        rules::desired(&config.steer, marked, &addrs, uplink_ifindex, &slots, resolved);
+        rules::desired(&config.steer, marked, host_addrs, uplink_ifindex, &slots, resolved);
     sync_hash("rules", &mut maps.rules, rules)?;
     sync_lpm("rule_ranges", &mut maps.rule_ranges, rule_ranges)?;
     sync_hash("replies", &mut maps.replies, replies)?;

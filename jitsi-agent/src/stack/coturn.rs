@@ -107,7 +107,8 @@ pub fn turnserver_conf(stack: &Stack, layout: &Layout, secrets: &Secrets) -> Str
     // every `external-ip` in `src/apps/relay/mainrelay.c`, at 4.17.0).
     line("# coturn itself: a participant's relay address (on the public address) is mapped back to this");
     line("# container's own address before the peer check, so two participants who both relay need it.");
-    line("# Its listening and relay ports are public anyway.");
+    line("# What a client reaches there is coturn itself (UDP only: no-tcp-relay), with the same");
+    line("# authentication.");
     line(&format!("allowed-peer-ip={}", layout.addr(Service::Coturn)));
     s
 }

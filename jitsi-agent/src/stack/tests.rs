@@ -357,6 +357,16 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
     let c = Config::parse(own, Path::new("t.toml")).unwrap();
     assert_eq!(c.steer.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), ["media", "turn", "turn-relay"]);
     assert!(c.acme.is_none(), "no e-mail, no [acme]: no certificate is ordered");
+    // coturn's relay range must not cover the listening ports, and a rule of the file's own that
+    // only overlaps it is refused, not a reason to leave part of the range unsteered.
+    let e = Config::parse(&format!("{own}relay_ports = \"3000-4000\"\n"), Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("`stack.relay_ports`: 3000-4000: includes port 3478"), "{e}");
+    let overlap = own.replace("port = 10000\n", "port = \"65000-65100\"\n");
+    let e = Config::parse(&overlap, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("is steered by rule `media` too (with the rules [stack] implies)"), "{e}");
+    let tcp = own.replace("protocol = \"udp\"\nport = 10000\n", "protocol = \"tcp\"\nport = \"400-500\"\n");
+    let e = Config::parse(&tcp, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("`steer[0].port`: tcp/400-500 is a splitter's listen port"), "{e}");
     // An [acme] of the file's own without names gets the TURN name; a kernel rule for tcp/80
     // keeps port 80 out of the HTTP front.
     let own = format!(

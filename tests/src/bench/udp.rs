@@ -20,8 +20,9 @@ use crate::{
     servers,
 };
 
-/// The contenders, in the order they run.
-pub const CONTENDERS: [&str; 4] = ["agent", "iptables-dnat", "docker-proxy", "xdp-drop"];
+/// The contenders, in the order they run: the agent with `steer_in` in driver (native) XDP
+/// mode, then in generic (skb) mode as on a NIC whose driver has no XDP.
+pub const CONTENDERS: [&str; 5] = ["agent", "agent-generic", "iptables-dnat", "docker-proxy", "xdp-drop"];
 /// Offered rates of the loss runs (packets/s).
 pub const RATES: [u64; 4] = [50_000, 100_000, 200_000, 400_000];
 /// Payload sizes.
@@ -83,10 +84,12 @@ enum Setup {
 
 fn setup(contender: &str, lab: &Lab) -> Result<Setup> {
     Ok(match contender {
-        "agent" => {
-            let config = lab.write_config(&format!(
-                "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"{BACKEND}\"\n"
-            ))?;
+        "agent" | "agent-generic" => {
+            let mode = (contender == "agent-generic").then_some("generic");
+            let config = lab.write_config_xdp(
+                mode,
+                &format!("[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"{BACKEND}\"\n"),
+            )?;
             Setup::Agent(AgentProcess::start(&lab.host, &config)?)
         }
         "iptables-dnat" => {
