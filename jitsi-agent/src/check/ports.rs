@@ -192,35 +192,44 @@ fn ephemeral_range() -> Option<PortRange> {
 /// whatever the host sets in its own (the sysctl is per namespace).
 const CONTAINER_EPHEMERAL: PortRange = PortRange { min: 32768, max: 60999 };
 
-/// Steered ranges that overlap an ephemeral range, the host's or the containers': the steering
-/// has no connection tracking, so a reply to the host's or a container's own outgoing flow on
-/// such a port (a DNS answer) would be steered to the backend.
+/// Steered ranges that overlap an ephemeral range, the host's or (with containers) the
+/// containers': the steering has no connection tracking, so a reply to the host's or a
+/// container's own outgoing flow on such a port (a DNS answer) would be steered to the backend.
 fn ephemeral_overlaps(config: &Config) -> Vec<Check> {
-    let ranges: Vec<(PortRange, &str)> = match ephemeral_range() {
-        Some(h) if h == CONTAINER_EPHEMERAL => vec![(h, "the host's and the containers'")],
-        Some(h) => vec![(h, "the host's"), (CONTAINER_EPHEMERAL, "the containers'")],
-        None => vec![(CONTAINER_EPHEMERAL, "the containers'")],
-    };
+    let containers = config.stack.is_some() || config.steer.iter().any(|r| r.container.is_some());
+    let mut ranges: Vec<(PortRange, &str)> = ephemeral_range().map(|h| (h, "the host's")).into_iter().collect();
+    if containers {
+        match ranges.first_mut() {
+            Some(h) if h.0 == CONTAINER_EPHEMERAL => h.1 = "the host's and the containers'",
+            _ => ranges.push((CONTAINER_EPHEMERAL, "the containers'")),
+        }
+    }
     let mut out = Vec::new();
     for r in config.steer.iter().filter(|r| !r.port.is_single()) {
-        let hits: Vec<String> = ranges
-            .iter()
-            .filter(|(e, _)| r.port.overlaps(e))
-            .map(|(e, whose)| format!("{whose} ephemeral ports {e}"))
-            .collect();
+        let hits: Vec<&(PortRange, &str)> = ranges.iter().filter(|(e, _)| r.port.overlaps(e)).collect();
         if hits.is_empty() {
             continue;
         }
+        let named: Vec<String> = hits.iter().map(|(e, whose)| format!("{whose} ephemeral ports {e}")).collect();
+        let clear: Vec<String> = hits.iter().map(|(e, _)| e.to_string()).collect();
         out.push(Check::warn(
             format!("port {}/{} (steer {})", r.protocol, r.port, r.name),
             format!(
-                "overlaps {}: replies to the host's and the containers' own outgoing {} flows on those ports (DNS) \
-                 would be steered to the backend",
-                hits.join(" and "),
+                "overlaps {}: replies to outgoing {} flows on those ports (a DNS answer) would be steered to \
+                 the backend",
+                named.join(" and "),
                 r.protocol
             ),
-            "move the range above 60999 (coturn: [stack] relay_ports, default 61000-65535); containers keep \
-             32768-60999 whatever the host's net.ipv4.ip_local_port_range says",
+            format!(
+                "move the range clear of {}{}",
+                clear.join(" and "),
+                if containers {
+                    " (coturn: [stack] relay_ports, default 61000-65535); containers keep 32768-60999 whatever \
+                     the host's net.ipv4.ip_local_port_range says"
+                } else {
+                    ", or change net.ipv4.ip_local_port_range"
+                }
+            ),
         ));
     }
     out
@@ -233,7 +242,7 @@ mod tests {
     fn config(port: &str) -> Config {
         let text = format!(
             "[uplink]\ninterface = \"eth0\"\n[[steer]]\nname = \"relay\"\nprotocol = \"udp\"\nport = {port}\n\
-             backend = \"192.0.2.11:40000\"\n"
+             container = \"coturn\"\ncontainer_port = 40000\n"
         );
         Config::parse(&text, "t.toml".as_ref()).unwrap()
     }
@@ -243,7 +252,7 @@ mod tests {
         let warned = ephemeral_overlaps(&config("\"40000-40100\""));
         assert_eq!(warned.len(), 1);
         assert!(warned[0].detail.contains("the containers' ephemeral ports 32768-60999"), "{}", warned[0].detail);
-        assert!(warned[0].fix.as_deref().unwrap_or_default().contains("above 60999"));
+        assert!(warned[0].fix.as_deref().unwrap_or_default().contains("clear of 32768-60999"), "{:?}", warned[0].fix);
         assert!(ephemeral_overlaps(&config("40000")).is_empty(), "one port is not a range");
         let host = ephemeral_range().unwrap();
         if !host.overlaps(&PortRange { min: 61000, max: 61010 }) {

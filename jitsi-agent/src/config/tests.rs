@@ -184,6 +184,8 @@ fn rejects_bad_input_with_the_key() {
         format!("{base}{}{}", steer("a", "\"20000-20050\"", "10.0.0.1:20000"), steer("b", "20051", "10.0.0.1:20051"));
     let c = Config::parse(&ok, Path::new("t.toml")).unwrap();
     assert_eq!(c.steer[0].port, crate::config::PortRange { min: 20000, max: 20050 });
+    let stray = format!("{base}{}container_port = 5\n", steer("a", "1", "10.0.0.1:1"));
+    assert!(err(&stray).contains("`steer[0].container_port`: only with `container`"), "{}", err(&stray));
     let overlap = format!("{base}{}{}", steer("a", "\"20000-20050\"", "10.0.0.1:1"), steer("b", "20050", "10.0.0.2:1"));
     assert!(err(&overlap).contains("`steer[1].port`: udp/20050 is steered by rule `a` too"), "{}", err(&overlap));
     let past = format!("{base}{}", steer("a", "\"20000-20050\"", "10.0.0.1:65500"));

@@ -64,6 +64,20 @@ impl Config {
             return Err(("steer".into(), format!("at most {} rules", jitsi_common::MAX_RULES)));
         }
         self.validate_range_entries()?;
+        // coturn relays on `relay_ports` whatever a rule says: a `turn-relay` of the file's own
+        // with other ports would leave them unsteered.
+        if let Some(stack) = &self.stack
+            && let Some((i, r)) = self.steer.iter().enumerate().find(|(_, r)| r.name == "turn-relay")
+            && (r.port != stack.relay_ports || r.protocol != super::Protocol::Udp)
+        {
+            return Err((
+                format!("steer[{i}].port"),
+                format!(
+                    "{}/{}: coturn relays on udp/{} ([stack] relay_ports); set relay_ports instead",
+                    r.protocol, r.port, stack.relay_ports
+                ),
+            ));
+        }
         self.validate_splitter(&steer.backends)?;
         // XDP takes a steered port before any socket: a splitter could never see its own.
         let listen = self.tls.iter().flat_map(|t| &t.listen).chain(self.http.iter().flat_map(|h| &h.listen));
@@ -201,6 +215,9 @@ impl<'a> SteerSeen<'a> {
             return Err((key("port"), format!("{}/{} is steered by rule `{other}` too", rule.protocol, rule.port)));
         }
         self.ports.push((rule.protocol, rule.port, rule.name.as_str()));
+        if rule.container.is_none() && rule.container_port.is_some() {
+            return Err((key("container_port"), "only with `container` (a backend's port is in `backend`)".into()));
+        }
         let port = rule.container_port.or(Some(rule.port.min));
         let ranges_fit = |first: u16| {
             rule.port.moved_to(first).ok_or_else(|| {

@@ -364,6 +364,9 @@ fn stack_implies_the_rules_that_wire_it_and_the_file_wins() {
     let overlap = own.replace("port = 10000\n", "port = \"65000-65100\"\n");
     let e = Config::parse(&overlap, Path::new("t.toml")).unwrap_err().to_string();
     assert!(e.contains("is steered by rule `media` too (with the rules [stack] implies)"), "{e}");
+    let relay = own.replace("name = \"media\"", "name = \"turn-relay\"");
+    let e = Config::parse(&relay, Path::new("t.toml")).unwrap_err().to_string();
+    assert!(e.contains("coturn relays on udp/61000-65535 ([stack] relay_ports); set relay_ports instead"), "{e}");
     let tcp = own.replace("protocol = \"udp\"\nport = 10000\n", "protocol = \"tcp\"\nport = \"400-500\"\n");
     let e = Config::parse(&tcp, Path::new("t.toml")).unwrap_err().to_string();
     assert!(e.contains("`steer[0].port`: tcp/400-500 is a splitter's listen port"), "{e}");
