@@ -84,7 +84,7 @@ fn reload_changes_rules_while_traffic_on_another_loses_nothing() {
     replace_file(&config, &changed.replace("port = 5000", "port = 0"));
     agent.wait_for_log("reload refused", Duration::from_secs(5)).unwrap();
     let log = agent.log();
-    assert!(log.contains("`steer[2].port`: must be 1 to 65535"), "{log}");
+    assert!(log.contains("`steer[2].port`: `0` is not a port (1-65535)"), "{log}");
     let (_, reply) = udp_round_trip(&client, host(5000), "still").unwrap();
     assert!(reply.ends_with("still"), "{reply}");
 
