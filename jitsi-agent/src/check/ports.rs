@@ -188,7 +188,8 @@ fn ephemeral_range() -> Option<PortRange> {
     Some(PortRange { min: it.next()??, max: it.next()?? })
 }
 
-/// The kernel's default ephemeral range: what every container's network namespace has,
+/// The kernel's default ephemeral range (32768-60999: `ip_local_port_range` in the kernel's
+/// Documentation/networking/ip-sysctl.rst): what every container's network namespace has,
 /// whatever the host sets in its own (the sysctl is per namespace).
 const CONTAINER_EPHEMERAL: PortRange = PortRange { min: 32768, max: 60999 };
 

@@ -39,8 +39,9 @@ pub fn add_implied(mut config: Config) -> Config {
     // `EXPOSE 8000 8443`), coturn's 3478 and 5349 (the listening ports `stack init` writes,
     // coturn's defaults: `EXPOSE 3478 3478/udp 5349 5349/udp` in docker/coturn/debian/Dockerfile
     // at docker/4.17.0-r0).
-    // coturn's relay ports, 1:1 (coturn announces them as they are, on the public address), so
-    // that a peer, or another relay of the same coturn, reaches a participant's relay address.
+    // coturn's relay ports, 1:1: coturn announces a relay on the public address with the port
+    // it has in the container (`map_addr_from_private_to_public` keeps the port:
+    // src/client/ns_turn_ioaddr.c at 4.17.0), so that a peer reaches a participant's relay.
     let relay = stack.relay_ports;
     let implied = vec![
         steer("jvb", Protocol::Udp, PortRange::one(10000), "jvb", 10000),

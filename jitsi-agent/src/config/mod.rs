@@ -121,7 +121,8 @@ fn default_relay_ports() -> PortRange {
     // Not coturn's own default (49152-65535, `examples/etc/turnserver.conf` at coturn 4.17.0):
     // the XDP steering has no connection tracking, so a steered port must never be one the
     // host or a container picks for its own outgoing UDP (Linux's default
-    // `net.ipv4.ip_local_port_range` is 32768-60999); 4536 ports, one per allocation.
+    // `net.ipv4.ip_local_port_range` is 32768-60999: Documentation/networking/ip-sysctl.rst);
+    // 4536 ports, one per allocation.
     PortRange { min: 61000, max: 65535 }
 }
 fn default_tz() -> String {

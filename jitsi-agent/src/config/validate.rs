@@ -485,8 +485,9 @@ impl Stack {
         if !self.directory.is_absolute() {
             return err("directory", "must be an absolute path".into());
         }
-        // coturn's own listening port (3478, and 5349 for TLS: coturn also listens on UDP there)
-        // and the videobridge's are steered to them by rules of their own.
+        // coturn's listening ports (`EXPOSE 3478 3478/udp 5349 5349/udp` in
+        // docker/coturn/debian/Dockerfile at docker/4.17.0-r0) and the videobridge's (JVB_PORT
+        // 10000) are steered to them by rules of their own.
         if let Some(p) = [3478, 5349, 10000].into_iter().find(|p| self.relay_ports.contains(*p)) {
             return err(
                 "relay_ports",

@@ -79,7 +79,8 @@ pub fn turnserver_conf(stack: &Stack, layout: &Layout, secrets: &Secrets) -> Str
     line("# announced for IPv4 allocations).");
     let v4: Vec<_> = stack.public_addresses.iter().filter(|a| a.is_ipv4()).collect();
     if let [only] = v4.as_slice() {
-        // One address: the plain form (coturn maps it to its relay address all the same).
+        // One address: the plain form (coturn maps it to its relay address all the same:
+        // `ioa_addr_add_mapping` per relay address in src/apps/relay/mainrelay.c at 4.17.0).
         line(&format!("external-ip={only}"));
     } else {
         for a in v4 {
