@@ -313,7 +313,7 @@ pub fn effective(
     let lookup = |name: &str| containers.get(name).and_then(Option::as_ref);
     for r in &mut out.steer {
         if let Some(name) = &r.container {
-            let port = r.container_port.unwrap_or(r.port.min);
+            let port = r.container_first_port();
             r.backend = backend_of(lookup(name), port);
             if let (true, Some(kept)) = (r.backend.as_slice().is_empty(), unknown.and_then(|u| u.get(&r.name))) {
                 r.backend = OneOrMany::Many(kept.clone());

@@ -1,7 +1,8 @@
 //! The rule lookups: is an address the host's and which rule steers a port (`steer_in`), which
-//! rule a backend's packet replies for (`reply_out`). A rule for one port is an exact `rules`/`replies`
-//! entry; a port range is found in the `rule_ranges`/`reply_ranges` LPM tries, at the same
-//! cost whatever the range's size (one trie walk over at most 32 or 160 key bits).
+//! rule a backend's packet replies for (`reply_out`). A rule for one port is an exact
+//! `rules`/`replies` entry; a port range is found in the `rule_ranges`/`reply_ranges` LPM
+//! tries, at the same cost whatever the range's size (one trie walk over at most 32 or 160 key
+//! bits).
 
 use aya_ebpf::maps::lpm_trie::Key;
 use jitsi_common::{

@@ -76,16 +76,3 @@ pub fn mapped_v4(a: [u8; 4]) -> [u8; 16] {
 pub fn is_host_addr_only(path: &jitsi_common::ReturnPath) -> bool {
     path.ifindex == 0
 }
-
-/// Whether two 16-byte addresses are equal (a loop: no `bcmp` call in a BPF program).
-#[inline(always)]
-pub fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    let mut i = 0;
-    while i < 16 {
-        if a[i] != b[i] {
-            return false;
-        }
-        i += 1;
-    }
-    true
-}

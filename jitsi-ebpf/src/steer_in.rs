@@ -116,6 +116,18 @@ fn learn_return_path(ctx: &XdpContext, eth: *const EthHdr, key: ClientKey, on_li
 }
 
 #[inline(always)]
+fn same_addr(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+#[inline(always)]
 fn same_path(a: &ReturnPath, b: &ReturnPath) -> bool {
     if !same_addr(&a.host_addr, &b.host_addr) {
         return false;

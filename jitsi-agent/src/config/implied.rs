@@ -1,13 +1,16 @@
 //! With `[stack]`, the rules that wire it need not be written out: the videobridge's and
-//! coturn's UDP ports (coturn's relay range included), the TLS routes for the meet and TURN names, port 80's Host route for the
-//! meet name, and (with `letsencrypt_email`, or an `[acme]` section without names) the TURN
-//! name's certificate. Rules and routes the file defines itself (by name, or for the same
-//! protocol and port, or the same name) win.
+//! coturn's UDP ports (coturn's relay range included), the TLS routes for the meet and TURN
+//! names, port 80's Host route for the meet name, and (with `letsencrypt_email`, or an `[acme]`
+//! section without names) the TURN name's certificate. Rules and routes the file defines itself
+//! (by name, or for the same protocol and ports, or the same server name) win.
 
 use crate::{
     config::{Acme, CertName, Config, Http, HttpRoute, OneOrMany, PortRange, Protocol, SteerRule, Tls, TlsRoute},
     names::{Pattern, ServerName},
 };
+
+/// The implied rule for coturn's relay ports (`[stack] relay_ports`).
+pub const TURN_RELAY: &str = "turn-relay";
 
 fn steer(name: &str, protocol: Protocol, port: PortRange, container: &str, container_port: u16) -> SteerRule {
     SteerRule {
@@ -46,7 +49,7 @@ pub fn add_implied(mut config: Config) -> Config {
     let implied = vec![
         steer("jvb", Protocol::Udp, PortRange::one(10000), "jvb", 10000),
         steer("turn", Protocol::Udp, PortRange::one(3478), "coturn", 3478),
-        steer("turn-relay", Protocol::Udp, relay, "coturn", relay.min),
+        steer(TURN_RELAY, Protocol::Udp, relay, "coturn", relay.min),
     ];
     for r in implied {
         // Replaced by a rule of the same name or the very same ports; a rule that only overlaps
@@ -70,8 +73,7 @@ pub fn add_implied(mut config: Config) -> Config {
     // Port 80 through the HTTP front: the meet name to the web container's plain HTTP,
     // where its acme.sh answers the meet name's challenges; every other request to https://.
     // (Unless the file steers tcp/80 in the kernel itself.)
-    let steers_80 = config.steer.iter().any(|s| s.protocol == Protocol::Tcp && s.port.contains(80));
-    if !steers_80 {
+    if config.steering(Protocol::Tcp, 80).is_none() {
         let http = config.http.get_or_insert_with(Http::default);
         let meet = Pattern::Exact(stack.meet_domain.clone());
         let taken = http.routes.iter().any(|r| r.name == "web-http" || r.host_names.contains(&meet));

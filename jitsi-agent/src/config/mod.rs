@@ -310,6 +310,13 @@ pub struct SteerRule {
     pub container_port: Option<u16>,
 }
 
+impl SteerRule {
+    /// The port a container's range starts at: `container_port`, or the public one.
+    pub fn container_first_port(&self) -> u16 {
+        self.container_port.unwrap_or(self.port.min)
+    }
+}
+
 /// `[splitter]`: how both splitter fronts (`[tls]` on 443, `[http]` on 80) treat connections:
 /// timeouts, limits, the marks and routing table of the transparent connections, the relay.
 #[derive(Debug, Clone, Deserialize)]
@@ -667,6 +674,11 @@ impl Acme {
 }
 
 impl Config {
+    /// The first `[[steer]]` rule (with its index) that steers `protocol`/`port` in the kernel.
+    pub fn steering(&self, protocol: Protocol, port: u16) -> Option<(usize, &SteerRule)> {
+        self.steer.iter().enumerate().find(|(_, r)| r.protocol == protocol && r.port.contains(port))
+    }
+
     /// The settings the splitter runs with: `[splitter]` (or its defaults) when a front
     /// (`[tls]`, `[http]`) is configured; `None` without either.
     pub fn splitter(&self) -> Option<Splitter> {

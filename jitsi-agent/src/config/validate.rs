@@ -67,8 +67,8 @@ impl Config {
         // coturn relays on `relay_ports` whatever a rule says: a `turn-relay` of the file's own
         // with other ports would leave them unsteered.
         if let Some(stack) = &self.stack
-            && let Some((i, r)) = self.steer.iter().enumerate().find(|(_, r)| r.name == "turn-relay")
-            && (r.port != stack.relay_ports || r.protocol != super::Protocol::Udp)
+            && let Some((i, r)) = self.steer.iter().enumerate().find(|(_, r)| r.name == super::implied::TURN_RELAY)
+            && (r.port != stack.relay_ports || r.protocol != Protocol::Udp)
         {
             return Err((
                 format!("steer[{i}].port"),
@@ -82,9 +82,7 @@ impl Config {
         // XDP takes a steered port before any socket: a splitter could never see its own.
         let listen = self.tls.iter().flat_map(|t| &t.listen).chain(self.http.iter().flat_map(|h| &h.listen));
         for a in listen {
-            if let Some((i, r)) =
-                self.steer.iter().enumerate().find(|(_, r)| r.protocol == Protocol::Tcp && r.port.contains(a.port()))
-            {
+            if let Some((i, r)) = self.steering(Protocol::Tcp, a.port()) {
                 return Err((
                     format!("steer[{i}].port"),
                     format!("tcp/{} is a splitter's listen port ({a}): rule `{}` would take it first", r.port, r.name),
@@ -94,7 +92,7 @@ impl Config {
         if let Some(acme) = &self.acme {
             acme.validate(self.stack.is_some())?;
             // With [stack], port 80's splitter is implied (unless the file steers tcp/80).
-            let steers_80 = self.steer.iter().any(|r| r.protocol == Protocol::Tcp && r.port.contains(80));
+            let steers_80 = self.steering(Protocol::Tcp, 80).is_some();
             if self.http.is_none() && (self.stack.is_none() || steers_80) {
                 return Err((
                     "acme".into(),
@@ -117,8 +115,8 @@ impl Config {
         let public: usize = ranges.clone().map(|r| 2 * r.port.prefixes().len()).sum();
         let backend: usize = ranges
             .map(|r| {
-                let starts: Vec<u16> = match r.container_port.or(r.container.as_ref().map(|_| r.port.min)) {
-                    Some(p) => vec![p, p],
+                let starts: Vec<u16> = match r.container {
+                    Some(_) => vec![r.container_first_port(); 2],
                     None => r.backend.as_slice().iter().map(SocketAddr::port).collect(),
                 };
                 starts.iter().filter_map(|&p| r.port.moved_to(p)).map(|m| m.prefixes().len()).sum::<usize>()
@@ -218,7 +216,7 @@ impl<'a> SteerSeen<'a> {
         if rule.container.is_none() && rule.container_port.is_some() {
             return Err((key("container_port"), "only with `container` (a backend's port is in `backend`)".into()));
         }
-        let port = rule.container_port.or(Some(rule.port.min));
+        let port = Some(rule.container_first_port());
         let ranges_fit = |first: u16| {
             rule.port.moved_to(first).ok_or_else(|| {
                 (

@@ -39,7 +39,7 @@ pub async fn uplink_addresses(config: &Config) -> (Vec<IpAddr>, Option<String>) 
 pub fn port_80_refusal(config: &Config) -> Option<String> {
     let stack = config.stack.as_ref()?;
     stack.letsencrypt_email.as_ref()?;
-    if config.steer.iter().any(|s| s.protocol == Protocol::Tcp && s.port.contains(80)) {
+    if config.steering(Protocol::Tcp, 80).is_some() {
         return None;
     }
     let Some(http) = &config.http else {
