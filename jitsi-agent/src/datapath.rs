@@ -3,8 +3,8 @@
 //! Pin layout under the pin directory (see the README):
 //! - maps: `rules`, `rule_ranges`, `host_addrs`, `replies`, `reply_ranges`, `return_paths`,
 //!   `fallback_paths`,
-//!   `source_prefixes`, `rule_stats`, `reason_stats`, and
-//!   the splitter's counters `sni_routes`, `sni_counters` and the periodic tasks' health
+//!   `source_prefixes`, `rule_stats`, `reason_stats`, the flood limits' `flood_config`,
+//!   `flood_sources`, `flood_flows` and `flood_allow`, and the splitter's counters `sni_routes`, `sni_counters` and the periodic tasks' health
 //!   `task_health` (written by the agent)
 //! - programs: `prog_steer_in` (XDP), `prog_reply_out` (TC)
 //! - links: `link_xdp_<ifname>`, `link_tc_<ifname>`
@@ -40,8 +40,8 @@ use aya::{
 };
 use aya_obj::programs::XdpAttachType;
 use jitsi_common::{
-    ClientKey, HostAddrKey, Manifest, RangeKey, ReasonStats, Reply, ReplyKey, ReplyRange, ReplyRangeKey, ReturnPath,
-    Rule, RuleKey, RuleRange, RuleStats, SourcePrefix,
+    ClientKey, FloodConfig, FloodKey, FloodState, HostAddrKey, Manifest, RangeKey, ReasonStats, Reply, ReplyKey,
+    ReplyRange, ReplyRangeKey, ReturnPath, Rule, RuleKey, RuleRange, RuleStats, SourcePrefix,
 };
 use tracing::{info, warn};
 
@@ -54,7 +54,7 @@ use crate::{
 };
 
 /// Names of the maps, as pinned.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 18] = [
     "rules",
     "host_addrs",
     "replies",
@@ -69,6 +69,10 @@ pub const MAP_NAMES: [&str; 14] = [
     "manifest",
     "rule_ranges",
     "reply_ranges",
+    "flood_config",
+    "flood_sources",
+    "flood_flows",
+    "flood_allow",
 ];
 
 /// The schema version of each map in [`MAP_NAMES`] order. Bump a map's entry when the meaning
@@ -89,11 +93,31 @@ fn manifest_of(build: [u8; 32]) -> Manifest {
     m
 }
 
-/// The manifest pinned in `dir`, if there is one this build can read.
+/// The manifest of builds whose manifest had 16 map slots (before the flood maps).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Manifest16 {
+    build: [u8; 32],
+    schemas: [u32; 16],
+}
+
+// SAFETY: repr(C), Copy, no padding (32 + 64 bytes).
+unsafe impl aya::Pod for Manifest16 {}
+
+/// The manifest pinned in `dir`, if there is one this build can read (its own layout or the
+/// 16-slot one of the builds before).
 fn pinned_manifest(dir: &Path) -> Option<Manifest> {
-    let map = Map::from_map_data(MapData::from_pin(dir.join("manifest")).ok()?).ok()?;
-    let a: Array<MapData, Manifest> = Array::try_from(map).ok()?;
-    a.get(&0, 0).ok().filter(|m| m.build != [0u8; 32])
+    let open = || Map::from_map_data(MapData::from_pin(dir.join("manifest")).ok()?).ok();
+    let m = match Array::<MapData, Manifest>::try_from(open()?) {
+        Ok(a) => a.get(&0, 0).ok()?,
+        Err(_) => {
+            let old = Array::<MapData, Manifest16>::try_from(open()?).ok()?.get(&0, 0).ok()?;
+            let mut m = Manifest { build: old.build, schemas: [0; jitsi_common::MANIFEST_MAPS] };
+            m.schemas[..16].copy_from_slice(&old.schemas);
+            m
+        }
+    };
+    Some(m).filter(|m| m.build != [0u8; 32])
 }
 
 /// The build the programs pinned in `dir` are from (`None`: not recorded).
@@ -134,6 +158,14 @@ pub struct Maps {
     pub task_health: Array<MapData, u64>,
     /// `manifest`: the build (SHA-256 of the eBPF object) the pinned programs are from.
     pub manifest: Array<MapData, Manifest>,
+    /// `flood_config`: the per-source limits.
+    pub flood_config: Array<MapData, FloodConfig>,
+    /// `flood_sources` (LRU): the per-source buckets.
+    pub flood_sources: HashMap<MapData, FloodKey, FloodState>,
+    /// `flood_flows` (LRU): the UDP flows admitted as new.
+    pub flood_flows: HashMap<MapData, ClientKey, u32>,
+    /// `flood_allow` (LPM trie): networks never limited.
+    pub flood_allow: LpmTrie<MapData, SourcePrefix, u32>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -184,6 +216,10 @@ impl Maps {
             },
             task_health: Array::try_from(get("task_health")?).map_err(map_err("task_health"))?,
             manifest: Array::try_from(get("manifest")?).map_err(map_err("manifest"))?,
+            flood_config: Array::try_from(get("flood_config")?).map_err(map_err("flood_config"))?,
+            flood_sources: HashMap::try_from(get("flood_sources")?).map_err(map_err("flood_sources"))?,
+            flood_flows: HashMap::try_from(get("flood_flows")?).map_err(map_err("flood_flows"))?,
+            flood_allow: LpmTrie::try_from(get("flood_allow")?).map_err(map_err("flood_allow"))?,
         })
     }
 }

@@ -269,6 +269,13 @@ fn encode_datapath(enc: &mut DescriptorEncoder, st: &status::Counters) -> std::f
         "Bytes the XDP/TC programs passed or dropped, by reason",
         Counter,
         st.reasons.iter().map(|r| (reason(r), counter(r.bytes))),
+    )?;
+    family(
+        enc,
+        "jitsi_agent_flood_sources",
+        "Sources (addresses, IPv6 /64s) the flood limits keep buckets for",
+        Gauge,
+        std::iter::once((vec![], ConstGauge::new(st.flood.sources as i64))),
     )
 }
 

@@ -234,6 +234,76 @@ pub const SOURCE_ON_LINK: u32 = 2;
 /// IPv4-mapped (`::ffff:a.b.c.d`, prefix length + 96), so that one trie holds both families.
 pub type SourcePrefix = [u8; 16];
 
+/// Capacity of `flood_sources`, the per-source token buckets of the flood limits. An entry
+/// that is evicted comes back full, so a flood of spoofed sources that churns the table can only
+/// make the limits more lenient for the sources it pushes out, never drop their packets.
+pub const MAX_FLOOD_SOURCES: u32 = 65_536;
+/// Capacity of `flood_allow`, the networks the flood limits never apply to.
+pub const MAX_FLOOD_ALLOW: u32 = 256;
+/// TCP ports [`FloodConfig::guarded_ports`] can hold (the splitters' listen ports).
+pub const MAX_GUARDED_PORTS: usize = 8;
+/// One token of a flood bucket: the buckets hold nano-tokens, so that a refill of
+/// `elapsed_ns * per_second` needs no division.
+pub const FLOOD_TOKEN: u64 = 1_000_000_000;
+/// Most a flood rate may be (per second): with at most [`FLOOD_MAX_REFILL_NS`] of refill at
+/// once, `rate * elapsed` stays far below `u64::MAX`.
+pub const FLOOD_MAX_RATE: u64 = 100_000_000;
+/// The longest interval a bucket is refilled for at once (any longer refills it completely
+/// for every rate that is at least one token per 10 s).
+pub const FLOOD_MAX_REFILL_NS: u64 = 10 * FLOOD_TOKEN;
+/// Capacity of `flood_flows`, the UDP flows (source address and port) the flood limits have
+/// admitted as new: a packet of a flow not in it is a new flow. A flow pushed out by others
+/// only counts as new once more, from its own source's bucket.
+pub const MAX_FLOOD_FLOWS: u32 = 131_072;
+
+/// Value of `flood_config` (one entry, written by the agent): the per-source limits.
+/// Rates are per second, bursts in tokens (packets or flows); 0 in `enabled` turns the limits
+/// off (no per-source state is kept).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodConfig {
+    /// 1: limits apply.
+    pub enabled: u32,
+    /// Networks in `flood_allow` (0: the program does not look there).
+    pub allowed: u32,
+    /// Packets per second to steered ports, per source.
+    pub packets_per_second: u64,
+    /// Bucket size of the packets.
+    pub packets_burst: u64,
+    /// New flows per second, per source: a TCP SYN to a steered or guarded port, a UDP packet
+    /// to a steered port of a flow not in `flood_flows`.
+    pub flows_per_second: u64,
+    /// Bucket size of the new flows.
+    pub flows_burst: u64,
+    /// The splitters' TCP listen ports (host order; 0: unused slot): their SYNs count as new
+    /// flows (nothing else to them is limited or touched).
+    pub guarded_ports: [u16; MAX_GUARDED_PORTS],
+}
+
+/// Key of `flood_sources`: a source address, IPv6 cut to its /64 (one subscriber's prefix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FloodKey {
+    /// The address (IPv4 as in the crate docs; IPv6 with its last 8 bytes zero).
+    pub addr: [u8; 16],
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+    /// Zero.
+    pub _pad: [u8; 3],
+}
+
+/// Value of `flood_sources`: one source's token buckets.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FloodState {
+    /// When the buckets were last refilled (`bpf_ktime_get_coarse_ns`).
+    pub refilled_ns: u64,
+    /// Packet tokens, in [`FLOOD_TOKEN`]s.
+    pub packets: u64,
+    /// Flow tokens, in [`FLOOD_TOKEN`]s.
+    pub flows: u64,
+}
+
 /// Per-rule counters (`rule_stats`, per CPU, indexed by [`Rule::slot`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -261,7 +331,7 @@ pub const SNI_COUNTERS: u32 = 16;
 pub const TASK_SLOTS: u32 = 16;
 
 /// Slots for maps in [`Manifest::schemas`].
-pub const MANIFEST_MAPS: usize = 16;
+pub const MANIFEST_MAPS: usize = 32;
 
 /// Value of the `manifest` map (one entry, written by the agent): which build the pinned
 /// programs are from, and the schema version of each map as that build understood it (in
@@ -330,6 +400,9 @@ mod pod {
     unsafe impl aya::Pod for RuleRange {}
     unsafe impl aya::Pod for ReplyRangeKey {}
     unsafe impl aya::Pod for ReplyRange {}
+    unsafe impl aya::Pod for FloodConfig {}
+    unsafe impl aya::Pod for FloodKey {}
+    unsafe impl aya::Pod for FloodState {}
 }
 
 /// Compile-time layout checks: no implicit padding anywhere.
@@ -348,4 +421,8 @@ const _: () = {
     assert!(core::mem::size_of::<RuleRange>() == core::mem::size_of::<Rule>() + 4);
     assert!(core::mem::size_of::<ReplyRangeKey>() * 8 == REPLY_RANGE_KEY_FIXED_BITS as usize + 16);
     assert!(core::mem::size_of::<ReplyRange>() == 16);
+    assert!(core::mem::size_of::<FloodConfig>() == 8 + 4 * 8 + 2 * MAX_GUARDED_PORTS);
+    assert!(core::mem::size_of::<FloodKey>() == 20);
+    assert!(core::mem::size_of::<FloodState>() == 3 * 8);
+    assert!(FLOOD_MAX_RATE.checked_mul(FLOOD_MAX_REFILL_NS).is_some());
 };

@@ -47,10 +47,17 @@ pub enum Reason {
     /// (0/8, 127/8, multicast, class E, `::`, `::1`, `ff00::/8`, IPv4-mapped), a host address
     /// or a backends' subnet (`source_prefixes`): dropped, never learned, never steered.
     InSpoofedSource = 18,
+    /// A packet to a steered port from a source over its packet rate (`[flood]`): dropped.
+    InFloodPackets = 19,
+    /// A new flow to a steered port from a source over its new-flow rate (`[flood]`): dropped.
+    InFloodFlows = 20,
+    /// A TCP SYN to a splitter's port from a source over its new-flow rate (`[flood]`):
+    /// dropped.
+    InFloodConnections = 21,
 }
 
 /// Number of [`Reason`]s (size of `reason_stats`).
-pub const REASON_COUNT: u32 = 19;
+pub const REASON_COUNT: u32 = 22;
 
 impl Reason {
     /// All reasons, in index order.
@@ -74,6 +81,9 @@ impl Reason {
         Reason::OutUnknownClient,
         Reason::OutSniReply,
         Reason::InSpoofedSource,
+        Reason::InFloodPackets,
+        Reason::InFloodFlows,
+        Reason::InFloodConnections,
     ];
 
     /// Stable snake-case name used by `status` and the README.
@@ -98,12 +108,22 @@ impl Reason {
             Reason::OutUnknownClient => "out_unknown_client",
             Reason::OutSniReply => "out_sni_reply",
             Reason::InSpoofedSource => "in_spoofed_source",
+            Reason::InFloodPackets => "in_flood_packets",
+            Reason::InFloodFlows => "in_flood_flows",
+            Reason::InFloodConnections => "in_flood_connections",
         }
     }
 
     /// Whether the packet was dropped (otherwise it was passed to the stack untouched).
     pub const fn is_drop(self) -> bool {
-        matches!(self, Reason::InBackendDown | Reason::InSpoofedSource)
+        matches!(
+            self,
+            Reason::InBackendDown
+                | Reason::InSpoofedSource
+                | Reason::InFloodPackets
+                | Reason::InFloodFlows
+                | Reason::InFloodConnections
+        )
     }
 }
 

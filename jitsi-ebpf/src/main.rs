@@ -6,6 +6,7 @@
 
 mod bench;
 mod csum;
+mod flood;
 mod lookup;
 mod maps;
 mod packet;

@@ -6,9 +6,10 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use jitsi_common::{
-    ClientKey, HostAddrKey, MAX_HOST_ADDRS, MAX_RANGE_PREFIXES, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES,
-    MAX_SOURCE_PREFIXES, REASON_COUNT, RangeKey, ReasonStats, Reply, ReplyKey, ReplyRange, ReplyRangeKey, ReturnPath,
-    Rule, RuleKey, RuleRange, RuleStats, SniRouteKey, SniRouteStats, SourcePrefix,
+    ClientKey, FloodConfig, FloodKey, FloodState, HostAddrKey, MAX_FLOOD_ALLOW, MAX_FLOOD_FLOWS, MAX_FLOOD_SOURCES,
+    MAX_HOST_ADDRS, MAX_RANGE_PREFIXES, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES, MAX_SOURCE_PREFIXES, REASON_COUNT,
+    RangeKey, ReasonStats, Reply, ReplyKey, ReplyRange, ReplyRangeKey, ReturnPath, Rule, RuleKey, RuleRange, RuleStats,
+    SniRouteKey, SniRouteStats, SourcePrefix,
 };
 
 /// (protocol, family, public port) -> backend.
@@ -53,6 +54,26 @@ pub static SOURCE_PREFIXES: LpmTrie<SourcePrefix, u32, { MAX_SOURCE_PREFIXES as 
 #[cfg(feature = "upgrade-test")]
 #[btf_map(name = "source_prefixes")]
 pub static SOURCE_PREFIXES: LpmTrie<SourcePrefix, u32, { 2 * MAX_SOURCE_PREFIXES as usize }> = LpmTrie::new();
+
+/// The per-source flood limits (one entry, written by the agent; all zero: off).
+#[btf_map(name = "flood_config")]
+pub static FLOOD_CONFIG: Array<FloodConfig, 1> = Array::new();
+
+/// Source (IPv6: its /64) -> its token buckets. A common LRU, not a per-CPU one: a source's
+/// packets spread over the receive queues by flow, and per-CPU buckets would multiply its
+/// limit by the number of queues.
+#[btf_map(name = "flood_sources")]
+pub static FLOOD_SOURCES: LruHashMap<FloodKey, FloodState, { MAX_FLOOD_SOURCES as usize }> = LruHashMap::new();
+
+/// UDP flows (source address and port) admitted as new by the flood limits: a packet of a flow
+/// not here is a new flow.
+#[btf_map(name = "flood_flows")]
+pub static FLOOD_FLOWS: LruHashMap<ClientKey, u32, { MAX_FLOOD_FLOWS as usize }> = LruHashMap::new();
+
+/// Networks the flood limits never apply to (value 1), IPv4 IPv4-mapped as in
+/// `source_prefixes`.
+#[btf_map(name = "flood_allow")]
+pub static FLOOD_ALLOW: LpmTrie<SourcePrefix, u32, { MAX_FLOOD_ALLOW as usize }> = LpmTrie::new();
 
 /// Per-rule counters, indexed by `Rule::slot`.
 #[btf_map(name = "rule_stats")]

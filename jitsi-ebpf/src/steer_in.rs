@@ -20,6 +20,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
 use crate::{
     csum,
+    flood::{self, Flow, Source},
     lookup::{is_local, rule_for},
     maps::{FALLBACK_PATHS, RETURN_PATHS, SOURCE_PREFIXES, count_reason, count_rule_in},
     packet::*,
@@ -176,6 +177,44 @@ fn rewrite_l4<const N: usize>(
     Ok(())
 }
 
+/// The rule that steers `port`, as `rule_for`; a TCP segment to a port no rule steers is
+/// first put to the flood limits (a SYN to a splitter's port takes a new-flow token).
+#[inline(always)]
+fn steered(
+    ctx: &XdpContext,
+    l4_off: usize,
+    protocol: u8,
+    family: u8,
+    port: u16,
+    source: Source,
+) -> Result<(&'static Rule, u16), Miss> {
+    match rule_for(protocol, family, port) {
+        Err(Reason::InNoRule) if protocol == PROTO_TCP => {
+            flood::admit_unsteered_tcp(source, port, flow_of(ctx, l4_off, protocol, 0)?)?;
+            Err(Reason::InNoRule)
+        }
+        found => found,
+    }
+}
+
+/// TCP flags: SYN and ACK.
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// Offset of the flags byte in the TCP header.
+const TCP_FLAGS_OFF: usize = 13;
+
+/// What the packet is to the flood limits' new-flow bucket.
+#[inline(always)]
+fn flow_of(ctx: &XdpContext, l4_off: usize, protocol: u8, sport: u16) -> Result<Flow, Miss> {
+    if protocol == PROTO_UDP {
+        return Ok(Flow::Udp(sport));
+    }
+    let flags: *const u8 = ptr_at(ctx, l4_off + TCP_FLAGS_OFF).ok_or(Reason::InTruncated)?;
+    // SAFETY: bounds checked above.
+    let flags = unsafe { *flags };
+    Ok(if flags & (TCP_SYN | TCP_ACK) == TCP_SYN { Flow::Syn } else { Flow::Known })
+}
+
 #[inline(always)]
 fn set_macs(eth: *mut EthHdr, rule: &Rule) {
     // SAFETY: eth was bounds checked by the caller.
@@ -215,8 +254,10 @@ fn steer_v4(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss>
         let p = *ports;
         (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
     };
-    let (rule, backend_port) = rule_for(protocol, FAMILY_V4, port)?;
-    let on_link = source_on_link(mapped_v4(src))?;
+    let source = Source { addr: addr16_v4(src), family: FAMILY_V4, mapped: mapped_v4(src) };
+    let (rule, backend_port) = steered(ctx, l4_off, protocol, FAMILY_V4, port, source)?;
+    let on_link = source_on_link(source.mapped)?;
+    flood::admit_steered(source, flow_of(ctx, l4_off, protocol, sport)?)?;
     let new_dst = addr4(&rule.backend_addr);
 
     let key = ClientKey { addr: addr16_v4(src), port: sport, protocol, family: FAMILY_V4 };
@@ -274,11 +315,13 @@ fn steer_v6(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss>
         let p = *ports;
         (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
     };
-    let (rule, backend_port) = rule_for(next, FAMILY_V6, port)?;
+    let source = Source { addr: src, family: FAMILY_V6, mapped: src };
+    let (rule, backend_port) = steered(ctx, l4_off, next, FAMILY_V6, port, source)?;
     if is_v4_mapped(&src) {
         return Err(Reason::InSpoofedSource);
     }
     let on_link = source_on_link(src)?;
+    flood::admit_steered(source, flow_of(ctx, l4_off, next, sport)?)?;
     let new_dst = rule.backend_addr;
 
     let key = ClientKey { addr: src, port: sport, protocol: next, family: FAMILY_V6 };

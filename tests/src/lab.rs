@@ -30,6 +30,8 @@ pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 2);
 pub const HOST_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 1);
 /// The client's IPv6 address.
 pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0xc, 0, 0, 0, 0, 2);
+/// The `[flood]` section [`Lab::write_config`] adds: the client's addresses are never limited.
+pub const CLIENT_ALLOWED: &str = "[flood]\nallow = [\"203.0.113.2\", \"2001:db8:c::2\"]\n";
 /// The bridge's addresses (the backends' gateway).
 pub const BRIDGE_V4: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
 /// See [`BRIDGE_V4`].
@@ -248,11 +250,20 @@ impl Lab {
     }
 
     /// [`Lab::write_config`] with `[uplink] xdp_mode = mode` (`auto`, `driver`, `generic`).
+    ///
+    /// Unless `rules` has a `[flood]` section of its own, the client's addresses are in
+    /// `[flood] allow`: the tests load the agent from that one address (connections back to back,
+    /// thousands a second) far beyond what one address of a conference sends. The limits still
+    /// count its packets (`flood_sources`); they apply in full to every other source, and
+    /// `lab_flood` tests them with sections of its own.
     pub fn write_config_xdp(&self, mode: Option<&str>, rules: &str) -> Result<PathBuf> {
         let path = self.work.dir.join("agent.toml");
         let mode = mode.map(|m| format!("xdp_mode = \"{m}\"\n")).unwrap_or_default();
-        let text =
-            format!("pin_dir = \"{}\"\n[uplink]\ninterface = \"{UPLINK}\"\n{mode}\n{rules}", self.pin_dir.display());
+        let flood = if rules.contains("[flood]") { String::new() } else { CLIENT_ALLOWED.to_string() };
+        let text = format!(
+            "pin_dir = \"{}\"\n[uplink]\ninterface = \"{UPLINK}\"\n{mode}\n{rules}\n{flood}",
+            self.pin_dir.display()
+        );
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
         Ok(path)
     }

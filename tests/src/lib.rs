@@ -17,5 +17,6 @@ pub mod machine;
 pub mod netns;
 pub mod packet;
 pub mod pebble;
+pub mod raw;
 pub mod servers;
 pub mod turn;

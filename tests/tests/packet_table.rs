@@ -831,3 +831,93 @@ fn sni_backend_replies_get_the_reply_mark_and_others_do_not() {
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Writes flood limits into `flood_config` and `flood_allow` as the agent would for `flood`
+/// (a `[flood]` section's body), guarding the splitter's 443.
+fn set_flood(maps: &mut Maps, flood: &str) {
+    let config = Config::parse(&format!("{CONFIG}\n[flood]\n{flood}"), "flood.toml".as_ref()).expect("config");
+    let value = config.flood().kernel_config(&config.splitter_ports());
+    assert_eq!(value.guarded_ports[0], 443, "{value:?}");
+    maps.flood_config.set(0, value, 0).unwrap();
+    for n in &config.flood().allow {
+        maps.flood_allow.insert(&sources::trie_key((n.addr, n.len)), 1, 0).unwrap();
+    }
+}
+
+/// The verdicts of `frames`, one run each.
+fn verdicts(xdp: &Xdp, tc: &SchedClassifier, frames: &[Pkt]) -> Vec<u32> {
+    frames.iter().map(|f| run_once(xdp, tc, Prog::Xdp, &f.build()).0).collect()
+}
+
+#[test]
+fn flood_limits_drop_a_source_over_its_buckets_and_spare_others_and_allowed_networks() {
+    let Env { mut bpf, mut maps, .. } = setup();
+    // Rates of one token a minute: no refill to speak of while the rows run.
+    set_flood(
+        &mut maps,
+        "packets_per_second = 1\npackets_burst = 3\nflows_per_second = 1\nflows_burst = 2\nallow = [\"198.51.100.0/24\"]",
+    );
+    let (xdp, tc) = programs(&mut bpf);
+    let media = |src: &str, sport| Pkt::udp(src, sport, "203.0.113.1", 10000, b"media");
+    const R: u32 = XDP_REDIRECT;
+
+    // Packets: a burst of 3, then dropped; a dropped packet takes no token and learns no path.
+    let src = "203.0.113.50";
+    assert_eq!(verdicts(xdp, tc, &[media(src, 4000), media(src, 4000), media(src, 4000)]), [R, R, R]);
+    assert_eq!(verdicts(xdp, tc, &[media(src, 4001), media(src, 4000)]), [XDP_DROP, XDP_DROP]);
+    assert_eq!(reason_count(&maps, Reason::InFloodPackets), 2);
+    assert!(learned(&maps, src, 4001).is_none(), "a dropped packet was learned");
+    // Another source has buckets of its own.
+    assert_eq!(verdicts(xdp, tc, &[media("203.0.113.51", 4000)]), [R]);
+
+    // New flows: two source ports, then a third is dropped; a known port still passes.
+    let src = "203.0.113.52";
+    assert_eq!(verdicts(xdp, tc, &[media(src, 1), media(src, 2), media(src, 3), media(src, 1)]), [R, R, XDP_DROP, R]);
+    assert_eq!(reason_count(&maps, Reason::InFloodFlows), 1);
+    // A TCP SYN to a steered port is a new flow; the rest of a connection is not.
+    let src = "203.0.113.53";
+    let web = |sport, flags| Pkt::tcp(src, sport, "203.0.113.1", 80, flags, b"");
+    assert_eq!(verdicts(xdp, tc, &[web(1, 0x02), web(2, 0x02), web(3, 0x02), web(1, 0x10)]), [R, R, XDP_DROP, R]);
+    assert_eq!(reason_count(&maps, Reason::InFloodFlows), 2);
+
+    // SYNs to the splitter's 443 (not steered: passed to the stack) take new-flow tokens;
+    // segments that are not a lone SYN, and SYNs to other ports, are not looked at.
+    let src = "203.0.113.54";
+    let tls = |sport, dport, flags| Pkt::tcp(src, sport, "203.0.113.1", dport, flags, b"");
+    let no_rule_before = reason_count(&maps, Reason::InNoRule);
+    assert_eq!(
+        verdicts(
+            xdp,
+            tc,
+            &[tls(1, 443, 0x02), tls(2, 443, 0x02), tls(3, 443, 0x02), tls(1, 443, 0x10), tls(4, 444, 0x02)]
+        ),
+        [XDP_PASS, XDP_PASS, XDP_DROP, XDP_PASS, XDP_PASS]
+    );
+    assert_eq!(reason_count(&maps, Reason::InFloodConnections), 1);
+    assert_eq!(reason_count(&maps, Reason::InNoRule), no_rule_before + 4);
+
+    // IPv6: one source per /64. Two new flows from two of its addresses, and a third address's
+    // is one too many; the known flows go on until the /64's packets run out.
+    let media6 = |src: &str| Pkt::udp(src, 4000, "2001:db8:c::1", 10000, b"media6");
+    let (a, b) = ("2001:db8:d::1", "2001:db8:d::2");
+    assert_eq!(verdicts(xdp, tc, &[media6(a), media6(b), media6("2001:db8:d::ffff")]), [R, R, XDP_DROP]);
+    assert_eq!(reason_count(&maps, Reason::InFloodFlows), 3);
+    assert_eq!(verdicts(xdp, tc, &[media6(a), media6(b)]), [R, XDP_DROP]);
+    assert_eq!(reason_count(&maps, Reason::InFloodPackets), 3);
+    assert_eq!(verdicts(xdp, tc, &[media6("2001:db8:e::1")]), [R], "another /64");
+    let (addr, family) = rules::addr16("2001:db8:d::".parse().unwrap());
+    let key = jitsi_common::FloodKey { addr, family, _pad: [0; 3] };
+    assert!(maps.flood_sources.get(&key, 0).is_ok(), "the /64's bucket");
+
+    // An allowed network is never dropped, whatever it sends.
+    let src = "198.51.100.9";
+    let frames: Vec<Pkt> = (1..=10).map(|p| media(src, p)).collect();
+    assert_eq!(verdicts(xdp, tc, &frames), [R; 10]);
+
+    // Limits off: nothing is dropped, and no state is kept for a new source.
+    set_flood(&mut maps, "enabled = false");
+    assert_eq!(verdicts(xdp, tc, &[media("203.0.113.50", 4000), media("203.0.113.50", 4009)]), [R, R]);
+    let (addr, family) = rules::addr16("203.0.113.60".parse().unwrap());
+    assert_eq!(verdicts(xdp, tc, &[media("203.0.113.60", 1)]), [R]);
+    assert!(maps.flood_sources.get(&jitsi_common::FloodKey { addr, family, _pad: [0; 3] }, 0).is_err());
+}

@@ -1,6 +1,7 @@
 //! The agent's TOML configuration: parsed with unknown keys rejected, then validated before
 //! anything on the host is touched.
 
+mod flood;
 pub mod implied;
 mod legacy;
 mod locate;
@@ -15,6 +16,7 @@ use std::{
 use jitsi_common::{PROTO_TCP, PROTO_UDP};
 use serde::Deserialize;
 
+pub use flood::{Flood, Network, NetworkError};
 pub use port_range::{PortRange, PortRangeError};
 
 use crate::{
@@ -58,6 +60,8 @@ pub struct Config {
     pub metrics: Option<Metrics>,
     /// The Jitsi Meet container stack `jitsi-agent stack ...` provisions (optional).
     pub stack: Option<Stack>,
+    /// The per-source flood limits in the kernel (optional: on, with every default).
+    pub flood: Option<Flood>,
 }
 
 /// `[stack]`: what `stack init` generates the Docker Compose project from.
@@ -677,6 +681,20 @@ impl Config {
     /// The first `[[steer]]` rule (with its index) that steers `protocol`/`port` in the kernel.
     pub fn steering(&self, protocol: Protocol, port: u16) -> Option<(usize, &SteerRule)> {
         self.steer.iter().enumerate().find(|(_, r)| r.protocol == protocol && r.port.contains(port))
+    }
+
+    /// The flood limits in force: `[flood]`, or its defaults without the section.
+    pub fn flood(&self) -> Flood {
+        self.flood.clone().unwrap_or_default()
+    }
+
+    /// The splitters' TCP listen ports (`[tls]` and `[http]`, implied ones included), each once.
+    pub fn splitter_ports(&self) -> Vec<u16> {
+        let listen = self.tls.iter().flat_map(|t| &t.listen).chain(self.http.iter().flat_map(|h| &h.listen));
+        let mut ports: Vec<u16> = listen.map(SocketAddr::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports
     }
 
     /// The settings the splitter runs with: `[splitter]` (or its defaults) when a front

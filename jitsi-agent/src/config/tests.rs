@@ -146,6 +146,39 @@ fn the_shipped_example_parses() {
     let acme = c.acme.expect("the example has an [acme] section");
     assert_eq!((acme.names[0].to_string(), acme.directory.as_str()), ("turn.example.org".to_string(), LETS_ENCRYPT));
     assert_eq!(acme.names.len(), 1);
+    let flood = c.flood.expect("the example has a [flood] section");
+    assert_eq!(flood, crate::config::Flood { allow: vec!["192.0.2.0/24".parse().unwrap()], ..Default::default() });
+}
+
+#[test]
+fn flood_limits_default_on_and_refuse_what_the_kernel_cannot_hold() {
+    let base = "[uplink]\ninterface = \"eth0\"\n";
+    let c = parse(base).unwrap();
+    let f = c.flood();
+    assert!(f.enabled);
+    assert_eq!(
+        (f.packets_per_second, f.packets_burst, f.flows_per_second, f.flows_burst),
+        (10_000, 20_000, 100, 1_000)
+    );
+    let k = f.kernel_config(&c.splitter_ports());
+    assert_eq!((k.enabled, k.guarded_ports), (1, [0; 8]));
+    let tls = parse(&format!("{base}[tls]\nlisten = [\"0.0.0.0:443\", \"0.0.0.0:8443\"]\n[http]\n")).unwrap();
+    assert_eq!(tls.splitter_ports(), [80, 443, 8443]);
+    assert!(
+        err(&format!("{base}[flood]\npackets_per_second = 0"))
+            .contains("`flood.packets_per_second`: 0: from 1 to 100000000 (`enabled = false` turns the limits off)")
+    );
+    assert!(err(&format!("{base}[flood]\nflows_burst = 0")).contains("`flood.flows_burst`: 0: from 1 to"));
+    assert!(err(&format!("{base}[flood]\npackets_burst = 9223372036854775807")).contains("`flood.packets_burst`"));
+    let e = err(&format!("{base}[flood]\nallow = [\"2001:db8::/129\"]"));
+    assert!(e.contains("`/129` is not a prefix length for an IPv6 network (0-128)"), "{e}");
+    let many: Vec<String> = (0..257).map(|i| format!("\"10.{}.{}.0/24\"", i / 256, i % 256)).collect();
+    let e = err(&format!("{base}[flood]\nallow = [{}]", many.join(",")));
+    assert!(e.contains("`flood.allow`: at most 256 networks"), "{e}");
+    let listen: Vec<String> = (0..9).map(|i| format!("\"0.0.0.0:{}\"", 8440 + i)).collect();
+    let e = err(&format!("{base}[tls]\nlisten = [{}]", listen.join(",")));
+    assert!(e.contains("the splitters listen on 9 ports; the limits guard at most 8"), "{e}");
+    assert!(parse(&format!("{base}[tls]\nlisten = [{}]\n[flood]\nenabled = false", listen.join(","))).is_ok());
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use jitsi_common::RULE_NAME_LEN;
+use jitsi_common::{FLOOD_MAX_RATE, FLOOD_TOKEN, MAX_FLOOD_ALLOW, MAX_GUARDED_PORTS, RULE_NAME_LEN};
 
 use super::{Acme, Config, Http, PortRange, Protocol, Splitter, Stack, Tls};
 use crate::names::{NameTable, Pattern};
@@ -102,6 +102,38 @@ impl Config {
         }
         if let Some(stack) = &self.stack {
             stack.validate()?;
+        }
+        self.validate_flood()
+    }
+
+    fn validate_flood(&self) -> Result<(), Invalid> {
+        let flood = self.flood();
+        let key = |k: &str| format!("flood.{k}");
+        for (name, v) in
+            [("packets_per_second", flood.packets_per_second), ("flows_per_second", flood.flows_per_second)]
+        {
+            if !(1..=FLOOD_MAX_RATE).contains(&v) {
+                return Err((
+                    key(name),
+                    format!("{v}: from 1 to {FLOOD_MAX_RATE} (`enabled = false` turns the limits off)"),
+                ));
+            }
+        }
+        let max_burst = u64::MAX / 2 / FLOOD_TOKEN;
+        for (name, v) in [("packets_burst", flood.packets_burst), ("flows_burst", flood.flows_burst)] {
+            if !(1..=max_burst).contains(&v) {
+                return Err((key(name), format!("{v}: from 1 to {max_burst}")));
+            }
+        }
+        if flood.allow.len() > MAX_FLOOD_ALLOW as usize {
+            return Err((key("allow"), format!("at most {MAX_FLOOD_ALLOW} networks")));
+        }
+        let ports = self.splitter_ports();
+        if flood.enabled && ports.len() > MAX_GUARDED_PORTS {
+            return Err((
+                "flood".into(),
+                format!("the splitters listen on {} ports; the limits guard at most {MAX_GUARDED_PORTS}", ports.len()),
+            ));
         }
         Ok(())
     }

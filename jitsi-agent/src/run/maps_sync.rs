@@ -14,11 +14,12 @@ use crate::{
     error::{Error, Result},
     resolve::Resolved,
     rules::{self, Desired},
+    sources::trie_key,
     status::existing_slots,
 };
 
-/// Brings the `rules`, `rule_ranges`, `replies`, `reply_ranges` and `host_addrs` maps in line
-/// with the configuration. New and changed entries are written first, stale ones removed last;
+/// Brings the `rules`, `rule_ranges`, `replies`, `reply_ranges`, `host_addrs`, `flood_config`
+/// and `flood_allow` maps in line with the configuration. New and changed entries are written first, stale ones removed last;
 /// entries that are already right are not touched, so their traffic never sees a gap.
 pub fn sync_maps(
     maps: &mut Maps,
@@ -38,7 +39,23 @@ pub fn sync_maps(
     sync_hash("replies", &mut maps.replies, replies)?;
     sync_lpm("reply_ranges", &mut maps.reply_ranges, reply_ranges)?;
     sync_hash("host_addrs", &mut maps.host_addrs, host_addrs)?;
-    Ok(())
+    sync_flood(maps, config)
+}
+
+/// Brings `flood_config` and `flood_allow` in line with `[flood]` (the buckets in
+/// `flood_sources` are the kernel's own).
+fn sync_flood(maps: &mut Maps, config: &Config) -> Result<()> {
+    let flood = config.flood();
+    let want = flood.kernel_config(&config.splitter_ports());
+    let err = |source| Error::Map { map: "flood_config", source };
+    if maps.flood_config.get(&0, 0).map_err(err)? != want {
+        maps.flood_config.set(0, want, 0).map_err(err)?;
+    }
+    let allow = flood.allow.iter().map(|n| {
+        let key = trie_key((n.addr, n.len));
+        ((key.prefix_len(), key.data()), 1u32)
+    });
+    sync_lpm("flood_allow", &mut maps.flood_allow, allow.collect())
 }
 
 fn zero_rule_stats(maps: &mut Maps, slots: &[u32]) -> Result<()> {

@@ -46,6 +46,30 @@ pub struct Status {
     /// The agent's periodic tasks: failures so far and whether each is failing now (as last
     /// written by the agent).
     pub tasks: Vec<TaskStatus>,
+    /// The flood limits in force (as the agent last wrote them) and the sources they track.
+    pub flood: FloodStatus,
+}
+
+/// The per-source flood limits (`[flood]`), read from `flood_config`, `flood_allow` and
+/// `flood_sources`.
+#[derive(Debug, Default, Serialize)]
+pub struct FloodStatus {
+    /// Whether they apply.
+    pub enabled: bool,
+    /// Packets per second to steered ports, per source.
+    pub packets_per_second: u64,
+    /// Their burst.
+    pub packets_burst: u64,
+    /// New flows per second, per source.
+    pub flows_per_second: u64,
+    /// Their burst.
+    pub flows_burst: u64,
+    /// The splitters' TCP ports whose SYNs count as new flows.
+    pub guarded_ports: Vec<u16>,
+    /// Networks never limited.
+    pub allowed: Vec<String>,
+    /// Sources (addresses, IPv6 /64s) with buckets in `flood_sources` now.
+    pub sources: usize,
 }
 
 /// One periodic task of the agent.
@@ -70,6 +94,8 @@ pub struct Counters {
     pub reasons: Vec<ReasonStatus>,
     /// The periodic tasks.
     pub tasks: Vec<TaskStatus>,
+    /// The flood limits.
+    pub flood: FloodStatus,
 }
 
 /// The splitter's counters (`[tls]` and `[http]`).
@@ -209,6 +235,7 @@ pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
         reasons: first.reasons,
         certificates: Vec::new(),
         tasks: first.tasks,
+        flood: first.flood,
     };
     if interval.is_zero() {
         return Ok(st);
@@ -234,6 +261,7 @@ pub async fn read(pin_dir: &Path, interval: Duration) -> Result<Status> {
     }
     st.reasons = second.reasons;
     st.tasks = second.tasks;
+    st.flood = second.flood;
     Ok(st)
 }
 
@@ -302,6 +330,27 @@ pub fn read_maps(pin_dir: &Path) -> Result<Counters> {
         splitter: read_splitter(&maps)?,
         reasons,
         tasks: read_tasks(&maps)?,
+        flood: read_flood(&maps)?,
+    })
+}
+
+fn read_flood(maps: &Maps) -> Result<FloodStatus> {
+    let c = maps.flood_config.get(&0, 0).map_err(|source| Error::Map { map: "flood_config", source })?;
+    let mut allowed = Vec::new();
+    for entry in maps.flood_allow.iter() {
+        let (k, _) = entry.map_err(|source| Error::Map { map: "flood_allow", source })?;
+        let (ip, len) = crate::sources::from_trie_key(k.prefix_len(), k.data());
+        allowed.push(format!("{ip}/{len}"));
+    }
+    Ok(FloodStatus {
+        enabled: c.enabled != 0,
+        packets_per_second: c.packets_per_second,
+        packets_burst: c.packets_burst,
+        flows_per_second: c.flows_per_second,
+        flows_burst: c.flows_burst,
+        guarded_ports: c.guarded_ports.iter().copied().filter(|p| *p != 0).collect(),
+        allowed,
+        sources: maps.flood_sources.keys().filter(Result::is_ok).count(),
     })
 }
 

@@ -43,6 +43,29 @@ impl Status {
         for a in &self.attachments {
             writeln!(f, "  {:<24} on {:<16} {}", a.program, a.interface, a.mode)?;
         }
+        self.fmt_flood(f)
+    }
+
+    /// The flood limits, on one line (two with allowed networks).
+    fn fmt_flood(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = &self.flood;
+        if !l.enabled {
+            return writeln!(f, "flood limits: off");
+        }
+        let guarded: Vec<String> = l.guarded_ports.iter().map(|p| format!("tcp/{p}")).collect();
+        writeln!(
+            f,
+            "flood limits: {} packets/s (burst {}), {} new flows/s (burst {}) per source{}; {} source(s) tracked",
+            l.packets_per_second,
+            l.packets_burst,
+            l.flows_per_second,
+            l.flows_burst,
+            if guarded.is_empty() { String::new() } else { format!(", SYNs to {} too", guarded.join(", ")) },
+            l.sources
+        )?;
+        if !l.allowed.is_empty() {
+            writeln!(f, "  never limited: {}", l.allowed.join(", "))?;
+        }
         Ok(())
     }
 

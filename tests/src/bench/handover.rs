@@ -104,8 +104,9 @@ pub fn round(deb: &Path) -> Result<()> {
     let config = format!(
         "[uplink]\ninterface = \"up0\"\n\n[splitter]\nmax_connections = {most}0\nmax_connections_per_client = {most}0\n\
          max_pending_connections = {most}0\n\n[tls]\n[[tls.route]]\nname = \"web\"\nserver_names = [\"meet.example.test\"]\n\
-         backend = \"{}\"\n",
-        web.addr4(8443)
+         backend = \"{}\"\n{}",
+        web.addr4(8443),
+        crate::lab::CLIENT_ALLOWED
     );
     let machine = Machine::boot(&lab.host, deb, &[], |root| {
         let etc = root.join("etc/jitsi-agent");

@@ -1,7 +1,8 @@
 //! The steering program's own cost per packet, without any network around it: BPF_PROG_TEST_RUN
 //! of the pinned `steer_in` (its maps filled by a running agent) repeated a million times on
 //! one frame, next to an empty XDP program (`bench_pass`) on the same frame. The kernel reports
-//! the average time per run.
+//! the average time per run. The flood limits are off but for the two frames that measure them
+//! (within the limits, and over them: the cost of a dropped packet).
 
 use std::path::PathBuf;
 
@@ -9,6 +10,8 @@ use anyhow::{Context, Result};
 use aya::programs::{TestRun, TestRunOptions, Xdp};
 use aya_obj::programs::XdpAttachType;
 use serde_json::json;
+
+use jitsi_common::{FLOOD_MAX_RATE, FloodConfig};
 
 use super::emit;
 use crate::{agent::AgentProcess, lab::Lab, packet::Pkt};
@@ -22,15 +25,37 @@ const RULES: &str = "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000
                      [[steer]]\nname = \"range2\"\nprotocol = \"udp\"\nport = \"30000-30001\"\nbackend = \"192.0.2.10:30000\"\n\
                      [[steer]]\nname = \"range16k\"\nprotocol = \"udp\"\nport = \"40000-56383\"\nbackend = \"192.0.2.10:40000\"\n";
 
-/// (what, frame): frames to the steered ports, and one to a port without a rule.
-fn frames() -> Vec<(&'static str, Vec<u8>)> {
-    let payload = [0x5au8; 100];
-    let to = |port| Pkt::udp("203.0.113.2", 40000, "203.0.113.1", port, &payload).build();
+/// A frame from `src` to the host's `port`, 100-byte payload.
+fn from(src: &str, port: u16) -> Vec<u8> {
+    Pkt::udp(src, 40000, "203.0.113.1", port, &[0x5au8; 100]).build()
+}
+
+/// A frame from the lab's client to the host's `port`.
+fn to(port: u16) -> Vec<u8> {
+    from("203.0.113.2", port)
+}
+
+/// (flood limits, what, frame): with the limits off, frames to the steered ports and one to a
+/// port without a rule; then one steered frame with the limits on, first within them (the
+/// source's bucket never runs out), then over them (every repetition dropped).
+fn frames() -> Vec<(FloodConfig, &'static str, Vec<u8>)> {
+    let off = FloodConfig::default();
+    let on = |rate: u64, burst: u64| FloodConfig {
+        enabled: 1,
+        packets_per_second: rate,
+        packets_burst: burst,
+        flows_per_second: rate,
+        flows_burst: burst,
+        ..FloodConfig::default()
+    };
     vec![
-        ("steered udp/10000, 100-byte payload", to(10000)),
-        ("steered udp/30001, a 2-port range", to(30001)),
-        ("steered udp/50000, a 16,384-port range", to(50000)),
-        ("unsteered udp/12345 (passed)", to(12345)),
+        (off, "steered udp/10000, 100-byte payload", to(10000)),
+        (off, "steered udp/30001, a 2-port range", to(30001)),
+        (off, "steered udp/50000, a 16,384-port range", to(50000)),
+        (off, "unsteered udp/12345 (passed)", to(12345)),
+        (on(FLOOD_MAX_RATE, 1_000_000_000), "steered udp/10000, flood limits on, within them", to(10000)),
+        // Another source: its bucket starts with the one token the first repetition takes.
+        (on(1, 1), "udp/10000 over the flood limits (dropped)", from("203.0.113.3", 10000)),
     ]
 }
 
@@ -58,14 +83,17 @@ pub fn round() -> Result<()> {
     // A repeated run works on the same buffer, rewritten by the run before: the backend's
     // address is made a host address too, so every repetition is steered again (the full path:
     // parse, lookups, return path, rewrite, checksums, redirect) instead of passing as not local.
-    let config = lab.write_config(RULES)?;
+    // The flood limits are set per frame below, into the pinned map once the agent is gone.
+    let config = lab.write_config(&format!("{RULES}[flood]\nenabled = false\n"))?;
     let text = std::fs::read_to_string(&config)?.replace(
         "[uplink]\ninterface = \"up0\"\n",
         "[uplink]\ninterface = \"up0\"\naddresses = [\"203.0.113.1\", \"192.0.2.10\"]\n",
     );
     std::fs::write(&config, text)?;
-    let running = AgentProcess::start(&lab.host, &config)?;
+    // The agent fills the maps and leaves them pinned when it stops (as across a restart).
+    AgentProcess::start(&lab.host, &config)?.stop()?;
     let pin: PathBuf = lab.pin_dir.join("prog_steer_in");
+    let mut maps = jitsi_agent::datapath::Maps::open_pinned(&lab.pin_dir)?;
     let results = lab.host.enter(move || -> Result<Vec<(String, String, f64, u32)>> {
         let steer = Xdp::from_pin(&pin, XdpAttachType::Interface).context("opening the pinned steer_in")?;
         let mut bpf = aya::Ebpf::load(jitsi_agent::ebpf_object::bytes()?)?;
@@ -76,7 +104,8 @@ pub fn round() -> Result<()> {
         let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
         anyhow::ensure!(ifindex != 0, "no uplink in the host namespace");
         let mut out = Vec::new();
-        for (what, frame) in frames() {
+        for (flood, what, frame) in frames() {
+            maps.flood_config.set(0, flood, 0).context("flood_config")?;
             let (ns, rv) = run(&steer, &frame, ifindex)?;
             out.push(("steer_in".to_string(), what.to_string(), ns, rv));
             let (ns, rv) = run(pass, &frame, ifindex)?;
@@ -94,7 +123,11 @@ pub fn round() -> Result<()> {
             anyhow::bail!("steer_in did not steer every repetition (counted {counted} for {}): {st}", rule["name"]);
         }
     }
-    drop(running.stop()?);
+    let dropped = st["reasons"].as_array().context("reasons")?.iter().find(|r| r["reason"] == "in_flood_packets");
+    anyhow::ensure!(
+        dropped.and_then(|r| r["packets"].as_u64()).is_some_and(|n| n + 1 >= u64::from(REPEAT)),
+        "steer_in did not drop the frame over the flood limits: {st}"
+    );
     for (program, frame, ns, rv) in results {
         emit(
             "prog",
