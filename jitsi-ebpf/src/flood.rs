@@ -73,6 +73,10 @@ pub fn admit_unsteered_tcp(source: Source, port: u16, flow: Flow) -> Result<(), 
 }
 
 #[inline(always)]
+#[expect(
+    clippy::needless_borrows_for_generic_args,
+    reason = "passed by value, the keys and the fresh state are copied again and steer_in overflows its 512-byte stack"
+)]
 fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<(), Reason> {
     let mut key = FloodKey { addr: source.addr, family: source.family, _pad: [0; 3] };
     if source.family == FAMILY_V6 {
@@ -84,7 +88,7 @@ fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<
     }
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let state = match FLOOD_SOURCES.get_ptr_mut(key) {
+    let state = match FLOOD_SOURCES.get_ptr_mut(&key) {
         Some(p) => p,
         None => {
             let fresh = FloodState {
@@ -92,10 +96,10 @@ fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<
                 packets: cfg.packets_burst * FLOOD_TOKEN,
                 flows: cfg.flows_burst * FLOOD_TOKEN,
             };
-            let _ = FLOOD_SOURCES.insert(key, fresh, u64::from(BPF_ANY));
+            let _ = FLOOD_SOURCES.insert(&key, &fresh, u64::from(BPF_ANY));
             // No entry to be had (the kernel could not allocate one): admitted, as without
             // limits.
-            match FLOOD_SOURCES.get_ptr_mut(key) {
+            match FLOOD_SOURCES.get_ptr_mut(&key) {
                 Some(p) => p,
                 None => return Ok(()),
             }
@@ -119,7 +123,7 @@ fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<
         Flow::Syn => (true, None),
         Flow::Udp(port) => {
             let key = ClientKey { addr: source.addr, port, protocol: PROTO_UDP, family: source.family };
-            (FLOOD_FLOWS.get_ptr(key).is_none(), Some(key))
+            (FLOOD_FLOWS.get_ptr(&key).is_none(), Some(key))
         }
     };
     if new_flow && s.flows < FLOOD_TOKEN {
@@ -131,7 +135,7 @@ fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<
     if new_flow {
         s.flows -= FLOOD_TOKEN;
         if let Some(key) = udp_flow {
-            let _ = FLOOD_FLOWS.insert(key, 1, u64::from(BPF_ANY));
+            let _ = FLOOD_FLOWS.insert(&key, &1, u64::from(BPF_ANY));
         }
     }
     Ok(())
