@@ -248,8 +248,8 @@ pub const FLOOD_TOKEN: u64 = 1_000_000_000;
 /// Most a flood rate may be (per second): with at most [`FLOOD_MAX_REFILL_NS`] of refill at
 /// once, `rate * elapsed` stays far below `u64::MAX`.
 pub const FLOOD_MAX_RATE: u64 = 100_000_000;
-/// The longest interval a bucket is refilled for at once (any longer refills it completely
-/// for every rate that is at least one token per 10 s).
+/// A bucket idle this long is full again, whatever its rate and burst; a shorter interval is
+/// refilled at the rate (so the product `rate * elapsed` stays below `u64::MAX`).
 pub const FLOOD_MAX_REFILL_NS: u64 = 10 * FLOOD_TOKEN;
 /// Capacity of `flood_flows`, the UDP flows (source address and port) the flood limits have
 /// admitted as new: a packet of a flow not in it is a new flow. A flow pushed out by others

@@ -110,9 +110,8 @@ fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<
     let elapsed = now.wrapping_sub(s.refilled_ns);
     // Another CPU may have refilled at a later `now`: then there is nothing to add.
     if elapsed > 0 && elapsed < u64::MAX / 2 {
-        let e = if elapsed > FLOOD_MAX_REFILL_NS { FLOOD_MAX_REFILL_NS } else { elapsed };
-        s.packets = refill(s.packets, e, cfg.packets_per_second, cfg.packets_burst);
-        s.flows = refill(s.flows, e, cfg.flows_per_second, cfg.flows_burst);
+        s.packets = refill(s.packets, elapsed, cfg.packets_per_second, cfg.packets_burst);
+        s.flows = refill(s.flows, elapsed, cfg.flows_per_second, cfg.flows_burst);
         s.refilled_ns = now;
     }
     if packet && s.packets < FLOOD_TOKEN {
@@ -130,10 +129,12 @@ fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<
         return over(cfg, source, if packet { Reason::InFloodFlows } else { Reason::InFloodConnections });
     }
     if packet {
-        s.packets -= FLOOD_TOKEN;
+        // Saturating: another CPU may have taken the token since the check (the buckets are not
+        // locked), and a wrap would give the source a full bucket.
+        s.packets = s.packets.saturating_sub(FLOOD_TOKEN);
     }
     if new_flow {
-        s.flows -= FLOOD_TOKEN;
+        s.flows = s.flows.saturating_sub(FLOOD_TOKEN);
         if let Some(key) = udp_flow {
             let _ = FLOOD_FLOWS.insert(&key, &1, u64::from(BPF_ANY));
         }
@@ -141,10 +142,14 @@ fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<
     Ok(())
 }
 
-/// `tokens` after `elapsed_ns` at `per_second`, at most `burst` tokens.
+/// `tokens` after `elapsed_ns` at `per_second`, at most `burst` tokens (all of them after
+/// [`FLOOD_MAX_REFILL_NS`], which keeps the product far from overflowing).
 #[inline(always)]
 fn refill(tokens: u64, elapsed_ns: u64, per_second: u64, burst: u64) -> u64 {
     let cap = burst * FLOOD_TOKEN;
+    if elapsed_ns >= FLOOD_MAX_REFILL_NS {
+        return cap;
+    }
     let t = tokens + elapsed_ns * per_second;
     if t > cap { cap } else { t }
 }

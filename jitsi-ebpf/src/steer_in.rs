@@ -315,11 +315,13 @@ fn steer_v6(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss>
         let p = *ports;
         (u16::from_be_bytes([p[0], p[1]]), u16::from_be_bytes([p[2], p[3]]))
     };
-    let source = Source { addr: src, family: FAMILY_V6, mapped: src };
-    let (rule, backend_port) = steered(ctx, l4_off, next, FAMILY_V6, port, source)?;
     if is_v4_mapped(&src) {
+        // Dropped if the port is steered, passed (unlimited: it names no IPv6 source) if not.
+        rule_for(next, FAMILY_V6, port)?;
         return Err(Reason::InSpoofedSource);
     }
+    let source = Source { addr: src, family: FAMILY_V6, mapped: src };
+    let (rule, backend_port) = steered(ctx, l4_off, next, FAMILY_V6, port, source)?;
     let on_link = source_on_link(src)?;
     flood::admit_steered(source, flow_of(ctx, l4_off, next, sport)?)?;
     let new_dst = rule.backend_addr;

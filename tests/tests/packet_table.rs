@@ -836,7 +836,9 @@ fn hex(b: &[u8]) -> String {
 /// (a `[flood]` section's body), guarding the splitter's 443.
 fn set_flood(maps: &mut Maps, flood: &str) {
     let config = Config::parse(&format!("{CONFIG}\n[flood]\n{flood}"), "flood.toml".as_ref()).expect("config");
-    let value = config.flood().kernel_config(&config.splitter_ports());
+    let mut value = config.flood().kernel_config(&config.splitter_ports());
+    // Rates of 0 (the file cannot say so): no refill at all, however long the rows take.
+    (value.packets_per_second, value.flows_per_second) = (0, 0);
     assert_eq!(value.guarded_ports[0], 443, "{value:?}");
     maps.flood_config.set(0, value, 0).unwrap();
     for n in &config.flood().allow {
@@ -852,7 +854,6 @@ fn verdicts(xdp: &Xdp, tc: &SchedClassifier, frames: &[Pkt]) -> Vec<u32> {
 #[test]
 fn flood_limits_drop_a_source_over_its_buckets_and_spare_others_and_allowed_networks() {
     let Env { mut bpf, mut maps, .. } = setup();
-    // Rates of one token a minute: no refill to speak of while the rows run.
     set_flood(
         &mut maps,
         "packets_per_second = 1\npackets_burst = 3\nflows_per_second = 1\nflows_burst = 2\nallow = [\"198.51.100.0/24\"]",

@@ -18,7 +18,7 @@ use std::{
 use jitsi_tests::{
     clients::{built_by_xtask, recorded_hello, sni_exchange, udp_round_trip, udp_socket, under_load},
     docker::DockerEngine,
-    lab::{CLIENT_V4, HOST_V4, LAB_RULES, Lab, SNI_WEB},
+    lab::{CLIENT_ALLOWED, CLIENT_V4, HOST_V4, LAB_RULES, Lab, SNI_WEB},
     machine::Machine,
     netns::NetNs,
     pebble::Pebble,
@@ -101,7 +101,8 @@ fn the_package_under_a_real_systemd_steers_splits_reloads_restarts_upgrades_and_
     let _turn5000 = servers::udp(&turn.ns, turn.addr4(5000)).unwrap();
     let _turn5001 = servers::udp(&turn.ns, turn.addr4(5001)).unwrap();
     let _web = servers::tcp(&web.ns, web.addr4(8443)).unwrap();
-    let config = format!("[uplink]\ninterface = \"up0\"\n\n{LAB_RULES}{SNI_WEB}");
+    // The client's connect loop is far beyond one address's flood limits (see CLIENT_ALLOWED).
+    let config = format!("[uplink]\ninterface = \"up0\"\n\n{LAB_RULES}{SNI_WEB}{CLIENT_ALLOWED}");
     let machine = Machine::boot(&lab.host, &deb, &[], |root| {
         write(root.join("etc/jitsi-agent/agent.toml"), &config)?;
         // This machine's hard open-file limit is below the unit's LimitNOFILE=1048576.
@@ -411,6 +412,7 @@ fn established_connections_live_through_three_restarts_and_a_stop_drains_them() 
                   backend = \"192.0.2.10:10000\"\n\n[splitter]\ndrain_timeout_secs = 2\n\n[tls]\n[[tls.route]]\nname = \"web\"\n\
                   server_names = [\"meet.example.test\"]\nbackend = \"192.0.2.12:8443\"\n\n[http]\n\n[[http.route]]\n\
                   name = \"meet\"\nhost_names = [\"meet.example.test\"]\nbackend = \"192.0.2.12:8000\"\n";
+    let config = &format!("{config}{CLIENT_ALLOWED}");
     let machine = Machine::boot(&lab.host, &deb, &[], |root| {
         write(root.join("etc/jitsi-agent/agent.toml"), config)?;
         write(root.join("etc/systemd/system/jitsi-agent.service.d/nofile.conf"), "[Service]\nLimitNOFILE=20000\n")

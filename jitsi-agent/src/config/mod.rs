@@ -760,6 +760,16 @@ impl Config {
         config
             .validate()
             .map_err(|(key, message)| invalid((key, format!("{message} (with the rules [stack] implies)"))))?;
+        let mut config = config;
+        let ports = config.splitter_ports();
+        if config.flood().enabled && ports.len() > jitsi_common::MAX_GUARDED_PORTS {
+            config.warnings.push(format!(
+                "the splitters listen on {} ports: the flood limits count SYNs to the first {} only ({:?})",
+                ports.len(),
+                jitsi_common::MAX_GUARDED_PORTS,
+                &ports[..jitsi_common::MAX_GUARDED_PORTS]
+            ));
+        }
         Ok(config)
     }
 }

@@ -176,9 +176,22 @@ fn flood_limits_default_on_and_refuse_what_the_kernel_cannot_hold() {
     let e = err(&format!("{base}[flood]\nallow = [{}]", many.join(",")));
     assert!(e.contains("`flood.allow`: at most 256 networks"), "{e}");
     let listen: Vec<String> = (0..9).map(|i| format!("\"0.0.0.0:{}\"", 8440 + i)).collect();
-    let e = err(&format!("{base}[tls]\nlisten = [{}]", listen.join(",")));
-    assert!(e.contains("the splitters listen on 9 ports; the limits guard at most 8"), "{e}");
-    assert!(parse(&format!("{base}[tls]\nlisten = [{}]\n[flood]\nenabled = false", listen.join(","))).is_ok());
+    let c = parse(&format!("{base}[tls]\nlisten = [{}]", listen.join(","))).unwrap();
+    assert_eq!(
+        c.warnings,
+        [
+            "the splitters listen on 9 ports: the flood limits count SYNs to the first 8 only ([8440, 8441, 8442, 8443, 8444, 8445, 8446, 8447])"
+        ]
+    );
+    assert_eq!(c.flood().kernel_config(&c.splitter_ports()).guarded_ports[7], 8447);
+    assert!(
+        parse(&format!("{base}[tls]\nlisten = [{}]\n[flood]\nenabled = false", listen.join(",")))
+            .unwrap()
+            .warnings
+            .is_empty()
+    );
+    let e = err(&format!("{base}[flood]\npackets_per_second = 100000\npackets_burst = 1000"));
+    assert!(e.contains("`flood.packets_burst`: 1000: at least 20 ms at the rate (2000)"), "{e}");
 }
 
 #[test]

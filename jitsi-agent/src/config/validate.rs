@@ -6,7 +6,7 @@ use std::{
     net::{IpAddr, SocketAddr},
 };
 
-use jitsi_common::{FLOOD_MAX_RATE, FLOOD_TOKEN, MAX_FLOOD_ALLOW, MAX_GUARDED_PORTS, RULE_NAME_LEN};
+use jitsi_common::{FLOOD_MAX_RATE, FLOOD_TOKEN, MAX_FLOOD_ALLOW, RULE_NAME_LEN};
 
 use super::{Acme, Config, Http, PortRange, Protocol, Splitter, Stack, Tls};
 use crate::names::{NameTable, Pattern};
@@ -128,12 +128,21 @@ impl Config {
         if flood.allow.len() > MAX_FLOOD_ALLOW as usize {
             return Err((key("allow"), format!("at most {MAX_FLOOD_ALLOW} networks")));
         }
-        let ports = self.splitter_ports();
-        if flood.enabled && ports.len() > MAX_GUARDED_PORTS {
-            return Err((
-                "flood".into(),
-                format!("the splitters listen on {} ports; the limits guard at most {MAX_GUARDED_PORTS}", ports.len()),
-            ));
+        // The buckets refill on the kernel's coarse clock (a tick of 1 to 10 ms): a burst
+        // smaller than a tick's worth would cap the rate below the one configured.
+        for (name, rate, burst) in [
+            ("packets_burst", flood.packets_per_second, flood.packets_burst),
+            ("flows_burst", flood.flows_per_second, flood.flows_burst),
+        ] {
+            if burst < rate / 50 {
+                return Err((
+                    key(name),
+                    format!(
+                        "{burst}: at least 20 ms at the rate ({}), as the buckets refill in clock ticks",
+                        rate / 50
+                    ),
+                ));
+            }
         }
         Ok(())
     }

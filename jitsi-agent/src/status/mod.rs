@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use jitsi_common::{FAMILY_V4, REASON_COUNT, RULE_HAS_BACKEND, RULE_RESOLVED, Reason};
+use jitsi_common::{FAMILY_V4, MAX_FLOOD_SOURCES, REASON_COUNT, RULE_HAS_BACKEND, RULE_RESOLVED, Reason};
 use serde::Serialize;
 
 use crate::{
@@ -350,7 +350,10 @@ fn read_flood(maps: &Maps) -> Result<FloodStatus> {
         flows_burst: c.flows_burst,
         guarded_ports: c.guarded_ports.iter().copied().filter(|p| *p != 0).collect(),
         allowed,
-        sources: maps.flood_sources.keys().filter(Result::is_ok).count(),
+        // Walking a hash map that changes under the walk starts again from its first key when
+        // the key in hand is evicted: under a flood of new sources the walk would never end.
+        // It stops at the map's size (the count is then approximate).
+        sources: maps.flood_sources.keys().take(MAX_FLOOD_SOURCES as usize).filter(Result::is_ok).count(),
     })
 }
 
