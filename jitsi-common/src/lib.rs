@@ -236,7 +236,7 @@ pub type SourcePrefix = [u8; 16];
 
 /// Capacity of `flood_sources`, the per-source token buckets of the flood limits. An entry
 /// that is evicted comes back full, so a flood of spoofed sources that churns the table can only
-/// make the limits more lenient for the sources it pushes out, never drop their packets.
+/// make the limits more lenient for the sources it pushes out.
 pub const MAX_FLOOD_SOURCES: u32 = 65_536;
 /// Capacity of `flood_allow`, the networks the flood limits never apply to.
 pub const MAX_FLOOD_ALLOW: u32 = 256;
@@ -245,15 +245,11 @@ pub const MAX_GUARDED_PORTS: usize = 8;
 /// One token of a flood bucket: the buckets hold nano-tokens, so that a refill of
 /// `elapsed_ns * per_second` needs no division.
 pub const FLOOD_TOKEN: u64 = 1_000_000_000;
-/// Most a flood rate may be (per second): with at most [`FLOOD_MAX_REFILL_NS`] of refill at
-/// once, `rate * elapsed` stays far below `u64::MAX`.
+/// Most a flood rate may be (per second).
 pub const FLOOD_MAX_RATE: u64 = 100_000_000;
-/// A bucket idle this long is full again, whatever its rate and burst; a shorter interval is
-/// refilled at the rate (so the product `rate * elapsed` stays below `u64::MAX`).
-pub const FLOOD_MAX_REFILL_NS: u64 = 10 * FLOOD_TOKEN;
 /// Capacity of `flood_flows`, the UDP flows (source address and port) the flood limits have
 /// admitted as new: a packet of a flow not in it is a new flow. A flow pushed out by others
-/// only counts as new once more, from its own source's bucket.
+/// only counts as new once more: one token of its own source's new-flow bucket.
 pub const MAX_FLOOD_FLOWS: u32 = 131_072;
 
 /// Value of `flood_config` (one entry, written by the agent): the per-source limits.
@@ -424,5 +420,4 @@ const _: () = {
     assert!(core::mem::size_of::<FloodConfig>() == 8 + 4 * 8 + 2 * MAX_GUARDED_PORTS);
     assert!(core::mem::size_of::<FloodKey>() == 20);
     assert!(core::mem::size_of::<FloodState>() == 3 * 8);
-    assert!(FLOOD_MAX_RATE.checked_mul(FLOOD_MAX_REFILL_NS).is_some());
 };

@@ -12,8 +12,7 @@
 
 use aya_ebpf::{bindings::BPF_ANY, helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use jitsi_common::{
-    ClientKey, FAMILY_V6, FLOOD_MAX_REFILL_NS, FLOOD_TOKEN, FloodConfig, FloodKey, FloodState, MAX_GUARDED_PORTS,
-    PROTO_UDP, Reason,
+    ClientKey, FAMILY_V6, FLOOD_TOKEN, FloodConfig, FloodKey, FloodState, MAX_GUARDED_PORTS, PROTO_UDP, Reason,
 };
 
 use crate::maps::{FLOOD_ALLOW, FLOOD_CONFIG, FLOOD_FLOWS, FLOOD_SOURCES};
@@ -142,16 +141,19 @@ fn admit(cfg: &FloodConfig, source: Source, packet: bool, flow: Flow) -> Result<
     Ok(())
 }
 
-/// `tokens` after `elapsed_ns` at `per_second`, at most `burst` tokens (all of them after
-/// [`FLOOD_MAX_REFILL_NS`], which keeps the product far from overflowing).
+/// `tokens` after `elapsed_ns` at `per_second`, at most `burst` tokens. The product is taken
+/// only while it cannot pass what the bucket has room for (so it never overflows).
 #[inline(always)]
 fn refill(tokens: u64, elapsed_ns: u64, per_second: u64, burst: u64) -> u64 {
     let cap = burst * FLOOD_TOKEN;
-    if elapsed_ns >= FLOOD_MAX_REFILL_NS {
+    if tokens >= cap {
         return cap;
     }
-    let t = tokens + elapsed_ns * per_second;
-    if t > cap { cap } else { t }
+    if per_second == 0 {
+        return tokens;
+    }
+    let room = cap - tokens;
+    if elapsed_ns > room / per_second { cap } else { tokens + elapsed_ns * per_second }
 }
 
 /// A source over a limit: admitted if `flood_allow` holds it, else dropped for `reason`.

@@ -3,7 +3,8 @@
 //! checksums) and is redirected into the backend's bridge port, bypassing the host stack.
 //! Everything else passes untouched, counted by reason. A packet for a steered port from a
 //! source that cannot arrive on the uplink (martian, host address, backends' subnet) is
-//! dropped. Every byte counter counts the frame as received, not what its headers claim.
+//! dropped, and so is one over its source's flood limits (`flood.rs`), a SYN to a splitter's
+//! port included. Every byte counter counts the frame as received, not what its headers claim.
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},

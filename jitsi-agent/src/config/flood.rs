@@ -14,7 +14,7 @@
 //! - a participant opens a handful of flows: one ICE flow to the videobridge, TURN
 //!   allocations, a few TCP connections to 443 (the page, the XMPP and bridge WebSockets).
 //!   100 new flows/s with a burst of 1,000 lets 100 participants of one address join at once
-//!   and go on joining at 20 a second.
+//!   (about 10 flows each) and go on joining at 10 a second.
 
 use std::net::IpAddr;
 
