@@ -18,6 +18,14 @@ pub fn udp_socket(ns: &NetNs, v6: bool) -> Result<UdpSocket> {
     Ok(s)
 }
 
+/// A UDP socket in `ns` bound to `ip` (one of the namespace's addresses), any port, with a
+/// 2 s receive timeout.
+pub fn udp_socket_from(ns: &NetNs, ip: std::net::IpAddr) -> Result<UdpSocket> {
+    let s = ns.enter(move || UdpSocket::bind(SocketAddr::new(ip, 0)))??;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(s)
+}
+
 /// Sends `msg` to `to` and returns the reply and the address it came from.
 pub fn udp_round_trip(sock: &UdpSocket, to: SocketAddr, msg: &str) -> Result<(SocketAddr, String)> {
     sock.send_to(msg.as_bytes(), to)?;

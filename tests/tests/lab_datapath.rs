@@ -9,7 +9,7 @@ use std::{
 
 use jitsi_tests::{
     agent::AgentProcess,
-    clients::{tcp_echo, udp_round_trip, udp_socket, udp_stream},
+    clients::{tcp_echo, udp_round_trip, udp_socket, udp_socket_from, udp_stream},
     lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab},
     netns::NetNs,
     servers,
@@ -317,12 +317,6 @@ fn a_refused_xdp_mode_leaves_steer_in_attached_in_the_mode_it_ran_in() {
 }
 
 /// A UDP socket in `ns` bound to `ip` (any port), with a 2 s receive timeout.
-fn udp_from(ns: &NetNs, ip: IpAddr) -> UdpSocket {
-    let s = ns.enter(move || UdpSocket::bind(SocketAddr::new(ip, 0))).unwrap().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s
-}
-
 fn learned_flows(lab: &Lab) -> Vec<(jitsi_common::ClientKey, jitsi_common::ReturnPath)> {
     let maps = jitsi_agent::datapath::Maps::open_pinned(&lab.pin_dir).unwrap();
     maps.return_paths.iter().map(Result::unwrap).collect()
@@ -358,7 +352,7 @@ fn spoofed_packets_cannot_redirect_replies_and_unseen_clients_go_through_the_gat
     let second: SocketAddr = "203.0.113.3:10000".parse().unwrap();
 
     // A client behind the gateway, on the first address: answered, and nothing learned.
-    let a = udp_from(&lab.inet, client);
+    let a = udp_socket_from(&lab.inet, client).unwrap();
     udp_exchange(&a, first, client, 3);
     assert!(learned_flows(&lab).is_empty(), "the fallback path needs no entry: {:?}", learned_flows(&lab));
 
@@ -367,7 +361,7 @@ fn spoofed_packets_cannot_redirect_replies_and_unseen_clients_go_through_the_gat
     // spoofer would send) does not move it: replies keep coming from the address the client
     // talks to.
     let lan: IpAddr = CLIENT_V4.into();
-    let b = udp_from(&lab.inet, lan);
+    let b = udp_socket_from(&lab.inet, lan).unwrap();
     udp_exchange(&b, second, lan, 1);
     b.send_to(b"spoofed", first).unwrap();
     let mut buf = [0u8; 256];
@@ -383,7 +377,7 @@ fn spoofed_packets_cannot_redirect_replies_and_unseen_clients_go_through_the_gat
 
     // A source on the backends' subnet never reaches a backend from the uplink.
     let before = echo.count();
-    let spoof = udp_from(&lab.inet, "192.0.2.77".parse().unwrap());
+    let spoof = udp_socket_from(&lab.inet, "192.0.2.77".parse().unwrap()).unwrap();
     for _ in 0..5 {
         spoof.send_to(b"from inside", first).unwrap();
     }

@@ -3,13 +3,13 @@
 //! namespace, and the stand-in backend reports what reached it. Needs root.
 
 use std::{
-    net::{IpAddr, SocketAddr, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket},
     time::{Duration, Instant},
 };
 
 use jitsi_tests::{
     agent::AgentProcess,
-    clients::udp_stream,
+    clients::{udp_socket_from, udp_stream},
     lab::{CLIENT_V4, HOST_V4, HOST_V6, LAB_RULES, Lab, SNI_WEB, UPLINK},
     netns::NetNs,
     packet::Pkt,
@@ -19,8 +19,9 @@ use jitsi_tests::{
 use serde_json::Value;
 
 /// A participant's address and one allowed network's, next to the client's own (the flooder).
-const PARTICIPANT: &str = "203.0.113.20";
-const ALLOWED: &str = "203.0.113.21";
+const PARTICIPANT: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 20));
+const ALLOWED: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 21));
+const FLOODER: IpAddr = IpAddr::V4(CLIENT_V4);
 
 fn lab() -> Lab {
     let lab = Lab::new(&["jvb", "turn", "web"]).expect("building the lab");
@@ -28,11 +29,6 @@ fn lab() -> Lab {
         lab.inet.ip(&["addr", "add", &format!("{a}/24"), "dev", "eth0"]).unwrap();
     }
     lab
-}
-
-fn udp_from(ns: &NetNs, ip: &str) -> UdpSocket {
-    let ip: IpAddr = ip.parse().unwrap();
-    ns.enter(move || UdpSocket::bind(SocketAddr::new(ip, 0))).unwrap().unwrap()
 }
 
 fn reason(status: &Value, name: &str) -> u64 {
@@ -130,17 +126,17 @@ fn a_flood_at_twenty_times_its_limit_is_dropped_in_xdp_while_a_participant_loses
     // The participant streams 400 packets/s (a 720p simulcast sender's rate) for 3 s while the
     // flooder, another address, sends 20,000 a second, and a spoofed flood to coturn's port
     // comes from 100,000 IPv6 /64s, more than `flood_sources` holds.
-    let participant = udp_stream(udp_from(&lab.inet, PARTICIPANT), to, 400, 3);
+    let participant = udp_stream(udp_socket_from(&lab.inet, PARTICIPANT).unwrap(), to, 400, 3);
     let drops_before = tx_dropped(&lab.inet);
     let spoofer = spoofed_flood(&lab, 100_000, 3);
-    let flooder = udp_from(&lab.inet, &CLIENT_V4.to_string());
+    let flooder = udp_socket_from(&lab.inet, FLOODER).unwrap();
     let (flood_sent, secs) = flood(&flooder, to, 20 * rate, 3);
     let participant_sent = participant.join().unwrap();
     let spoofed = spoofer.join().unwrap();
     assert!(flood_sent as f64 >= 10.0 * rate as f64 * secs, "the flood reached {flood_sent} in {secs:.2} s");
 
-    let from_participant = settled_count(&echo, PARTICIPANT.parse().unwrap());
-    let from_flooder = settled_count(&echo, CLIENT_V4.into());
+    let from_participant = settled_count(&echo, PARTICIPANT);
+    let from_flooder = settled_count(&echo, FLOODER);
     eprintln!(
         "flood: {flood_sent} sent in {secs:.2} s, {from_flooder} reached the backend; participant: \
          {from_participant} of {participant_sent}"
@@ -176,8 +172,8 @@ fn a_flood_at_twenty_times_its_limit_is_dropped_in_xdp_while_a_participant_loses
 }
 
 /// Connects from `from` to `to` without waiting: the SYN is sent at once.
-fn syn(ns: &NetNs, from: &str, to: SocketAddr) -> socket2::Socket {
-    let from = SocketAddr::new(from.parse().unwrap(), 0);
+fn syn(ns: &NetNs, from: IpAddr, to: SocketAddr) -> socket2::Socket {
+    let from = SocketAddr::new(from, 0);
     ns.enter(move || {
         let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
         s.set_nonblocking(true).unwrap();
@@ -205,7 +201,7 @@ fn new_flows_and_connections_over_the_limit_are_dropped_except_from_allowed_netw
 
     // 30 UDP flows (source ports) from one address: the first 10 reach the videobridge, and
     // the first of them goes on doing so.
-    let socks: Vec<UdpSocket> = (0..30).map(|_| udp_from(&lab.inet, &CLIENT_V4.to_string())).collect();
+    let socks: Vec<UdpSocket> = (0..30).map(|_| udp_socket_from(&lab.inet, FLOODER).unwrap()).collect();
     for s in &socks {
         s.send_to(b"new flow", to).unwrap();
     }
@@ -215,8 +211,8 @@ fn new_flows_and_connections_over_the_limit_are_dropped_except_from_allowed_netw
     // Its new-flow bucket is empty now (a token a second): not one connection to the
     // splitter's 443 gets through.
     let tls = SocketAddr::new(HOST_V4.into(), 443);
-    let conns: Vec<socket2::Socket> = (0..5).map(|_| syn(&lab.inet, &CLIENT_V4.to_string(), tls)).collect();
-    let reached = settled_count(&echo, CLIENT_V4.into());
+    let conns: Vec<socket2::Socket> = (0..5).map(|_| syn(&lab.inet, FLOODER, tls)).collect();
+    let reached = settled_count(&echo, FLOODER);
     assert_eq!(reached, 15, "10 new flows and the first one's 5 more");
     let st = lab.status().unwrap();
     assert_eq!(reason(&st, "in_flood_flows"), 20, "{st}");
@@ -232,12 +228,12 @@ fn new_flows_and_connections_over_the_limit_are_dropped_except_from_allowed_netw
 
     // From an allowed network, the same is never limited.
     let allowed: Vec<socket2::Socket> = (0..30).map(|_| syn(&lab.inet, ALLOWED, tls)).collect();
-    let socks: Vec<UdpSocket> = (0..30).map(|_| udp_from(&lab.inet, ALLOWED)).collect();
+    let socks: Vec<UdpSocket> = (0..30).map(|_| udp_socket_from(&lab.inet, ALLOWED).unwrap()).collect();
     for s in &socks {
         s.send_to(b"new flow", to).unwrap();
     }
     std::thread::sleep(Duration::from_millis(400));
     assert_eq!(allowed.iter().filter(|s| s.peer_addr().is_ok()).count(), 30);
-    assert_eq!(settled_count(&echo, ALLOWED.parse().unwrap()), 30);
+    assert_eq!(settled_count(&echo, ALLOWED), 30);
     agent.stop().unwrap();
 }

@@ -155,7 +155,7 @@ impl std::str::FromStr for Network {
                 max,
             })?,
         };
-        let network = Network { addr: mask(addr, len), len };
+        let network = Network { addr: crate::netlink::network(addr, len), len };
         if network.addr != addr {
             return Err(NetworkError::HostBits { written: s.into(), network: network.to_string() });
         }
@@ -166,20 +166,6 @@ impl std::str::FromStr for Network {
 impl std::fmt::Display for Network {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.addr, self.len)
-    }
-}
-
-/// `addr` with the bits past `len` cleared.
-fn mask(addr: IpAddr, len: u8) -> IpAddr {
-    match addr {
-        IpAddr::V4(a) => {
-            let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
-            IpAddr::V4((u32::from(a) & m).into())
-        }
-        IpAddr::V6(a) => {
-            let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
-            IpAddr::V6((u128::from(a) & m).into())
-        }
     }
 }
 

@@ -688,10 +688,14 @@ impl Config {
         self.flood.clone().unwrap_or_default()
     }
 
-    /// The splitters' TCP listen ports (`[tls]` and `[http]`, implied ones included), each once.
+    /// The splitters' listen addresses (`[tls]`'s, then `[http]`'s, implied ones included).
+    pub fn splitter_listens(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.tls.iter().flat_map(|t| &t.listen).chain(self.http.iter().flat_map(|h| &h.listen))
+    }
+
+    /// The splitters' TCP listen ports, each once, lowest first.
     pub fn splitter_ports(&self) -> Vec<u16> {
-        let listen = self.tls.iter().flat_map(|t| &t.listen).chain(self.http.iter().flat_map(|h| &h.listen));
-        let mut ports: Vec<u16> = listen.map(SocketAddr::port).collect();
+        let mut ports: Vec<u16> = self.splitter_listens().map(|a| a.port()).collect();
         ports.sort_unstable();
         ports.dedup();
         ports

@@ -80,8 +80,7 @@ impl Config {
         }
         self.validate_splitter(&steer.backends)?;
         // XDP takes a steered port before any socket: a splitter could never see its own.
-        let listen = self.tls.iter().flat_map(|t| &t.listen).chain(self.http.iter().flat_map(|h| &h.listen));
-        for a in listen {
+        for a in self.splitter_listens() {
             if let Some((i, r)) = self.steering(Protocol::Tcp, a.port()) {
                 return Err((
                     format!("steer[{i}].port"),
