@@ -20,7 +20,10 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::{NetNs, run, unique_name};
+use crate::{
+    netns::{NetNs, run, unique_name},
+    tap::Tap,
+};
 
 /// The host's uplink address (what clients send to).
 pub const HOST_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 1);
@@ -142,6 +145,18 @@ impl Lab {
     /// Builds the topology with one backend per name; backend `i` gets 192.0.2.(10+i) and
     /// 2001:db8:b::(10+i), i.e. jvb, turn, web -> .10/::10, .11/::11, .12/::12.
     pub fn new(backends: &[&str]) -> Result<Self> {
+        Ok(Self::build(backends, false)?.0)
+    }
+
+    /// The lab with a tap device as the uplink `up0` instead of the veth: the test writes the
+    /// frames the host receives, each in the checksum state it chooses, and reads the frames
+    /// the host sends (see [`Tap`]). The "internet" namespace is left empty.
+    pub fn with_tap_uplink(backends: &[&str]) -> Result<(Self, Tap)> {
+        let (lab, tap) = Self::build(backends, true)?;
+        Ok((lab, tap.context("no tap")?))
+    }
+
+    fn build(backends: &[&str], tap: bool) -> Result<(Self, Option<Tap>)> {
         if !is_root() {
             bail!("the lab needs root");
         }
@@ -151,17 +166,22 @@ impl Lab {
         for ns in [&inet, &host] {
             no_dad(ns)?;
         }
-        // Uplink: up0 (host) <-> eth0 (inet).
-        host.ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", inet.name()])?;
+        let tap = if tap {
+            Some(Tap::create(&host, UPLINK)?)
+        } else {
+            // Uplink: up0 (host) <-> eth0 (inet).
+            host.ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", inet.name()])?;
+            inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
+            inet.ip(&["addr", "add", "2001:db8:c::2/64", "dev", "eth0", "nodad"])?;
+            inet.ip(&["link", "set", "eth0", "up"])?;
+            // A real NIC delivers full checksums; veth TX offload would leave CHECKSUM_PARTIAL
+            // packets whose checksum XDP cannot see. Turn it off on the "internet" side.
+            inet.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+            None
+        };
         host.ip(&["addr", "add", "203.0.113.1/24", "dev", UPLINK])?;
         host.ip(&["addr", "add", "2001:db8:c::1/64", "dev", UPLINK, "nodad"])?;
         host.ip(&["link", "set", UPLINK, "up"])?;
-        inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
-        inet.ip(&["addr", "add", "2001:db8:c::2/64", "dev", "eth0", "nodad"])?;
-        inet.ip(&["link", "set", "eth0", "up"])?;
-        // A real NIC delivers full checksums; veth TX offload would leave CHECKSUM_PARTIAL
-        // packets whose checksum XDP cannot see. Turn it off on the "internet" side.
-        inet.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
         // The bridge for the backends.
         host.ip(&["link", "add", BRIDGE, "type", "bridge"])?;
         host.ip(&["addr", "add", "192.0.2.1/24", "dev", BRIDGE])?;
@@ -193,7 +213,7 @@ impl Lab {
             out.push(Backend { name: (*name).to_string(), ns, v4, v6 });
         }
         let pin_dir = work.bpffs().join("jitsi-agent");
-        Ok(Lab { inet, host, backends: out, pin_dir, work })
+        Ok((Lab { inet, host, backends: out, pin_dir, work }, tap))
     }
 
     /// The lab's temporary directory (removed with the lab).

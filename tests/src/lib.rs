@@ -19,4 +19,5 @@ pub mod packet;
 pub mod pebble;
 pub mod raw;
 pub mod servers;
+pub mod tap;
 pub mod turn;

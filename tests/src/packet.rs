@@ -75,6 +75,20 @@ pub struct Pkt {
     pub payload: Vec<u8>,
     /// Send a UDP checksum of 0 ("none").
     pub udp_zero_checksum: bool,
+    /// What the TCP/UDP checksum field holds.
+    pub l4_check: L4Check,
+}
+
+/// What a frame's TCP/UDP checksum field holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum L4Check {
+    /// The checksum (RFC 1071), as on the wire.
+    Full,
+    /// The pseudo header's folded sum, not complemented: what a sender that leaves the
+    /// checksum to the NIC writes (`CHECKSUM_PARTIAL`; the kernel's `~csum_tcpudp_magic(.., 0)`).
+    Partial,
+    /// A checksum that is wrong by a fixed amount (never 0, "none", for UDP).
+    Wrong,
 }
 
 /// MAC of the "internet" side (the client or its router) in table tests.
@@ -102,6 +116,7 @@ impl Pkt {
             tcp_flags: 0,
             payload: payload.to_vec(),
             udp_zero_checksum: false,
+            l4_check: L4Check::Full,
         }
     }
 
@@ -142,7 +157,7 @@ impl Pkt {
                 l4.extend([0, 0]);
                 l4.extend(&self.payload);
                 if !self.udp_zero_checksum {
-                    let mut c = checksum(pseudo_sum(self.src, self.dst, 17, len), &l4);
+                    let mut c = self.l4_field(checksum(pseudo_sum(self.src, self.dst, 17, len), &l4), len);
                     if c == 0 {
                         c = 0xffff;
                     }
@@ -158,7 +173,7 @@ impl Pkt {
                 l4.extend(64240u16.to_be_bytes());
                 l4.extend([0, 0, 0, 0]); // checksum, urgent pointer
                 l4.extend(&self.payload);
-                let c = checksum(pseudo_sum(self.src, self.dst, 6, l4.len()), &l4);
+                let c = self.l4_field(checksum(pseudo_sum(self.src, self.dst, 6, l4.len()), &l4), l4.len());
                 l4[16..18].copy_from_slice(&c.to_be_bytes());
             }
             1 | 58 => {
@@ -169,6 +184,17 @@ impl Pkt {
             _ => l4.extend(&self.payload),
         }
         l4
+    }
+
+    /// The L4 checksum field for [`Pkt::l4_check`], given the right checksum `full` of a
+    /// segment `len` bytes long.
+    fn l4_field(&self, full: u16, len: usize) -> u16 {
+        match self.l4_check {
+            L4Check::Full => full,
+            L4Check::Partial => !checksum(pseudo_sum(self.src, self.dst, self.proto, len), &[]),
+            L4Check::Wrong if full == 0x0101 => 0x0303,
+            L4Check::Wrong => full ^ 0x0101,
+        }
     }
 
     /// The UDP checksum this packet's contents compute to, before the "0 is sent as 0xFFFF"
@@ -229,6 +255,61 @@ impl Pkt {
     }
 }
 
+/// A TCP or UDP frame as read off a link (an untagged Ethernet frame).
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    /// Source address and port.
+    pub src: std::net::SocketAddr,
+    /// Destination address and port.
+    pub dst: std::net::SocketAddr,
+    /// 6 or 17.
+    pub proto: u8,
+    /// TCP flags (0 for UDP).
+    pub tcp_flags: u8,
+    /// Whether the L4 checksum is right (RFC 1071 over the pseudo header and the segment).
+    pub checksum_ok: bool,
+    /// The L4 payload.
+    pub payload: Vec<u8>,
+}
+
+/// Parses a TCP or UDP frame; `None` for anything else (ARP, ICMP, neighbour discovery).
+pub fn parse(frame: &[u8]) -> Option<Parsed> {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    let (src, dst, proto, l4): (IpAddr, IpAddr, u8, &[u8]) = match ethertype {
+        0x0800 => {
+            let ip = frame.get(14..)?;
+            let ihl = usize::from(ip.first()? & 0x0f) * 4;
+            let total = usize::from(u16::from_be_bytes([*ip.get(2)?, *ip.get(3)?]));
+            let s: [u8; 4] = ip.get(12..16)?.try_into().ok()?;
+            let d: [u8; 4] = ip.get(16..20)?.try_into().ok()?;
+            (Ipv4Addr::from(s).into(), Ipv4Addr::from(d).into(), ip[9], ip.get(ihl..total)?)
+        }
+        0x86dd => {
+            let ip = frame.get(14..)?;
+            let len = usize::from(u16::from_be_bytes([*ip.get(4)?, *ip.get(5)?]));
+            let s: [u8; 16] = ip.get(8..24)?.try_into().ok()?;
+            let d: [u8; 16] = ip.get(24..40)?.try_into().ok()?;
+            (Ipv6Addr::from(s).into(), Ipv6Addr::from(d).into(), ip[6], ip.get(40..40 + len)?)
+        }
+        _ => return None,
+    };
+    let (hlen, tcp_flags) = match proto {
+        17 => (8, 0),
+        6 => (usize::from(l4.get(12)? >> 4) * 4, *l4.get(13)?),
+        _ => return None,
+    };
+    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    Some(Parsed {
+        src: SocketAddr::new(src, port(0)),
+        dst: SocketAddr::new(dst, port(2)),
+        proto,
+        tcp_flags,
+        checksum_ok: checksum(pseudo_sum(src, dst, proto, l4.len()), l4) == 0,
+        payload: l4.get(hlen..)?.to_vec(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +332,40 @@ mod tests {
             let _ = l3;
             // A correct checksum makes the sum over pseudo header + segment fold to 0.
             assert_eq!(checksum(pseudo_sum(p.src, p.dst, proto, len), &b[l4_off..]), 0);
+        }
+    }
+
+    #[test]
+    fn parse_reads_back_built_frames_and_judges_their_checksums() {
+        let p = Pkt::udp("192.0.2.1", 1000, "192.0.2.2", 2000, b"hello");
+        let seen = parse(&p.build()).unwrap();
+        assert_eq!((seen.src.to_string(), seen.dst.to_string()), ("192.0.2.1:1000".into(), "192.0.2.2:2000".into()));
+        assert!(seen.checksum_ok);
+        assert_eq!(seen.payload, b"hello");
+        let syn = Pkt::tcp("2001:db8::1", 1, "2001:db8::2", 80, 0x02, b"");
+        let seen = parse(&syn.build()).unwrap();
+        assert_eq!((seen.proto, seen.tcp_flags, seen.checksum_ok), (6, 0x02, true));
+        for check in [L4Check::Partial, L4Check::Wrong] {
+            let bad = Pkt { l4_check: check, ..p.clone() };
+            assert!(!parse(&bad.build()).unwrap().checksum_ok, "{check:?}");
+        }
+    }
+
+    #[test]
+    fn a_partial_checksum_completed_over_the_segment_is_the_full_one() {
+        // What a NIC (or the kernel's skb_checksum_help) does with CHECKSUM_PARTIAL: the
+        // complement of the sum from csum_start, over the field as the sender left it.
+        for p in [
+            Pkt::udp("192.0.2.1", 1, "192.0.2.2", 2, b"abc"),
+            Pkt::tcp("2001:db8::1", 1, "2001:db8::2", 2, 0x18, b"xy"),
+        ] {
+            let (full, partial) = (p.build(), Pkt { l4_check: L4Check::Partial, ..p.clone() }.build());
+            let (start, at) = if p.src.is_ipv4() {
+                (34, 34 + if p.proto == 17 { 6 } else { 16 })
+            } else {
+                (54, 54 + if p.proto == 17 { 6 } else { 16 })
+            };
+            assert_eq!(checksum(0, &partial[start..]).to_be_bytes(), full[at..at + 2]);
         }
     }
 }

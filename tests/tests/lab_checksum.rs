@@ -1,0 +1,208 @@
+//! Generic XDP with the checksum states a cloud VM's NIC delivers. The lab's uplink is a tap
+//! device (see `jitsi_tests::tap`): each frame is handed to the host as virtio-net hands it to
+//! a guest, either with a checksum to verify (`CHECKSUM_NONE`) or with the checksum left to
+//! the receiver (`NEEDS_CSUM`: `CHECKSUM_PARTIAL`). The agent runs with `xdp_mode =
+//! "generic"`, steering the frames to the backends, whose own stacks judge them. Needs root.
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{self, Read},
+    net::{IpAddr, SocketAddr},
+    os::unix::fs::OpenOptionsExt,
+    time::{Duration, Instant},
+};
+
+use jitsi_tests::{
+    agent::AgentProcess,
+    lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab, UPLINK},
+    netns::NetNs,
+    packet::{CLIENT_MAC, L4Check, Pkt, parse},
+    raw::mac_of,
+    servers,
+    tap::{RxChecksum, Tap},
+};
+
+/// Frames per family and checksum state.
+const FRAMES: usize = 5;
+
+/// The kernel log from now on: records are read as they come, so that the test sees only
+/// its own time's.
+struct KernelLog(File);
+
+impl KernelLog {
+    fn from_now() -> Self {
+        let mut f =
+            File::options().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg").expect("opening /dev/kmsg");
+        std::io::Seek::seek(&mut f, io::SeekFrom::End(0)).expect("seeking to the end of /dev/kmsg");
+        KernelLog(f)
+    }
+
+    /// The records written since [`KernelLog::from_now`] (or the last call).
+    fn records(&mut self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match self.0.read(&mut buf) {
+                Ok(0) => return out,
+                Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
+                // EPIPE: records were overwritten before we read them; go on with the next.
+                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
+                Err(e) => panic!("reading /dev/kmsg: {e}"),
+            }
+        }
+    }
+}
+
+/// A counter of `/proc/net/snmp` (`Udp`, `Tcp`) or `/proc/net/snmp6` (`Udp6InCsumErrors`)
+/// in `ns`.
+fn snmp(ns: &NetNs, group: &str, name: &str) -> u64 {
+    if group == "Udp6" {
+        let text = ns.exec("cat", &["/proc/net/snmp6"]).unwrap();
+        let key = format!("Udp6{name}");
+        return text
+            .lines()
+            .find_map(|l| {
+                let mut it = l.split_whitespace();
+                (it.next() == Some(&key)).then(|| it.next().unwrap().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("no {key} in snmp6"));
+    }
+    let text = ns.exec("cat", &["/proc/net/snmp"]).unwrap();
+    let prefix = format!("{group}:");
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(&prefix)).collect();
+    let (names, values) = (lines[0].split_whitespace(), lines[1].split_whitespace());
+    names
+        .zip(values)
+        .find(|(n, _)| *n == name)
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or_else(|| panic!("no {group} {name}"))
+}
+
+/// The delivery state for a frame whose L4 checksum field holds `check`.
+fn rx_state(pkt: &Pkt) -> RxChecksum {
+    match pkt.l4_check {
+        L4Check::Partial => {
+            let start = if pkt.src.is_ipv4() { 14 + 20 } else { 14 + 40 };
+            RxChecksum::Partial { start, offset: if pkt.proto == 17 { 6 } else { 16 } }
+        }
+        L4Check::Full | L4Check::Wrong => RxChecksum::None,
+    }
+}
+
+/// Reads what the host sends out of the tap for `wait`: the TCP and UDP frames, with the
+/// header flags they came with.
+fn sent_by_host(tap: &Tap, wait: Duration) -> Vec<(u8, jitsi_tests::packet::Parsed)> {
+    let deadline = Instant::now() + wait;
+    let mut out = Vec::new();
+    while let Some((flags, frame)) = tap.recv(deadline.saturating_duration_since(Instant::now())).unwrap() {
+        if let Some(p) = parse(&frame) {
+            out.push((flags, p));
+        }
+    }
+    out
+}
+
+#[test]
+fn generic_mode_delivers_partial_and_unverified_checksums_and_the_backend_still_catches_bad_ones() {
+    let (lab, tap) = Lab::with_tap_uplink(&["jvb", "turn", "web"]).expect("building the lab");
+    let (jvb, web) = (lab.backend("jvb"), lab.backend("web"));
+    let jvb4 = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let jvb6 = servers::udp(&jvb.ns, jvb.addr6(10000)).unwrap();
+    let _web4 = servers::tcp(&web.ns, web.addr4(8000)).unwrap();
+    let _web6 = servers::tcp(&web.ns, web.addr6(8000)).unwrap();
+    let config = lab.write_config_xdp(Some("generic"), LAB_RULES).unwrap();
+    let agent = AgentProcess::start(&lab.host, &config).unwrap();
+    let link = lab.host.ip(&["link", "show", UPLINK]).unwrap();
+    assert!(link.contains(" xdpgeneric "), "steer_in attached in generic mode on the tap:\n{link}");
+    let host_mac = mac_of(&lab.host, UPLINK).unwrap();
+    let mut kmsg = KernelLog::from_now();
+
+    let udp_errors = (snmp(&jvb.ns, "Udp", "InCsumErrors"), snmp(&jvb.ns, "Udp6", "InCsumErrors"));
+    let tcp_errors = snmp(&web.ns, "Tcp", "InCsumErrors");
+
+    // UDP to the videobridge: FRAMES datagrams per family in each state, then one whose
+    // checksum is wrong, delivered as unverified: the backend must drop that one.
+    let families = [(IpAddr::from(CLIENT_V4), IpAddr::from(HOST_V4)), (CLIENT_V6.into(), HOST_V6.into())];
+    let mut sport = 40000;
+    let mut sent = BTreeMap::new(); // client port -> payload
+    for (client, host) in families {
+        for check in [L4Check::Full, L4Check::Partial, L4Check::Wrong] {
+            let n = if check == L4Check::Wrong { 1 } else { FRAMES };
+            for i in 0..n {
+                sport += 1;
+                let msg = format!("{check:?}-{i}");
+                let mut pkt = Pkt::udp(&client.to_string(), sport, &host.to_string(), 10000, msg.as_bytes())
+                    .macs(host_mac, CLIENT_MAC);
+                pkt.l4_check = check;
+                tap.send(rx_state(&pkt), &pkt.build()).unwrap();
+                if check != L4Check::Wrong {
+                    sent.insert(sport, (SocketAddr::new(client, sport), msg));
+                }
+            }
+        }
+    }
+    let replies = sent_by_host(&tap, Duration::from_secs(2));
+    for server in [&jvb4, &jvb6] {
+        assert_eq!(server.count(), 2 * FRAMES, "{} received the datagrams of both states", server.addr);
+        let payloads: Vec<Vec<u8>> = server.seen.lock().unwrap().iter().map(|(_, p)| p.clone()).collect();
+        assert!(payloads.iter().all(|p| !p.starts_with(b"Wrong")), "{} took a bad checksum: {payloads:?}", server.addr);
+    }
+    // Each datagram's answer left through the uplink from the host's address, with a checksum
+    // that is right and complete (the tap offloads nothing, so the kernel completes it).
+    let udp: Vec<_> = replies.iter().filter(|(_, p)| p.proto == 17).collect();
+    assert_eq!(udp.len(), sent.len(), "one answer per datagram taken: {udp:?}");
+    for (flags, p) in udp {
+        let (client, msg) = &sent[&p.dst.port()];
+        assert_eq!((p.dst, p.src), (*client, SocketAddr::new(p.src.ip(), 10000)));
+        assert!(p.src.ip() == IpAddr::from(HOST_V4) || p.src.ip() == IpAddr::from(HOST_V6), "{p:?}");
+        assert_eq!(String::from_utf8_lossy(&p.payload), format!("seen {client} {msg}"), "the backend saw the client");
+        assert!(p.checksum_ok && *flags == 0, "answer to {client} leaves with a right checksum: {p:?} flags {flags}");
+    }
+    assert_eq!(
+        (snmp(&jvb.ns, "Udp", "InCsumErrors"), snmp(&jvb.ns, "Udp6", "InCsumErrors")),
+        (udp_errors.0 + 1, udp_errors.1 + 1),
+        "the backend verified the unverified datagrams: exactly the bad one per family failed"
+    );
+
+    // TCP to the web backend (tcp/80 -> 8000): a SYN per family and state. The backend
+    // answers the good ones (a SYN-ACK back out of the uplink from port 80) and drops the bad.
+    let mut syns = BTreeMap::new();
+    for (client, host) in families {
+        for check in [L4Check::Full, L4Check::Partial, L4Check::Wrong] {
+            sport += 1;
+            let mut pkt =
+                Pkt::tcp(&client.to_string(), sport, &host.to_string(), 80, 0x02, b"").macs(host_mac, CLIENT_MAC);
+            pkt.l4_check = check;
+            tap.send(rx_state(&pkt), &pkt.build()).unwrap();
+            syns.insert(sport, (client, check));
+        }
+    }
+    let answered: BTreeMap<u16, _> = sent_by_host(&tap, Duration::from_millis(800))
+        .into_iter()
+        .filter(|(_, p)| p.proto == 6 && p.tcp_flags == 0x12)
+        .map(|(flags, p)| (p.dst.port(), (flags, p)))
+        .collect();
+    for (port, (client, check)) in &syns {
+        let got = answered.get(port);
+        if *check == L4Check::Wrong {
+            assert!(got.is_none(), "a SYN with a bad checksum was answered: {got:?}");
+            continue;
+        }
+        let (flags, p) = got.unwrap_or_else(|| panic!("no SYN-ACK to {client}:{port} ({check:?}): {answered:?}"));
+        assert_eq!((p.src.port(), p.dst.ip()), (80, *client));
+        assert!(p.checksum_ok && *flags == 0, "SYN-ACK with a right checksum: {p:?}");
+    }
+    assert_eq!(snmp(&web.ns, "Tcp", "InCsumErrors"), tcp_errors + 2, "the bad SYN of each family was caught");
+
+    // The datapath counted every frame, and the kernel reported no checksum fault.
+    let st = lab.status().unwrap();
+    let rules = st["rules"].as_array().unwrap();
+    let packets_in = |name: &str| rules.iter().find(|r| r["name"] == name).unwrap()["packets_in"].as_u64().unwrap();
+    assert_eq!(packets_in("jvb"), 2 * (2 * FRAMES as u64 + 1));
+    assert_eq!(packets_in("web"), 6);
+    let faults: Vec<String> = kmsg.records().into_iter().filter(|r| r.contains("csum")).collect();
+    assert!(faults.is_empty(), "the kernel logged checksum faults: {faults:?}");
+    agent.stop().unwrap();
+}
