@@ -71,3 +71,119 @@ pub fn mac_of(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
     }
     Ok(mac)
 }
+
+/// An AF_PACKET socket that receives every frame arriving at one interface of the current
+/// thread's namespace (not those it sends), with an 802.1Q/802.1ad tag the stack took off
+/// put back, as libpcap does, so that the bytes are the frame's as it arrived.
+pub struct Capture {
+    fd: OwnedFd,
+}
+
+impl Capture {
+    /// Opens it on `ifname` in the calling thread's network namespace (non-blocking).
+    pub fn here(ifname: &str) -> io::Result<Self> {
+        let name = std::ffi::CString::new(ifname).map_err(io::Error::other)?;
+        // SAFETY: plain system calls; the descriptor is owned at once; sockaddr_ll zeroed.
+        unsafe {
+            let ifindex = libc::if_nametoindex(name.as_ptr());
+            if ifindex == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let proto = (libc::ETH_P_ALL as u16).to_be();
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                i32::from(proto),
+            );
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let on: libc::c_int = 1;
+            let len = std::mem::size_of::<libc::c_int>() as u32;
+            if libc::setsockopt(fd.as_raw_fd(), libc::SOL_PACKET, libc::PACKET_AUXDATA, (&raw const on).cast(), len) < 0
+            {
+                return Err(io::Error::last_os_error());
+            }
+            let mut at: libc::sockaddr_ll = std::mem::zeroed();
+            at.sll_family = libc::AF_PACKET as u16;
+            at.sll_protocol = proto;
+            at.sll_ifindex = ifindex as i32;
+            if libc::bind(fd.as_raw_fd(), (&raw const at).cast(), std::mem::size_of::<libc::sockaddr_ll>() as u32) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(Capture { fd })
+        }
+    }
+
+    /// The next frame that arrived, waiting at most `timeout`.
+    pub fn recv(&self, timeout: std::time::Duration) -> io::Result<Option<Vec<u8>>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.try_recv()? {
+                return Ok(Some(frame));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&raw mut pfd, 1, left.as_millis().clamp(1, 1000) as i32) };
+        }
+    }
+
+    /// Throws away what has arrived so far.
+    pub fn drain(&self) -> io::Result<()> {
+        while self.try_recv()?.is_some() {}
+        Ok(())
+    }
+
+    fn try_recv(&self) -> io::Result<Option<Vec<u8>>> {
+        let mut buf = vec![0u8; 65536];
+        let mut ctl = [0u64; 16];
+        loop {
+            // SAFETY: the iovec, address and control buffers outlive the call; msghdr zeroed.
+            let (n, from, msg) = unsafe {
+                let mut from: libc::sockaddr_ll = std::mem::zeroed();
+                let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_name = (&raw mut from).cast();
+                msg.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as u32;
+                msg.msg_iov = &raw mut iov;
+                msg.msg_iovlen = 1;
+                msg.msg_control = ctl.as_mut_ptr().cast();
+                msg.msg_controllen = std::mem::size_of_val(&ctl);
+                (libc::recvmsg(self.fd.as_raw_fd(), &raw mut msg, 0), from, msg)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                return if e.kind() == io::ErrorKind::WouldBlock { Ok(None) } else { Err(e) };
+            }
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let mut frame = buf[..n as usize].to_vec();
+            // SAFETY: the control messages lie in `ctl`, as recvmsg described them in `msg`.
+            unsafe {
+                let mut c = libc::CMSG_FIRSTHDR(&raw const msg);
+                while !c.is_null() {
+                    if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+                        let aux: libc::tpacket_auxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                        if aux.tp_status & libc::TP_STATUS_VLAN_VALID != 0 && frame.len() >= 12 {
+                            let tpid = if aux.tp_status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+                                aux.tp_vlan_tpid
+                            } else {
+                                libc::ETH_P_8021Q as u16
+                            };
+                            let tag = [tpid.to_be_bytes(), aux.tp_vlan_tci.to_be_bytes()].concat();
+                            frame.splice(12..12, tag);
+                        }
+                    }
+                    c = libc::CMSG_NXTHDR(&raw const msg, c);
+                }
+            }
+            return Ok(Some(frame));
+        }
+    }
+}

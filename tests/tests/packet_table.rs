@@ -4,9 +4,13 @@
 //! implementation) and the counter the row must bump. Needs root (loads BPF programs); sends
 //! no packets anywhere.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
 
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp, XdpMode};
 use jitsi_agent::{
     config::Config,
     datapath::{Maps, load_unattached},
@@ -15,7 +19,12 @@ use jitsi_agent::{
     rules, sources,
 };
 use jitsi_common::{ClientKey, FALLBACK_V4, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason, ReturnPath};
-use jitsi_tests::packet::{CLIENT_MAC, Pkt, UPLINK_MAC};
+use jitsi_tests::{
+    netns::NetNs,
+    packet::{CLIENT_MAC, Pkt, UPLINK_MAC},
+    raw::Capture,
+    tap::{RxChecksum, Tap},
+};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -921,4 +930,124 @@ fn flood_limits_drop_a_source_over_its_buckets_and_spare_others_and_allowed_netw
     let (addr, family) = rules::addr16("203.0.113.60".parse().unwrap());
     assert_eq!(verdicts(xdp, tc, &[media("203.0.113.60", 1)]), [R]);
     assert!(maps.flood_sources.get(&jitsi_common::FloodKey { addr, family, _pad: [0; 3] }, 0).is_err());
+}
+
+/// The namespace of the generic-mode table: a tap as the uplink, and a veth at each ifindex
+/// the table's backends and gateway resolve to, whose peer receives what is redirected there.
+/// No addresses and no IPv6, so that nothing but the rows' frames moves.
+fn generic_lab() -> (NetNs, Tap) {
+    let ns = NetNs::new("jt-gen").expect("namespace");
+    ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1").unwrap();
+    ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1").unwrap();
+    for index in REDIRECT_TARGETS {
+        let (port, peer, peer_index) = (format!("vt{index}"), format!("pt{index}"), (index + 10).to_string());
+        let index = index.to_string();
+        ns.ip(&["link", "add", &port, "index", &index, "type", "veth", "peer", "name", &peer, "index", &peer_index])
+            .unwrap();
+        for dev in [&port, &peer] {
+            ns.ip(&["link", "set", dev, "up"]).unwrap();
+        }
+    }
+    let tap = Tap::create(&ns, "up0").expect("tap");
+    ns.ip(&["link", "set", "up0", "up"]).unwrap();
+    (ns, tap)
+}
+
+/// The ifindexes `setup` resolves the backends (7, 8, 9) and the bridge (3) to.
+const REDIRECT_TARGETS: [u32; 4] = [3, 7, 8, 9];
+
+/// Runs `f` on a thread inside `ns` (scoped: it may borrow), for the calls that act on the
+/// calling thread's namespace (attaching by interface, packet sockets).
+fn in_ns<T: Send>(ns: &NetNs, f: impl FnOnce() -> T + Send) -> T {
+    let file = ns.file().unwrap();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            assert_eq!(unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+            f()
+        })
+        .join()
+        .expect("thread in the namespace")
+    })
+}
+
+/// The table's `steer_in` rows again, with `steer_in` attached in generic (skb) mode to a
+/// tap: each input frame is delivered by the tap as a received frame, and the verdict is read
+/// from where the frame comes out: on the tap's receive side after the program (XDP_PASS), at
+/// the peer of the veth it was redirected to (XDP_REDIRECT), or nowhere (XDP_DROP). The bytes
+/// and the counter are checked as in `packet_table`.
+#[test]
+fn packet_table_in_generic_mode() {
+    let (ns, tap) = generic_lab();
+    let Env { mut bpf, maps, slots } = setup();
+    let rows: Vec<Row> = rows().into_iter().filter(|r| matches!(r.prog, Prog::Xdp)).collect();
+    assert!(rows.len() >= 30, "the table has {} steer_in rows", rows.len());
+    let xdp: &mut Xdp = bpf.program_mut("steer_in").unwrap().try_into().unwrap();
+    let count = |c: &Counts| match c {
+        Counts::Reason(r) => reason_count(&maps, *r),
+        Counts::Rule(name, inbound) => rule_count(&maps, slots[*name], *inbound),
+    };
+    let (failures, skipped) = in_ns(&ns, || {
+        xdp.attach("up0", XdpMode::Skb).expect("attaching steer_in in generic mode");
+        let passed = Capture::here("up0").unwrap();
+        let targets: Vec<(u32, Capture)> =
+            REDIRECT_TARGETS.iter().map(|i| (*i, Capture::here(&format!("pt{i}")).unwrap())).collect();
+        let (mut failures, mut skipped) = (Vec::new(), Vec::new());
+        for row in &rows {
+            if row.input.len() < 14 {
+                // tun takes no frame shorter than an Ethernet header; nor does a NIC deliver one.
+                skipped.push(row.name);
+                continue;
+            }
+            passed.drain().unwrap();
+            for (_, t) in &targets {
+                t.drain().unwrap();
+            }
+            let before = count(&row.counts);
+            tap.send(RxChecksum::None, &row.input).unwrap();
+            let wait = if row.verdict == XDP_DROP { Duration::from_millis(100) } else { Duration::from_secs(1) };
+            let (verdict, out) = come_out(&passed, &targets, wait);
+            let after = count(&row.counts);
+            let expected = row.output.as_ref().unwrap_or(&row.input);
+            if verdict != row.verdict {
+                failures.push(format!("{}: came out as verdict {verdict}, expected {}", row.name, row.verdict));
+            } else if verdict != XDP_DROP && &out != expected {
+                failures.push(format!(
+                    "{}: output differs\n  got      {}\n  expected {}",
+                    row.name,
+                    hex(&out),
+                    hex(expected)
+                ));
+            } else if after != before + 1 {
+                failures.push(format!("{}: counter went {before} -> {after}, expected +1", row.name));
+            }
+        }
+        (failures, skipped)
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} rows failed in generic mode:\n{}",
+        failures.len(),
+        rows.len(),
+        failures.join("\n")
+    );
+    assert!(skipped.len() <= 2, "rows skipped (shorter than an Ethernet header): {skipped:?}");
+    eprintln!("{} steer_in rows in generic mode, skipped (under 14 bytes): {skipped:?}", rows.len());
+    drop(tap);
+}
+
+/// Where a frame delivered to the tap came out within `wait`: (XDP verdict, bytes).
+fn come_out(passed: &Capture, targets: &[(u32, Capture)], wait: Duration) -> (u32, Vec<u8>) {
+    let deadline = Instant::now() + wait;
+    while Instant::now() < deadline {
+        if let Some(f) = passed.recv(Duration::from_millis(5)).unwrap() {
+            return (XDP_PASS, f);
+        }
+        for (_, t) in targets {
+            if let Some(f) = t.recv(Duration::ZERO).unwrap() {
+                return (XDP_REDIRECT, f);
+            }
+        }
+    }
+    (XDP_DROP, Vec::new())
 }
