@@ -21,8 +21,17 @@ use crate::{
 };
 
 /// The contenders, in the order they run: the agent with `steer_in` in driver (native) XDP
-/// mode, then in generic (skb) mode as on a NIC whose driver has no XDP.
-pub const CONTENDERS: [&str; 5] = ["agent", "agent-generic", "iptables-dnat", "docker-proxy", "xdp-drop"];
+/// mode, then in generic (skb) mode as on a NIC whose driver has no XDP; `agent-flood` is the
+/// agent in driver mode with the flood limits at their defaults, flooded by the one sender
+/// (saturation runs only: what it drops, beside `xdp-drop`).
+pub const CONTENDERS: [&str; 6] =
+    ["agent", "agent-generic", "iptables-dnat", "docker-proxy", "xdp-drop", "agent-flood"];
+
+/// Whether `contender`'s figure is what the sender pushed (everything dropped in XDP), not
+/// what reached the backend.
+fn counts_sent(contender: &str) -> bool {
+    contender == "xdp-drop" || contender == "agent-flood"
+}
 /// Offered rates of the loss runs (packets/s).
 pub const RATES: [u64; 4] = [50_000, 100_000, 200_000, 400_000];
 /// Payload sizes.
@@ -97,6 +106,14 @@ fn setup(contender: &str, lab: &Lab) -> Result<Setup> {
             )?;
             Setup::Agent(AgentProcess::start(&lab.host, &config)?)
         }
+        // The defaults, written out so that the lab does not allowlist its client.
+        "agent-flood" => {
+            let config = lab.write_config(&format!(
+                "[[steer]]\nname = \"jvb\"\nprotocol = \"udp\"\nport = 10000\nbackend = \"{BACKEND}\"\n\
+                 [flood]\nenabled = true\n"
+            ))?;
+            Setup::Agent(AgentProcess::start(&lab.host, &config)?)
+        }
         "iptables-dnat" => {
             lab.host.sysctl("net.ipv4.ip_forward", "1")?;
             let rules = lab.work_dir().join("docker-rules");
@@ -161,7 +178,7 @@ fn one(contender: &str, lab: &Lab, load: UdpLoad) -> Result<()> {
     let jvb = lab.backend("jvb");
     let receiver = if contender == "xdp-drop" { None } else { Some(Receiver::start(&jvb.ns, BACKEND.parse()?)?) };
     let r = udp_run(&lab.inet, to, load, receiver)?;
-    let counted = if contender == "xdp-drop" { r.sent } else { r.delivered };
+    let counted = if counts_sent(contender) { r.sent } else { r.delivered };
     if counted == 0 {
         let log = std::fs::read_to_string(lab.work_dir().join(format!("{contender}.log"))).unwrap_or_default();
         anyhow::bail!("{contender}: nothing arrived ({} sent); its log: {log}", r.sent);
@@ -190,15 +207,17 @@ pub fn round(secs: f64, only: Option<&str>) -> Result<()> {
         let lab = Lab::new(&["jvb"]).context("building the lab")?;
         let s = setup(contender, &lab).with_context(|| format!("setting up {contender}"))?;
         std::thread::sleep(Duration::from_millis(200));
+        // A flood's loss is the point: no fixed-rate runs and no round trip for it.
+        let flood = contender == "agent-flood";
         for size in SIZES {
             for flows in [1, 1000] {
                 one(contender, &lab, UdpLoad { size, flows, rate: 0, secs })?;
             }
-            for rate in RATES {
+            for rate in RATES.into_iter().filter(|_| !flood) {
                 one(contender, &lab, UdpLoad { size, flows: 1000, rate, secs })?;
             }
         }
-        if contender != "xdp-drop" {
+        if !counts_sent(contender) {
             let jvb = lab.backend("jvb");
             let echo = servers::udp(&jvb.ns, BACKEND.parse()?)?;
             let mut rtt = udp_rtt(&lab.inet, SocketAddr::new(HOST_V4.into(), 10000), 2000, 4000)?;
