@@ -653,30 +653,38 @@ fn packet_table() {
     let rows = rows();
     assert!(rows.len() >= 30, "the table has {} rows", rows.len());
     let (xdp, tc) = programs(&mut bpf);
-    let count = |c: &Counts| match c {
-        Counts::Reason(r) => reason_count(&maps, *r),
-        Counts::Rule(name, inbound) => rule_count(&maps, slots[*name], *inbound),
-    };
+    let count = |c: &Counts| counted(&maps, &slots, c);
     let mut failures = Vec::new();
     for row in &rows {
         let before = count(&row.counts);
         let (verdict, out) = run_row(xdp, tc, row);
         let after = count(&row.counts);
-        let expected = row.output.as_ref().unwrap_or(&row.input);
-        if verdict != row.verdict {
-            failures.push(format!("{}: verdict {verdict}, expected {}", row.name, row.verdict));
-        } else if &out != expected {
-            failures.push(format!(
-                "{}: output differs\n  got      {}\n  expected {}",
-                row.name,
-                hex(&out),
-                hex(expected)
-            ));
-        } else if after != before + 1 {
-            failures.push(format!("{}: counter went {before} -> {after}, expected +1", row.name));
-        }
+        failures.extend(judge(row, verdict, &out, (before, after)));
     }
     assert!(failures.is_empty(), "{} of {} rows failed:\n{}", failures.len(), rows.len(), failures.join("\n"));
+}
+
+/// What is wrong with a row's run, if anything: the verdict, then the frame that came out (a
+/// dropped frame has none to compare), then the counter, which must have gone up by one.
+fn judge(row: &Row, verdict: u32, out: &[u8], (before, after): (u64, u64)) -> Option<String> {
+    let expected = row.output.as_ref().unwrap_or(&row.input);
+    if verdict != row.verdict {
+        Some(format!("{}: verdict {verdict}, expected {}", row.name, row.verdict))
+    } else if verdict != XDP_DROP && out != expected.as_slice() {
+        Some(format!("{}: output differs\n  got      {}\n  expected {}", row.name, hex(out), hex(expected)))
+    } else if after != before + 1 {
+        Some(format!("{}: counter went {before} -> {after}, expected +1", row.name))
+    } else {
+        None
+    }
+}
+
+/// The count a row's run must raise by one.
+fn counted(maps: &Maps, slots: &std::collections::BTreeMap<String, u32>, c: &Counts) -> u64 {
+    match c {
+        Counts::Reason(r) => reason_count(maps, *r),
+        Counts::Rule(name, inbound) => rule_count(maps, slots[*name], *inbound),
+    }
 }
 
 #[test]
@@ -983,10 +991,7 @@ fn packet_table_in_generic_mode() {
     let rows: Vec<Row> = rows().into_iter().filter(|r| matches!(r.prog, Prog::Xdp)).collect();
     assert!(rows.len() >= 30, "the table has {} steer_in rows", rows.len());
     let xdp: &mut Xdp = bpf.program_mut("steer_in").unwrap().try_into().unwrap();
-    let count = |c: &Counts| match c {
-        Counts::Reason(r) => reason_count(&maps, *r),
-        Counts::Rule(name, inbound) => rule_count(&maps, slots[*name], *inbound),
-    };
+    let count = |c: &Counts| counted(&maps, &slots, c);
     let (failures, skipped) = in_ns(&ns, || {
         xdp.attach("up0", XdpMode::Skb).expect("attaching steer_in in generic mode");
         let passed = Capture::here("up0").unwrap();
@@ -1008,19 +1013,7 @@ fn packet_table_in_generic_mode() {
             let wait = if row.verdict == XDP_DROP { Duration::from_millis(100) } else { Duration::from_secs(1) };
             let (verdict, out) = come_out(&passed, &targets, wait);
             let after = count(&row.counts);
-            let expected = row.output.as_ref().unwrap_or(&row.input);
-            if verdict != row.verdict {
-                failures.push(format!("{}: came out as verdict {verdict}, expected {}", row.name, row.verdict));
-            } else if verdict != XDP_DROP && &out != expected {
-                failures.push(format!(
-                    "{}: output differs\n  got      {}\n  expected {}",
-                    row.name,
-                    hex(&out),
-                    hex(expected)
-                ));
-            } else if after != before + 1 {
-                failures.push(format!("{}: counter went {before} -> {after}, expected +1", row.name));
-            }
+            failures.extend(judge(row, verdict, &out, (before, after)));
         }
         (failures, skipped)
     });
