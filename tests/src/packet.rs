@@ -295,14 +295,15 @@ pub fn parse(frame: &[u8]) -> Option<Parsed> {
         _ => return None,
     };
     let (hlen, tcp_flags) = match proto {
-        17 => (8, 0),
+        17 if l4.len() >= 8 => (8, 0),
         6 => (usize::from(l4.get(12)? >> 4) * 4, *l4.get(13)?),
         _ => return None,
     };
-    let port = |at: usize| u16::from_be_bytes([l4[at], l4[at + 1]]);
+    let (sport, dport) =
+        (u16::from_be_bytes(l4.get(0..2)?.try_into().ok()?), u16::from_be_bytes(l4.get(2..4)?.try_into().ok()?));
     Some(Parsed {
-        src: SocketAddr::new(src, port(0)),
-        dst: SocketAddr::new(dst, port(2)),
+        src: SocketAddr::new(src, sport),
+        dst: SocketAddr::new(dst, dport),
         proto,
         tcp_flags,
         checksum_ok: checksum(pseudo_sum(src, dst, proto, l4.len()), l4) == 0,

@@ -2,14 +2,13 @@
 //! device (see `jitsi_tests::tap`): each frame is handed to the host as virtio-net hands it to
 //! a guest, either with a checksum to verify (`CHECKSUM_NONE`) or with the checksum left to
 //! the receiver (`NEEDS_CSUM`: `CHECKSUM_PARTIAL`). The agent runs with `xdp_mode =
-//! "generic"`, steering the frames to the backends, whose own stacks judge them. Needs root.
+//! "generic"`, steering the frames to the backends, whose own stacks judge them. (No kernel
+//! log is read: `hw csum failure` comes only from `CHECKSUM_COMPLETE`, which a tap never
+//! delivers, and only once per boot.) Needs root.
 
 use std::{
     collections::BTreeMap,
-    fs::File,
-    io::{self, Read},
     net::{IpAddr, SocketAddr},
-    os::unix::fs::OpenOptionsExt,
     time::{Duration, Instant},
 };
 
@@ -25,35 +24,6 @@ use jitsi_tests::{
 
 /// Frames per family and checksum state.
 const FRAMES: usize = 5;
-
-/// The kernel log from now on: records are read as they come, so that the test sees only
-/// its own time's.
-struct KernelLog(File);
-
-impl KernelLog {
-    fn from_now() -> Self {
-        let mut f =
-            File::options().read(true).custom_flags(libc::O_NONBLOCK).open("/dev/kmsg").expect("opening /dev/kmsg");
-        std::io::Seek::seek(&mut f, io::SeekFrom::End(0)).expect("seeking to the end of /dev/kmsg");
-        KernelLog(f)
-    }
-
-    /// The records written since [`KernelLog::from_now`] (or the last call).
-    fn records(&mut self) -> Vec<String> {
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match self.0.read(&mut buf) {
-                Ok(0) => return out,
-                Ok(n) => out.push(String::from_utf8_lossy(&buf[..n]).into_owned()),
-                // EPIPE: records were overwritten before we read them; go on with the next.
-                Err(e) if e.raw_os_error() == Some(libc::EPIPE) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return out,
-                Err(e) => panic!("reading /dev/kmsg: {e}"),
-            }
-        }
-    }
-}
 
 /// A counter of `/proc/net/snmp` (`Udp`, `Tcp`) or `/proc/net/snmp6` (`Udp6InCsumErrors`)
 /// in `ns`.
@@ -117,7 +87,6 @@ fn generic_mode_delivers_partial_and_unverified_checksums_and_the_backend_still_
     let link = lab.host.ip(&["link", "show", UPLINK]).unwrap();
     assert!(link.contains(" xdpgeneric "), "steer_in attached in generic mode on the tap:\n{link}");
     let host_mac = mac_of(&lab.host, UPLINK).unwrap();
-    let mut kmsg = KernelLog::from_now();
 
     let udp_errors = (snmp(&jvb.ns, "Udp", "InCsumErrors"), snmp(&jvb.ns, "Udp6", "InCsumErrors"));
     let tcp_errors = snmp(&web.ns, "Tcp", "InCsumErrors");
@@ -196,13 +165,11 @@ fn generic_mode_delivers_partial_and_unverified_checksums_and_the_backend_still_
     }
     assert_eq!(snmp(&web.ns, "Tcp", "InCsumErrors"), tcp_errors + 2, "the bad SYN of each family was caught");
 
-    // The datapath counted every frame, and the kernel reported no checksum fault.
+    // The datapath counted every frame.
     let st = lab.status().unwrap();
     let rules = st["rules"].as_array().unwrap();
     let packets_in = |name: &str| rules.iter().find(|r| r["name"] == name).unwrap()["packets_in"].as_u64().unwrap();
     assert_eq!(packets_in("jvb"), 2 * (2 * FRAMES as u64 + 1));
     assert_eq!(packets_in("web"), 6);
-    let faults: Vec<String> = kmsg.records().into_iter().filter(|r| r.contains("csum")).collect();
-    assert!(faults.is_empty(), "the kernel logged checksum faults: {faults:?}");
     agent.stop().unwrap();
 }

@@ -995,8 +995,11 @@ fn packet_table_in_generic_mode() {
     let (failures, skipped) = in_ns(&ns, || {
         xdp.attach("up0", XdpMode::Skb).expect("attaching steer_in in generic mode");
         let passed = Capture::here("up0").unwrap();
-        let targets: Vec<(u32, Capture)> =
+        // Where a redirect can come out: the veths' peers, the loopback (ifindex 1), and the
+        // uplink's own transmit side (read from the tap, ifindex of up0).
+        let mut targets: Vec<(u32, Capture)> =
             REDIRECT_TARGETS.iter().map(|i| (*i, Capture::here(&format!("pt{i}")).unwrap())).collect();
+        targets.push((1, Capture::here("lo").unwrap()));
         let (mut failures, mut skipped) = (Vec::new(), Vec::new());
         for row in &rows {
             if row.input.len() < 14 {
@@ -1008,12 +1011,19 @@ fn packet_table_in_generic_mode() {
             for (_, t) in &targets {
                 t.drain().unwrap();
             }
+            while tap.recv(Duration::ZERO).unwrap().is_some() {}
             let before = count(&row.counts);
             tap.send(RxChecksum::None, &row.input).unwrap();
             let wait = if row.verdict == XDP_DROP { Duration::from_millis(100) } else { Duration::from_secs(1) };
-            let (verdict, out) = come_out(&passed, &targets, wait);
+            let (verdict, out, at) = come_out(&passed, &targets, &tap, wait);
             let after = count(&row.counts);
             failures.extend(judge(row, verdict, &out, (before, after)));
+            // The redirect went to the device of the backend (or the bridge) whose MAC the
+            // frame now carries, as `setup` resolved it.
+            let want = row.output.as_ref().filter(|_| verdict == XDP_REDIRECT).map(|o| target_of(&o[..6]));
+            if want.is_some_and(|w| Some(w) != at) {
+                failures.push(format!("{}: redirected to ifindex {at:?}, expected {want:?}", row.name));
+            }
         }
         (failures, skipped)
     });
@@ -1029,18 +1039,33 @@ fn packet_table_in_generic_mode() {
     drop(tap);
 }
 
-/// Where a frame delivered to the tap came out within `wait`: (XDP verdict, bytes).
-fn come_out(passed: &Capture, targets: &[(u32, Capture)], wait: Duration) -> (u32, Vec<u8>) {
+/// Where a frame delivered to the tap came out within `wait`: (XDP verdict, bytes, the
+/// ifindex a redirect reached; 0 for the uplink itself).
+fn come_out(passed: &Capture, targets: &[(u32, Capture)], tap: &Tap, wait: Duration) -> (u32, Vec<u8>, Option<u32>) {
     let deadline = Instant::now() + wait;
     while Instant::now() < deadline {
         if let Some(f) = passed.recv(Duration::from_millis(5)).unwrap() {
-            return (XDP_PASS, f);
+            return (XDP_PASS, f, None);
         }
-        for (_, t) in targets {
+        for (index, t) in targets {
             if let Some(f) = t.recv(Duration::ZERO).unwrap() {
-                return (XDP_REDIRECT, f);
+                return (XDP_REDIRECT, f, Some(*index));
             }
         }
+        if let Some((_, f)) = tap.recv(Duration::ZERO).unwrap() {
+            return (XDP_REDIRECT, f, Some(0));
+        }
     }
-    (XDP_DROP, Vec::new())
+    (XDP_DROP, Vec::new(), None)
+}
+
+/// The ifindex `setup` resolves the owner of `mac` to.
+fn target_of(mac: &[u8]) -> u32 {
+    match <[u8; 6]>::try_from(mac).expect("a MAC") {
+        JVB_MAC => 7,
+        TURN_MAC => 8,
+        WEB_MAC => 9,
+        BRIDGE_MAC => 3,
+        other => panic!("no device for {other:02x?}"),
+    }
 }
