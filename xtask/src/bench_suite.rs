@@ -225,7 +225,7 @@ fn table_udp_saturation(v: &View, s: &mut String) {
     let udp = ["agent", "agent-generic", "iptables-dnat", "docker-proxy", "xdp-drop"];
     let _ = writeln!(
         s,
-        "**UDP 10000 -> backend, saturation** (one sender thread, unlimited rate; kpps delivered to the backend; agent: `steer_in` in driver mode, agent-generic: in generic mode; xdp-drop: kpps the sender pushed, the ceiling):\n"
+        "**UDP 10000 -> backend, saturation** (one sender thread, unlimited rate; kpps delivered to the backend; agent: `steer_in` in driver mode, agent-generic: in generic mode; xdp-drop: kpps the sender pushed through the uplink while XDP dropped them all, the ceiling):\n"
     );
     let _ = writeln!(
         s,
@@ -287,17 +287,18 @@ fn table_udp_rates(v: &View, s: &mut String) {
     let udp = ["agent", "agent-generic", "iptables-dnat", "docker-proxy", "xdp-drop"];
     let _ = writeln!(
         s,
-        "\n**UDP at fixed offered rates** (1000 flows): loss %, and machine CPU per packet (ns; everything busy on both cores divided by the packets counted, sender and receiver included), then that minus the xdp-drop run's (the sender alone): the path under test plus the backend's receive, which is the same for every contender:\n"
+        "\n**UDP at fixed offered rates** (1000 flows): loss %, and machine CPU per packet (ns; everything busy on both cores divided by the packets counted, sender and receiver included), then that minus the xdp-drop run's (the sender and the uplink's receive up to XDP): the rest of the path under test plus the backend's receive, which is the same for every contender:\n"
     );
     let _ = writeln!(
         s,
-        "| contender | size | loss @50k | loss @100k | loss @200k | loss @400k | CPU ns/packet @100k | of which not the sender's (minus xdp-drop) |"
+        "| contender | size | loss @50k | loss @100k | loss @200k | loss @400k | CPU ns/packet @100k | beyond xdp-drop's |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
     for c in udp {
         for size in [100u64, 1200] {
             let at = |rate: u64| v.find("udp", c, |p| p["rate"] == rate && p["size"] == size);
-            // The sender's own share, from the xdp-drop run at the same rate and size.
+            // The sender's share and the uplink's receive, from the xdp-drop run at the same
+            // rate and size.
             let sender = v.find("udp", "xdp-drop", |p| p["rate"] == 100_000 && p["size"] == size);
             let beyond = match (at(100_000), sender) {
                 (Some(r), Some(x)) if c != "xdp-drop" => {

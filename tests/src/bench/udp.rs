@@ -205,6 +205,15 @@ fn one(contender: &str, lab: &Lab, load: UdpLoad) -> Result<()> {
 pub fn round(secs: f64, only: Option<&str>) -> Result<()> {
     for contender in CONTENDERS.into_iter().filter(|c| only.is_none_or(|o| o == *c)) {
         let lab = Lab::new(&["jvb"]).context("building the lab")?;
+        // The sender knows the uplink's MAC from the start, for every contender: `xdp-drop`
+        // drops ARP too, and without this its packets would stop at the sender's unresolved
+        // neighbour instead of crossing the uplink.
+        let mac = crate::raw::mac_of(&lab.host, crate::lab::UPLINK)?
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(":");
+        lab.inet.ip(&["neigh", "replace", &HOST_V4.to_string(), "lladdr", &mac, "dev", "eth0", "nud", "permanent"])?;
         let s = setup(contender, &lab).with_context(|| format!("setting up {contender}"))?;
         std::thread::sleep(Duration::from_millis(200));
         // A flood's loss is the point: no fixed-rate runs and no round trip for it.
