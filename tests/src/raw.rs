@@ -62,14 +62,41 @@ impl RawLink {
 
 /// The MAC address of `ifname` in `ns`.
 pub fn mac_of(ns: &NetNs, ifname: &str) -> Result<[u8; 6]> {
-    let out = ns.ip(&["-j", "link", "show", ifname])?;
-    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
-    let text = v[0]["address"].as_str().context("no address")?;
+    let text = mac_text_of(ns, ifname)?;
     let mut mac = [0u8; 6];
     for (b, part) in mac.iter_mut().zip(text.split(':')) {
         *b = u8::from_str_radix(part, 16)?;
     }
     Ok(mac)
+}
+
+/// The MAC address of `ifname` in `ns` as `ip` writes it (`02:00:00:00:00:01`).
+pub fn mac_text_of(ns: &NetNs, ifname: &str) -> Result<String> {
+    let out = ns.ip(&["-j", "link", "show", ifname])?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("ip -j link")?;
+    Ok(v[0]["address"].as_str().context("no address")?.to_owned())
+}
+
+/// Calls `try_recv` until it yields something, waiting in between (poll) for `fd` to become
+/// readable, for at most `timeout` in all; `None` once that has passed.
+pub fn recv_within<T>(
+    fd: std::os::fd::RawFd,
+    timeout: std::time::Duration,
+    mut try_recv: impl FnMut() -> io::Result<Option<T>>,
+) -> io::Result<Option<T>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(got) = try_recv()? {
+            return Ok(Some(got));
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Ok(None);
+        }
+        let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&raw mut pfd, 1, left.as_millis().clamp(1, 1000) as i32) };
+    }
 }
 
 /// An AF_PACKET socket that receives every frame arriving at one interface of the current
@@ -118,19 +145,7 @@ impl Capture {
 
     /// The next frame that arrived, waiting at most `timeout`.
     pub fn recv(&self, timeout: std::time::Duration) -> io::Result<Option<Vec<u8>>> {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(frame) = self.try_recv()? {
-                return Ok(Some(frame));
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Ok(None);
-            }
-            let mut pfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd for the duration of the call.
-            unsafe { libc::poll(&raw mut pfd, 1, left.as_millis().clamp(1, 1000) as i32) };
-        }
+        recv_within(self.fd.as_raw_fd(), timeout, || self.try_recv())
     }
 
     /// Throws away what has arrived so far.

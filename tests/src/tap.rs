@@ -9,7 +9,7 @@ use std::{
     fs::File,
     io::{self, Read, Write},
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use anyhow::{Context, Result, bail};
@@ -96,24 +96,12 @@ impl Tap {
     /// The next frame the host sent out of this device, with its header's flags, or `None`
     /// after `timeout`.
     pub fn recv(&self, timeout: Duration) -> io::Result<Option<(u8, Vec<u8>)>> {
-        let deadline = Instant::now() + timeout;
         let mut buf = vec![0u8; 65536];
-        loop {
-            match (&self.file).read(&mut buf) {
-                Ok(n) if n >= VNET_HDR_LEN => return Ok(Some((buf[0], buf[VNET_HDR_LEN..n].to_vec()))),
-                Ok(n) => return Err(io::Error::other(format!("a {n}-byte read from the tap"))),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
-                        return Ok(None);
-                    }
-                    let mut pfd = libc::pollfd { fd: self.file.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-                    let ms = left.as_millis().clamp(1, 1000) as i32;
-                    // SAFETY: one valid pollfd for the duration of the call.
-                    unsafe { libc::poll(&raw mut pfd, 1, ms) };
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        crate::raw::recv_within(self.file.as_raw_fd(), timeout, || match (&self.file).read(&mut buf) {
+            Ok(n) if n >= VNET_HDR_LEN => Ok(Some((buf[0], buf[VNET_HDR_LEN..n].to_vec()))),
+            Ok(n) => Err(io::Error::other(format!("a {n}-byte read from the tap"))),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        })
     }
 }

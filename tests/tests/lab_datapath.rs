@@ -316,7 +316,6 @@ fn a_refused_xdp_mode_leaves_steer_in_attached_in_the_mode_it_ran_in() {
     udp_exchange(&client, to, CLIENT_V4.into(), 3);
 }
 
-/// A UDP socket in `ns` bound to `ip` (any port), with a 2 s receive timeout.
 fn learned_flows(lab: &Lab) -> Vec<(jitsi_common::ClientKey, jitsi_common::ReturnPath)> {
     let maps = jitsi_agent::datapath::Maps::open_pinned(&lab.pin_dir).unwrap();
     maps.return_paths.iter().map(Result::unwrap).collect()

@@ -220,6 +220,11 @@ fn tables(doc: &Value) -> String {
     s
 }
 
+/// The UDP saturation run (unlimited rate) of `contender` at `size` and `flows`.
+fn saturation<'a>(v: &'a View, contender: &str, size: u64, flows: u64) -> Option<&'a Value> {
+    v.find("udp", contender, |p| p["rate"] == 0 && p["size"] == size && p["flows"] == flows)
+}
+
 /// UDP saturation, per contender.
 fn table_udp_saturation(v: &View, s: &mut String) {
     let udp = ["agent", "agent-generic", "iptables-dnat", "docker-proxy", "xdp-drop"];
@@ -232,9 +237,7 @@ fn table_udp_saturation(v: &View, s: &mut String) {
         "| contender | 100 B, 1 flow | 100 B, 1000 flows | 1200 B, 1 flow | 1200 B, 1000 flows | agent is x faster (100 B, 1000 flows) |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|");
-    let sat = |c: &str, size: u64, flows: u64| {
-        v.find("udp", c, |p| p["rate"] == 0 && p["size"] == size && p["flows"] == flows)
-    };
+    let sat = |c: &str, size: u64, flows: u64| saturation(v, c, size, flows);
     let pps = |c: &str| if c == "xdp-drop" { "sent_pps" } else { "delivered_pps" };
     for c in udp {
         let agent = sat("agent", 100, 1000).map(|r| med(r, "delivered_pps"));
@@ -265,9 +268,7 @@ fn table_udp_flood(v: &View, s: &mut String) {
         "| contender | 100 B, 1 flow | 100 B, 1000 flows | 1200 B, 1 flow | 1200 B, 1000 flows | delivered, packets/s | CPU ns/packet |"
     );
     let _ = writeln!(s, "|---|---|---|---|---|---|---|");
-    let sat = |c: &str, size: u64, flows: u64| {
-        v.find("udp", c, |p| p["rate"] == 0 && p["size"] == size && p["flows"] == flows)
-    };
+    let sat = |c: &str, size: u64, flows: u64| saturation(v, c, size, flows);
     for c in ["xdp-drop", "agent-flood"] {
         let delivered = if c == "xdp-drop" { "-".into() } else { cell(sat(c, 100, 1), "delivered_pps", 1.0, 0) };
         let _ = writeln!(

@@ -32,6 +32,7 @@ pub const CONTENDERS: [&str; 6] =
 fn counts_sent(contender: &str) -> bool {
     contender == "xdp-drop" || contender == "agent-flood"
 }
+
 /// Offered rates of the loss runs (packets/s).
 pub const RATES: [u64; 4] = [50_000, 100_000, 200_000, 400_000];
 /// Payload sizes.
@@ -208,11 +209,7 @@ pub fn round(secs: f64, only: Option<&str>) -> Result<()> {
         // The sender knows the uplink's MAC from the start, for every contender: `xdp-drop`
         // drops ARP too, and without this its packets would stop at the sender's unresolved
         // neighbour instead of crossing the uplink.
-        let mac = crate::raw::mac_of(&lab.host, crate::lab::UPLINK)?
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<Vec<_>>()
-            .join(":");
+        let mac = crate::raw::mac_text_of(&lab.host, crate::lab::UPLINK)?;
         lab.inet.ip(&["neigh", "replace", &HOST_V4.to_string(), "lladdr", &mac, "dev", "eth0", "nud", "permanent"])?;
         let s = setup(contender, &lab).with_context(|| format!("setting up {contender}"))?;
         std::thread::sleep(Duration::from_millis(200));
