@@ -4,10 +4,12 @@
 //! - maps: `rules`, `rule_ranges`, `host_addrs`, `replies`, `reply_ranges`, `return_paths`,
 //!   `fallback_paths`,
 //!   `source_prefixes`, `rule_stats`, `reason_stats`, the flood limits' `flood_config`,
-//!   `flood_sources`, `flood_flows` and `flood_allow`, and the splitter's counters `sni_routes`, `sni_counters` and the periodic tasks' health
-//!   `task_health` (written by the agent)
-//! - programs: `prog_steer_in` (XDP), `prog_reply_out` (TC)
-//! - links: `link_xdp_<ifname>`, `link_tc_<ifname>`
+//!   `flood_sources`, `flood_flows` and `flood_allow`, `generic_uplinks`, and the splitter's
+//!   counters `sni_routes`, `sni_counters` and the periodic tasks' health `task_health`
+//!   (written by the agent)
+//! - programs: `prog_steer_in` (XDP), `prog_reply_out` (TC), `prog_redirect_in` (TC)
+//! - links: `link_xdp_<ifname>`, `link_tc_<ifname>`, and `link_redirect_<ifname>` on an uplink
+//!   where `steer_in` runs in generic mode
 //!
 //! Pinned links keep the programs attached while no agent runs. A starting agent adopts
 //! pinned maps and programs of its own build (the `manifest` map records the SHA-256 of the
@@ -54,7 +56,7 @@ use crate::{
 };
 
 /// Names of the maps, as pinned.
-pub const MAP_NAMES: [&str; 18] = [
+pub const MAP_NAMES: [&str; 19] = [
     "rules",
     "host_addrs",
     "replies",
@@ -73,6 +75,7 @@ pub const MAP_NAMES: [&str; 18] = [
     "flood_sources",
     "flood_flows",
     "flood_allow",
+    "generic_uplinks",
 ];
 
 /// The schema version of each map in [`MAP_NAMES`] order. Bump a map's entry when the meaning
@@ -126,8 +129,12 @@ pub fn pinned_build(dir: &Path) -> Option<[u8; 32]> {
 }
 const PROG_STEER_IN: &str = "steer_in";
 const PROG_REPLY_OUT: &str = "reply_out";
-/// The programs' pins (`steer_in`'s, `reply_out`'s).
-const PROG_PINS: [&str; 2] = ["prog_steer_in", "prog_reply_out"];
+const PROG_REDIRECT_IN: &str = "redirect_in";
+/// The programs' pins (`steer_in`'s, `reply_out`'s, `redirect_in`'s). Builds from before
+/// `redirect_in` pinned only the first two.
+const PROG_PINS: [&str; 3] = ["prog_steer_in", "prog_reply_out", "prog_redirect_in"];
+/// The pins every build's datapath has.
+const CORE_PROG_PINS: [&str; 2] = ["prog_steer_in", "prog_reply_out"];
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Typed handles on the datapath's maps.
@@ -166,6 +173,8 @@ pub struct Maps {
     pub flood_flows: HashMap<MapData, ClientKey, u32>,
     /// `flood_allow` (LPM trie): networks never limited.
     pub flood_allow: LpmTrie<MapData, SourcePrefix, u32>,
+    /// `generic_uplinks`: the uplinks `steer_in` runs on in generic mode (ifindex -> 1).
+    pub generic_uplinks: HashMap<MapData, u32, u32>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -220,6 +229,7 @@ impl Maps {
             flood_sources: HashMap::try_from(get("flood_sources")?).map_err(map_err("flood_sources"))?,
             flood_flows: HashMap::try_from(get("flood_flows")?).map_err(map_err("flood_flows"))?,
             flood_allow: LpmTrie::try_from(get("flood_allow")?).map_err(map_err("flood_allow"))?,
+            generic_uplinks: HashMap::try_from(get("generic_uplinks")?).map_err(map_err("generic_uplinks"))?,
         })
     }
 }
@@ -255,6 +265,7 @@ pub fn load_unattached() -> Result<Ebpf> {
     let mut bpf = Ebpf::load(ebpf_object::bytes()?).map_err(|e| Error::ebpf("loading the eBPF object", e))?;
     xdp_program(&mut bpf)?.load().map_err(|e| Error::ebpf("loading steer_in (verifier)", e))?;
     tc_program(&mut bpf)?.load().map_err(|e| Error::ebpf("loading reply_out (verifier)", e))?;
+    redirect_program(&mut bpf)?.load().map_err(|e| Error::ebpf("loading redirect_in (verifier)", e))?;
     Ok(bpf)
 }
 
@@ -285,6 +296,39 @@ pub fn tc_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
         .ok_or_else(|| Error::MissingInObject { what: PROG_REPLY_OUT.into() })?
         .try_into()
         .map_err(|e| Error::ebpf("reply_out", e))
+}
+
+/// The `redirect_in` program of a loaded object.
+fn redirect_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
+    bpf.program_mut(PROG_REDIRECT_IN)
+        .ok_or_else(|| Error::MissingInObject { what: PROG_REDIRECT_IN.into() })?
+        .try_into()
+        .map_err(|e| Error::ebpf("redirect_in", e))
+}
+
+/// The two TC programs and where each is attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TcProg {
+    /// `reply_out`, at the TCX ingress of the backends' bridges (`link_tc_<ifname>`).
+    ReplyOut,
+    /// `redirect_in`, at the TCX ingress of an uplink in generic mode (`link_redirect_<ifname>`).
+    RedirectIn,
+}
+
+impl TcProg {
+    fn name(self) -> &'static str {
+        match self {
+            TcProg::ReplyOut => PROG_REPLY_OUT,
+            TcProg::RedirectIn => PROG_REDIRECT_IN,
+        }
+    }
+
+    fn link_prefix(self) -> &'static str {
+        match self {
+            TcProg::ReplyOut => "link_tc_",
+            TcProg::RedirectIn => "link_redirect_",
+        }
+    }
 }
 
 /// Whether a program was attached now or found attached, and the mode it runs in.
@@ -337,6 +381,7 @@ pub struct Datapath {
     pub maps: Maps,
     steer_in: Xdp,
     reply_out: SchedClassifier,
+    redirect_in: SchedClassifier,
     pin_dir: PathBuf,
     /// True if maps and programs were adopted from the pins rather than loaded.
     pub adopted: bool,
@@ -389,33 +434,63 @@ fn all_pinned(dir: &Path) -> bool {
 }
 
 fn programs_pinned(dir: &Path) -> bool {
-    PROG_PINS.iter().all(|n| dir.join(n).exists())
+    CORE_PROG_PINS.iter().all(|n| dir.join(n).exists())
 }
 
-/// Opens the programs pinned in `dir` as `<prefix>prog_steer_in` and `<prefix>prog_reply_out`.
-fn pinned_programs(dir: &Path, prefix: &str) -> Result<(Xdp, SchedClassifier)> {
-    let [steer_in, reply_out] = PROG_PINS.map(|p| dir.join(format!("{prefix}{p}")));
+/// A build's programs, opened from their pins.
+struct Programs {
+    steer_in: Xdp,
+    reply_out: SchedClassifier,
+    /// `None` in the pins of a build from before `redirect_in`.
+    redirect_in: Option<SchedClassifier>,
+}
+
+impl Programs {
+    /// This build's programs: all three.
+    fn whole(self) -> Result<(Xdp, SchedClassifier, SchedClassifier)> {
+        let redirect_in =
+            self.redirect_in.ok_or_else(|| Error::MissingInObject { what: "pinned program redirect_in".into() })?;
+        Ok((self.steer_in, self.reply_out, redirect_in))
+    }
+}
+
+/// Opens the programs pinned in `dir` as `<prefix>prog_steer_in`, `<prefix>prog_reply_out`
+/// and (if pinned) `<prefix>prog_redirect_in`.
+fn pinned_programs(dir: &Path, prefix: &str) -> Result<Programs> {
+    let [steer_in, reply_out, redirect_in] = PROG_PINS.map(|p| dir.join(format!("{prefix}{p}")));
     let xdp =
         Xdp::from_pin(steer_in, XdpAttachType::Interface).map_err(|e| Error::ebpf("opening pinned steer_in", e))?;
     let tc = SchedClassifier::from_pin(reply_out).map_err(|e| Error::ebpf("opening pinned reply_out", e))?;
-    Ok((xdp, tc))
+    let redirect = redirect_in
+        .exists()
+        .then(|| SchedClassifier::from_pin(redirect_in).map_err(|e| Error::ebpf("opening pinned redirect_in", e)))
+        .transpose()?;
+    Ok(Programs { steer_in: xdp, reply_out: tc, redirect_in: redirect })
 }
 
 /// Pins the loaded object's programs in `dir` as `<prefix>prog_*`, then opens them from there
 /// (so that the caller owns them independently of `bpf`).
-fn pin_programs(bpf: &mut Ebpf, dir: &Path, prefix: &str) -> Result<(Xdp, SchedClassifier)> {
-    for (name, pin) in [PROG_STEER_IN, PROG_REPLY_OUT].into_iter().zip(PROG_PINS) {
+fn pin_programs(bpf: &mut Ebpf, dir: &Path, prefix: &str) -> Result<(Xdp, SchedClassifier, SchedClassifier)> {
+    for (name, pin) in [PROG_STEER_IN, PROG_REPLY_OUT, PROG_REDIRECT_IN].into_iter().zip(PROG_PINS) {
         let prog = bpf.program_mut(name).expect("loaded before pinning");
         prog.pin(dir.join(format!("{prefix}{pin}"))).map_err(|e| Error::ebpf(format!("pinning {name}"), e))?;
     }
-    pinned_programs(dir, prefix)
+    pinned_programs(dir, prefix)?.whole()
 }
 
 /// Removes every pin the agent makes in `dir` (maps, programs, links) and the directory if it
-/// is then empty. Links that are removed detach their program.
+/// is then empty. Links that are removed detach their program (when the kernel gets round to
+/// releasing them); `steer_in`'s are detached at once first, so that no packet it hands to
+/// `redirect_in` finds it gone.
 pub fn remove_pins(dir: &Path) -> Result<()> {
     let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
-    for e in entries.flatten() {
+    let entries: Vec<fs::DirEntry> = entries.flatten().collect();
+    for e in entries.iter().filter(|e| e.file_name().to_string_lossy().starts_with("link_xdp_")) {
+        if let Err(err) = detach_pinned_link(&e.path()) {
+            warn!(pin = %e.path().display(), error = %err, "could not detach the pinned XDP link; removing its pin");
+        }
+    }
+    for e in entries {
         let name = e.file_name();
         let name = name.to_string_lossy();
         let ours = MAP_NAMES.contains(&name.as_ref())
@@ -444,17 +519,9 @@ impl Datapath {
             let manifest = pinned_manifest(pin_dir);
             if manifest.is_some_and(|m| m.build == build) && all_pinned(pin_dir) && programs_use_pinned_maps(pin_dir) {
                 let maps = Maps::open_pinned(pin_dir)?;
-                let (steer_in, reply_out) = pinned_programs(pin_dir, "")?;
+                let programs = pinned_programs(pin_dir, "")?.whole()?;
                 info!(pin_dir = %pin_dir.display(), build = build_name(&build), "adopted the pinned datapath");
-                return Ok(Datapath {
-                    maps,
-                    steer_in,
-                    reply_out,
-                    pin_dir: pin_dir.into(),
-                    adopted: true,
-                    build,
-                    upgrade: None,
-                });
+                return Ok(Self::assemble(maps, programs, pin_dir, build, None, true));
             }
             return Self::stage_upgrade(pin_dir, bytes, build, manifest);
         }
@@ -463,10 +530,22 @@ impl Datapath {
         prepare_pin_dir(pin_dir)?;
         let mut bpf = load_unattached()?;
         let mut maps = Maps::take(&mut bpf, Some(pin_dir))?;
-        let (steer_in, reply_out) = pin_programs(&mut bpf, pin_dir, "")?;
+        let programs = pin_programs(&mut bpf, pin_dir, "")?;
         maps.manifest.set(0, manifest_of(build), 0).map_err(map_err("manifest"))?;
         info!(pin_dir = %pin_dir.display(), build = build_name(&build), "loaded and pinned the datapath");
-        Ok(Datapath { maps, steer_in, reply_out, pin_dir: pin_dir.into(), adopted: false, build, upgrade: None })
+        Ok(Self::assemble(maps, programs, pin_dir, build, None, false))
+    }
+
+    /// The datapath of `maps` and `programs` (`steer_in`, `reply_out`, `redirect_in`).
+    fn assemble(
+        maps: Maps,
+        (steer_in, reply_out, redirect_in): (Xdp, SchedClassifier, SchedClassifier),
+        pin_dir: &Path,
+        build: [u8; 32],
+        upgrade: Option<Upgrade>,
+        adopted: bool,
+    ) -> Self {
+        Datapath { maps, steer_in, reply_out, redirect_in, pin_dir: pin_dir.into(), adopted, build, upgrade }
     }
 
     /// Loads this build next to the pinned one of another: maps whose definition and schema
@@ -507,10 +586,13 @@ impl Datapath {
         let mut bpf = loader.load(bytes).map_err(|e| Error::ebpf(failed("loading the new eBPF object"), e))?;
         xdp_program(&mut bpf)?.load().map_err(|e| Error::ebpf(failed("loading the new steer_in (verifier)"), e))?;
         tc_program(&mut bpf)?.load().map_err(|e| Error::ebpf(failed("loading the new reply_out (verifier)"), e))?;
+        redirect_program(&mut bpf)?
+            .load()
+            .map_err(|e| Error::ebpf(failed("loading the new redirect_in (verifier)"), e))?;
         let mut maps = Maps::take_pinning(&mut bpf, |name| {
             recreated.contains(&name).then(|| pin_dir.join(format!("{STAGED}{name}")))
         })?;
-        let (steer_in, reply_out) = pin_programs(&mut bpf, pin_dir, STAGED)?;
+        let programs = pin_programs(&mut bpf, pin_dir, STAGED)?;
         if recreated.contains(&"manifest") {
             maps.manifest.set(0, Manifest::default(), 0).map_err(map_err("manifest"))?;
         }
@@ -523,15 +605,8 @@ impl Datapath {
             recreated = ?recreated,
             "upgrading the pinned datapath in place"
         );
-        Ok(Datapath {
-            maps,
-            steer_in,
-            reply_out,
-            pin_dir: pin_dir.into(),
-            adopted: true,
-            build,
-            upgrade: Some(Upgrade { from, kept: keep, recreated, swapped: Vec::new(), attached: Vec::new() }),
-        })
+        let upgrade = Upgrade { from, kept: keep, recreated, swapped: Vec::new(), attached: Vec::new() };
+        Ok(Self::assemble(maps, programs, pin_dir, build, Some(upgrade), true))
     }
 
     /// Finishes a staged upgrade once the new maps are filled and the links of the current
@@ -547,18 +622,18 @@ impl Datapath {
             fs::read_dir(&self.pin_dir).map_err(|e| Error::io(format!("reading {}", self.pin_dir.display()), e))?;
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let (xdp, ifname) = match (name.strip_prefix("link_xdp_"), name.strip_prefix("link_tc_")) {
-                (Some(i), _) => (true, i.to_string()),
-                (_, Some(i)) => (false, i.to_string()),
-                _ => continue,
-            };
+            let Some((kind, ifname)) = link_pin_kind(&name) else { continue };
+            let ifname = ifname.to_string();
             if !interface_exists(&ifname) {
                 // A dead link (its interface went away): it holds only the old program.
                 warn!(pin = %e.path().display(), "removing the pinned link of an interface that no longer exists");
                 let _ = fs::remove_file(e.path());
                 continue;
             }
-            let swapped = if xdp { self.swap_xdp(&e.path()) } else { self.swap_tc(&e.path()) };
+            let swapped = match kind {
+                None => self.swap_xdp(&e.path()),
+                Some(tc) => self.swap_tc(tc, &e.path()),
+            };
             if let Err(err) = swapped {
                 return Err(self.abort_upgrade(err));
             }
@@ -588,13 +663,17 @@ impl Datapath {
         let Some(upgrade) = self.upgrade.take() else { return cause };
         let mut problems = Vec::new();
         match pinned_programs(&self.pin_dir, "") {
-            Ok((mut old_xdp, mut old_tc)) => {
+            Ok(mut old) => {
                 for link in &upgrade.swapped {
                     let name = link.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-                    let back = if name.starts_with("link_xdp_") {
-                        swap_link_xdp(&mut old_xdp, link)
-                    } else {
-                        swap_link_tc(&mut old_tc, link)
+                    let back = match link_pin_kind(&name).and_then(|(kind, _)| kind) {
+                        None => swap_link_xdp(&mut old.steer_in, link),
+                        Some(TcProg::ReplyOut) => swap_link_tc(&mut old.reply_out, link),
+                        // Only a build with redirect_in pinned a link of it to swap.
+                        Some(TcProg::RedirectIn) => match old.redirect_in.as_mut() {
+                            Some(prog) => swap_link_tc(prog, link),
+                            None => Ok(false),
+                        },
                     };
                     if let Err(e) = back {
                         problems.push(format!("{}: {}", link.display(), e.report()));
@@ -626,18 +705,30 @@ impl Datapath {
         Ok(swapped)
     }
 
-    /// Points the pinned TCX link at `path` to this build's `reply_out`. Returns whether it
-    /// pointed elsewhere.
-    fn swap_tc(&mut self, path: &Path) -> Result<bool> {
-        let swapped = swap_link_tc(&mut self.reply_out, path)?;
+    /// Points the pinned TCX link at `path` to this build's `prog`. Returns whether it pointed
+    /// elsewhere.
+    fn swap_tc(&mut self, prog: TcProg, path: &Path) -> Result<bool> {
+        let swapped = swap_link_tc(self.tc_prog(prog), path)?;
         if let (true, Some(u)) = (swapped, self.upgrade.as_mut()) {
             u.swapped.push(path.to_owned());
         }
         Ok(swapped)
     }
 
-    fn prog_id(&self, xdp: bool) -> Result<u32> {
-        let info = if xdp { self.steer_in.info() } else { self.reply_out.info() };
+    fn tc_prog(&mut self, prog: TcProg) -> &mut SchedClassifier {
+        match prog {
+            TcProg::ReplyOut => &mut self.reply_out,
+            TcProg::RedirectIn => &mut self.redirect_in,
+        }
+    }
+
+    /// The id of `steer_in` (`None`) or of a TC program.
+    fn prog_id(&self, prog: Option<TcProg>) -> Result<u32> {
+        let info = match prog {
+            None => self.steer_in.info(),
+            Some(TcProg::ReplyOut) => self.reply_out.info(),
+            Some(TcProg::RedirectIn) => self.redirect_in.info(),
+        };
         Ok(info.map_err(|e| Error::ebpf("reading program info", e))?.id())
     }
 
@@ -654,7 +745,7 @@ impl Datapath {
         // kernel takes offload beside driver or generic mode, never driver and generic
         // together), or one in the mode we want (then our attach fails, naming the kernel's
         // refusal).
-        let current = self.prog_id(true)?;
+        let current = self.prog_id(None)?;
         let pinned = PinnedLink::from_pin(&pin).ok().and_then(|l| link_prog_id(&l.into()));
         let ours = link.xdp_among(&[Some(current), pinned].into_iter().flatten().collect::<Vec<_>>());
         for &(id, attached) in link.xdp.iter().filter(|&&(id, _)| Some(id) != ours.map(|(o, _)| o)) {
@@ -776,8 +867,50 @@ impl Datapath {
     /// Attaches `reply_out` to the TCX ingress of `link` and pins the link, unless our program
     /// is already attached there.
     pub fn ensure_tc(&mut self, link: &Link) -> Result<Attach> {
-        let pin = self.pin_dir.join(format!("link_tc_{}", link.name));
-        let ours = self.prog_id(false)?;
+        self.ensure_tcx(link, TcProg::ReplyOut)
+    }
+
+    /// Makes `redirect_in` finish `steer_in`'s redirects on the uplink `link` when `steer_in`
+    /// runs there in generic mode (`generic`): attached to its TCX ingress, ahead of any other
+    /// program there (none must see a packet `steer_in` has half steered), pinned as
+    /// `link_redirect_<ifname>`, and only then the uplink listed in `generic_uplinks`, which is
+    /// what makes `steer_in` hand its packets over. Not in generic mode: the listing goes first,
+    /// then the link. Returns what was attached (`None`: nothing, not in generic mode).
+    pub fn ensure_redirect(&mut self, link: &Link, generic: bool) -> Result<Option<Attach>> {
+        let pin = self.pin_dir.join(format!("{}{}", TcProg::RedirectIn.link_prefix(), link.name));
+        let listed: Vec<u32> = self.maps.generic_uplinks.keys().filter_map(|k| k.ok()).collect();
+        // The entry of an interface that is gone (an uplink recreated under a new ifindex) goes
+        // too; another live uplink's stays with the links pinned there.
+        let gone = |i: u32| {
+            let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+            // SAFETY: the buffer has the IF_NAMESIZE bytes if_indextoname may write.
+            let found = unsafe { !libc::if_indextoname(i, name.as_mut_ptr()).is_null() };
+            // Only "no such device" is gone; any other failure (no socket to ask with) is not.
+            !found && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO | libc::ENODEV))
+        };
+        for index in listed.iter().filter(|&&i| (i == link.index && !generic) || gone(i)) {
+            self.maps.generic_uplinks.remove(index).map_err(map_err("generic_uplinks"))?;
+        }
+        if !generic {
+            if pin.exists() {
+                if let Err(e) = detach_pinned_link(&pin) {
+                    warn!(pin = %pin.display(), error = %e, "could not detach the pinned redirect_in link; removing its pin");
+                }
+                let _ = fs::remove_file(&pin);
+                info!(interface = %link.name, "detached redirect_in (steer_in no longer runs in generic mode)");
+            }
+            return Ok(None);
+        }
+        let attach = self.ensure_tcx(link, TcProg::RedirectIn)?;
+        self.maps.generic_uplinks.insert(link.index, 1, 0).map_err(map_err("generic_uplinks"))?;
+        Ok(Some(attach))
+    }
+
+    /// Attaches `prog` to the TCX ingress of `link` and pins the link, unless our program is
+    /// already attached there.
+    fn ensure_tcx(&mut self, link: &Link, prog: TcProg) -> Result<Attach> {
+        let pin = self.pin_dir.join(format!("{}{}", prog.link_prefix(), link.name));
+        let ours = self.prog_id(Some(prog))?;
         let attached = SchedClassifier::query_tcx(&link.name, TcAttachType::Ingress)
             .map(|(_, progs)| progs.iter().any(|p| p.id() == ours))
             .unwrap_or(false);
@@ -785,7 +918,7 @@ impl Datapath {
             return Ok(Attach::Adopted("tcx"));
         }
         if pin.exists() && interface_exists(&link.name) {
-            match self.swap_tc(&pin) {
+            match self.swap_tc(prog, &pin) {
                 Ok(true) => return Ok(Attach::Swapped("tcx")),
                 Ok(false) if self.upgrade.is_some() => return Ok(Attach::Adopted("tcx")),
                 Err(e) if self.upgrade.is_some() => return Err(e),
@@ -793,14 +926,17 @@ impl Datapath {
             }
         }
         let _ = fs::remove_file(&pin);
+        // redirect_in goes first: no other program must see a packet steer_in half steered.
+        let order = if prog == TcProg::RedirectIn { LinkOrder::first() } else { LinkOrder::default() };
+        let name = prog.name();
         let id = self
-            .reply_out
-            .attach_with_options(&link.name, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+            .tc_prog(prog)
+            .attach_with_options(&link.name, TcAttachType::Ingress, TcAttachOptions::TcxOrder(order))
             .map_err(|e| {
-                Error::ebpf(format!("attaching TC (tcx ingress) to {} (needs kernel >= 6.6)", link.name), e)
+                Error::ebpf(format!("attaching {name} to the TCX ingress of {} (needs kernel >= 6.6)", link.name), e)
             })?;
         let fd_link: FdLink = self
-            .reply_out
+            .tc_prog(prog)
             .take_link(id)
             .map_err(|e| Error::ebpf("taking the TC link", e))?
             .try_into()
@@ -811,6 +947,17 @@ impl Datapath {
         }
         Ok(Attach::Attached("tcx"))
     }
+}
+
+/// What a pin named `name` is: a link of `steer_in` (`None`) or of a TC program, and its
+/// interface; `None` for any other pin.
+fn link_pin_kind(name: &str) -> Option<(Option<TcProg>, &str)> {
+    if let Some(ifname) = name.strip_prefix("link_xdp_") {
+        return Some((None, ifname));
+    }
+    [TcProg::ReplyOut, TcProg::RedirectIn]
+        .into_iter()
+        .find_map(|p| name.strip_prefix(p.link_prefix()).map(|ifname| (Some(p), ifname)))
 }
 
 /// Detaches the bpf_link pinned at `path` from its hook at once, for every holder
@@ -889,13 +1036,13 @@ fn interface_exists(name: &str) -> bool {
 /// an upgrade interrupted between renaming maps and programs).
 fn programs_use_pinned_maps(dir: &Path) -> bool {
     let used = |p: &str| ProgramInfo::from_pin(dir.join(p)).ok().and_then(|i| i.map_ids().ok().flatten());
-    let [Some(a), Some(b)] = PROG_PINS.map(used) else { return false };
+    let Some(ids) = PROG_PINS.map(used).into_iter().collect::<Option<Vec<Vec<u32>>>>() else { return false };
     let pinned: Vec<u32> =
         MAP_NAMES.iter().filter_map(|n| MapInfo::from_pin(dir.join(n)).ok().map(|i| i.id())).collect();
     // (A map of another name, such as an object's global data, is the program's own.)
     let ours =
         |id: &u32| MapInfo::from_id(*id).ok().is_some_and(|i| i.name_as_str().is_some_and(|n| MAP_NAMES.contains(&n)));
-    a.iter().chain(&b).filter(|id| ours(id)).all(|id| pinned.contains(id))
+    ids.iter().flatten().filter(|id| ours(id)).all(|id| pinned.contains(id))
 }
 
 /// Removes the staged pins of a staging that failed part-way (forgotten once it succeeded).

@@ -210,6 +210,29 @@ pub struct ReturnPath {
     pub host_mac: [u8; 6],
 }
 
+/// Capacity of `generic_uplinks`: the uplinks `steer_in` runs on in generic (skb) mode.
+pub const MAX_GENERIC_UPLINKS: u32 = 16;
+
+/// What `steer_in` leaves in the XDP metadata of a steered packet on an uplink in generic
+/// mode (one listed in `generic_uplinks`), for `redirect_in` at the uplink's TC ingress to
+/// finish: the packet is rewritten already; TC adds `csum_delta` to the skb's
+/// `CHECKSUM_COMPLETE` sum (which generic XDP does not maintain) and redirects it to `ifindex`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SteerMeta {
+    /// [`STEER_META_MAGIC`]: the metadata is `steer_in`'s.
+    pub magic: u32,
+    /// The backend's bridge port.
+    pub ifindex: u32,
+    /// The one's-complement sum of what the rewrite changed from the IP header on (16-bit
+    /// words as the kernel loads them, folded), for `bpf_csum_update`.
+    pub csum_delta: u32,
+}
+
+/// [`SteerMeta::magic`]. It names the layout: a change of [`SteerMeta`] takes a new value, so
+/// that a `redirect_in` of another build (during an upgrade in place) never misreads it.
+pub const STEER_META_MAGIC: u32 = 0x6a73_7431;
+
 /// Index of the IPv4 entry of `fallback_paths`: the path of a client that came through the
 /// uplink's default gateway (its MAC, the uplink, the first host address of the family), set by
 /// the agent. Replies to a flow without a learned path take it.
@@ -412,6 +435,7 @@ const _: () = {
     assert!(core::mem::size_of::<ClientKey>() == 20);
     assert!(core::mem::size_of::<ClientKey>() == 16 + 2 + 1 + 1);
     assert!(core::mem::size_of::<ReturnPath>() == 32);
+    assert!(core::mem::size_of::<SteerMeta>() == 12);
     assert!(core::mem::size_of::<RuleStats>() == 32);
     assert!(core::mem::size_of::<RangeKey>() * 8 == RANGE_KEY_FIXED_BITS as usize + 16);
     assert!(core::mem::size_of::<RuleRange>() == core::mem::size_of::<Rule>() + 4);

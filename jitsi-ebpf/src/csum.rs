@@ -26,6 +26,15 @@ pub fn finish(acc: u32) -> u16 {
     !(acc as u16)
 }
 
+/// The one's-complement sum `acc` of what a rewrite changed (built by `replace_bytes` from 0),
+/// folded and byte-swapped into the kernel's `__wsum` form (16-bit words as a little-endian
+/// load reads them), for `bpf_csum_update`.
+#[inline(always)]
+pub fn wsum_of(acc: u32) -> u32 {
+    let folded = !finish(acc);
+    u32::from(u16::from_ne_bytes(folded.to_be_bytes()))
+}
+
 /// Starts an update of checksum `check` (as read from the packet, big-endian).
 #[inline(always)]
 pub fn start(check: u16) -> u32 {

@@ -1,6 +1,7 @@
 //! Kernel half of jitsi-agent: `steer_in` (XDP, uplink) rewrites and redirects steered packets
 //! to their backend; `reply_out` (TC ingress, bridge) sends the backends' replies back out of
-//! the uplink from the host's address and public port.
+//! the uplink from the host's address and public port; `redirect_in` (TC ingress, an uplink
+//! in generic mode) finishes `steer_in`'s redirect there.
 #![no_std]
 #![no_main]
 
@@ -10,6 +11,7 @@ mod flood;
 mod lookup;
 mod maps;
 mod packet;
+mod redirect_in;
 mod reply_out;
 mod steer_in;
 

@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use jitsi_common::{
     ClientKey, FloodConfig, FloodKey, FloodState, HostAddrKey, MAX_FLOOD_ALLOW, MAX_FLOOD_FLOWS, MAX_FLOOD_SOURCES,
-    MAX_HOST_ADDRS, MAX_RANGE_PREFIXES, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES, MAX_SOURCE_PREFIXES, REASON_COUNT,
-    RangeKey, ReasonStats, Reply, ReplyKey, ReplyRange, ReplyRangeKey, ReturnPath, Rule, RuleKey, RuleRange, RuleStats,
-    SniRouteKey, SniRouteStats, SourcePrefix,
+    MAX_GENERIC_UPLINKS, MAX_HOST_ADDRS, MAX_RANGE_PREFIXES, MAX_RETURN_PATHS, MAX_RULES, MAX_SNI_ROUTES,
+    MAX_SOURCE_PREFIXES, REASON_COUNT, RangeKey, ReasonStats, Reply, ReplyKey, ReplyRange, ReplyRangeKey, ReturnPath,
+    Rule, RuleKey, RuleRange, RuleStats, SniRouteKey, SniRouteStats, SourcePrefix,
 };
 
 /// (protocol, family, public port) -> backend.
@@ -42,6 +42,11 @@ pub static RETURN_PATHS: LruHashMap<ClientKey, ReturnPath, { MAX_RETURN_PATHS as
 /// set by the agent; `ifindex == 0` while unknown.
 #[btf_map(name = "fallback_paths")]
 pub static FALLBACK_PATHS: Array<ReturnPath, 2> = Array::new();
+
+/// The uplinks `steer_in` runs on in generic (skb) mode (ifindex -> 1, written by the agent):
+/// their steered packets are redirected by `redirect_in` at the uplink's TC ingress.
+#[btf_map(name = "generic_uplinks")]
+pub static GENERIC_UPLINKS: HashMap<u32, u32, { MAX_GENERIC_UPLINKS as usize }> = HashMap::new();
 
 /// What the agent knows about source prefixes (`SOURCE_SPOOFED`, `SOURCE_ON_LINK`); IPv4
 /// IPv4-mapped.

@@ -1,6 +1,7 @@
 //! `steer_in` (XDP, uplink): a TCP/UDP packet for a host address and a steered port gets its
 //! destination rewritten to the rule's backend (address, port, MACs, IPv4 header and L4
-//! checksums) and is redirected into the backend's bridge port, bypassing the host stack.
+//! checksums) and is redirected into the backend's bridge port, bypassing the host stack (on an
+//! uplink in generic mode, by `redirect_in` at its TC ingress: see `deliver`).
 //! Everything else passes untouched, counted by reason. A packet for a steered port from a
 //! source that cannot arrive on the uplink (martian, host address, backends' subnet) is
 //! dropped, and so is one over its source's flood limits (`flood.rs`), a SYN to a splitter's
@@ -8,14 +9,14 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
-    helpers::bpf_redirect,
+    helpers::{bpf_redirect, bpf_xdp_adjust_meta},
     macros::xdp,
     maps::lpm_trie::Key,
     programs::XdpContext,
 };
 use jitsi_common::{
     ClientKey, FALLBACK_V4, FALLBACK_V6, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP, Reason, ReturnPath, Rule,
-    SOURCE_ON_LINK, SOURCE_SPOOFED,
+    SOURCE_ON_LINK, SOURCE_SPOOFED, STEER_META_MAGIC, SteerMeta,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr};
 
@@ -23,7 +24,7 @@ use crate::{
     csum,
     flood::{self, Flow, Source},
     lookup::{is_local, rule_for},
-    maps::{FALLBACK_PATHS, RETURN_PATHS, SOURCE_PREFIXES, count_reason, count_rule_in},
+    maps::{FALLBACK_PATHS, GENERIC_UPLINKS, RETURN_PATHS, SOURCE_PREFIXES, count_reason, count_rule_in},
     packet::*,
 };
 
@@ -146,7 +147,8 @@ fn same_path(a: &ReturnPath, b: &ReturnPath) -> bool {
 
 /// Rewrites the L4 destination port and checksum (for an address change `old_addr` ->
 /// `new_addr` in the pseudo header plus the port change). UDP checksum 0 ("none", IPv4 only)
-/// stays 0; a computed 0 is sent as 0xFFFF.
+/// stays 0; a computed 0 is sent as 0xFFFF. Returns what the two fields' change adds to the
+/// packet's one's-complement sum (`csum::replace_bytes` from 0).
 #[inline(always)]
 fn rewrite_l4<const N: usize>(
     ctx: &XdpContext,
@@ -155,14 +157,15 @@ fn rewrite_l4<const N: usize>(
     old_addr: &[u8; N],
     new_addr: &[u8; N],
     new_port: u16,
-) -> Result<(), Miss> {
+) -> Result<u32, Miss> {
     let port: *mut [u8; 2] = ptr_at(ctx, l4_off + 2).ok_or(Reason::InTruncated)?;
     let check: *mut [u8; 2] = ptr_at(ctx, l4_off + l4_check_off(protocol)).ok_or(Reason::InTruncated)?;
     // SAFETY: both bounds checked above.
     unsafe {
         let old_port = *port;
         let new_port = new_port.to_be_bytes();
-        let old_check = u16::from_be_bytes(*check);
+        let old_bytes = *check;
+        let old_check = u16::from_be_bytes(old_bytes);
         if !(protocol == PROTO_UDP && old_check == 0) {
             let mut acc = csum::start(old_check);
             acc = csum::replace_bytes(acc, old_addr, new_addr);
@@ -174,8 +177,33 @@ fn rewrite_l4<const N: usize>(
             *check = new_check.to_be_bytes();
         }
         *port = new_port;
+        Ok(csum::replace_bytes(csum::replace_bytes(0, &old_port, &new_port), &old_bytes, &*check))
     }
-    Ok(())
+}
+
+/// Sends the rewritten packet to the backend's bridge port `ifindex`. On an uplink in generic
+/// mode (listed in `generic_uplinks`) it is passed on to `redirect_in` at the uplink's TC
+/// ingress instead, with `delta` (what the rewrite changed, from the IP header on) in the
+/// metadata: generic XDP leaves an skb's `CHECKSUM_COMPLETE` sum as it was, and a redirect from
+/// here would hand the backend a packet whose sum no longer matches (it drops UDP as
+/// `InCsumErrors`); TC's redirect keeps the sum right once `bpf_csum_update` has added `delta`.
+/// Without room for the metadata the packet is redirected from here.
+#[inline(always)]
+fn deliver(ctx: &XdpContext, ifindex: u32, delta: u32) -> u32 {
+    let uplink = ctx.ingress_ifindex() as u32;
+    const META: usize = core::mem::size_of::<SteerMeta>();
+    // SAFETY: plain helper call; it moves only the metadata start, checked below.
+    if GENERIC_UPLINKS.get_ptr(uplink).is_some() && unsafe { bpf_xdp_adjust_meta(ctx.ctx, -(META as i32)) } == 0 {
+        let meta = ctx.metadata();
+        if meta + META <= ctx.data() {
+            let value = SteerMeta { magic: STEER_META_MAGIC, ifindex, csum_delta: csum::wsum_of(delta) };
+            // SAFETY: META bytes of metadata, bounds checked against the packet start above.
+            unsafe { core::ptr::write_unaligned(meta as *mut SteerMeta, value) };
+            return xdp_action::XDP_PASS;
+        }
+    }
+    // SAFETY: plain helper call.
+    unsafe { bpf_redirect(ifindex, 0) as u32 }
 }
 
 /// The rule that steers `port`, as `rule_for`; a TCP segment to a port no rule steers is
@@ -263,17 +291,18 @@ fn steer_v4(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss>
 
     let key = ClientKey { addr: addr16_v4(src), port: sport, protocol, family: FAMILY_V4 };
     learn_return_path(ctx, eth, key, on_link, addr16_v4(dst));
-    rewrite_l4(ctx, l4_off, protocol, &dst, &new_dst, backend_port)?;
+    let mut delta = rewrite_l4(ctx, l4_off, protocol, &dst, &new_dst, backend_port)?;
     // SAFETY: the IPv4 header is bounds checked above.
     unsafe {
-        let acc = csum::replace_bytes(csum::start(u16::from_be_bytes((*ip).check)), &dst, &new_dst);
+        let old_check = (*ip).check;
+        let acc = csum::replace_bytes(csum::start(u16::from_be_bytes(old_check)), &dst, &new_dst);
         (*ip).check = csum::finish(acc).to_be_bytes();
         (*ip).dst_addr = new_dst;
+        delta = csum::replace_bytes(csum::replace_bytes(delta, &dst, &new_dst), &old_check, &(*ip).check);
     }
     set_macs(eth, rule);
     count_rule_in(rule.slot, frame);
-    // SAFETY: plain helper call.
-    Ok(unsafe { bpf_redirect(rule.ifindex, 0) } as u32)
+    Ok(deliver(ctx, rule.ifindex, delta))
 }
 
 /// IPv6 next-header values that are extension headers (RFC 8200 and the IANA registry).
@@ -329,11 +358,10 @@ fn steer_v6(ctx: &XdpContext, eth: *mut EthHdr, frame: u64) -> Result<u32, Miss>
 
     let key = ClientKey { addr: src, port: sport, protocol: next, family: FAMILY_V6 };
     learn_return_path(ctx, eth, key, on_link, dst);
-    rewrite_l4(ctx, l4_off, next, &dst, &new_dst, backend_port)?;
+    let delta = csum::replace_bytes(rewrite_l4(ctx, l4_off, next, &dst, &new_dst, backend_port)?, &dst, &new_dst);
     // SAFETY: bounds checked above.
     unsafe { (*ip).dst_addr = new_dst };
     set_macs(eth, rule);
     count_rule_in(rule.slot, frame);
-    // SAFETY: plain helper call.
-    Ok(unsafe { bpf_redirect(rule.ifindex, 0) } as u32)
+    Ok(deliver(ctx, rule.ifindex, delta))
 }

@@ -136,6 +136,17 @@ port = 80
 backend = ["192.0.2.12:8000", "[2001:db8:b::12]:8000"]
 "#;
 
+/// What the uplink `up0` is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Uplink {
+    /// A veth pair to the "internet" namespace.
+    Veth,
+    /// A tap device the test writes to.
+    Tap,
+    /// A VXLAN tunnel to the "internet" namespace over a veth pair.
+    Vxlan,
+}
+
 /// The uplink's name in the host namespace.
 pub const UPLINK: &str = "up0";
 /// The bridge's name in the host namespace.
@@ -145,18 +156,30 @@ impl Lab {
     /// Builds the topology with one backend per name; backend `i` gets 192.0.2.(10+i) and
     /// 2001:db8:b::(10+i), i.e. jvb, turn, web -> .10/::10, .11/::11, .12/::12.
     pub fn new(backends: &[&str]) -> Result<Self> {
-        Ok(Self::build(backends, false)?.0)
+        Ok(Self::build(backends, Uplink::Veth)?.0)
     }
 
     /// The lab with a tap device as the uplink `up0` instead of the veth: the test writes the
     /// frames the host receives, each in the checksum state it chooses, and reads the frames
     /// the host sends (see [`Tap`]). The "internet" namespace is left empty.
     pub fn with_tap_uplink(backends: &[&str]) -> Result<(Self, Tap)> {
-        let (lab, tap) = Self::build(backends, true)?;
+        let (lab, tap) = Self::build(backends, Uplink::Tap)?;
         Ok((lab, tap.context("no tap")?))
     }
 
-    fn build(backends: &[&str], tap: bool) -> Result<(Self, Option<Tap>)> {
+    /// The lab with a VXLAN device as the uplink `up0`, its underlay a veth pair `ul0`
+    /// (198.51.100.1/24 here, .2/24 in the "internet" namespace, whose `eth0` is the other
+    /// VXLAN end with the client's addresses). Both ends checksum the outer UDP header
+    /// (`udpcsum`) and the client's end completes its checksums in software (TX offload off):
+    /// once the host has verified an outer checksum, the inner packet reaches `up0` as
+    /// `CHECKSUM_COMPLETE` (computed in software, so that a sum that does not match is a drop,
+    /// where a NIC's would be summed again first). Both VXLAN devices have an MTU of 1450, so
+    /// that no outer packet is fragmented.
+    pub fn with_vxlan_uplink(backends: &[&str]) -> Result<Self> {
+        Ok(Self::build(backends, Uplink::Vxlan)?.0)
+    }
+
+    fn build(backends: &[&str], uplink: Uplink) -> Result<(Self, Option<Tap>)> {
         if !is_root() {
             bail!("the lab needs root");
         }
@@ -166,8 +189,28 @@ impl Lab {
         for ns in [&inet, &host] {
             no_dad(ns)?;
         }
-        let tap = if tap {
+        let tap = if uplink == Uplink::Tap {
             Some(Tap::create(&host, UPLINK)?)
+        } else if uplink == Uplink::Vxlan {
+            host.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", inet.name()])?;
+            for (ns, local, remote) in
+                [(&host, "198.51.100.1", "198.51.100.2"), (&inet, "198.51.100.2", "198.51.100.1")]
+            {
+                ns.ip(&["addr", "add", &format!("{local}/24"), "dev", "ul0"])?;
+                ns.ip(&["link", "set", "ul0", "up"])?;
+                let name = if ns.name() == host.name() { UPLINK } else { "eth0" };
+                ns.ip(&[
+                    "link", "add", name, "mtu", "1450", "type", "vxlan", "id", "42", "local", local, "remote", remote,
+                    "dstport", "4789", "udpcsum",
+                ])?;
+            }
+            inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
+            inet.ip(&["addr", "add", "2001:db8:c::2/64", "dev", "eth0", "nodad"])?;
+            inet.ip(&["link", "set", "eth0", "up"])?;
+            for dev in ["eth0", "ul0"] {
+                inet.exec("ethtool", &["-K", dev, "tx", "off"])?;
+            }
+            None
         } else {
             // Uplink: up0 (host) <-> eth0 (inet).
             host.ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", inet.name()])?;

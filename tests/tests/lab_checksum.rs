@@ -1,11 +1,14 @@
-//! Generic XDP with the checksum states a cloud VM's NIC delivers. The lab's uplink is a tap
-//! device (see `jitsi_tests::tap`): each frame is handed to the host as virtio-net hands it to
-//! a guest, either with a checksum to verify (`CHECKSUM_NONE`) or with the checksum left to
-//! the receiver (`NEEDS_CSUM`: `CHECKSUM_PARTIAL`). The agent runs with `xdp_mode =
-//! "generic"`, steering the frames to the backends, whose own stacks judge them. (No kernel
-//! log is read: `hw csum failure` comes only from `CHECKSUM_COMPLETE`, which a tap never
-//! delivers, and only once per boot.) Needs root.
+//! Generic XDP with the checksum states NICs deliver; the agent runs with `xdp_mode =
+//! "generic"`, steering the frames to the backends, whose own stacks judge them.
+//! - A tap uplink (see `jitsi_tests::tap`) hands each frame to the host as virtio-net hands it
+//!   to a guest, either with a checksum to verify (`CHECKSUM_NONE`) or with the checksum left
+//!   to the receiver (`NEEDS_CSUM`: `CHECKSUM_PARTIAL`).
+//! - A VXLAN uplink whose outer checksums the host verifies delivers `CHECKSUM_COMPLETE`, as a
+//!   NIC that sums every frame does (`Lab::with_vxlan_uplink`).
+//!
+//! (No kernel log is read: the kernel reports a `hw csum failure` once per boot.) Needs root.
 
+use aya::maps::{HashMap as AyaHashMap, Map, MapData};
 use std::{
     collections::BTreeMap,
     net::{IpAddr, SocketAddr},
@@ -14,11 +17,12 @@ use std::{
 
 use jitsi_tests::{
     agent::AgentProcess,
+    clients::{tcp_echo, udp_round_trip, udp_socket},
     lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab, UPLINK},
     netns::NetNs,
     packet::{CLIENT_MAC, L4Check, Pkt, parse},
-    raw::mac_of,
-    servers,
+    raw::{RawLink, mac_of},
+    servers::{self, Server},
     tap::{RxChecksum, Tap},
 };
 
@@ -74,18 +78,35 @@ fn sent_by_host(tap: &Tap, wait: Duration) -> Vec<(u8, jitsi_tests::packet::Pars
     out
 }
 
+/// The videobridge's and the web backend's servers, and the agent in generic mode (each stops
+/// when dropped: bind every field).
+struct Generic {
+    jvb4: Server,
+    jvb6: Server,
+    _web: [Server; 2],
+    agent: AgentProcess,
+}
+
+/// Starts UDP servers on the videobridge's 10000 and TCP servers on the web backend's 8000 (both
+/// families), then the agent with the lab's rules in generic mode; `steer_in` must then run
+/// on the uplink as `xdpgeneric`.
+fn start_generic(lab: &Lab) -> Generic {
+    let (jvb, web) = (lab.backend("jvb"), lab.backend("web"));
+    let jvb4 = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
+    let jvb6 = servers::udp(&jvb.ns, jvb.addr6(10000)).unwrap();
+    let _web = [web.addr4(8000), web.addr6(8000)].map(|a| servers::tcp(&web.ns, a).unwrap());
+    let config = lab.write_config_xdp(Some("generic"), LAB_RULES).unwrap();
+    let agent = AgentProcess::start(&lab.host, &config).unwrap();
+    let link = lab.host.ip(&["link", "show", UPLINK]).unwrap();
+    assert!(link.contains(" xdpgeneric "), "steer_in attached in generic mode on {UPLINK}:\n{link}");
+    Generic { jvb4, jvb6, _web, agent }
+}
+
 #[test]
 fn generic_mode_delivers_partial_and_unverified_checksums_and_the_backend_still_catches_bad_ones() {
     let (lab, tap) = Lab::with_tap_uplink(&["jvb", "turn", "web"]).expect("building the lab");
     let (jvb, web) = (lab.backend("jvb"), lab.backend("web"));
-    let jvb4 = servers::udp(&jvb.ns, jvb.addr4(10000)).unwrap();
-    let jvb6 = servers::udp(&jvb.ns, jvb.addr6(10000)).unwrap();
-    let _web4 = servers::tcp(&web.ns, web.addr4(8000)).unwrap();
-    let _web6 = servers::tcp(&web.ns, web.addr6(8000)).unwrap();
-    let config = lab.write_config_xdp(Some("generic"), LAB_RULES).unwrap();
-    let agent = AgentProcess::start(&lab.host, &config).unwrap();
-    let link = lab.host.ip(&["link", "show", UPLINK]).unwrap();
-    assert!(link.contains(" xdpgeneric "), "steer_in attached in generic mode on the tap:\n{link}");
+    let Generic { jvb4, jvb6, agent, _web } = start_generic(&lab);
     let host_mac = mac_of(&lab.host, UPLINK).unwrap();
 
     let udp_errors = (snmp(&jvb.ns, "Udp", "InCsumErrors"), snmp(&jvb.ns, "Udp6", "InCsumErrors"));
@@ -171,5 +192,87 @@ fn generic_mode_delivers_partial_and_unverified_checksums_and_the_backend_still_
     let packets_in = |name: &str| rules.iter().find(|r| r["name"] == name).unwrap()["packets_in"].as_u64().unwrap();
     assert_eq!(packets_in("jvb"), 2 * (2 * FRAMES as u64 + 1));
     assert_eq!(packets_in("web"), 6);
+    agent.stop().unwrap();
+}
+
+/// Datagrams per family through the VXLAN uplink.
+const DATAGRAMS: usize = 20;
+
+#[test]
+fn generic_mode_keeps_a_complete_checksum_right_and_the_backend_still_catches_bad_ones() {
+    let lab = Lab::with_vxlan_uplink(&["jvb", "turn", "web"]).expect("building the lab");
+    let (jvb, web) = (lab.backend("jvb"), lab.backend("web"));
+    let Generic { jvb4, jvb6, agent, _web } = start_generic(&lab);
+    let st = lab.status().unwrap();
+    let redirect = st["attachments"].as_array().unwrap().iter().find(|a| a["program"] == "redirect_in (TC ingress)");
+    assert_eq!(redirect.map(|a| (&a["interface"], &a["mode"])), Some((&UPLINK.into(), &"tcx".into())), "{st}");
+
+    let udp_errors = (snmp(&jvb.ns, "Udp", "InCsumErrors"), snmp(&jvb.ns, "Udp6", "InCsumErrors"));
+    let tcp_errors = snmp(&web.ns, "Tcp", "InCsumErrors");
+    // 300-byte datagrams: a backend checks one longer than 76 bytes against the skb's sum
+    // (a shorter one it sums again itself), so a sum the datapath left wrong drops it.
+    let filler = "x".repeat(300);
+    for (host, v6) in [(IpAddr::from(HOST_V4), false), (IpAddr::from(HOST_V6), true)] {
+        let sock = udp_socket(&lab.inet, v6).unwrap();
+        let to = SocketAddr::new(host, 10000);
+        let client = if v6 { IpAddr::from(CLIENT_V6) } else { IpAddr::from(CLIENT_V4) };
+        let me = SocketAddr::new(client, sock.local_addr().unwrap().port());
+        for i in 0..DATAGRAMS {
+            let msg = format!("long-{i}-{filler}");
+            let (from, reply) = udp_round_trip(&sock, to, &msg).unwrap();
+            assert_eq!((from, reply), (to, format!("seen {me} {msg}")), "datagram {i} to {to} and its answer");
+        }
+    }
+    // One datagram per family with a wrong checksum, sent as a hand-built frame: the tunnel
+    // carries it as it is, so it too arrives as CHECKSUM_COMPLETE.
+    let raw = RawLink::open(&lab.inet, "eth0").unwrap();
+    let (host_mac, client_mac) = (mac_of(&lab.host, UPLINK).unwrap(), mac_of(&lab.inet, "eth0").unwrap());
+    for (client, host) in [(CLIENT_V4.to_string(), HOST_V4.to_string()), (CLIENT_V6.to_string(), HOST_V6.to_string())] {
+        let mut pkt =
+            Pkt::udp(&client, 40999, &host, 10000, format!("Wrong-{filler}").as_bytes()).macs(host_mac, client_mac);
+        pkt.l4_check = L4Check::Wrong;
+        raw.send(&pkt.build()).unwrap();
+    }
+    // TCP both ways through the tunnel: 3,000 bytes echoed per family (delivery only: TCP
+    // sums every segment again in software).
+    for host in [IpAddr::from(HOST_V4), IpAddr::from(HOST_V6)] {
+        let data = vec![b'y'; 3000];
+        let x = tcp_echo(&lab.inet, SocketAddr::new(host, 80), data.clone()).unwrap();
+        assert_eq!(x.greeting, format!("seen {}", x.local), "the web backend saw the client");
+        assert_eq!(x.echoed, data, "the echo through {host}:80");
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while snmp(&jvb.ns, "Udp6", "InCsumErrors") == udp_errors.1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for server in [&jvb4, &jvb6] {
+        assert_eq!(server.count(), DATAGRAMS, "{} received each good datagram once", server.addr);
+    }
+    assert_eq!(
+        (snmp(&jvb.ns, "Udp", "InCsumErrors"), snmp(&jvb.ns, "Udp6", "InCsumErrors")),
+        (udp_errors.0 + 1, udp_errors.1 + 1),
+        "the backend checked every datagram's sum: exactly the bad one per family failed"
+    );
+    assert_eq!(snmp(&web.ns, "Tcp", "InCsumErrors"), tcp_errors, "no TCP segment failed its checksum");
+
+    // The same datagram redirected from generic XDP itself (the uplink taken out of
+    // `generic_uplinks`): the sum no longer matches and the backend drops it. This shows the
+    // frames arrive as CHECKSUM_COMPLETE, and that redirect_in is what keeps them.
+    let map = Map::from_map_data(MapData::from_pin(lab.pin_dir.join("generic_uplinks")).unwrap()).unwrap();
+    let mut listed: AyaHashMap<MapData, u32, u32> = AyaHashMap::try_from(map).unwrap();
+    let uplinks: Vec<u32> = listed.keys().map(Result::unwrap).collect();
+    assert_eq!(uplinks.len(), 1, "the uplink is listed: {uplinks:?}");
+    listed.remove(&uplinks[0]).unwrap();
+    let errors = (snmp(&jvb.ns, "Udp", "InCsumErrors"), snmp(&jvb.ns, "Udp6", "InCsumErrors"));
+    for (host, v6) in [(IpAddr::from(HOST_V4), false), (IpAddr::from(HOST_V6), true)] {
+        let sock = udp_socket(&lab.inet, v6).unwrap();
+        let answer = udp_round_trip(&sock, SocketAddr::new(host, 10000), &format!("direct-{filler}"));
+        assert!(answer.is_err(), "a datagram redirected from generic XDP was answered: {answer:?}");
+    }
+    assert_eq!(
+        (snmp(&jvb.ns, "Udp", "InCsumErrors"), snmp(&jvb.ns, "Udp6", "InCsumErrors")),
+        (errors.0 + 1, errors.1 + 1),
+        "without redirect_in, each family's datagram failed the backend's checksum"
+    );
     agent.stop().unwrap();
 }

@@ -10,7 +10,7 @@ use std::{
 use jitsi_tests::{
     agent::AgentProcess,
     clients::{tcp_echo, udp_round_trip, udp_socket, udp_socket_from, udp_stream},
-    lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab},
+    lab::{CLIENT_V4, CLIENT_V6, HOST_V4, HOST_V6, LAB_RULES, Lab, UPLINK},
     netns::NetNs,
     servers,
 };
@@ -51,11 +51,21 @@ fn udp_exchange(sock: &UdpSocket, to: SocketAddr, client_ip: IpAddr, n: usize) -
     (bytes_in, bytes_out)
 }
 
-/// The mode `status` reports for `steer_in` on the uplink.
+/// The mode `status` reports for `steer_in` on the uplink. In generic mode `redirect_in` must
+/// be attached to the uplink's TCX ingress beside it (it finishes the redirects there), and in
+/// driver mode it must not be.
 fn xdp_mode_attached(lab: &Lab) -> String {
     let st = status(lab);
-    let a = st["attachments"].as_array().unwrap().iter().find(|a| a["program"] == "steer_in (XDP)").cloned();
-    a.and_then(|a| a["mode"].as_str().map(str::to_owned)).unwrap_or_else(|| panic!("no steer_in in {st}"))
+    let on_uplink = |program: &str| {
+        let a =
+            st["attachments"].as_array().unwrap().iter().find(|a| a["program"] == program && a["interface"] == UPLINK);
+        a.map(|a| a["mode"].as_str().unwrap().to_owned())
+    };
+    let mode = on_uplink("steer_in (XDP)").unwrap_or_else(|| panic!("no steer_in in {st}"));
+    let redirect = on_uplink("redirect_in (TC ingress)");
+    let want = (mode == "generic").then(|| "tcx".to_string());
+    assert_eq!(redirect, want, "redirect_in on {UPLINK} with steer_in in {mode} mode: {st}");
+    mode
 }
 
 /// The mode `mode` asks for, as attached on the lab's veth uplink (whose driver runs XDP).

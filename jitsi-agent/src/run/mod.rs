@@ -226,8 +226,8 @@ impl Agent {
 
     /// Fills the maps, then attaches, adopts or swaps in the programs. With an upgrade in place
     /// staged: nothing is swapped before the new maps are whole (the surroundings included),
-    /// the readers of shared maps first (`reply_out`, then `steer_in`), and the rest of the
-    /// pins follow at the commit.
+    /// the readers of shared maps first (`reply_out`, and `redirect_in` on an uplink in generic
+    /// mode, then `steer_in`), and the rest of the pins follow at the commit.
     async fn attach_datapath(&mut self, gateways: &[Link]) -> Result<()> {
         let upgrading = self.dp.upgrade.is_some();
         self.sync()?;
@@ -235,8 +235,12 @@ impl Agent {
             Err(e) if upgrading => return Err(e),
             outcome => self.shared.health.record(Task::Surroundings, outcome),
         }
+        // During an upgrade the readers go first: reply_out, and on an uplink in generic mode
+        // redirect_in, which reads what steer_in leaves in the metadata.
+        let generic_before = self.uplink.xdp.iter().any(|&(_, m)| m == "generic");
         if upgrading {
             self.attach_tc(gateways).await?;
+            self.follow_redirect(generic_before)?;
         }
         let mode = match self.dp.ensure_xdp(&self.uplink, self.config.uplink.xdp_mode)? {
             Attach::Attached(mode) => {
@@ -252,11 +256,30 @@ impl Agent {
                 Some(mode)
             }
         };
+        let generic = mode == Some("generic");
+        if !upgrading || generic != generic_before {
+            self.follow_redirect(generic)?;
+        }
         *self.shared.xdp.lock().expect("xdp lock") = mode.map(|m| (self.uplink.name.clone(), m));
         if !upgrading {
             self.attach_tc(gateways).await?;
         }
         self.dp.commit_upgrade()?;
+        Ok(())
+    }
+
+    /// Attaches (or adopts, or swaps in) `redirect_in` on the uplink when `steer_in` runs there in
+    /// generic mode, and detaches it when not (see `Datapath::ensure_redirect`).
+    fn follow_redirect(&mut self, generic: bool) -> Result<()> {
+        let name = &self.uplink.name;
+        match self.dp.ensure_redirect(&self.uplink, generic)? {
+            Some(Attach::Attached(_)) => info!(interface = %name, "attached redirect_in (TC ingress)"),
+            Some(Attach::Adopted(_)) => info!(interface = %name, "adopted attached redirect_in (TC ingress)"),
+            Some(Attach::Swapped(_)) => {
+                info!(interface = %name, "swapped in this build's redirect_in (TCX link updated)")
+            }
+            None => {}
+        }
         Ok(())
     }
 

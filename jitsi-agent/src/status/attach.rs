@@ -16,7 +16,8 @@ use crate::{
 pub struct Attachment {
     /// Interface name (from the pin's name).
     pub interface: String,
-    /// `steer_in` (XDP) or `reply_out` (TC ingress).
+    /// `steer_in` (XDP), `reply_out` (TC ingress) or `redirect_in` (TC ingress of an uplink in
+    /// generic mode).
     pub program: &'static str,
     /// `driver` or `generic` (XDP), `tcx` (TC), or `detached`: the link is pinned but the
     /// interface no longer runs our program (it was deleted and recreated; the next agent
@@ -29,10 +30,14 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     let entries = std::fs::read_dir(pin_dir).map_err(|e| Error::io(format!("reading {}", pin_dir.display()), e))?;
     let mut names: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
     names.sort();
-    // reply_out's id (None when its pin is missing: every TC link then reads as detached);
+    // The TC programs' ids (None when a pin is missing: its links then read as detached);
     // steer_in's ids are read per interface, with its pinned link's.
-    let reply_out =
-        SchedClassifier::from_pin(pin_dir.join("prog_reply_out")).ok().and_then(|p| p.info().ok()).map(|i| i.id());
+    let tc_id =
+        |pin: &str| SchedClassifier::from_pin(pin_dir.join(pin)).ok().and_then(|p| p.info().ok()).map(|i| i.id());
+    let tc_programs = [
+        ("link_tc_", tc_id("prog_reply_out"), "reply_out (TC ingress)"),
+        ("link_redirect_", tc_id("prog_redirect_in"), "redirect_in (TC ingress)"),
+    ];
     let h = netlink::connect()?;
     let mut out = Vec::new();
     for name in names {
@@ -45,12 +50,14 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
                 Err(_) => "detached".into(),
             };
             out.push(Attachment { interface: ifname.into(), program: "steer_in (XDP)", mode });
-        } else if let Some(ifname) = name.strip_prefix("link_tc_") {
+        } else if let Some((ifname, id, program)) =
+            tc_programs.iter().find_map(|&(prefix, id, program)| Some((name.strip_prefix(prefix)?, id, program)))
+        {
             let attached = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
-                .map(|(_, progs)| progs.iter().any(|p| Some(p.id()) == reply_out))
+                .map(|(_, progs)| progs.iter().any(|p| Some(p.id()) == id))
                 .unwrap_or(false);
             let mode = if attached { "tcx" } else { "detached" };
-            out.push(Attachment { interface: ifname.into(), program: "reply_out (TC ingress)", mode: mode.into() });
+            out.push(Attachment { interface: ifname.into(), program, mode: mode.into() });
         }
     }
     Ok(out)
