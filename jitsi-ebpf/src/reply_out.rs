@@ -9,7 +9,7 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK},
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_UNSPEC},
     helpers::{bpf_csum_diff, bpf_redirect},
     macros::classifier,
     programs::TcContext,
@@ -31,7 +31,9 @@ pub fn reply_out(ctx: TcContext) -> i32 {
         Ok(action) => action,
         Err(reason) => {
             count_reason(reason, u64::from(ctx.len()));
-            TC_ACT_OK
+            // On to the next program or filter at this hook (TCX's "next"), not the end of
+            // the chain: other tools' programs on the bridge still see what is not ours.
+            TC_ACT_UNSPEC
         }
     }
 }

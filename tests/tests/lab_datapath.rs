@@ -489,3 +489,61 @@ fn a_port_range_is_steered_one_to_one() {
     assert!(shown.contains("udp/40000-40099"), "{shown}");
     agent.stop().unwrap();
 }
+
+/// What the agent's TC programs leave alone goes on to the next program at their hook: with
+/// `steer_in` in generic mode, a second, separately loaded copy of the datapath's `reply_out`
+/// (maps of its own, no rules: every packet is "not a backend's" to it) is attached behind
+/// `reply_out` on the bridge and behind `redirect_in` on the uplink, and must see each packet
+/// that is neither a reply nor steered: a backend's to the bridge, a client's to an unsteered
+/// port. A program that ended the chain would leave it none of its side's.
+#[test]
+fn the_tc_programs_hand_what_they_leave_alone_to_the_next_program() {
+    use aya::{
+        maps::PerCpuArray,
+        programs::{
+            LinkOrder, SchedClassifier,
+            tc::{TcAttachOptions, TcAttachType},
+        },
+    };
+    let lab = lab();
+    let config = lab.write_config_xdp(Some("generic"), LAB_RULES).unwrap();
+    let agent = AgentProcess::start(&lab.host, &config).unwrap();
+    assert_eq!(xdp_mode_attached(&lab), "generic");
+    let mut behind = lab
+        .host
+        .enter(|| {
+            let mut bpf = jitsi_agent::datapath::load_unattached().unwrap();
+            let prog: &mut SchedClassifier = bpf.program_mut("reply_out").unwrap().try_into().unwrap();
+            for dev in ["br0", UPLINK] {
+                let order = TcAttachOptions::TcxOrder(LinkOrder::last());
+                prog.attach_with_options(dev, TcAttachType::Ingress, order).unwrap();
+            }
+            bpf
+        })
+        .unwrap();
+    let seen = |bpf: &mut aya::Ebpf| {
+        let stats: PerCpuArray<_, jitsi_common::ReasonStats> =
+            PerCpuArray::try_from(bpf.map_mut("reason_stats").unwrap()).unwrap();
+        let slot = jitsi_common::Reason::OutNotBackend as u32;
+        stats.get(&slot, 0).unwrap().iter().map(|s| s.packets).sum::<u64>()
+    };
+    let jvb = lab.backend("jvb");
+    const N: u64 = 200;
+    // From a backend's port no rule has, to the bridge's own address: not a reply. From the
+    // client to a port no rule steers.
+    let sends = [
+        (udp_socket_from(&jvb.ns, IpAddr::V4(jvb.v4)).unwrap(), "192.0.2.1:9", "reply_out on br0"),
+        (udp_socket(&lab.inet, false).unwrap(), "203.0.113.1:9", "redirect_in on up0"),
+    ];
+    for (sock, to, ahead) in sends {
+        let before = seen(&mut behind);
+        for _ in 0..N {
+            sock.send_to(b"neither", to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let counted = seen(&mut behind) - before;
+        assert!(counted >= N, "the program behind {ahead} saw {counted} of the {N} packets");
+    }
+    drop(behind);
+    agent.stop().unwrap();
+}

@@ -29,7 +29,8 @@ use jitsi_tests::{
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
-const TC_ACT_OK: u32 = 0;
+/// TC_ACT_UNSPEC (-1), TCX's "next": passed on to the next program or filter.
+const TC_ACT_UNSPEC: u32 = u32::MAX;
 const TC_ACT_REDIRECT: u32 = 7;
 
 const BRIDGE_MAC: [u8; 6] = [0x02, 0xb0, 0, 0, 0, 1];
@@ -558,7 +559,7 @@ fn rows() -> Vec<Row> {
         "from coturn's address but a port outside the range",
         Tc,
         from_relay.clone().from("192.0.2.11", 60999).build(),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         None,
         R(OutNotBackend),
     );
@@ -569,7 +570,7 @@ fn rows() -> Vec<Row> {
         "v4 coturn:63000 to the host's steered :64000: passed",
         Tc,
         from_relay.clone().to("203.0.113.1", 64000).build(),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         None,
         R(OutUnknownClient),
     );
@@ -577,23 +578,23 @@ fn rows() -> Vec<Row> {
         "v4 coturn:63000 to the host's unsteered :9999: passed",
         Tc,
         from_relay.clone().to("203.0.113.1", 9999).build(),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         None,
         R(OutUnknownClient),
     );
 
     // --- reply_out: SNI backends' replies are marked for local delivery, not rewritten ---
     let from_tls = Pkt::tcp("192.0.2.12", 8443, client, 40002, 0x12, b"").macs(BRIDGE_MAC, WEB_MAC);
-    row("v4 reply from an SNI backend: marked, untouched", Tc, from_tls.build(), TC_ACT_OK, None, R(OutSniReply));
+    row("v4 reply from an SNI backend: marked, untouched", Tc, from_tls.build(), TC_ACT_UNSPEC, None, R(OutSniReply));
     let from_tls6 = Pkt::tcp("2001:db8:b::12", 8443, client6, 40002, 0x18, b"tls").macs(BRIDGE_MAC, WEB_MAC);
-    row("v6 reply from an SNI backend: marked, untouched", Tc, from_tls6.build(), TC_ACT_OK, None, R(OutSniReply));
+    row("v6 reply from an SNI backend: marked, untouched", Tc, from_tls6.build(), TC_ACT_UNSPEC, None, R(OutSniReply));
 
     // --- reply_out: passed untouched ---
     row(
         "reply to a client never seen on the uplink",
         Tc,
         from_jvb.clone().to("198.51.100.7", 40000).build(),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         None,
         R(OutUnknownClient),
     );
@@ -601,7 +602,7 @@ fn rows() -> Vec<Row> {
         "from a backend address but another port",
         Tc,
         from_jvb.clone().from("192.0.2.10", 53).build(),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         None,
         R(OutNotBackend),
     );
@@ -609,20 +610,27 @@ fn rows() -> Vec<Row> {
         "from a non-backend address",
         Tc,
         from_jvb.clone().from("192.0.2.99", 10000).build(),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         None,
         R(OutNotBackend),
     );
-    row("ARP on the bridge", Tc, arp, TC_ACT_OK, None, R(OutNotIp));
+    row("ARP on the bridge", Tc, arp, TC_ACT_UNSPEC, None, R(OutNotIp));
     row(
         "v4 fragment from a backend",
         Tc,
         Pkt { frag: 0x2000, ..from_jvb.clone() }.build(),
-        TC_ACT_OK,
+        TC_ACT_UNSPEC,
         None,
         R(OutFragment),
     );
-    row("UDP header cut short on the bridge", Tc, from_jvb.build()[..35].to_vec(), TC_ACT_OK, None, R(OutTruncated));
+    row(
+        "UDP header cut short on the bridge",
+        Tc,
+        from_jvb.build()[..35].to_vec(),
+        TC_ACT_UNSPEC,
+        None,
+        R(OutTruncated),
+    );
     rows
 }
 
@@ -767,7 +775,7 @@ fn behind_the_gateway_nothing_is_learned_and_replies_take_the_fallback_path() {
     // The fallback path is never taken towards a martian, the host or a backends' subnet.
     for dst in ["169.254.169.254", "127.0.0.1", "203.0.113.1", "192.0.2.50"] {
         let reply = Pkt::udp("192.0.2.10", 10000, dst, 1000, b"out").macs(BRIDGE_MAC, JVB_MAC).build();
-        assert_eq!(run_once(xdp, tc, Prog::Tc, &reply).0, TC_ACT_OK, "{dst}: left to the host stack");
+        assert_eq!(run_once(xdp, tc, Prog::Tc, &reply).0, TC_ACT_UNSPEC, "{dst}: left to the host stack");
     }
 }
 
