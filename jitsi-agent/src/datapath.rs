@@ -308,7 +308,7 @@ fn redirect_program(bpf: &mut Ebpf) -> Result<&mut SchedClassifier> {
 
 /// The two TC programs and where each is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TcProg {
+pub enum TcProg {
     /// `reply_out`, at the TCX ingress of the backends' bridges (`link_tc_<ifname>`).
     ReplyOut,
     /// `redirect_in`, at the TCX ingress of an uplink in generic mode (`link_redirect_<ifname>`).
@@ -316,10 +316,19 @@ enum TcProg {
 }
 
 impl TcProg {
-    fn name(self) -> &'static str {
+    /// The program's name in the object (`reply_out`, `redirect_in`).
+    pub fn name(self) -> &'static str {
         match self {
             TcProg::ReplyOut => PROG_REPLY_OUT,
             TcProg::RedirectIn => PROG_REDIRECT_IN,
+        }
+    }
+
+    /// The program's pin (`prog_reply_out`, `prog_redirect_in`).
+    pub fn pin(self) -> &'static str {
+        match self {
+            TcProg::ReplyOut => PROG_PINS[1],
+            TcProg::RedirectIn => PROG_PINS[2],
         }
     }
 
@@ -486,9 +495,7 @@ pub fn remove_pins(dir: &Path) -> Result<()> {
     let Ok(entries) = fs::read_dir(dir) else { return Ok(()) };
     let entries: Vec<fs::DirEntry> = entries.flatten().collect();
     for e in entries.iter().filter(|e| e.file_name().to_string_lossy().starts_with("link_xdp_")) {
-        if let Err(err) = detach_pinned_link(&e.path()) {
-            warn!(pin = %e.path().display(), error = %err, "could not detach the pinned XDP link; removing its pin");
-        }
+        detach_now(&e.path());
     }
     for e in entries {
         let name = e.file_name();
@@ -788,10 +795,8 @@ impl Datapath {
         }
         // Detached now, not when the kernel gets round to releasing the unpinned link: an
         // attach in the other mode meanwhile fails with EEXIST.
-        if pin.exists()
-            && let Err(e) = detach_pinned_link(&pin)
-        {
-            warn!(pin = %pin.display(), error = %e, "could not detach the pinned XDP link; removing its pin");
+        if pin.exists() {
+            detach_now(&pin);
         }
         let _ = fs::remove_file(&pin);
         let (id, attached) = match self.attach_xdp_in(link, mode) {
@@ -881,21 +886,12 @@ impl Datapath {
         let listed: Vec<u32> = self.maps.generic_uplinks.keys().filter_map(|k| k.ok()).collect();
         // The entry of an interface that is gone (an uplink recreated under a new ifindex) goes
         // too; another live uplink's stays with the links pinned there.
-        let gone = |i: u32| {
-            let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
-            // SAFETY: the buffer has the IF_NAMESIZE bytes if_indextoname may write.
-            let found = unsafe { !libc::if_indextoname(i, name.as_mut_ptr()).is_null() };
-            // Only "no such device" is gone; any other failure (no socket to ask with) is not.
-            !found && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO | libc::ENODEV))
-        };
-        for index in listed.iter().filter(|&&i| (i == link.index && !generic) || gone(i)) {
+        for index in listed.iter().filter(|&&i| (i == link.index && !generic) || interface_gone(i)) {
             self.maps.generic_uplinks.remove(index).map_err(map_err("generic_uplinks"))?;
         }
         if !generic {
             if pin.exists() {
-                if let Err(e) = detach_pinned_link(&pin) {
-                    warn!(pin = %pin.display(), error = %e, "could not detach the pinned redirect_in link; removing its pin");
-                }
+                detach_now(&pin);
                 let _ = fs::remove_file(&pin);
                 info!(interface = %link.name, "detached redirect_in (steer_in no longer runs in generic mode)");
             }
@@ -951,7 +947,7 @@ impl Datapath {
 
 /// What a pin named `name` is: a link of `steer_in` (`None`) or of a TC program, and its
 /// interface; `None` for any other pin.
-fn link_pin_kind(name: &str) -> Option<(Option<TcProg>, &str)> {
+pub fn link_pin_kind(name: &str) -> Option<(Option<TcProg>, &str)> {
     if let Some(ifname) = name.strip_prefix("link_xdp_") {
         return Some((None, ifname));
     }
@@ -987,6 +983,14 @@ fn detach_pinned_link(path: &Path) -> std::io::Result<()> {
     let mut detach = Attr([0; 32]);
     detach.0[..4].copy_from_slice(&(std::os::fd::AsRawFd::as_raw_fd(&fd) as u32).to_ne_bytes());
     bpf(BPF_LINK_DETACH, &detach).map(drop)
+}
+
+/// Detaches the link pinned at `pin` at once (see [`detach_pinned_link`]); one that cannot be
+/// is reported, and goes when its pin is removed and the kernel releases it.
+fn detach_now(pin: &Path) {
+    if let Err(e) = detach_pinned_link(pin) {
+        warn!(pin = %pin.display(), error = %e, "could not detach the pinned link at once; it goes with its pin");
+    }
 }
 
 /// The id of the program a link runs.
@@ -1030,6 +1034,15 @@ fn interface_exists(name: &str) -> bool {
         // SAFETY: a valid NUL-terminated string.
         unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
     })
+}
+
+/// Whether no interface has index `index` in this network namespace: only the kernel's "no
+/// such device" says so, not another failure (no socket to ask with).
+fn interface_gone(index: u32) -> bool {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: the buffer has the IF_NAMESIZE bytes if_indextoname may write.
+    let found = unsafe { !libc::if_indextoname(index, name.as_mut_ptr()).is_null() };
+    !found && matches!(std::io::Error::last_os_error().raw_os_error(), Some(libc::ENXIO | libc::ENODEV))
 }
 
 /// Whether every map the pinned programs use is the one pinned under its name (not so after

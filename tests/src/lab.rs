@@ -189,39 +189,40 @@ impl Lab {
         for ns in [&inet, &host] {
             no_dad(ns)?;
         }
-        let tap = if uplink == Uplink::Tap {
-            Some(Tap::create(&host, UPLINK)?)
-        } else if uplink == Uplink::Vxlan {
-            host.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", inet.name()])?;
-            for (ns, local, remote) in
-                [(&host, "198.51.100.1", "198.51.100.2"), (&inet, "198.51.100.2", "198.51.100.1")]
-            {
-                ns.ip(&["addr", "add", &format!("{local}/24"), "dev", "ul0"])?;
-                ns.ip(&["link", "set", "ul0", "up"])?;
-                let name = if ns.name() == host.name() { UPLINK } else { "eth0" };
-                ns.ip(&[
-                    "link", "add", name, "mtu", "1450", "type", "vxlan", "id", "42", "local", local, "remote", remote,
-                    "dstport", "4789", "udpcsum",
-                ])?;
+        let tap = match uplink {
+            Uplink::Tap => Some(Tap::create(&host, UPLINK)?),
+            Uplink::Vxlan => {
+                host.ip(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul0", "netns", inet.name()])?;
+                for (ns, name, local, remote) in
+                    [(&host, UPLINK, "198.51.100.1", "198.51.100.2"), (&inet, "eth0", "198.51.100.2", "198.51.100.1")]
+                {
+                    ns.ip(&["addr", "add", &format!("{local}/24"), "dev", "ul0"])?;
+                    ns.ip(&["link", "set", "ul0", "up"])?;
+                    ns.ip(&[
+                        "link", "add", name, "mtu", "1450", "type", "vxlan", "id", "42", "local", local, "remote",
+                        remote, "dstport", "4789", "udpcsum",
+                    ])?;
+                }
+                for dev in ["eth0", "ul0"] {
+                    inet.exec("ethtool", &["-K", dev, "tx", "off"])?;
+                }
+                None
             }
-            inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
-            inet.ip(&["addr", "add", "2001:db8:c::2/64", "dev", "eth0", "nodad"])?;
-            inet.ip(&["link", "set", "eth0", "up"])?;
-            for dev in ["eth0", "ul0"] {
-                inet.exec("ethtool", &["-K", dev, "tx", "off"])?;
+            Uplink::Veth => {
+                // Uplink: up0 (host) <-> eth0 (inet).
+                host.ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", inet.name()])?;
+                // A real NIC delivers full checksums; veth TX offload would leave CHECKSUM_PARTIAL
+                // packets whose checksum XDP cannot see. Turn it off on the "internet" side.
+                inet.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
+                None
             }
-            None
-        } else {
-            // Uplink: up0 (host) <-> eth0 (inet).
-            host.ip(&["link", "add", UPLINK, "type", "veth", "peer", "name", "eth0", "netns", inet.name()])?;
-            inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
-            inet.ip(&["addr", "add", "2001:db8:c::2/64", "dev", "eth0", "nodad"])?;
-            inet.ip(&["link", "set", "eth0", "up"])?;
-            // A real NIC delivers full checksums; veth TX offload would leave CHECKSUM_PARTIAL
-            // packets whose checksum XDP cannot see. Turn it off on the "internet" side.
-            inet.exec("ethtool", &["-K", "eth0", "tx", "off"])?;
-            None
         };
+        if uplink != Uplink::Tap {
+            // The client's end of the uplink: `eth0` in the "internet" namespace.
+            inet.ip(&["addr", "add", "203.0.113.2/24", "dev", "eth0"])?;
+            inet.ip(&["addr", "add", "2001:db8:c::2/64", "dev", "eth0", "nodad"])?;
+            inet.ip(&["link", "set", "eth0", "up"])?;
+        }
         host.ip(&["addr", "add", "203.0.113.1/24", "dev", UPLINK])?;
         host.ip(&["addr", "add", "2001:db8:c::1/64", "dev", UPLINK, "nodad"])?;
         host.ip(&["link", "set", UPLINK, "up"])?;

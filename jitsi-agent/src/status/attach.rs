@@ -7,6 +7,7 @@ use aya::programs::{SchedClassifier, tc::TcAttachType};
 use serde::Serialize;
 
 use crate::{
+    datapath::{TcProg, link_pin_kind},
     error::{Error, Result},
     netlink,
 };
@@ -32,32 +33,36 @@ pub async fn read(pin_dir: &Path) -> Result<Vec<Attachment>> {
     names.sort();
     // The TC programs' ids (None when a pin is missing: its links then read as detached);
     // steer_in's ids are read per interface, with its pinned link's.
-    let tc_id =
-        |pin: &str| SchedClassifier::from_pin(pin_dir.join(pin)).ok().and_then(|p| p.info().ok()).map(|i| i.id());
-    let tc_programs = [
-        ("link_tc_", tc_id("prog_reply_out"), "reply_out (TC ingress)"),
-        ("link_redirect_", tc_id("prog_redirect_in"), "redirect_in (TC ingress)"),
-    ];
+    let tc_id = |prog: TcProg| {
+        SchedClassifier::from_pin(pin_dir.join(prog.pin())).ok().and_then(|p| p.info().ok()).map(|i| i.id())
+    };
+    let (reply_out, redirect_in) = (tc_id(TcProg::ReplyOut), tc_id(TcProg::RedirectIn));
     let h = netlink::connect()?;
     let mut out = Vec::new();
     for name in names {
-        if let Some(ifname) = name.strip_prefix("link_xdp_") {
-            let mode = match netlink::link_by_name(&h, ifname).await {
-                Ok(l) => l
-                    .xdp_among(&crate::datapath::pinned_steer_in_ids(pin_dir, ifname))
-                    .map_or("detached", |(_, mode)| mode)
-                    .to_string(),
-                Err(_) => "detached".into(),
-            };
-            out.push(Attachment { interface: ifname.into(), program: "steer_in (XDP)", mode });
-        } else if let Some((ifname, id, program)) =
-            tc_programs.iter().find_map(|&(prefix, id, program)| Some((name.strip_prefix(prefix)?, id, program)))
-        {
-            let attached = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
-                .map(|(_, progs)| progs.iter().any(|p| Some(p.id()) == id))
-                .unwrap_or(false);
-            let mode = if attached { "tcx" } else { "detached" };
-            out.push(Attachment { interface: ifname.into(), program, mode: mode.into() });
+        match link_pin_kind(&name) {
+            None => {}
+            Some((None, ifname)) => {
+                let mode = match netlink::link_by_name(&h, ifname).await {
+                    Ok(l) => l
+                        .xdp_among(&crate::datapath::pinned_steer_in_ids(pin_dir, ifname))
+                        .map_or("detached", |(_, mode)| mode)
+                        .to_string(),
+                    Err(_) => "detached".into(),
+                };
+                out.push(Attachment { interface: ifname.into(), program: "steer_in (XDP)", mode });
+            }
+            Some((Some(tc), ifname)) => {
+                let (id, program) = match tc {
+                    TcProg::ReplyOut => (reply_out, "reply_out (TC ingress)"),
+                    TcProg::RedirectIn => (redirect_in, "redirect_in (TC ingress)"),
+                };
+                let attached = SchedClassifier::query_tcx(ifname, TcAttachType::Ingress)
+                    .map(|(_, progs)| progs.iter().any(|p| Some(p.id()) == id))
+                    .unwrap_or(false);
+                let mode = if attached { "tcx" } else { "detached" };
+                out.push(Attachment { interface: ifname.into(), program, mode: mode.into() });
+            }
         }
     }
     Ok(out)
