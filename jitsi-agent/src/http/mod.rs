@@ -27,7 +27,7 @@ use crate::{
         front::FrontKind,
         limits::Caps,
         proxy::{Conn, Forward, Front, Served},
-        read::{MAX_READS, ReadFailure, read_until},
+        read::{MAX_READS, READ_ROOM, ReadFailure, read_until},
         stats::{Refusal, Stats},
         table::Tables,
     },
@@ -56,7 +56,7 @@ impl HttpFront {
 /// Reads the request head; returns the bytes read (the head and whatever followed it).
 async fn read_head(http: &Http, s: &mut TcpStream) -> Result<(Vec<u8>, Head), (Refusal, String)> {
     let deadline = tokio::time::Instant::now() + http.head_timeout_secs.get();
-    let mut buf = Vec::with_capacity(1024);
+    let mut buf = Vec::with_capacity(READ_ROOM);
     let verdict = read_until(s, &mut buf, http.max_head_bytes, deadline, <[u8]>::len, |b| {
         match head::examine(b, http.max_head_bytes)? {
             head::Progress::Done(h) => Ok(Some(h)),

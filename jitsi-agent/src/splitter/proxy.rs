@@ -263,18 +263,18 @@ impl Proxy {
             );
         }
         let _open = OpenGuard::new(&self.stats.open);
-        let _ = client.set_nodelay(true);
-        let evicted = admission.evicted.clone();
-        let conn = Conn { proxy: &self, settings: &settings, admission: &mut admission, client, peer };
         // Boxed: what the front needs to read and route (its buffers, timers and parser
         // state) is freed before the relay, which is what a long-lived connection keeps.
-        let served = tokio::select! {
-            e = Box::pin(front.serve(conn)) => e,
-            () = evicted.cancelled() => None,
+        let served = {
+            let evicted = admission.evicted.clone();
+            let conn = Conn { proxy: &self, settings: &settings, admission: &mut admission, client, peer };
+            tokio::select! {
+                e = Box::pin(front.serve(conn)) => e,
+                () = evicted.cancelled() => None,
+            }
         };
-        if let Some(e) = served {
-            self.relay_pair(&settings, &e.stats, (e.client, e.backend), e.state, Resume::default(), e.peer).await;
-        }
+        let Some(Established { client, backend, stats, state, peer }) = served else { return };
+        self.relay_pair(&settings, &stats, (client, backend), state, Resume::default(), peer).await;
     }
 
     /// Connects to `route`'s backend (from the client's address where it can), replays the
@@ -312,8 +312,8 @@ impl Proxy {
             debug!(route = %route.name, client = %peer, "splitter: client on a backends' subnet; connecting from the host");
         }
         let from = (transparent && !hairpin).then_some(peer);
-        let connect = transparent::connect(backend, from, settings.socket_mark);
-        let mut upstream = match tokio::time::timeout(settings.connect_timeout_secs.get(), connect).await {
+        let connect = transparent::connect(backend, from, settings.socket_mark, &first);
+        let upstream = match tokio::time::timeout(settings.connect_timeout_secs.get(), connect).await {
             Err(_) => return self.refuse(front, Refusal::ConnectTimeout, Some(&route.name), peer, &backend),
             Ok(Err(e)) => {
                 return self.refuse(front, Refusal::ConnectFailed, Some(&route.name), peer, &format!("{backend}: {e}"));
@@ -326,9 +326,6 @@ impl Proxy {
                 s
             }
         };
-        if let Err(e) = upstream.write_all(&first).await {
-            return self.refuse(front, Refusal::ConnectFailed, Some(&route.name), peer, &format!("{backend}: {e}"));
-        }
         stats.connections.fetch_add(1, Ordering::Relaxed);
         stats.bytes_up.fetch_add(first.len() as u64, Ordering::Relaxed);
         drop(first);

@@ -8,6 +8,10 @@ use tokio::{io::AsyncReadExt, net::TcpStream};
 /// of wake-ups and parses.
 pub const MAX_READS: usize = 64;
 
+/// The least room made for a read: a whole ClientHello of today's browsers (about 2 KB with a
+/// post-quantum key share) or a request head usually arrives in one read.
+pub const READ_ROOM: usize = 4096;
+
 /// Why reading stopped without a verdict.
 pub enum ReadFailure {
     /// The deadline passed.
@@ -30,7 +34,10 @@ pub async fn read_until<T, E>(
     examine: impl Fn(&[u8]) -> Result<Option<T>, E>,
 ) -> Result<Result<T, E>, ReadFailure> {
     for _ in 0..MAX_READS {
-        let want = (max + 1).saturating_sub(buf.len()).min(16 * 1024);
+        // Room for what the bytes so far are known to need (the rest of a TLS record), at
+        // least READ_ROOM: a connection's buffer is as large as its hello or head, not 16 KiB.
+        let left = (max + 1).saturating_sub(buf.len());
+        let want = needed(buf).saturating_sub(buf.len()).max(READ_ROOM).min(left);
         buf.reserve(want);
         let read = tokio::time::timeout_at(deadline, s.read_buf(buf)).await;
         match read {

@@ -4,7 +4,7 @@
 use std::{io, net::SocketAddr, os::fd::AsRawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::{io::AsyncWriteExt, net::TcpStream};
 
 fn set_transparent(sock: &Socket, v6: bool) -> io::Result<()> {
     let (level, name) =
@@ -37,9 +37,23 @@ fn socket(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Resul
     Ok(sock)
 }
 
-async fn connect_from(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Result<TcpStream> {
-    let std: std::net::TcpStream = socket(backend, from, mark)?.into();
-    TcpSocket::from_std_stream(std).connect(backend).await
+/// Connects and sends `first`: the write waits for the handshake and fails with its error
+/// (refused, unreachable), so no `SO_ERROR` query is needed (`first` empty: one is made).
+async fn connect_from(backend: SocketAddr, from: Option<SocketAddr>, mark: u32, first: &[u8]) -> io::Result<TcpStream> {
+    let sock = socket(backend, from, mark)?;
+    match sock.connect(&SockAddr::from(backend)) {
+        Err(e) if e.raw_os_error() != Some(libc::EINPROGRESS) => return Err(e),
+        _ => {}
+    }
+    let mut stream = TcpStream::from_std(sock.into())?;
+    if first.is_empty() {
+        stream.writable().await?;
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+    }
+    stream.write_all(first).await?;
+    Ok(stream)
 }
 
 /// Whether an error says the client's own port cannot be used towards the backend: bound by
@@ -49,14 +63,68 @@ fn port_taken(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EADDRINUSE | libc::EADDRNOTAVAIL))
 }
 
-/// Connects to `backend`; with `from = Some(client)`, from the client's address, on its port
-/// if that is free towards the backend, else on an ephemeral one (then `true` is returned).
-pub async fn connect(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Result<(TcpStream, bool)> {
-    match connect_from(backend, from, mark).await {
+/// Connects to `backend` and sends it `first` (the bytes a front has read); with
+/// `from = Some(client)`, from the client's address, on its port if that is free towards the
+/// backend, else on an ephemeral one (then `true` is returned).
+pub async fn connect(
+    backend: SocketAddr,
+    from: Option<SocketAddr>,
+    mark: u32,
+    first: &[u8],
+) -> io::Result<(TcpStream, bool)> {
+    match connect_from(backend, from, mark, first).await {
         Err(e) if port_taken(&e) && from.is_some_and(|c| c.port() != 0) => {
             let ephemeral = from.map(|c| SocketAddr::new(c.ip(), 0));
-            Ok((connect_from(backend, ephemeral, mark).await?, true))
+            Ok((connect_from(backend, ephemeral, mark, first).await?, true))
         }
         r => r.map(|s| (s, false)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::{io::AsyncReadExt, net::TcpListener};
+
+    use super::*;
+
+    async fn closed_port() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_first_bytes_reach_the_backend_with_the_connection() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (s, ephemeral) = connect(l.local_addr().unwrap(), None, 0, b"hello").await.unwrap();
+        assert!(!ephemeral);
+        let (mut b, from) = l.accept().await.unwrap();
+        assert_eq!(from, s.local_addr().unwrap());
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"hello");
+    }
+
+    /// The handshake's failure comes back from the write of the first bytes (or, without
+    /// any, from the socket's error): a refused backend is an error, never a stream.
+    #[tokio::test]
+    async fn a_refused_connection_is_an_error_with_or_without_first_bytes() {
+        for first in [&b"hello"[..], b""] {
+            let e = connect(closed_port().await, None, 0, first).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused, "{e} (first: {} bytes)", first.len());
+        }
+    }
+
+    /// The client's own port is bound by another socket: the connection is made from an
+    /// ephemeral port of the same address, and says so.
+    #[tokio::test]
+    async fn a_taken_client_port_falls_back_to_an_ephemeral_one() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let _hold = std::net::TcpListener::bind(taken).unwrap();
+        let (s, ephemeral) = connect(l.local_addr().unwrap(), Some(taken), 0, b"x").await.unwrap();
+        assert!(ephemeral);
+        let local = s.local_addr().unwrap();
+        assert_eq!(local.ip(), taken.ip());
+        assert_ne!(local.port(), taken.port());
     }
 }

@@ -19,7 +19,7 @@ use crate::{
         front::FrontKind,
         limits::Caps,
         proxy::{Conn, Forward, Front, Served},
-        read::{MAX_READS, ReadFailure, read_until},
+        read::{MAX_READS, READ_ROOM, ReadFailure, read_until},
         stats::{Refusal, Stats},
         table::Tables,
     },
@@ -47,7 +47,7 @@ impl TlsFront {
 /// Reads until the hello is complete; returns the bytes read and the verdict.
 async fn read_hello(settings: &Tls, s: &mut TcpStream) -> Result<(Vec<u8>, Hello), (Refusal, String)> {
     let deadline = tokio::time::Instant::now() + settings.hello_timeout_secs.get();
-    let mut buf = Vec::with_capacity(2048);
+    let mut buf = Vec::with_capacity(READ_ROOM);
     let max = settings.max_hello_bytes;
     let verdict = read_until(
         s,
