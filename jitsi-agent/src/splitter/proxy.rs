@@ -172,6 +172,8 @@ impl Proxy {
     }
 
     /// Accepts on `listener` until `stop` is cancelled; each connection runs in its own task.
+    /// The listener must have `TCP_NODELAY` (as `Listeners::tcp` makes them): the accepted
+    /// connections take it from there.
     /// A failed accept is counted, and logged unless another failed within
     /// `ACCEPT_ERROR_BURST`.
     pub fn spawn_listener<F: Front>(

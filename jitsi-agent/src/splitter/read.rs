@@ -35,7 +35,8 @@ pub async fn read_until<T, E>(
 ) -> Result<Result<T, E>, ReadFailure> {
     for _ in 0..MAX_READS {
         // Room for what the bytes so far are known to need (the rest of a TLS record), at
-        // least READ_ROOM: a connection's buffer is as large as its hello or head, not 16 KiB.
+        // least READ_ROOM: a connection's buffer grows with its hello or head from 4 KiB,
+        // instead of taking 16 KiB for every one.
         let left = (max + 1).saturating_sub(buf.len());
         let want = needed(buf).saturating_sub(buf.len()).max(READ_ROOM).min(left);
         buf.reserve(want);

@@ -37,8 +37,9 @@ fn socket(backend: SocketAddr, from: Option<SocketAddr>, mark: u32) -> io::Resul
     Ok(sock)
 }
 
-/// Connects and sends `first`: the write waits for the handshake and fails with its error
-/// (refused, unreachable), so no `SO_ERROR` query is needed (`first` empty: one is made).
+/// Connects and sends `first`: the write waits for the socket to become writable (the
+/// handshake's end) and fails with the handshake's error (refused, unreachable), so no
+/// `SO_ERROR` query is needed (`first` empty: one is made).
 async fn connect_from(backend: SocketAddr, from: Option<SocketAddr>, mark: u32, first: &[u8]) -> io::Result<TcpStream> {
     let sock = socket(backend, from, mark)?;
     match sock.connect(&SockAddr::from(backend)) {
@@ -114,17 +115,57 @@ mod tests {
         }
     }
 
-    /// The client's own port is bound by another socket: the connection is made from an
-    /// ephemeral port of the same address, and says so.
-    #[tokio::test]
-    async fn a_taken_client_port_falls_back_to_an_ephemeral_one() {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
-        let _hold = std::net::TcpListener::bind(taken).unwrap();
-        let (s, ephemeral) = connect(l.local_addr().unwrap(), Some(taken), 0, b"x").await.unwrap();
-        assert!(ephemeral);
+    /// Binding the client's address takes `IP_TRANSPARENT`, which needs `CAP_NET_ADMIN`:
+    /// these run as root (`cargo xtask test`), and are skipped under a plain `cargo test`.
+    fn root() -> bool {
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        if !root {
+            eprintln!("skipped: binding the client's address needs root");
+        }
+        root
+    }
+
+    /// Connects from `from` and checks the fallback: made from another port of the same
+    /// address, said so, and the first bytes delivered once.
+    async fn falls_back(l: &TcpListener, from: SocketAddr) {
+        let (s, ephemeral) = connect(l.local_addr().unwrap(), Some(from), 0, b"xy").await.unwrap();
+        assert!(ephemeral, "the client's port was taken; no fallback said");
         let local = s.local_addr().unwrap();
-        assert_eq!(local.ip(), taken.ip());
-        assert_ne!(local.port(), taken.port());
+        assert_eq!(local.ip(), from.ip());
+        assert_ne!(local.port(), from.port());
+        let (mut b, _) = l.accept().await.unwrap();
+        drop(s);
+        let mut got = Vec::new();
+        b.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"xy");
+    }
+
+    /// The client's own port is bound by another socket (`EADDRINUSE` at bind).
+    #[tokio::test]
+    async fn a_client_port_bound_elsewhere_falls_back_to_an_ephemeral_one() {
+        if !root() {
+            return;
+        }
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let hold = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        falls_back(&l, hold.local_addr().unwrap()).await;
+    }
+
+    /// The whole 4-tuple is taken: a connection from the client's address and port to the
+    /// backend exists already (`EADDRNOTAVAIL` at connect, as after a TIME_WAIT).
+    #[tokio::test]
+    async fn a_taken_four_tuple_falls_back_to_an_ephemeral_one() {
+        if !root() {
+            return;
+        }
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let earlier = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).unwrap();
+        earlier.set_reuse_address(true).unwrap();
+        earlier.bind(&SockAddr::from("127.0.0.1:0".parse::<SocketAddr>().unwrap())).unwrap();
+        earlier.connect(&SockAddr::from(l.local_addr().unwrap())).unwrap();
+        let (_earlier_at_backend, _) = l.accept().await.unwrap();
+        let from = earlier.local_addr().unwrap().as_socket().unwrap();
+        falls_back(&l, from).await;
     }
 }
